@@ -1,0 +1,368 @@
+//! Avro contracts and the Confluent wire format: magic byte 0, a big-endian
+//! 4-byte schema id, then the Avro binary datum.
+//!
+//! Requests and status events are mapped to `Value` by hand rather than via
+//! serde: the mapping is explicit about unions and enums, and it is the hot
+//! path of every record.
+
+use std::collections::HashMap;
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use chrono::{DateTime, TimeZone, Utc};
+
+use crate::model::{Channel, Content, ErrorClass, Request, Status, StatusEvent};
+
+pub const REQUEST_SCHEMA: &str = include_str!("../schemas/notification.requested.avsc");
+pub const STATUS_SCHEMA: &str = include_str!("../schemas/notification.status.avsc");
+
+const MAGIC: u8 = 0;
+const HEADER_LEN: usize = 5;
+
+/// The schemas herald was built with, parsed once.
+#[derive(Debug, Clone)]
+pub struct Bundled {
+    pub request: Schema,
+    pub status: Schema,
+}
+
+impl Bundled {
+    pub fn load() -> Self {
+        // Both files are compiled in and covered by tests, so failing here
+        // is a build defect, not an operational error.
+        Bundled {
+            request: Schema::parse_str(REQUEST_SCHEMA).expect("bundled request schema parses"),
+            status: Schema::parse_str(STATUS_SCHEMA).expect("bundled status schema parses"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("record has no payload")]
+    Empty,
+    #[error("record is {0} bytes, shorter than the 5-byte wire header")]
+    TooShort(usize),
+    #[error("magic byte is {0}, not 0: not in the Confluent wire format")]
+    BadMagic(u8),
+}
+
+/// Splits a framed record into its schema id and Avro datum.
+pub fn unframe(bytes: &[u8]) -> Result<(u32, &[u8]), WireError> {
+    match bytes {
+        [] => Err(WireError::Empty),
+        [magic, ..] if *magic != MAGIC => Err(WireError::BadMagic(*magic)),
+        b if b.len() < HEADER_LEN => Err(WireError::TooShort(b.len())),
+        b => Ok((u32::from_be_bytes([b[1], b[2], b[3], b[4]]), &b[HEADER_LEN..])),
+    }
+}
+
+fn frame(schema_id: u32, schema: &Schema, value: Value) -> Result<Vec<u8>, apache_avro::Error> {
+    let datum = apache_avro::to_avro_datum(schema, value)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
+    out.push(MAGIC);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(&datum);
+    Ok(out)
+}
+
+/// Why an Avro value does not make a request.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FieldError {
+    #[error("field {0} is missing or has the wrong type")]
+    Missing(&'static str),
+}
+
+/// Why an Avro value is not a request herald can act on.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    /// Well-formed, but for a channel this build does not deliver to; the
+    /// ids are kept so the outcome can still be reported.
+    #[error("channel {symbol} is not one herald delivers to")]
+    UnknownChannel { event_id: String, user_id: String, symbol: String },
+}
+
+pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
+    let mut fields = record_fields(value).ok_or(FieldError::Missing("<record>"))?;
+    let event_id = take_string(&mut fields, "event_id").ok_or(FieldError::Missing("event_id"))?;
+    let user_id = take_string(&mut fields, "user_id").ok_or(FieldError::Missing("user_id"))?;
+    let symbol = take_enum(&mut fields, "channel").ok_or(FieldError::Missing("channel"))?;
+    let Some(channel) = Channel::from_symbol(&symbol) else {
+        return Err(RequestError::UnknownChannel { event_id, user_id, symbol });
+    };
+    let mut content = record_fields(fields.remove("content").ok_or(FieldError::Missing("content"))?)
+        .ok_or(FieldError::Missing("content"))?;
+    Ok(Request {
+        event_id,
+        user_id,
+        channel,
+        recipient: take_string(&mut fields, "recipient").ok_or(FieldError::Missing("recipient"))?,
+        content: Content {
+            title: take_optional_string(&mut content, "title"),
+            body: take_string(&mut content, "body").ok_or(FieldError::Missing("content.body"))?,
+            template_vars: take_string_map(&mut content, "template_vars"),
+            data: take_string_map(&mut content, "data"),
+        },
+        scheduled_at: take_optional_time(&mut fields, "scheduled_at"),
+        created_at: take_time(&mut fields, "created_at").ok_or(FieldError::Missing("created_at"))?,
+    })
+}
+
+/// Encodes a request as producers do. herald itself never writes requests;
+/// this is for the demo, tests and benchmarks, and as a reference.
+pub fn encode_request(schema: &Schema, schema_id: u32, r: &Request) -> Result<Vec<u8>, apache_avro::Error> {
+    let content = Value::Record(vec![
+        ("title".into(), optional(r.content.title.clone().map(Value::String))),
+        ("body".into(), Value::String(r.content.body.clone())),
+        ("template_vars".into(), string_map(&r.content.template_vars)),
+        ("data".into(), string_map(&r.content.data)),
+    ]);
+    let value = Value::Record(vec![
+        ("event_id".into(), Value::String(r.event_id.clone())),
+        ("user_id".into(), Value::String(r.user_id.clone())),
+        ("channel".into(), Value::Enum(r.channel.index() as u32, r.channel.symbol().into())),
+        ("recipient".into(), Value::String(r.recipient.clone())),
+        ("content".into(), content),
+        ("scheduled_at".into(), optional(r.scheduled_at.map(|t| Value::TimestampMillis(t.timestamp_millis())))),
+        ("created_at".into(), Value::TimestampMillis(r.created_at.timestamp_millis())),
+    ]);
+    frame(schema_id, schema, value)
+}
+
+// Symbol indexes follow the order in notification.status.avsc.
+const STATUS_CHANNEL_UNKNOWN: u32 = 2;
+
+fn status_index(s: Status) -> u32 {
+    match s {
+        Status::Sent => 0,
+        Status::RateLimited => 1,
+        Status::RetryScheduled => 2,
+        Status::Failed => 3,
+        Status::DeadLettered => 4,
+        Status::Invalid => 5,
+        Status::Scheduled => 6,
+    }
+}
+
+fn error_class_index(c: ErrorClass) -> u32 {
+    match c {
+        ErrorClass::Invalid => 0,
+        ErrorClass::Permanent => 1,
+        ErrorClass::Transient => 2,
+        ErrorClass::RateLimited => 3,
+    }
+}
+
+pub fn encode_status(schema: &Schema, schema_id: u32, e: &StatusEvent) -> Result<Vec<u8>, apache_avro::Error> {
+    let channel = match e.channel {
+        Some(c) => Value::Enum(c.index() as u32, c.symbol().into()),
+        None => Value::Enum(STATUS_CHANNEL_UNKNOWN, "UNKNOWN".into()),
+    };
+    let value = Value::Record(vec![
+        ("event_id".into(), Value::String(e.event_id.clone())),
+        ("user_id".into(), Value::String(e.user_id.clone())),
+        ("channel".into(), channel),
+        ("status".into(), Value::Enum(status_index(e.status), e.status.symbol().into())),
+        ("attempt".into(), Value::Int(e.attempt as i32)),
+        ("provider".into(), optional(e.provider.clone().map(Value::String))),
+        ("provider_message_id".into(), optional(e.provider_message_id.clone().map(Value::String))),
+        ("error_code".into(), optional(e.error_code.clone().map(Value::String))),
+        (
+            "error_class".into(),
+            optional(e.error_class.map(|c| Value::Enum(error_class_index(c), c.symbol().into()))),
+        ),
+        ("error_message".into(), optional(e.error_message.clone().map(Value::String))),
+        ("occurred_at".into(), Value::TimestampMillis(e.occurred_at.timestamp_millis())),
+        ("next_attempt_at".into(), optional(e.next_attempt_at.map(|t| Value::TimestampMillis(t.timestamp_millis())))),
+    ]);
+    frame(schema_id, schema, value)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusDecodeError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("avro: {0}")]
+    Avro(#[from] apache_avro::Error),
+    #[error(transparent)]
+    Field(#[from] FieldError),
+}
+
+/// Decodes a status event with the bundled schema: for subscribers, the
+/// demo and tests.
+pub fn decode_status(schema: &Schema, bytes: &[u8]) -> Result<StatusEvent, StatusDecodeError> {
+    let (_, mut datum) = unframe(bytes)?;
+    let value = apache_avro::from_avro_datum(schema, &mut datum, None)?;
+    let mut f = record_fields(value).ok_or(FieldError::Missing("<record>"))?;
+    let status = take_enum(&mut f, "status").ok_or(FieldError::Missing("status"))?;
+    Ok(StatusEvent {
+        event_id: take_string(&mut f, "event_id").ok_or(FieldError::Missing("event_id"))?,
+        user_id: take_string(&mut f, "user_id").ok_or(FieldError::Missing("user_id"))?,
+        channel: take_enum(&mut f, "channel").and_then(|s| Channel::from_symbol(&s)),
+        status: [
+            Status::Sent,
+            Status::RateLimited,
+            Status::RetryScheduled,
+            Status::Failed,
+            Status::DeadLettered,
+            Status::Invalid,
+            Status::Scheduled,
+        ]
+        .into_iter()
+        .find(|s| s.symbol() == status)
+        .ok_or(FieldError::Missing("status"))?,
+        attempt: match f.remove("attempt") {
+            Some(Value::Int(n)) => n.max(0) as u32,
+            _ => return Err(FieldError::Missing("attempt").into()),
+        },
+        provider: take_optional_string(&mut f, "provider"),
+        provider_message_id: take_optional_string(&mut f, "provider_message_id"),
+        error_code: take_optional_string(&mut f, "error_code"),
+        error_class: match f.remove("error_class") {
+            Some(Value::Union(_, v)) => match *v {
+                Value::Enum(_, s) => ErrorClass::from_symbol(&s),
+                _ => None,
+            },
+            _ => None,
+        },
+        error_message: take_optional_string(&mut f, "error_message"),
+        occurred_at: take_time(&mut f, "occurred_at").ok_or(FieldError::Missing("occurred_at"))?,
+        next_attempt_at: take_optional_time(&mut f, "next_attempt_at"),
+    })
+}
+
+type Fields = HashMap<String, Value>;
+
+fn record_fields(value: Value) -> Option<Fields> {
+    match value {
+        Value::Record(fields) => Some(fields.into_iter().collect()),
+        _ => None,
+    }
+}
+
+fn unwrap_union(value: Value) -> Value {
+    match value {
+        Value::Union(_, inner) => *inner,
+        other => other,
+    }
+}
+
+fn take_string(f: &mut Fields, name: &str) -> Option<String> {
+    match f.remove(name).map(unwrap_union)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn take_optional_string(f: &mut Fields, name: &str) -> Option<String> {
+    take_string(f, name)
+}
+
+fn take_enum(f: &mut Fields, name: &str) -> Option<String> {
+    match f.remove(name)? {
+        Value::Enum(_, s) => Some(s),
+        _ => None,
+    }
+}
+
+fn millis(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+fn take_time(f: &mut Fields, name: &str) -> Option<DateTime<Utc>> {
+    match f.remove(name).map(unwrap_union)? {
+        Value::TimestampMillis(ms) | Value::Long(ms) => millis(ms),
+        _ => None,
+    }
+}
+
+fn take_optional_time(f: &mut Fields, name: &str) -> Option<DateTime<Utc>> {
+    take_time(f, name)
+}
+
+fn take_string_map(f: &mut Fields, name: &str) -> HashMap<String, String> {
+    match f.remove(name) {
+        Some(Value::Map(m)) => m
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+        _ => HashMap::new(),
+    }
+}
+
+fn optional(value: Option<Value>) -> Value {
+    match value {
+        Some(v) => Value::Union(1, Box::new(v)),
+        None => Value::Union(0, Box::new(Value::Null)),
+    }
+}
+
+fn string_map(m: &HashMap<String, String>) -> Value {
+    Value::Map(m.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_request() -> Request {
+        Request {
+            event_id: "evt-1".into(),
+            user_id: "user-1".into(),
+            channel: Channel::Push,
+            recipient: "token-abc".into(),
+            content: Content {
+                title: Some("Hi".into()),
+                body: "Hello there".into(),
+                template_vars: HashMap::from([("name".into(), "Ada".into())]),
+                data: HashMap::from([("k".into(), "v".into())]),
+            },
+            scheduled_at: Some(Utc.timestamp_millis_opt(1_800_000_000_123).unwrap()),
+            created_at: Utc.timestamp_millis_opt(1_700_000_000_456).unwrap(),
+        }
+    }
+
+    #[test]
+    fn request_round_trips_through_the_wire_format() {
+        let b = Bundled::load();
+        let bytes = encode_request(&b.request, 42, &sample_request()).unwrap();
+        let (id, mut datum) = unframe(&bytes).unwrap();
+        assert_eq!(id, 42);
+        let value = apache_avro::from_avro_datum(&b.request, &mut datum, None).unwrap();
+        assert_eq!(request_from_value(value).unwrap(), sample_request());
+    }
+
+    #[test]
+    fn status_round_trips_with_every_optional_field() {
+        let b = Bundled::load();
+        let event = StatusEvent {
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: None,
+            status: Status::RetryScheduled,
+            attempt: 2,
+            provider: Some("twilio".into()),
+            provider_message_id: None,
+            error_code: Some("http:503".into()),
+            error_class: Some(ErrorClass::Transient),
+            error_message: Some("provider unavailable".into()),
+            occurred_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
+            next_attempt_at: Some(Utc.timestamp_millis_opt(1_700_000_600_000).unwrap()),
+        };
+        let bytes = encode_status(&b.status, 0, &event).unwrap();
+        assert_eq!(decode_status(&b.status, &bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn unframe_rejects_what_is_not_the_wire_format() {
+        assert_eq!(unframe(&[]), Err(WireError::Empty));
+        assert_eq!(unframe(&[1, 0, 0, 0, 1, 9]), Err(WireError::BadMagic(1)));
+        assert_eq!(unframe(&[0, 0, 1]), Err(WireError::TooShort(3)));
+        assert_eq!(unframe(&[0, 0, 0, 1, 2, 7]), Ok((258, &[7u8][..])));
+    }
+}

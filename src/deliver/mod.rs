@@ -1,0 +1,138 @@
+//! Stage 4: one delivery stage per channel. Each validates the request for
+//! its channel, then calls its provider. Errors are classified here, once,
+//! into `ErrorClass`; `outcome::decide` turns the class into what happens.
+
+pub mod push;
+mod sms;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use push::{Fcm, ServiceAccount};
+pub use sms::Twilio;
+
+use crate::model::{Channel, ErrorClass, InvalidReason, Request};
+
+/// Who handled an attempt; named in status events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Twilio,
+    Fcm,
+    DryRun,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Twilio => "twilio",
+            Provider::Fcm => "fcm",
+            Provider::DryRun => "dry-run",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    pub provider: Provider,
+    pub message_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("invalid: {0}")]
+    Invalid(InvalidReason),
+    /// The provider refused this message for good.
+    #[error("{provider} rejected the message ({code}): {message}")]
+    Rejected { provider: Provider, code: String, message: String },
+    /// The provider could not take it now; it may later.
+    #[error("{provider} unavailable ({code}): {message}")]
+    Unavailable { provider: Provider, code: String, message: String, retry_after: Option<Duration> },
+}
+
+impl DeliveryError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DeliveryError::Invalid(_) => ErrorClass::Invalid,
+            DeliveryError::Rejected { .. } => ErrorClass::Permanent,
+            DeliveryError::Unavailable { .. } => ErrorClass::Transient,
+        }
+    }
+
+    pub fn code(&self) -> String {
+        match self {
+            DeliveryError::Invalid(reason) => reason.code().to_owned(),
+            DeliveryError::Rejected { code, .. } | DeliveryError::Unavailable { code, .. } => code.clone(),
+        }
+    }
+
+    pub fn provider(&self) -> Option<Provider> {
+        match self {
+            DeliveryError::Invalid(_) => None,
+            DeliveryError::Rejected { provider, .. } | DeliveryError::Unavailable { provider, .. } => Some(*provider),
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Transport failures (timeouts, refused connections) are transient.
+    fn transport(provider: Provider, error: &reqwest::Error) -> Self {
+        let code = if error.is_timeout() { "timeout" } else { "transport" };
+        DeliveryError::Unavailable {
+            provider,
+            code: code.to_owned(),
+            // reqwest's Display includes the URL, which holds no personal data here.
+            message: error.to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+/// The stage behind one channel.
+pub enum Sender {
+    Twilio(Twilio),
+    Fcm(Fcm),
+    /// Validates, then reports success without calling anyone.
+    DryRun,
+    /// No provider configured: requests for the channel are invalid here.
+    Disabled,
+}
+
+impl Sender {
+    pub async fn send(&self, channel: Channel, request: &Request, sms_max_chars: usize) -> Result<Delivered, DeliveryError> {
+        match channel {
+            Channel::Sms => sms::validate(request, sms_max_chars),
+            Channel::Push => push::validate(request),
+        }
+        .map_err(DeliveryError::Invalid)?;
+        match self {
+            Sender::Twilio(twilio) => twilio.send(request).await,
+            Sender::Fcm(fcm) => fcm.send(request).await,
+            Sender::DryRun => Ok(Delivered { provider: Provider::DryRun, message_id: None }),
+            Sender::Disabled => Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel))),
+        }
+    }
+}
+
+/// `Retry-After` in seconds; HTTP dates are rare from these providers and
+/// fall back to the retry schedule.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}

@@ -1,0 +1,290 @@
+//! Push through FCM HTTP v1, authorised by an OAuth2 access token obtained
+//! with a service-account JWT and cached until shortly before it expires.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use super::{retry_after, Delivered, DeliveryError, Provider};
+use crate::mask::Secret;
+use crate::model::{InvalidReason, Request};
+
+const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// Refresh this long before expiry so a token never dies mid-request.
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// The fields herald needs from a Google service-account key file.
+#[derive(Clone, Deserialize)]
+pub struct ServiceAccount {
+    pub client_email: String,
+    private_key: Secret,
+    pub token_uri: String,
+    pub project_id: Option<String>,
+}
+
+impl std::fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccount").field("client_email", &self.client_email).finish_non_exhaustive()
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not a service-account key: {source}")]
+    Parse { path: String, source: serde_json::Error },
+    #[error("the private key in {0} is not an RSA PEM key")]
+    Key(String),
+    #[error("no Firebase project: set --fcm-project-id or use a key file with project_id")]
+    NoProject,
+}
+
+pub struct Fcm {
+    http: reqwest::Client,
+    /// `{base}/v1/projects/{project}/messages:send`, built once.
+    send_url: Url,
+    account: ServiceAccount,
+    key: EncodingKey,
+    /// Held across the token exchange so concurrent sends wait for one
+    /// exchange instead of each starting their own.
+    token: Mutex<Option<AccessToken>>,
+}
+
+struct AccessToken {
+    value: Secret,
+    refresh_at: Instant,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    scope: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct Sent {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: GoogleError,
+}
+
+#[derive(Deserialize)]
+struct GoogleError {
+    status: Option<String>,
+    #[serde(default)]
+    details: Vec<ErrorDetail>,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(rename = "errorCode")]
+    error_code: Option<String>,
+}
+
+impl Fcm {
+    pub fn load_credentials(path: &Path) -> Result<ServiceAccount, CredentialsError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read { path: shown.clone(), source })?;
+        serde_json::from_str(&text).map_err(|source| CredentialsError::Parse { path: shown, source })
+    }
+
+    pub fn new(
+        http: reqwest::Client,
+        base: &Url,
+        account: ServiceAccount,
+        project: Option<String>,
+    ) -> Result<Self, CredentialsError> {
+        let project = project.or_else(|| account.project_id.clone()).ok_or(CredentialsError::NoProject)?;
+        let key = EncodingKey::from_rsa_pem(account.private_key.expose().as_bytes())
+            .map_err(|_| CredentialsError::Key(account.client_email.clone()))?;
+        let send_url = base.join(&format!("v1/projects/{project}/messages:send")).expect("project id forms a valid path");
+        Ok(Fcm { http, send_url, account, key, token: Mutex::new(None) })
+    }
+
+    pub async fn send(&self, request: &Request) -> Result<Delivered, DeliveryError> {
+        let token = self.access_token().await?;
+        let response = self
+            .http
+            .post(self.send_url.clone())
+            .bearer_auth(token.expose())
+            .json(&message(request))
+            .send()
+            .await
+            .map_err(|e| DeliveryError::transport(Provider::Fcm, &e))?;
+        let status = response.status();
+        if status.is_success() {
+            let sent: Sent = response.json().await.map_err(|e| DeliveryError::transport(Provider::Fcm, &e))?;
+            return Ok(Delivered { provider: Provider::Fcm, message_id: Some(sent.name) });
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // Revoked or expired early: the next attempt exchanges afresh.
+            *self.token.lock().await = None;
+        }
+        let retry_after = retry_after(response.headers());
+        let body: Option<ErrorBody> = response.json().await.ok();
+        Err(classify(status, body.map(|b| b.error), retry_after))
+    }
+
+    async fn access_token(&self) -> Result<Secret, DeliveryError> {
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+            return Ok(token.value.clone());
+        }
+        let unavailable = |code: &str, message: String| DeliveryError::Unavailable {
+            provider: Provider::Fcm,
+            code: code.to_owned(),
+            message,
+            retry_after: None,
+        };
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            iss: &self.account.client_email,
+            scope: SCOPE,
+            aud: &self.account.token_uri,
+            iat: now,
+            exp: now + 3600,
+        };
+        let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+            .map_err(|e| unavailable("oauth:sign", e.to_string()))?;
+        let response = self
+            .http
+            .post(&self.account.token_uri)
+            .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)])
+            .send()
+            .await
+            .map_err(|e| DeliveryError::transport(Provider::Fcm, &e))?;
+        if !response.status().is_success() {
+            // An auth failure stops every push; retries keep the messages
+            // while an operator fixes the key.
+            return Err(unavailable(&format!("oauth:{}", response.status().as_u16()), "token exchange refused".into()));
+        }
+        let token: TokenResponse = response.json().await.map_err(|e| DeliveryError::transport(Provider::Fcm, &e))?;
+        let lifetime = Duration::from_secs(token.expires_in).saturating_sub(REFRESH_MARGIN);
+        let value = Secret::new(token.access_token);
+        *cached = Some(AccessToken { value: value.clone(), refresh_at: Instant::now() + lifetime });
+        Ok(value)
+    }
+}
+
+fn message(request: &Request) -> serde_json::Value {
+    let mut notification = serde_json::Map::new();
+    if let Some(title) = &request.content.title {
+        notification.insert("title".into(), title.clone().into());
+    }
+    notification.insert("body".into(), request.content.body.clone().into());
+    let mut message = serde_json::json!({ "token": request.recipient, "notification": notification });
+    if !request.content.data.is_empty() {
+        message["data"] = serde_json::to_value(&request.content.data).expect("string map serializes");
+    }
+    serde_json::json!({ "message": message })
+}
+
+const PERMANENT: &[&str] = &["UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"];
+
+fn classify(status: StatusCode, error: Option<GoogleError>, retry_after: Option<Duration>) -> DeliveryError {
+    let fcm_code = error.as_ref().and_then(|e| e.details.iter().find_map(|d| d.error_code.clone()));
+    let code = fcm_code.clone().or_else(|| error.and_then(|e| e.status));
+    let (code, message) = match code {
+        Some(c) => (format!("fcm:{c}"), format!("FCM answered {c}")),
+        None => (format!("http:{}", status.as_u16()), format!("FCM answered HTTP {status}")),
+    };
+    let permanent = match fcm_code.as_deref() {
+        Some(c) => PERMANENT.contains(&c),
+        None => status.is_client_error() && !matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED),
+    };
+    if permanent {
+        DeliveryError::Rejected { provider: Provider::Fcm, code, message }
+    } else {
+        DeliveryError::Unavailable { provider: Provider::Fcm, code, message, retry_after }
+    }
+}
+
+pub(super) fn validate(request: &Request) -> Result<(), InvalidReason> {
+    if request.recipient.trim().is_empty() {
+        return Err(InvalidReason::EmptyPushToken);
+    }
+    if request.content.body.trim().is_empty() && request.content.title.as_deref().unwrap_or("").trim().is_empty() {
+        return Err(InvalidReason::EmptyBody);
+    }
+    Ok(())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ErrorClass;
+    use std::collections::HashMap;
+
+    fn google(status: &str, fcm: Option<&str>) -> Option<GoogleError> {
+        Some(GoogleError {
+            status: Some(status.into()),
+            details: vec![ErrorDetail { error_code: fcm.map(str::to_owned) }],
+        })
+    }
+
+    #[test]
+    fn classification_table() {
+        use StatusCode as S;
+        let rows = [
+            (S::NOT_FOUND, google("NOT_FOUND", Some("UNREGISTERED")), ErrorClass::Permanent, "fcm:UNREGISTERED"),
+            (S::BAD_REQUEST, google("INVALID_ARGUMENT", Some("INVALID_ARGUMENT")), ErrorClass::Permanent, "fcm:INVALID_ARGUMENT"),
+            (S::FORBIDDEN, google("PERMISSION_DENIED", Some("SENDER_ID_MISMATCH")), ErrorClass::Permanent, "fcm:SENDER_ID_MISMATCH"),
+            (S::UNAUTHORIZED, google("UNAUTHENTICATED", Some("THIRD_PARTY_AUTH_ERROR")), ErrorClass::Permanent, "fcm:THIRD_PARTY_AUTH_ERROR"),
+            (S::SERVICE_UNAVAILABLE, google("UNAVAILABLE", Some("UNAVAILABLE")), ErrorClass::Transient, "fcm:UNAVAILABLE"),
+            (S::INTERNAL_SERVER_ERROR, google("INTERNAL", Some("INTERNAL")), ErrorClass::Transient, "fcm:INTERNAL"),
+            (S::TOO_MANY_REQUESTS, google("RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED")), ErrorClass::Transient, "fcm:QUOTA_EXCEEDED"),
+            (S::BAD_GATEWAY, None, ErrorClass::Transient, "http:502"),
+            (S::UNAUTHORIZED, None, ErrorClass::Transient, "http:401"),
+        ];
+        for (status, error, class, code) in rows {
+            let e = classify(status, error, None);
+            assert_eq!((e.class(), e.code().as_str()), (class, code), "{status}");
+        }
+    }
+
+    #[test]
+    fn message_shape() {
+        let request = Request {
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: crate::model::Channel::Push,
+            recipient: "tok".into(),
+            content: crate::model::Content {
+                title: Some("T".into()),
+                body: "B".into(),
+                template_vars: HashMap::new(),
+                data: HashMap::from([("k".into(), "v".into())]),
+            },
+            scheduled_at: None,
+            created_at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            message(&request),
+            serde_json::json!({"message": {"token": "tok", "notification": {"title": "T", "body": "B"}, "data": {"k": "v"}}})
+        );
+    }
+}

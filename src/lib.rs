@@ -1,0 +1,139 @@
+//! herald: a Kafka notification pipeline.
+//!
+//! Records flow through one module per stage:
+//!
+//! | stage | module | what it does |
+//! |---|---|---|
+//! | ingest | [`ingest`] | consumer group over the requests and delay topics; pauses delay partitions until due; stores offsets once outcomes are durable |
+//! | decode | [`decode`], [`codec`], [`registry`] | Confluent wire format, Avro with reader-schema resolution |
+//! | rate limit | [`ratelimit`] | rolling window per user and channel, idempotent per event id |
+//! | route | [`route`] | one lane per channel, each with bounded admission and concurrency |
+//! | deliver | [`deliver`] | Twilio SMS, FCM push; classifies provider errors |
+//! | outcome | [`outcome`] | `decide` (the one retry / dead-letter / drop decision), status events, retry and dead-letter records |
+//!
+//! [`pipeline`] strings the stages together per record; [`run`] wires
+//! everything up from a [`Config`] and runs until `shutdown` completes.
+
+pub mod codec;
+pub mod config;
+pub mod decode;
+pub mod deliver;
+pub mod ingest;
+pub mod kafka;
+pub mod mask;
+pub mod model;
+pub mod outcome;
+pub mod pipeline;
+pub mod ratelimit;
+pub mod registry;
+pub mod route;
+pub mod telemetry;
+pub mod topics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rdkafka::consumer::Consumer;
+
+pub use config::Config;
+
+use crate::deliver::{Fcm, Sender, Twilio};
+use crate::model::Channel;
+use crate::pipeline::Pipeline;
+use crate::ratelimit::{InMemory, Limiter};
+use crate::route::{Lane, Router};
+use crate::topics::Topics;
+
+/// Why herald could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topics: {0}")]
+    Topics(#[from] topics::TopicError),
+    #[error("FCM credentials: {0}")]
+    Credentials(#[from] deliver::push::CredentialsError),
+    #[error("schema registry: {0}")]
+    Registry(#[from] registry::RegistryError),
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+}
+
+/// Runs herald until `shutdown` completes, then drains in-flight work
+/// within the configured deadline, flushes, commits and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    config.validate()?;
+    let topics = Arc::new(Topics::from_config(&config));
+    topics::ensure(&kafka::admin(&config)?, &topics, &config).await?;
+
+    let bundled = codec::Bundled::load();
+    let registry = config
+        .schema_registry_url
+        .clone()
+        .map(|url| Arc::new(registry::Registry::new(url, config.http_timeout)));
+    // Without a registry, status events carry schema id 0: readers use
+    // schemas/notification.status.avsc.
+    let status_schema_id = match &registry {
+        Some(r) => r.register(&format!("{}-value", topics.status), codec::STATUS_SCHEMA).await?,
+        None => 0,
+    };
+
+    let http = reqwest::Client::builder()
+        .timeout(config.http_timeout)
+        .build()
+        .expect("static HTTP client settings");
+    let mut senders = senders(&config, &http)?;
+    let router = Router::new(
+        |channel| {
+            let sender = std::mem::replace(&mut senders[channel.index()], Sender::Disabled);
+            Lane::new(sender, config.channel_queue, config.concurrency(channel))
+        },
+        config.channel_queue,
+    );
+    tracing::info!(
+        message = "Rate limits are kept in memory; they reset when herald restarts or partitions move.",
+        sms = ?config.sms_rate_limit,
+        push = ?config.push_rate_limit
+    );
+    let pipeline = Arc::new(Pipeline {
+        decoder: decode::Decoder::new(bundled.clone(), registry),
+        limiter: Limiter::InMemory(InMemory::new(|c| config.rate_limit(c))),
+        router,
+        publisher: outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), bundled.status, status_schema_id),
+        topics: topics.clone(),
+        sms_max_chars: config.sms_max_chars,
+    });
+
+    let consumer = kafka::consumer(&config)?;
+    consumer.subscribe(&topics.inputs())?;
+    tracing::info!(message = "Consuming.", topics = ?topics.inputs(), group = config.group_id);
+    ingest::consume(consumer, pipeline, shutdown, config.shutdown_deadline).await?;
+    Ok(())
+}
+
+fn senders(config: &Config, http: &reqwest::Client) -> Result<[Sender; Channel::ALL.len()], Error> {
+    use config::DeliveryMode;
+    let sms = match (&config.delivery, &config.twilio_account_sid, &config.twilio_auth_token, &config.twilio_from) {
+        (DeliveryMode::DryRun, ..) => Sender::DryRun,
+        (DeliveryMode::Providers, Some(sid), Some(token), Some(from)) => {
+            Sender::Twilio(Twilio::new(http.clone(), &config.twilio_base_url, sid.clone(), token.clone(), from.clone()))
+        }
+        (DeliveryMode::Providers, ..) => Sender::Disabled,
+    };
+    let push = match (&config.delivery, &config.fcm_credentials) {
+        (DeliveryMode::DryRun, _) => Sender::DryRun,
+        (DeliveryMode::Providers, Some(path)) => {
+            let account = Fcm::load_credentials(path)?;
+            Sender::Fcm(Fcm::new(http.clone(), &config.fcm_base_url, account, config.fcm_project_id.clone())?)
+        }
+        (DeliveryMode::Providers, None) => Sender::Disabled,
+    };
+    for (channel, sender) in Channel::ALL.iter().zip([&sms, &push]) {
+        if matches!(sender, Sender::Disabled) {
+            tracing::warn!(message = "No provider configured; requests for this channel are reported invalid.", %channel);
+        }
+    }
+    Ok([sms, push])
+}

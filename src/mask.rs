@@ -1,0 +1,87 @@
+//! Personal data in logs: phone numbers and push tokens are shown only by
+//! their last few characters, enough to correlate without identifying.
+
+use std::fmt;
+
+/// Formats a recipient address keeping only its last 4 characters
+/// (`+*******0100`, `…a1b2`).
+pub struct Masked<'a>(pub &'a str);
+
+impl fmt::Display for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let chars = self.0.chars().count();
+        let keep = if chars > 8 { 4 } else { 0 };
+        let tail: String = self.0.chars().skip(chars - keep).collect();
+        if self.0.starts_with('+') {
+            write!(f, "+{}{}", "*".repeat(chars.saturating_sub(keep + 1)), tail)
+        } else {
+            write!(f, "…{tail}")
+        }
+    }
+}
+
+impl fmt::Debug for Masked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A secret from configuration. Its `Debug` never shows the value, so a
+/// config dump in a log is safe.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_keep_only_the_last_four_digits() {
+        assert_eq!(Masked("+14155550100").to_string(), "+*******0100");
+    }
+
+    #[test]
+    fn tokens_keep_only_the_last_four_characters() {
+        assert_eq!(Masked("fcm-token-abcdef123456").to_string(), "…3456");
+    }
+
+    #[test]
+    fn short_values_are_masked_completely() {
+        assert_eq!(Masked("+1234").to_string(), "+****");
+        assert_eq!(Masked("abc").to_string(), "…");
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "\"[redacted]\"");
+        assert_eq!(s.expose(), "hunter2");
+    }
+}

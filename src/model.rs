@@ -1,0 +1,193 @@
+//! The domain types that flow between stages. Avro mapping lives in
+//! `decode` (requests) and `outcome::status` (status events).
+
+use std::collections::HashMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+
+/// A delivery channel. Adding one means a variant here, a symbol in both
+/// schemas, and a stage in `deliver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    Sms,
+    Push,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Sms, Channel::Push];
+
+    /// The Avro enum symbol.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Channel::Sms => "SMS",
+            Channel::Push => "PUSH",
+        }
+    }
+
+    pub fn from_symbol(symbol: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.symbol() == symbol)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.symbol())
+    }
+}
+
+/// A decoded `notification.requested` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub event_id: String,
+    pub user_id: String,
+    pub channel: Channel,
+    pub recipient: String,
+    pub content: Content,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Content {
+    pub title: Option<String>,
+    pub body: String,
+    pub template_vars: HashMap<String, String>,
+    pub data: HashMap<String, String>,
+}
+
+/// The `status` symbol of a status event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Sent,
+    RateLimited,
+    RetryScheduled,
+    Failed,
+    DeadLettered,
+    Invalid,
+    Scheduled,
+}
+
+impl Status {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Status::Sent => "SENT",
+            Status::RateLimited => "RATE_LIMITED",
+            Status::RetryScheduled => "RETRY_SCHEDULED",
+            Status::Failed => "FAILED",
+            Status::DeadLettered => "DEAD_LETTERED",
+            Status::Invalid => "INVALID",
+            Status::Scheduled => "SCHEDULED",
+        }
+    }
+
+    /// No further status follows a terminal one for the same event.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::RetryScheduled | Status::Scheduled)
+    }
+}
+
+/// How an error was classified; this alone decides what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The request itself is wrong; no attempt could succeed.
+    Invalid,
+    /// The provider refused it for good.
+    Permanent,
+    /// Worth another attempt later.
+    Transient,
+    /// The user's window for the channel is full.
+    RateLimited,
+}
+
+impl ErrorClass {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            ErrorClass::Invalid => "INVALID",
+            ErrorClass::Permanent => "PERMANENT",
+            ErrorClass::Transient => "TRANSIENT",
+            ErrorClass::RateLimited => "RATE_LIMITED",
+        }
+    }
+
+    pub fn from_symbol(symbol: &str) -> Option<ErrorClass> {
+        [Self::Invalid, Self::Permanent, Self::Transient, Self::RateLimited]
+            .into_iter()
+            .find(|c| c.symbol() == symbol)
+    }
+}
+
+/// One `notification.status` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusEvent {
+    pub event_id: String,
+    pub user_id: String,
+    /// `None` when the request named a channel herald does not know.
+    pub channel: Option<Channel>,
+    pub status: Status,
+    pub attempt: u32,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_class: Option<ErrorClass>,
+    pub error_message: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Why a request can never be delivered as written. One enum for every
+/// stage that judges content, so each reason has one stable code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvalidReason {
+    UnknownChannel(String),
+    /// No provider is configured for the channel in this deployment.
+    ChannelDisabled(Channel),
+    /// The record key is not the user id, so the user's events could be
+    /// split across partitions and their rate limit across writers.
+    KeyMismatch,
+    EmptyEventId,
+    EmptyUserId,
+    EmptyBody,
+    InvalidPhoneNumber,
+    BodyTooLong { chars: usize, max: usize },
+    EmptyPushToken,
+}
+
+impl InvalidReason {
+    /// Stable, machine-readable code for status events and DLQ headers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InvalidReason::UnknownChannel(_) => "unknown-channel",
+            InvalidReason::ChannelDisabled(_) => "channel-disabled",
+            InvalidReason::KeyMismatch => "key-mismatch",
+            InvalidReason::EmptyEventId => "empty-event-id",
+            InvalidReason::EmptyUserId => "empty-user-id",
+            InvalidReason::EmptyBody => "empty-body",
+            InvalidReason::InvalidPhoneNumber => "invalid-phone-number",
+            InvalidReason::BodyTooLong { .. } => "body-too-long",
+            InvalidReason::EmptyPushToken => "empty-push-token",
+        }
+    }
+}
+
+// Messages never include the recipient or the text: they end up in status
+// events that many systems read.
+impl fmt::Display for InvalidReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidReason::UnknownChannel(symbol) => write!(f, "channel {symbol} is not one herald delivers to"),
+            InvalidReason::ChannelDisabled(c) => write!(f, "no provider is configured for channel {c}"),
+            InvalidReason::KeyMismatch => f.write_str("record key is not the user id"),
+            InvalidReason::EmptyEventId => f.write_str("event_id is empty"),
+            InvalidReason::EmptyUserId => f.write_str("user_id is empty"),
+            InvalidReason::EmptyBody => f.write_str("message body is empty"),
+            InvalidReason::InvalidPhoneNumber => f.write_str("recipient is not an E.164 phone number"),
+            InvalidReason::BodyTooLong { chars, max } => write!(f, "body has {chars} characters; the limit is {max}"),
+            InvalidReason::EmptyPushToken => f.write_str("push token is empty"),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Headers herald puts on records it moves to a retry or dead-letter topic,
+//! and reads back when it consumes them. The payload is never touched, so a
+//! dead letter holds the producer's bytes exactly.
+
+use chrono::{DateTime, TimeZone, Utc};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+
+use crate::model::ErrorClass;
+
+pub const ATTEMPTS: &str = "herald-attempts";
+pub const NOT_BEFORE: &str = "herald-not-before";
+pub const ORIGINAL_TOPIC: &str = "herald-original-topic";
+pub const ORIGINAL_PARTITION: &str = "herald-original-partition";
+pub const ORIGINAL_OFFSET: &str = "herald-original-offset";
+pub const ERROR_CLASS: &str = "herald-error-class";
+pub const ERROR_CODE: &str = "herald-error-code";
+pub const ERROR_MESSAGE: &str = "herald-error-message";
+
+const PREFIX: &str = "herald-";
+
+/// Where a record first entered herald.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// herald's headers on a consumed record. A record from the requests topic
+/// has none: no attempts made, due now, and it is its own origin.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Envelope {
+    /// Delivery attempts already made.
+    pub attempts: u32,
+    pub not_before: Option<DateTime<Utc>>,
+    pub origin: Option<Origin>,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("header {header} is not a valid number")]
+pub struct EnvelopeError {
+    pub header: &'static str,
+}
+
+impl Envelope {
+    pub fn read(headers: Option<&OwnedHeaders>) -> Result<Envelope, EnvelopeError> {
+        let mut envelope = Envelope::default();
+        let Some(headers) = headers else { return Ok(envelope) };
+        let (mut topic, mut partition, mut offset) = (None, None, None);
+        for h in headers.iter() {
+            let value = h.value.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
+            match h.key {
+                ATTEMPTS => envelope.attempts = number(ATTEMPTS, value)?,
+                NOT_BEFORE => {
+                    let millis: i64 = number(NOT_BEFORE, value)?;
+                    envelope.not_before = Some(Utc.timestamp_millis_opt(millis).single().ok_or(EnvelopeError { header: NOT_BEFORE })?);
+                }
+                ORIGINAL_TOPIC => topic = Some(value.to_owned()),
+                ORIGINAL_PARTITION => partition = Some(number(ORIGINAL_PARTITION, value)?),
+                ORIGINAL_OFFSET => offset = Some(number(ORIGINAL_OFFSET, value)?),
+                _ => {}
+            }
+        }
+        if let (Some(topic), Some(partition), Some(offset)) = (topic, partition, offset) {
+            envelope.origin = Some(Origin { topic, partition, offset });
+        }
+        Ok(envelope)
+    }
+
+    /// Headers for the record's next hop: the producer's own headers are
+    /// kept, herald's are replaced.
+    pub fn write(
+        &self,
+        original: Option<&OwnedHeaders>,
+        origin: &Origin,
+        error: Option<&(ErrorClass, String, String)>,
+    ) -> OwnedHeaders {
+        let mut out = OwnedHeaders::new();
+        if let Some(original) = original {
+            for h in original.iter().filter(|h| !h.key.starts_with(PREFIX)) {
+                out = out.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let mut add = |key: &str, value: &str| {
+            out = std::mem::take(&mut out).insert(Header { key, value: Some(value) });
+        };
+        add(ATTEMPTS, &self.attempts.to_string());
+        if let Some(t) = self.not_before {
+            add(NOT_BEFORE, &t.timestamp_millis().to_string());
+        }
+        add(ORIGINAL_TOPIC, &origin.topic);
+        add(ORIGINAL_PARTITION, &origin.partition.to_string());
+        add(ORIGINAL_OFFSET, &origin.offset.to_string());
+        if let Some((class, code, message)) = error {
+            add(ERROR_CLASS, class.symbol());
+            add(ERROR_CODE, code);
+            add(ERROR_MESSAGE, message);
+        }
+        out
+    }
+}
+
+fn number<T: std::str::FromStr>(header: &'static str, value: &str) -> Result<T, EnvelopeError> {
+    value.parse().map_err(|_| EnvelopeError { header })
+}
+
+/// Reads one header's value as text; for tests and tools.
+pub fn header<'a>(headers: &'a OwnedHeaders, key: &str) -> Option<&'a str> {
+    headers.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_keeps_the_producers_headers() {
+        let original = OwnedHeaders::new()
+            .insert(Header { key: "traceparent", value: Some("00-abc") })
+            .insert(Header { key: ATTEMPTS, value: Some("1") });
+        let origin = Origin { topic: "notification.requested".into(), partition: 3, offset: 42 };
+        let envelope = Envelope {
+            attempts: 2,
+            not_before: Some(Utc.timestamp_millis_opt(1_700_000_000_123).unwrap()),
+            origin: Some(origin.clone()),
+        };
+        let written = envelope.write(Some(&original), &origin, Some(&(ErrorClass::Transient, "http:503".into(), "down".into())));
+        assert_eq!(Envelope::read(Some(&written)), Ok(envelope));
+        assert_eq!(header(&written, "traceparent"), Some("00-abc"));
+        assert_eq!(header(&written, ERROR_CLASS), Some("TRANSIENT"));
+        assert_eq!(written.iter().filter(|h| h.key == ATTEMPTS).count(), 1, "old herald headers replaced");
+    }
+
+    #[test]
+    fn a_record_without_headers_is_a_fresh_request() {
+        assert_eq!(Envelope::read(None), Ok(Envelope::default()));
+    }
+
+    #[test]
+    fn garbled_numbers_are_errors() {
+        let h = OwnedHeaders::new().insert(Header { key: ATTEMPTS, value: Some("two") });
+        assert_eq!(Envelope::read(Some(&h)), Err(EnvelopeError { header: ATTEMPTS }));
+    }
+}

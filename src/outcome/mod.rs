@@ -1,0 +1,206 @@
+//! Stage 5: what happens to a record once its fate is known, and making
+//! that durable in Kafka (status event, retry, dead letter).
+
+pub mod envelope;
+mod publish;
+mod status;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+pub use envelope::{Envelope, EnvelopeError, Origin};
+pub use publish::{Consumed, Ids, Publisher};
+pub use status::status_event;
+
+use crate::decode::Undecodable;
+use crate::deliver::{Delivered, DeliveryError};
+use crate::model::{ErrorClass, InvalidReason, Status};
+use crate::topics::Topics;
+
+/// The fate of one record. Every variant says which status (if any) is
+/// emitted and where (if anywhere) the record goes next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Sent(Delivered),
+    /// Permanently refused by the provider; not retried.
+    Failed(DeliveryError),
+    /// Transient failure: to retry topic `retry`, due at `not_before`.
+    RetryScheduled { retry: usize, not_before: DateTime<Utc>, error: DeliveryError },
+    /// Transient failure with the schedule exhausted.
+    DeadLettered(DeliveryError),
+    /// Never deliverable as written: reported, and kept on the dead-letter topic.
+    Invalid(InvalidReason),
+    RateLimited { until: DateTime<Utc> },
+    /// A request scheduled for later, first parked in delay topic `hold`.
+    Scheduled { hold: usize, not_before: DateTime<Utc> },
+    /// A parked record released early by its topic's delay, parked again.
+    Held { hold: usize, not_before: DateTime<Utc> },
+    /// Not a request; dead-lettered with the reason, no status (no ids).
+    Undecodable(Undecodable),
+}
+
+/// Where a record goes besides its status event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    Retry(usize),
+    DeadLetter,
+}
+
+/// A provider's `Retry-After` is honoured up to this; beyond it the retry
+/// schedule decides.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The one place that turns a delivery result into retry, dead letter or
+/// drop.
+pub fn decide(result: Result<Delivered, DeliveryError>, attempt: u32, topics: &Topics, now: DateTime<Utc>) -> Outcome {
+    let error = match result {
+        Ok(delivered) => return Outcome::Sent(delivered),
+        Err(DeliveryError::Invalid(reason)) => return Outcome::Invalid(reason),
+        Err(error) => error,
+    };
+    match (error.class(), topics.retry_after_attempt(attempt)) {
+        (ErrorClass::Transient, Some(retry)) => {
+            let wait = topics.retries[retry].delay.max(error.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER));
+            Outcome::RetryScheduled { retry, not_before: now + wait, error }
+        }
+        (ErrorClass::Transient, None) => Outcome::DeadLettered(error),
+        _ => Outcome::Failed(error),
+    }
+}
+
+impl Outcome {
+    pub fn status(&self) -> Option<Status> {
+        Some(match self {
+            Outcome::Sent(_) => Status::Sent,
+            Outcome::Failed(_) => Status::Failed,
+            Outcome::RetryScheduled { .. } => Status::RetryScheduled,
+            Outcome::DeadLettered(_) => Status::DeadLettered,
+            Outcome::Invalid(_) => Status::Invalid,
+            Outcome::RateLimited { .. } => Status::RateLimited,
+            Outcome::Scheduled { .. } => Status::Scheduled,
+            Outcome::Held { .. } | Outcome::Undecodable(_) => return None,
+        })
+    }
+
+    pub fn destination(&self) -> Option<Destination> {
+        match self {
+            Outcome::RetryScheduled { retry, .. } => Some(Destination::Retry(*retry)),
+            Outcome::Scheduled { hold, .. } | Outcome::Held { hold, .. } => Some(Destination::Retry(*hold)),
+            Outcome::DeadLettered(_) | Outcome::Invalid(_) | Outcome::Undecodable(_) => Some(Destination::DeadLetter),
+            Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } => None,
+        }
+    }
+
+    pub fn not_before(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Outcome::RetryScheduled { not_before, .. }
+            | Outcome::Scheduled { not_before, .. }
+            | Outcome::Held { not_before, .. } => Some(*not_before),
+            _ => None,
+        }
+    }
+
+    /// Class, code and message of the error behind this outcome, free of
+    /// personal data.
+    pub fn error(&self) -> Option<(ErrorClass, String, String)> {
+        match self {
+            Outcome::Failed(e) | Outcome::RetryScheduled { error: e, .. } | Outcome::DeadLettered(e) => {
+                Some((e.class(), e.code(), e.to_string()))
+            }
+            Outcome::Invalid(reason) => Some((ErrorClass::Invalid, reason.code().to_owned(), reason.to_string())),
+            Outcome::RateLimited { until } => Some((
+                ErrorClass::RateLimited,
+                "rate-limit-exceeded".to_owned(),
+                format!("window full until {}", until.to_rfc3339()),
+            )),
+            Outcome::Undecodable(u) => Some((ErrorClass::Invalid, u.code().to_owned(), u.to_string())),
+            Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::Provider;
+    use chrono::TimeZone;
+    use clap::Parser;
+
+    fn topics() -> Topics {
+        Topics::from_config(&crate::config::Config::try_parse_from(["herald"]).unwrap())
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.timestamp_opt(1_700_000_000, 0).unwrap()
+    }
+
+    fn unavailable(retry_after: Option<u64>) -> DeliveryError {
+        DeliveryError::Unavailable {
+            provider: Provider::Twilio,
+            code: "http:503".into(),
+            message: "down".into(),
+            retry_after: retry_after.map(Duration::from_secs),
+        }
+    }
+
+    fn rejected() -> DeliveryError {
+        DeliveryError::Rejected { provider: Provider::Twilio, code: "twilio:21211".into(), message: "bad".into() }
+    }
+
+    #[test]
+    fn decision_table() {
+        let t = topics();
+        let mins = |m: i64| now() + chrono::Duration::minutes(m);
+        let sent = Delivered { provider: Provider::Fcm, message_id: Some("m".into()) };
+        let rows: Vec<(Result<Delivered, DeliveryError>, u32, Outcome)> = vec![
+            (Ok(sent.clone()), 1, Outcome::Sent(sent)),
+            (Err(rejected()), 1, Outcome::Failed(rejected())),
+            (Err(rejected()), 3, Outcome::Failed(rejected())),
+            (
+                Err(DeliveryError::Invalid(InvalidReason::InvalidPhoneNumber)),
+                1,
+                Outcome::Invalid(InvalidReason::InvalidPhoneNumber),
+            ),
+            (Err(unavailable(None)), 1, Outcome::RetryScheduled { retry: 0, not_before: mins(10), error: unavailable(None) }),
+            (Err(unavailable(None)), 2, Outcome::RetryScheduled { retry: 1, not_before: mins(20), error: unavailable(None) }),
+            (Err(unavailable(None)), 3, Outcome::RetryScheduled { retry: 2, not_before: mins(40), error: unavailable(None) }),
+            (Err(unavailable(None)), 4, Outcome::DeadLettered(unavailable(None))),
+            // Retry-After longer than the topic's delay wins, up to the clamp.
+            (
+                Err(unavailable(Some(900))),
+                1,
+                Outcome::RetryScheduled { retry: 0, not_before: mins(15), error: unavailable(Some(900)) },
+            ),
+            (
+                Err(unavailable(Some(86_400))),
+                1,
+                Outcome::RetryScheduled { retry: 0, not_before: mins(60), error: unavailable(Some(86_400)) },
+            ),
+            // Shorter than the delay: the schedule wins.
+            (
+                Err(unavailable(Some(5))),
+                1,
+                Outcome::RetryScheduled { retry: 0, not_before: mins(10), error: unavailable(Some(5)) },
+            ),
+        ];
+        for (result, attempt, expected) in rows {
+            assert_eq!(decide(result.clone(), attempt, &t, now()), expected, "{result:?} on attempt {attempt}");
+        }
+    }
+
+    #[test]
+    fn each_outcome_has_its_status_and_destination() {
+        let rows = [
+            (Outcome::Failed(rejected()), Some(Status::Failed), None),
+            (Outcome::DeadLettered(unavailable(None)), Some(Status::DeadLettered), Some(Destination::DeadLetter)),
+            (Outcome::Invalid(InvalidReason::EmptyBody), Some(Status::Invalid), Some(Destination::DeadLetter)),
+            (Outcome::RateLimited { until: now() }, Some(Status::RateLimited), None),
+            (Outcome::Scheduled { hold: 2, not_before: now() }, Some(Status::Scheduled), Some(Destination::Retry(2))),
+            (Outcome::Held { hold: 1, not_before: now() }, None, Some(Destination::Retry(1))),
+        ];
+        for (outcome, status, destination) in rows {
+            assert_eq!((outcome.status(), outcome.destination()), (status, destination), "{outcome:?}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The per-record flow: decode → rate limit → route → deliver → outcome.
+//!
+//! `admit` runs in the consume loop, in partition order, so rate-limit
+//! decisions for one user happen in the order the user's events were
+//! written. `finish` runs concurrently, bounded by the record's lane.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::decode::{DecodeError, Decoder};
+use crate::mask::Masked;
+use crate::model::{Channel, Request};
+use crate::outcome::{self, Consumed, Ids, Outcome, Publisher};
+use crate::ratelimit::{Decision, Limiter};
+use crate::registry::RegistryError;
+use crate::route::Router;
+use crate::topics::{Source, Topics};
+
+pub struct Pipeline {
+    pub decoder: Decoder,
+    pub limiter: Limiter,
+    pub router: Router,
+    pub publisher: Publisher,
+    pub topics: Arc<Topics>,
+    pub sms_max_chars: usize,
+}
+
+/// A record after the in-order steps.
+pub enum Admitted {
+    /// Ready for its channel's delivery stage, as delivery attempt `attempt`.
+    Deliver { request: Request, attempt: u32 },
+    /// Its outcome is already known.
+    Settled { ids: Option<Ids>, outcome: Outcome },
+}
+
+impl Admitted {
+    pub fn channel(&self) -> Option<Channel> {
+        match self {
+            Admitted::Deliver { request, .. } => Some(request.channel),
+            Admitted::Settled { .. } => None,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Decode, hold if not yet due, rate-limit. Errors only when the record
+    /// cannot be judged at all (the schema registry is down): then nothing
+    /// must happen to it.
+    pub async fn admit(&self, record: &Consumed, source: Source, now: DateTime<Utc>) -> Result<Admitted, RegistryError> {
+        let request = match self.decoder.decode(record.key.as_deref(), record.payload.as_deref()).await {
+            Ok(request) => request,
+            Err(DecodeError::Unavailable(e)) => return Err(e),
+            Err(DecodeError::Undecodable(reason)) => {
+                return Ok(Admitted::Settled { ids: None, outcome: Outcome::Undecodable(reason) })
+            }
+            Err(DecodeError::Invalid { event_id, user_id, reason }) => {
+                let ids = Ids { event_id, user_id, channel: None };
+                return Ok(Admitted::Settled { ids: Some(ids), outcome: Outcome::Invalid(reason) });
+            }
+        };
+        let ids = || Some(ids_of(&request));
+        let attempt = record.envelope.attempts + 1;
+        let due = match source {
+            Source::Requested => request.scheduled_at,
+            Source::Retry(_) => record.envelope.not_before,
+        };
+        if let Some(not_before) = due.filter(|t| *t > now) {
+            let hold = self.topics.hold_for((not_before - now).to_std().unwrap_or_default());
+            let outcome = match source {
+                Source::Requested => Outcome::Scheduled { hold, not_before },
+                Source::Retry(_) => Outcome::Held { hold, not_before },
+            };
+            return Ok(Admitted::Settled { ids: ids(), outcome });
+        }
+        // Only the first attempt counts: a retry was counted when it was new.
+        if attempt == 1 {
+            if let Decision::Deny { until } = self.limiter.check(&request.user_id, request.channel, &request.event_id, now) {
+                return Ok(Admitted::Settled { ids: ids(), outcome: Outcome::RateLimited { until } });
+            }
+        }
+        Ok(Admitted::Deliver { request, attempt })
+    }
+
+    /// Deliver if needed, decide, and publish the outcome. Returns once the
+    /// outcome is durable.
+    pub async fn finish(&self, record: Consumed, admitted: Admitted) {
+        let (ids, outcome, attempt) = match admitted {
+            Admitted::Settled { ids, outcome } => (ids, outcome, record.envelope.attempts),
+            Admitted::Deliver { request, attempt } => {
+                let result = self.router.lane(request.channel).deliver(request.channel, &request, self.sms_max_chars).await;
+                let outcome = outcome::decide(result, attempt, &self.topics, Utc::now());
+                log(&request, &outcome, attempt);
+                (Some(ids_of(&request)), outcome, attempt)
+            }
+        };
+        if let (None, Outcome::Undecodable(reason)) = (&ids, &outcome) {
+            tracing::warn!(message = "Undecodable record dead-lettered.", topic = record.topic, partition = record.partition, offset = record.offset, %reason);
+        }
+        self.publisher.publish(&record, ids.as_ref(), &outcome, attempt, Utc::now()).await;
+    }
+}
+
+fn ids_of(request: &Request) -> Ids {
+    Ids { event_id: request.event_id.clone(), user_id: request.user_id.clone(), channel: Some(request.channel) }
+}
+
+fn log(request: &Request, outcome: &Outcome, attempt: u32) {
+    let recipient = Masked(&request.recipient);
+    let (event_id, channel) = (request.event_id.as_str(), request.channel.symbol());
+    match outcome {
+        Outcome::Sent(d) => tracing::debug!(message = "Delivered.", event_id, channel, %recipient, attempt, provider = %d.provider),
+        Outcome::RetryScheduled { error, not_before, .. } => {
+            tracing::info!(message = "Delivery failed; retry scheduled.", event_id, channel, %recipient, attempt, %error, next_attempt_at = %not_before)
+        }
+        Outcome::Failed(error) | Outcome::DeadLettered(error) => {
+            tracing::warn!(message = "Delivery failed for good.", event_id, channel, %recipient, attempt, %error)
+        }
+        Outcome::Invalid(reason) => tracing::warn!(message = "Invalid request.", event_id, channel, %recipient, %reason),
+        _ => {}
+    }
+}

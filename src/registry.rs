@@ -1,0 +1,119 @@
+//! Confluent Schema Registry client: writer schemas by id, and registration
+//! of herald's own status schema. Callers cache: ids are immutable.
+
+use std::time::Duration;
+
+use apache_avro::Schema;
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry answered that the id does not exist: the record is bad.
+    #[error("schema id {0} is not in the registry")]
+    UnknownId(u32),
+    #[error("schema id {id} from the registry does not parse: {reason}")]
+    BadSchema { id: u32, reason: String },
+    /// The registry could not be asked; the record is not at fault.
+    #[error("schema registry unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub struct Registry {
+    http: reqwest::Client,
+    base: Url,
+}
+
+#[derive(Deserialize)]
+struct SchemaById {
+    schema: String,
+}
+
+#[derive(Deserialize)]
+struct Registered {
+    id: u32,
+}
+
+const ATTEMPTS: u32 = 5;
+
+impl Registry {
+    pub fn new(base: Url, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder().timeout(timeout).build().expect("static HTTP client settings");
+        Registry { http, base }
+    }
+
+    pub async fn writer_schema(&self, id: u32) -> Result<Schema, RegistryError> {
+        let url = self.url(&format!("schemas/ids/{id}"));
+        let body: SchemaById = self
+            .with_retries(|| self.http.get(url.clone()).send(), |status| {
+                (status == StatusCode::NOT_FOUND).then_some(RegistryError::UnknownId(id))
+            })
+            .await?;
+        Schema::parse_str(&body.schema).map_err(|e| RegistryError::BadSchema { id, reason: e.to_string() })
+    }
+
+    /// Registers `schema` under `subject` (idempotent in the registry) and
+    /// returns its id.
+    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+        let url = self.url(&format!("subjects/{subject}/versions"));
+        let body = serde_json::json!({ "schema": schema });
+        let registered: Registered = self
+            .with_retries(
+                || {
+                    self.http
+                        .post(url.clone())
+                        .header("content-type", "application/vnd.schemaregistry.v1+json")
+                        .json(&body)
+                        .send()
+                },
+                |_| None,
+            )
+            .await?;
+        Ok(registered.id)
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut base = self.base.clone();
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        base.join(path).expect("registry paths are relative and valid")
+    }
+
+    /// Retries what the registry did not answer, with exponential backoff;
+    /// `final_status` turns a definite answer into an error at once.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        request: F,
+        final_status: impl Fn(StatusCode) -> Option<RegistryError>,
+    ) -> Result<T, RegistryError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+    {
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            match request().await {
+                Ok(resp) if resp.status().is_success() => {
+                    return resp.json().await.map_err(|e| RegistryError::Unavailable(e.to_string()));
+                }
+                Ok(resp) => {
+                    if let Some(err) = final_status(resp.status()) {
+                        return Err(err);
+                    }
+                    last = format!("HTTP {}", resp.status());
+                    if resp.status().is_client_error() {
+                        break;
+                    }
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tracing::warn!(message = "Schema registry request failed.", attempt, error = %last);
+        }
+        Err(RegistryError::Unavailable(last))
+    }
+}

@@ -1,0 +1,177 @@
+//! Topic roles, the retry schedule, and making sure the topics exist.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::Config;
+
+/// A delay topic: records wait in it until their not-before time, and no
+/// record is held in it longer than `delay` past its append time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryTopic {
+    pub name: String,
+    pub delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub requested: String,
+    pub status: String,
+    pub dead_letter: String,
+    /// In schedule order: a transient failure on attempt n goes to `retries[n - 1]`.
+    pub retries: Vec<RetryTopic>,
+}
+
+/// Where a consumed record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Requested,
+    Retry(usize),
+}
+
+impl Topics {
+    pub fn from_config(config: &Config) -> Self {
+        Topics {
+            requested: config.topic_requested.clone(),
+            status: config.topic_status.clone(),
+            dead_letter: config.topic_dead_letter.clone(),
+            retries: config
+                .retry_topics
+                .iter()
+                .zip(&config.retry_delays)
+                .map(|(name, delay)| RetryTopic { name: name.clone(), delay: *delay })
+                .collect(),
+        }
+    }
+
+    /// The topics herald consumes.
+    pub fn inputs(&self) -> Vec<&str> {
+        std::iter::once(self.requested.as_str()).chain(self.retries.iter().map(|r| r.name.as_str())).collect()
+    }
+
+    pub fn all(&self) -> Vec<&str> {
+        let mut all = self.inputs();
+        all.extend([self.status.as_str(), self.dead_letter.as_str()]);
+        all
+    }
+
+    pub fn source(&self, topic: &str) -> Option<Source> {
+        if topic == self.requested {
+            return Some(Source::Requested);
+        }
+        self.retries.iter().position(|r| r.name == topic).map(Source::Retry)
+    }
+
+    /// The retry topic after a transient failure on `attempt` (from 1), or
+    /// `None` when the schedule is exhausted.
+    pub fn retry_after_attempt(&self, attempt: u32) -> Option<usize> {
+        let index = attempt.checked_sub(1)? as usize;
+        (index < self.retries.len()).then_some(index)
+    }
+
+    /// The delay topic that should hold a record due in `remaining`: the
+    /// longest delay that does not overshoot it, so the record hops forward
+    /// in as few steps as possible and is never released late by more than
+    /// the shortest delay.
+    pub fn hold_for(&self, remaining: Duration) -> usize {
+        self.retries
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.delay <= remaining)
+            .max_by_key(|(_, r)| r.delay)
+            .map_or_else(|| self.shortest(), |(i, _)| i)
+    }
+
+    fn shortest(&self) -> usize {
+        self.retries.iter().enumerate().min_by_key(|(_, r)| r.delay).map_or(0, |(i, _)| i)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic {0:?} does not exist and topic creation is off (--create-topics false)")]
+    Missing(String),
+    #[error("cannot read cluster metadata: {0}")]
+    Metadata(rdkafka::error::KafkaError),
+    #[error("cannot create topic {topic:?}: {error}")]
+    Create { topic: String, error: String },
+}
+
+/// Creates the topics that are missing, or refuses if told not to.
+pub async fn ensure(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &Topics,
+    config: &Config,
+) -> Result<(), TopicError> {
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(TopicError::Metadata)?;
+    let existing: Vec<&str> = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
+    let missing: Vec<&str> = topics.all().into_iter().filter(|t| !existing.contains(t)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !config.create_topics {
+        return Err(TopicError::Missing(missing[0].to_owned()));
+    }
+    let new: Vec<NewTopic> = missing
+        .iter()
+        .map(|t| NewTopic::new(t, config.topic_partitions, TopicReplication::Fixed(config.topic_replication)))
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .map_err(|e| TopicError::Create { topic: missing.join(","), error: e.to_string() })?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(message = "Created topic.", topic),
+            // Another instance won the race; that is fine.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(TopicError::Create { topic, error: code.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn topics() -> Topics {
+        Topics::from_config(&Config::try_parse_from(["herald"]).unwrap())
+    }
+
+    #[test]
+    fn each_transient_failure_moves_one_topic_down_the_schedule() {
+        let t = topics();
+        assert_eq!(t.retry_after_attempt(1), Some(0));
+        assert_eq!(t.retry_after_attempt(2), Some(1));
+        assert_eq!(t.retry_after_attempt(3), Some(2));
+        assert_eq!(t.retry_after_attempt(4), None);
+        assert_eq!(t.retry_after_attempt(0), None);
+    }
+
+    #[test]
+    fn scheduled_records_wait_in_the_longest_topic_that_does_not_overshoot() {
+        let t = topics();
+        let min = |m: u64| Duration::from_secs(60 * m);
+        assert_eq!(t.hold_for(min(1)), 0, "shorter than every delay: the shortest");
+        assert_eq!(t.hold_for(min(15)), 0);
+        assert_eq!(t.hold_for(min(20)), 1);
+        assert_eq!(t.hold_for(min(39)), 1);
+        assert_eq!(t.hold_for(min(24 * 60)), 2);
+    }
+
+    #[test]
+    fn sources_are_recognised_by_topic_name() {
+        let t = topics();
+        assert_eq!(t.source("notification.requested"), Some(Source::Requested));
+        assert_eq!(t.source("retry-40m"), Some(Source::Retry(2)));
+        assert_eq!(t.source("notification.status"), None);
+    }
+}
