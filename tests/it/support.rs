@@ -1,0 +1,244 @@
+//! The harness: a broker, fake providers, unique topics, and herald run
+//! through its library entry point.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use apache_avro::Schema;
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use herald::codec::{self, Bundled};
+use herald::model::{Channel, Content, Request, Status, StatusEvent};
+use herald::Config;
+use herald_testkit::fake::{FakeFcm, FakeTwilio};
+use herald_testkit::kafka::{self, Reader};
+use herald_testkit::Broker;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000001";
+pub const AUTH_TOKEN: &str = "test-auth-token";
+pub const FROM: &str = "+15005550006";
+
+pub struct Harness {
+    pub broker: Broker,
+    pub twilio: FakeTwilio,
+    pub fcm: FakeFcm,
+    pub topics: TestTopics,
+    pub group: String,
+    pub producer: FutureProducer,
+    pub bundled: Bundled,
+    credentials: PathBuf,
+}
+
+/// Unique topic names, so tests can share a real cluster.
+pub struct TestTopics {
+    pub requested: String,
+    pub status: String,
+    pub dead_letter: String,
+    pub retries: [String; 3],
+}
+
+/// Short delays so the whole retry schedule runs in about 2 s.
+pub const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(300), Duration::from_millis(600), Duration::from_millis(1200)];
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Harness {
+    pub async fn new() -> Harness {
+        herald::telemetry::init(herald::config::LogFormat::Text);
+        let broker = Broker::start();
+        let unique = format!("t{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), Utc::now().timestamp_millis());
+        let topics = TestTopics {
+            requested: format!("{unique}.requested"),
+            status: format!("{unique}.status"),
+            dead_letter: format!("{unique}.dead-letter"),
+            retries: ["10m", "20m", "40m"].map(|d| format!("{unique}.retry-{d}")),
+        };
+        let fcm = FakeFcm::start().await;
+        let credentials = fcm.write_service_account(&std::env::temp_dir());
+        Harness {
+            producer: kafka::producer(&broker.bootstrap),
+            twilio: FakeTwilio::start(ACCOUNT_SID, AUTH_TOKEN).await,
+            fcm,
+            topics,
+            group: format!("{unique}.herald"),
+            bundled: Bundled::load(),
+            credentials,
+            broker,
+        }
+    }
+
+    /// herald's command line for this harness; `extra` goes last and wins.
+    pub fn args(&self, extra: &[&str]) -> Vec<String> {
+        let delays: Vec<String> = RETRY_DELAYS.iter().map(|d| format!("{}ms", d.as_millis())).collect();
+        let mut args: Vec<String> = vec![
+            "herald".into(),
+            "--brokers".into(),
+            self.broker.bootstrap.clone(),
+            "--group-id".into(),
+            self.group.clone(),
+            "--topic-requested".into(),
+            self.topics.requested.clone(),
+            "--topic-status".into(),
+            self.topics.status.clone(),
+            "--topic-dead-letter".into(),
+            self.topics.dead_letter.clone(),
+            "--retry-topics".into(),
+            self.topics.retries.join(","),
+            "--retry-delays".into(),
+            delays.join(","),
+            "--topic-partitions".into(),
+            "3".into(),
+            "--twilio-base-url".into(),
+            self.twilio.base_url(),
+            "--twilio-account-sid".into(),
+            ACCOUNT_SID.into(),
+            "--twilio-auth-token".into(),
+            AUTH_TOKEN.into(),
+            "--twilio-from".into(),
+            FROM.into(),
+            "--fcm-base-url".into(),
+            self.fcm.base_url(),
+            "--fcm-credentials".into(),
+            self.credentials.display().to_string(),
+            "--http-timeout".into(),
+            "5s".into(),
+            "--shutdown-deadline".into(),
+            "10s".into(),
+        ];
+        for option in kafka::FAST_GROUP {
+            args.extend(["--kafka-option".into(), option.into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    pub fn config(&self, extra: &[&str]) -> Config {
+        Config::try_parse_from(self.args(extra)).expect("test arguments parse")
+    }
+
+    /// Runs herald in this process until the returned handle is stopped.
+    pub fn start(&self, extra: &[&str]) -> Running {
+        let config = self.config(extra);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(herald::run(config, async {
+            let _ = stopped.await;
+        }));
+        Running { stop: Some(stop), task }
+    }
+
+    pub async fn send(&self, request: &Request) -> Vec<u8> {
+        let bytes = codec::encode_request(&self.bundled.request, 1, request).unwrap();
+        self.send_raw(request.user_id.as_bytes(), &bytes).await;
+        bytes
+    }
+
+    pub async fn send_raw(&self, key: &[u8], payload: &[u8]) {
+        kafka::produce(&self.producer, &self.topics.requested, key, payload, None).await;
+    }
+
+    pub fn statuses(&self) -> Statuses {
+        Statuses { reader: Reader::new(&self.broker.bootstrap, &self.topics.status), schema: self.bundled.status.clone(), events: vec![] }
+    }
+
+    pub fn reader(&self, topic: &str) -> Reader {
+        Reader::new(&self.broker.bootstrap, topic)
+    }
+}
+
+pub struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), herald::Error>>,
+}
+
+impl Running {
+    /// Asks herald to shut down and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), herald::Error> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task).await.expect("herald stops in time").expect("herald task")
+    }
+}
+
+/// Status events read from the status topic, decoded.
+pub struct Statuses {
+    reader: Reader,
+    schema: Schema,
+    pub events: Vec<StatusEvent>,
+}
+
+impl Statuses {
+    /// Reads until `done` holds for every event read so far.
+    pub async fn until(&mut self, timeout: Duration, done: impl Fn(&[StatusEvent]) -> bool) -> &[StatusEvent] {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(&self.events) {
+            let Some(message) = self.reader.next(deadline).await else {
+                panic!("timed out after {timeout:?}; statuses so far: {:#?}", self.events);
+            };
+            self.events.push(codec::decode_status(&self.schema, message.payload().unwrap()).expect("status decodes"));
+        }
+        &self.events
+    }
+
+    /// Reads until each of `event_ids` has a terminal status; returns them.
+    pub async fn terminal(&mut self, timeout: Duration, event_ids: &[String]) -> HashMap<String, StatusEvent> {
+        self.until(timeout, |events| {
+            event_ids.iter().all(|id| events.iter().any(|e| &e.event_id == id && e.status.is_terminal()))
+        })
+        .await;
+        self.events.iter().filter(|e| e.status.is_terminal()).map(|e| (e.event_id.clone(), e.clone())).collect()
+    }
+
+    /// All statuses of one event, in order.
+    pub fn of(&self, event_id: &str) -> Vec<StatusEvent> {
+        self.events.iter().filter(|e| e.event_id == event_id).cloned().collect()
+    }
+
+    /// Reads whatever else arrives within `window`.
+    pub async fn settle(&mut self, window: Duration) {
+        let deadline = tokio::time::Instant::now() + window;
+        while let Some(message) = self.reader.next(deadline).await {
+            self.events.push(codec::decode_status(&self.schema, message.payload().unwrap()).expect("status decodes"));
+        }
+    }
+}
+
+pub fn sms(event_id: &str, user: &str, phone: &str, body: &str) -> Request {
+    Request {
+        event_id: event_id.into(),
+        user_id: user.into(),
+        channel: Channel::Sms,
+        recipient: phone.into(),
+        content: Content { title: None, body: body.into(), ..Content::default() },
+        scheduled_at: None,
+        created_at: Utc::now(),
+    }
+}
+
+pub fn push(event_id: &str, user: &str, token: &str, title: &str, body: &str) -> Request {
+    Request {
+        event_id: event_id.into(),
+        user_id: user.into(),
+        channel: Channel::Push,
+        recipient: token.into(),
+        content: Content { title: Some(title.into()), body: body.into(), ..Content::default() },
+        scheduled_at: None,
+        created_at: Utc::now(),
+    }
+}
+
+pub fn statuses_of(events: &[StatusEvent], event_id: &str) -> Vec<(Status, u32)> {
+    events.iter().filter(|e| e.event_id == event_id).map(|e| (e.status, e.attempt)).collect()
+}
+
+pub fn header<'a>(message: &'a OwnedMessage, key: &str) -> Option<&'a str> {
+    message.headers().and_then(|h| herald::outcome::envelope::header(h, key))
+}
+
+pub fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
