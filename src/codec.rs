@@ -100,12 +100,12 @@ pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
         channel,
         recipient: take_string(&mut fields, "recipient").ok_or(FieldError::Missing("recipient"))?,
         content: Content {
-            title: take_optional_string(&mut content, "title"),
+            title: take_string(&mut content, "title"),
             body: take_string(&mut content, "body").ok_or(FieldError::Missing("content.body"))?,
             template_vars: take_string_map(&mut content, "template_vars"),
             data: take_string_map(&mut content, "data"),
         },
-        scheduled_at: take_optional_time(&mut fields, "scheduled_at"),
+        scheduled_at: take_time(&mut fields, "scheduled_at"),
         created_at: take_time(&mut fields, "created_at").ok_or(FieldError::Missing("created_at"))?,
     })
 }
@@ -217,9 +217,9 @@ pub fn decode_status(schema: &Schema, bytes: &[u8]) -> Result<StatusEvent, Statu
             Some(Value::Int(n)) => n.max(0) as u32,
             _ => return Err(FieldError::Missing("attempt").into()),
         },
-        provider: take_optional_string(&mut f, "provider"),
-        provider_message_id: take_optional_string(&mut f, "provider_message_id"),
-        error_code: take_optional_string(&mut f, "error_code"),
+        provider: take_string(&mut f, "provider"),
+        provider_message_id: take_string(&mut f, "provider_message_id"),
+        error_code: take_string(&mut f, "error_code"),
         error_class: match f.remove("error_class") {
             Some(Value::Union(_, v)) => match *v {
                 Value::Enum(_, s) => ErrorClass::from_symbol(&s),
@@ -227,9 +227,9 @@ pub fn decode_status(schema: &Schema, bytes: &[u8]) -> Result<StatusEvent, Statu
             },
             _ => None,
         },
-        error_message: take_optional_string(&mut f, "error_message"),
+        error_message: take_string(&mut f, "error_message"),
         occurred_at: take_time(&mut f, "occurred_at").ok_or(FieldError::Missing("occurred_at"))?,
-        next_attempt_at: take_optional_time(&mut f, "next_attempt_at"),
+        next_attempt_at: take_time(&mut f, "next_attempt_at"),
     })
 }
 
@@ -256,10 +256,6 @@ fn take_string(f: &mut Fields, name: &str) -> Option<String> {
     }
 }
 
-fn take_optional_string(f: &mut Fields, name: &str) -> Option<String> {
-    take_string(f, name)
-}
-
 fn take_enum(f: &mut Fields, name: &str) -> Option<String> {
     match f.remove(name)? {
         Value::Enum(_, s) => Some(s),
@@ -276,10 +272,6 @@ fn take_time(f: &mut Fields, name: &str) -> Option<DateTime<Utc>> {
         Value::TimestampMillis(ms) | Value::Long(ms) => millis(ms),
         _ => None,
     }
-}
-
-fn take_optional_time(f: &mut Fields, name: &str) -> Option<DateTime<Utc>> {
-    take_time(f, name)
 }
 
 fn take_string_map(f: &mut Fields, name: &str) -> HashMap<String, String> {
