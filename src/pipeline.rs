@@ -85,19 +85,21 @@ impl Pipeline {
     /// Deliver if needed, decide, and publish the outcome. Returns once the
     /// outcome is durable.
     pub async fn finish(&self, record: Consumed, admitted: Admitted) {
-        let (ids, outcome, attempt) = match admitted {
-            Admitted::Settled { ids, outcome } => (ids, outcome, record.envelope.attempts),
+        let (ids, outcome, attempt, now) = match admitted {
+            Admitted::Settled { ids, outcome } => (ids, outcome, record.envelope.attempts, Utc::now()),
             Admitted::Deliver { request, attempt } => {
                 let result = self.router.lane(request.channel).deliver(request.channel, &request, self.sms_max_chars).await;
-                let outcome = outcome::decide(result, attempt, &self.topics, Utc::now());
+                // One clock reading, so a status's next attempt is exactly its delay after it.
+                let now = Utc::now();
+                let outcome = outcome::decide(result, attempt, &self.topics, now);
                 log(&request, &outcome, attempt);
-                (Some(ids_of(&request)), outcome, attempt)
+                (Some(ids_of(&request)), outcome, attempt, now)
             }
         };
         if let (None, Outcome::Undecodable(reason)) = (&ids, &outcome) {
             tracing::warn!(message = "Undecodable record dead-lettered.", topic = record.topic, partition = record.partition, offset = record.offset, %reason);
         }
-        self.publisher.publish(&record, ids.as_ref(), &outcome, attempt, Utc::now()).await;
+        self.publisher.publish(&record, ids.as_ref(), &outcome, attempt, now).await;
     }
 }
 

@@ -396,7 +396,7 @@ async fn registry(schemas: Arc<Schemas>, shared: Arc<Shared>, r: Request) -> Res
         let id = match by_id.iter().find(|(_, s)| **s == schema) {
             Some((id, _)) => *id,
             None => {
-                let id = 100 + by_id.len() as u32;
+                let id = (100..).find(|id| !by_id.contains_key(id)).expect("a free id");
                 by_id.insert(id, schema);
                 id
             }

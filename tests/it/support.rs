@@ -164,6 +164,19 @@ impl Running {
     }
 }
 
+/// A test that fails before `stop` still stops herald while the broker is
+/// up; otherwise the consumer's close waits on a broker that is gone.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(stop) = self.stop.take() else { return };
+        let _ = stop.send(());
+        let task = &mut self.task;
+        tokio::task::block_in_place(|| {
+            let _ = tokio::runtime::Handle::current().block_on(tokio::time::timeout(Duration::from_secs(15), task));
+        });
+    }
+}
+
 /// Status events read from the status topic, decoded.
 pub struct Statuses {
     reader: Reader,
