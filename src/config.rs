@@ -26,6 +26,14 @@ pub struct Config {
     #[arg(long = "kafka-option", env = "HERALD_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
 
+    /// Extra librdkafka settings for the consumer only (group timeouts, fetch sizes); these win over --kafka-option.
+    #[arg(long = "kafka-consumer-option", env = "HERALD_KAFKA_CONSUMER_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_consumer_options: Vec<(String, String)>,
+
+    /// Extra librdkafka settings for the producer only (batching, compression); these win over --kafka-option.
+    #[arg(long = "kafka-producer-option", env = "HERALD_KAFKA_PRODUCER_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_producer_options: Vec<(String, String)>,
+
     /// Topic herald consumes requests from.
     #[arg(long, env = "HERALD_TOPIC_REQUESTED", default_value = "notification.requested")]
     pub topic_requested: String,

@@ -17,15 +17,20 @@ fn base(config: &Config) -> ClientConfig {
     c
 }
 
-/// Operator-supplied settings win over herald's defaults.
-fn with_overrides(mut c: ClientConfig, config: &Config) -> ClientConfig {
-    for (key, value) in &config.kafka_options {
+/// Operator-supplied settings win over herald's defaults, and settings for
+/// one kind of client win over those for every client.
+fn with_overrides(mut c: ClientConfig, config: &Config, specific: &[(String, String)]) -> ClientConfig {
+    for (key, value) in config.kafka_options.iter().chain(specific) {
         c.set(key, value);
     }
     c
 }
 
 pub fn consumer(config: &Config) -> KafkaResult<HeraldConsumer> {
+    consumer_config(config).create_with_context(IngestContext::default())
+}
+
+fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = base(config);
     c.set("group.id", &config.group_id)
         // Offsets are stored by the loop once outcomes are durable, and
@@ -37,18 +42,49 @@ pub fn consumer(config: &Config) -> KafkaResult<HeraldConsumer> {
         .set("heartbeat.interval.ms", "1000")
         // The loop never blocks longer than a provider timeout.
         .set("max.poll.interval.ms", "60000");
-    with_overrides(c, config).create_with_context(IngestContext::default())
+    with_overrides(c, config, &config.kafka_consumer_options)
 }
 
 pub fn producer(config: &Config) -> KafkaResult<FutureProducer> {
+    producer_config(config).create()
+}
+
+fn producer_config(config: &Config) -> ClientConfig {
     let mut c = base(config);
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4");
-    with_overrides(c, config).create()
+    with_overrides(c, config, &config.kafka_producer_options)
 }
 
 pub fn admin(config: &Config) -> KafkaResult<AdminClient<DefaultClientContext>> {
-    with_overrides(base(config), config).create()
+    with_overrides(base(config), config, &[]).create()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn client_specific_options_apply_to_their_client_only_and_win() {
+        let config = Config::try_parse_from([
+            "herald",
+            "--kafka-option",
+            "client.id=all,session.timeout.ms=7000",
+            "--kafka-consumer-option",
+            "session.timeout.ms=6000",
+            "--kafka-producer-option",
+            "linger.ms=20",
+        ])
+        .unwrap();
+        let (consumer, producer) = (consumer_config(&config), producer_config(&config));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("20"));
+        assert_eq!(producer.get("session.timeout.ms"), Some("7000"), "--kafka-option is for every client");
+        assert_eq!((consumer.get("client.id"), producer.get("client.id")), (Some("all"), Some("all")));
+    }
 }

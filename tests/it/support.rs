@@ -112,7 +112,7 @@ impl Harness {
             "10s".into(),
         ];
         for option in kafka::FAST_GROUP {
-            args.extend(["--kafka-option".into(), option.into()]);
+            args.extend(["--kafka-consumer-option".into(), option.into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         args
