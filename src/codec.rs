@@ -201,18 +201,7 @@ pub fn decode_status(schema: &Schema, bytes: &[u8]) -> Result<StatusEvent, Statu
         event_id: take_string(&mut f, "event_id").ok_or(FieldError::Missing("event_id"))?,
         user_id: take_string(&mut f, "user_id").ok_or(FieldError::Missing("user_id"))?,
         channel: take_enum(&mut f, "channel").and_then(|s| Channel::from_symbol(&s)),
-        status: [
-            Status::Sent,
-            Status::RateLimited,
-            Status::RetryScheduled,
-            Status::Failed,
-            Status::DeadLettered,
-            Status::Invalid,
-            Status::Scheduled,
-        ]
-        .into_iter()
-        .find(|s| s.symbol() == status)
-        .ok_or(FieldError::Missing("status"))?,
+        status: Status::from_symbol(&status).ok_or(FieldError::Missing("status"))?,
         attempt: match f.remove("attempt") {
             Some(Value::Int(n)) => n.max(0) as u32,
             _ => return Err(FieldError::Missing("attempt").into()),
@@ -348,6 +337,15 @@ mod tests {
         };
         let bytes = encode_status(&b.status, 0, &event).unwrap();
         assert_eq!(decode_status(&b.status, &bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn every_status_is_a_schema_symbol_and_back() {
+        let Schema::Record(record) = Bundled::load().status else { panic!("status schema is a record") };
+        let field = record.fields.iter().find(|f| f.name == "status").expect("status field");
+        let Schema::Enum(e) = &field.schema else { panic!("status is an enum") };
+        let known: Vec<&str> = e.symbols.iter().map(String::as_str).filter(|s| *s != "UNKNOWN").collect();
+        assert_eq!(known, Status::ALL.map(Status::symbol));
     }
 
     #[test]

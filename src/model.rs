@@ -73,6 +73,20 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Sent,
+        Status::RateLimited,
+        Status::RetryScheduled,
+        Status::Failed,
+        Status::DeadLettered,
+        Status::Invalid,
+        Status::Scheduled,
+    ];
+
+    pub fn from_symbol(symbol: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.symbol() == symbol)
+    }
+
     pub fn symbol(self) -> &'static str {
         match self {
             Status::Sent => "SENT",

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -13,6 +13,11 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 /// Consumer-group settings that make a join take about 3 s on tansu
 /// instead of about 23 s.
 pub const FAST_GROUP: [&str; 3] = ["session.timeout.ms=6000", "heartbeat.interval.ms=1000", "max.poll.interval.ms=10000"];
+
+/// [`FAST_GROUP`] as herald flags.
+pub fn fast_group_args() -> Vec<String> {
+    FAST_GROUP.iter().flat_map(|o| ["--kafka-consumer-option".to_owned(), (*o).to_owned()]).collect()
+}
 
 fn config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -54,6 +59,7 @@ pub fn partitions(bootstrap: &str, topic: &str, timeout: Duration) -> i32 {
 /// Reads every partition of a topic from the beginning, without a group.
 pub struct Reader {
     consumer: StreamConsumer,
+    partitions: i32,
     pub messages: Vec<OwnedMessage>,
 }
 
@@ -70,7 +76,7 @@ impl Reader {
             list.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
         consumer.assign(&list).expect("assigning partitions");
-        Reader { consumer, messages: Vec::new() }
+        Reader { consumer, partitions: count, messages: Vec::new() }
     }
 
     /// The next message, or `None` at `deadline`.
@@ -92,6 +98,14 @@ impl Reader {
                 Ok(Err(e)) => panic!("reading: {e}"),
                 Err(_) => panic!("timed out after {timeout:?} with {} messages read", self.messages.len()),
             }
+        }
+        &self.messages
+    }
+
+    /// Reads until nothing arrives for `idle`.
+    pub async fn read_until_idle(&mut self, idle: Duration) -> &[OwnedMessage] {
+        while let Ok(Ok(m)) = tokio::time::timeout(idle, self.consumer.recv()).await {
+            self.messages.push(m.detach());
         }
         &self.messages
     }
@@ -123,12 +137,16 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str) -> HashMap<i32, i64>
         .collect()
 }
 
-/// The end offset (high watermark) per partition of `topic`.
-pub fn end_offsets(bootstrap: &str, topic: &str) -> HashMap<i32, i64> {
-    let count = partitions(bootstrap, topic, Duration::from_secs(10));
-    let consumer: BaseConsumer = config(bootstrap).create().expect("creating a metadata client");
-    (0..count)
-        .map(|p| (p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1))
-        .collect()
+/// The offset after the last record, per partition of `topic`, found by
+/// reading the topic to its end. tansu's ListOffsets answers with less than
+/// the true end once producers batch, so watermarks cannot be trusted here.
+pub async fn end_offsets(bootstrap: &str, topic: &str) -> HashMap<i32, i64> {
+    let mut reader = Reader::new(bootstrap, topic);
+    let mut end: HashMap<i32, i64> = (0..reader.partitions).map(|p| (p, 0)).collect();
+    for m in reader.read_until_idle(Duration::from_secs(1)).await {
+        let e = end.entry(m.partition()).or_default();
+        *e = (*e).max(m.offset() + 1);
+    }
+    end
 }
 

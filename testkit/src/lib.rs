@@ -7,8 +7,10 @@
 pub mod broker;
 pub mod fake;
 pub mod kafka;
+pub mod providers;
 
 pub use broker::Broker;
+pub use providers::Providers;
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {

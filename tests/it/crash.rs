@@ -52,7 +52,7 @@ async fn sigkill_mid_stream_then_restart_every_event_reaches_a_terminal_status()
     let before_kill: HashSet<String> = delivered_ids(&h).into_iter().collect();
     assert!(before_kill.len() < ids.len(), "killed mid-stream, not after the end");
 
-    let mut second = spawn_herald(&h);
+    let second = spawn_herald(&h);
     let terminal = statuses.terminal(Duration::from_secs(90), &ids).await;
     assert!(ids.iter().all(|id| terminal[id].status == Status::Sent));
 

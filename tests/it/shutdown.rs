@@ -29,7 +29,7 @@ async fn shutdown_finishes_in_flight_deliveries_then_commits() {
     let terminal = statuses.terminal(Duration::from_secs(10), &ids).await;
     assert!(ids.iter().all(|id| terminal[id].status == Status::Sent));
     let committed = kafka::committed(&h.broker.bootstrap, &h.group, &h.topics.requested);
-    for (partition, end) in kafka::end_offsets(&h.broker.bootstrap, &h.topics.requested) {
+    for (partition, end) in kafka::end_offsets(&h.broker.bootstrap, &h.topics.requested).await {
         if end > 0 {
             assert_eq!(committed.get(&partition), Some(&end), "partition {partition} fully committed");
         }

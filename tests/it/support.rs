@@ -2,7 +2,6 @@
 //! through its library entry point.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -14,15 +13,13 @@ use herald::model::{Channel, Content, Request, Status, StatusEvent};
 use herald::Config;
 use herald_testkit::fake::{FakeFcm, FakeTwilio};
 use herald_testkit::kafka::{self, Reader};
-use herald_testkit::Broker;
+use herald_testkit::{Broker, Providers};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000001";
-pub const AUTH_TOKEN: &str = "test-auth-token";
-pub const FROM: &str = "+15005550006";
+pub use herald_testkit::providers::{ACCOUNT_SID, FROM};
 
 pub struct Harness {
     pub broker: Broker,
@@ -32,7 +29,7 @@ pub struct Harness {
     pub group: String,
     pub producer: FutureProducer,
     pub bundled: Bundled,
-    credentials: PathBuf,
+    provider_args: Vec<String>,
 }
 
 /// Unique topic names, so tests can share a real cluster.
@@ -59,16 +56,15 @@ impl Harness {
             dead_letter: format!("{unique}.dead-letter"),
             retries: ["10m", "20m", "40m"].map(|d| format!("{unique}.retry-{d}")),
         };
-        let fcm = FakeFcm::start().await;
-        let credentials = fcm.write_service_account(&std::env::temp_dir());
+        let providers = Providers::start().await;
         Harness {
             producer: kafka::producer(&broker.bootstrap),
-            twilio: FakeTwilio::start(ACCOUNT_SID, AUTH_TOKEN).await,
-            fcm,
+            provider_args: providers.args(),
+            twilio: providers.twilio,
+            fcm: providers.fcm,
             topics,
             group: format!("{unique}.herald"),
             bundled: Bundled::load(),
-            credentials,
             broker,
         }
     }
@@ -76,44 +72,33 @@ impl Harness {
     /// herald's command line for this harness; `extra` goes last and wins.
     pub fn args(&self, extra: &[&str]) -> Vec<String> {
         let delays: Vec<String> = RETRY_DELAYS.iter().map(|d| format!("{}ms", d.as_millis())).collect();
-        let mut args: Vec<String> = vec![
-            "herald".into(),
-            "--brokers".into(),
-            self.broker.bootstrap.clone(),
-            "--group-id".into(),
-            self.group.clone(),
-            "--topic-requested".into(),
-            self.topics.requested.clone(),
-            "--topic-status".into(),
-            self.topics.status.clone(),
-            "--topic-dead-letter".into(),
-            self.topics.dead_letter.clone(),
-            "--retry-topics".into(),
-            self.topics.retries.join(","),
-            "--retry-delays".into(),
-            delays.join(","),
-            "--topic-partitions".into(),
-            "3".into(),
-            "--twilio-base-url".into(),
-            self.twilio.base_url(),
-            "--twilio-account-sid".into(),
-            ACCOUNT_SID.into(),
-            "--twilio-auth-token".into(),
-            AUTH_TOKEN.into(),
-            "--twilio-from".into(),
-            FROM.into(),
-            "--fcm-base-url".into(),
-            self.fcm.base_url(),
-            "--fcm-credentials".into(),
-            self.credentials.display().to_string(),
-            "--http-timeout".into(),
-            "5s".into(),
-            "--shutdown-deadline".into(),
-            "10s".into(),
-        ];
-        for option in kafka::FAST_GROUP {
-            args.extend(["--kafka-consumer-option".into(), option.into()]);
-        }
+        let mut args: Vec<String> = [
+            "herald",
+            "--brokers",
+            &self.broker.bootstrap,
+            "--group-id",
+            &self.group,
+            "--topic-requested",
+            &self.topics.requested,
+            "--topic-status",
+            &self.topics.status,
+            "--topic-dead-letter",
+            &self.topics.dead_letter,
+            "--retry-topics",
+            &self.topics.retries.join(","),
+            "--retry-delays",
+            &delays.join(","),
+            "--topic-partitions",
+            "3",
+            "--http-timeout",
+            "5s",
+            "--shutdown-deadline",
+            "10s",
+        ]
+        .map(str::to_owned)
+        .into();
+        args.extend(self.provider_args.iter().cloned());
+        args.extend(kafka::fast_group_args());
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }

@@ -32,7 +32,7 @@ async fn a_poison_record_is_dead_lettered_intact_and_the_offset_moves_past_it() 
     herald.stop().await.unwrap();
     // The group's committed position is past every record, poison included.
     let committed = kafka::committed(&h.broker.bootstrap, &h.group, &h.topics.requested);
-    let end = kafka::end_offsets(&h.broker.bootstrap, &h.topics.requested);
+    let end = kafka::end_offsets(&h.broker.bootstrap, &h.topics.requested).await;
     let written: Vec<_> = end.iter().filter(|(_, o)| **o > 0).collect();
     assert!(!written.is_empty());
     for (partition, end) in written {

@@ -1,0 +1,280 @@
+//! herald end to end on one machine: a Kafka-protocol broker (tansu, or the
+//! cluster in KAFKA_BROKERS), fake Twilio and FCM servers, herald itself run
+//! through `herald::run`, and sample requests that end in every status.
+//! Then a bulk load measures events per second.
+//!
+//!     cargo run --release --example demo [-- --load 20000]
+//!
+//! It exits non-zero when an event's final status is not the expected one,
+//! or when an offset was left uncommitted.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clap::Parser;
+use futures::StreamExt;
+use herald::codec::{self, Bundled};
+use herald::model::{Channel, Content, Request, Status, StatusEvent};
+use herald::Config;
+use herald_testkit::fake::Reply;
+use herald_testkit::kafka::{self, Reader};
+use herald_testkit::{Broker, Providers};
+use rdkafka::message::Message;
+
+/// Delays of the three retry topics; production uses 10m, 20m, 40m.
+const RETRY_DELAYS: &str = "1s,2s,4s";
+
+#[derive(Parser)]
+struct Args {
+    /// Bulk push requests sent after the samples, to measure throughput.
+    #[arg(long, default_value_t = 20_000)]
+    load: usize,
+}
+
+struct Sample {
+    request: Request,
+    expect: Status,
+    story: &'static str,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
+    herald::telemetry::init(herald::config::LogFormat::Text);
+
+    let broker = Broker::start();
+    let providers = Providers::start().await;
+    // Provider behaviour per recipient; everything else is accepted.
+    providers.twilio.script("+14155550199", vec![Reply::fail(503, "20503"); 4]);
+    providers.twilio.script("+14155550123", [Reply::fail(400, "21614")]);
+    providers.fcm.script("flaky-token", [Reply::fail(503, "UNAVAILABLE"), Reply::fail(500, "INTERNAL")]);
+
+    // On a shared cluster, fresh names keep earlier runs out of the way.
+    let prefix = if broker.is_local() { String::new() } else { format!("demo-{}.", Utc::now().timestamp_millis()) };
+    let topic = |name: &str| format!("{prefix}{name}");
+    let (requested, status, dead_letter) =
+        (topic("notification.requested"), topic("notification.status"), topic("notification.dead-letter"));
+    let group = topic("herald-demo");
+    let retries = ["retry-10m", "retry-20m", "retry-40m"].map(|t| topic(t)).join(",");
+    let mut argv: Vec<String> = [
+        "herald",
+        "--brokers",
+        &broker.bootstrap,
+        "--group-id",
+        &group,
+        "--topic-requested",
+        &requested,
+        "--topic-status",
+        &status,
+        "--topic-dead-letter",
+        &dead_letter,
+        "--retry-topics",
+        &retries,
+        "--retry-delays",
+        RETRY_DELAYS,
+    ]
+    .map(str::to_owned)
+    .into();
+    argv.extend(providers.args());
+    argv.extend(kafka::fast_group_args());
+    let config = Config::try_parse_from(argv).expect("demo arguments parse");
+
+    println!("broker      {} ({})", broker.bootstrap, if broker.is_local() { "tansu, in memory" } else { "KAFKA_BROKERS" });
+    println!("providers   twilio {}  fcm {}", providers.twilio.base_url(), providers.fcm.base_url());
+    println!("retries     {RETRY_DELAYS} (production: 10m,20m,40m)\n");
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let herald = tokio::spawn(herald::run(config, async {
+        let _ = stopped.await;
+    }));
+
+    let producer = kafka::producer(&broker.bootstrap);
+    let bundled = Bundled::load();
+    let send = |r: Request| {
+        let (producer, schema, requested) = (&producer, &bundled.request, &requested);
+        async move {
+            let bytes = codec::encode_request(schema, 1, &r).expect("sample encodes");
+            kafka::produce(producer, requested, r.user_id.as_bytes(), &bytes, None).await;
+        }
+    };
+
+    let started = Instant::now();
+    let mut statuses = StatusLog { reader: Reader::new(&broker.bootstrap, &status), schema: bundled.status.clone(), events: vec![], quiet: false };
+    println!("{:>8}  {:<14} {:<5} {:<16} {:>3}  detail", "at", "event", "chan", "status", "try");
+
+    // herald joins its group first; the samples' schedule is relative to now.
+    send(sms("welcome", "ada", "+14155550100", "Welcome to herald, Ada!")).await;
+    statuses.until_terminal(&["welcome".to_owned()], started, Duration::from_secs(60)).await;
+
+    let samples = samples();
+    for s in &samples {
+        send(s.request.clone()).await;
+    }
+    kafka::produce(&producer, &requested, b"mallory", b"\x00\x00\x00\x00\x01not avro", None).await;
+    let ids: Vec<String> = samples.iter().map(|s| s.request.event_id.clone()).collect();
+    statuses.until_terminal(&ids, started, Duration::from_secs(60)).await;
+
+    // Bulk load: push notifications to many users, timed from the first
+    // produce to the last terminal status.
+    let load_ids: Vec<String> = (0..args.load).map(|i| format!("load-{i}")).collect();
+    let load_started = Instant::now();
+    futures::stream::iter(load_ids.iter().enumerate())
+        .map(|(i, id)| send(push(id, &format!("user-{}", i % 5000), &format!("token-{i}"), "Load", "bulk notification")))
+        .buffer_unordered(5000)
+        .collect::<()>()
+        .await;
+    let produced_in = load_started.elapsed();
+    statuses.quiet = true;
+    statuses.until_terminal(&load_ids, started, Duration::from_secs(600)).await;
+    let took = load_started.elapsed();
+
+    let _ = stop.send(());
+    let stopped = herald.await.expect("herald task");
+
+    // The verdict.
+    println!("\nsamples:");
+    let mut ok = stopped.is_ok();
+    let last = statuses.last_by_event();
+    for s in std::iter::once(&Sample { request: sms("welcome", "ada", "", ""), expect: Status::Sent, story: "sent" }).chain(&samples) {
+        let got = last.get(s.request.event_id.as_str()).map(|e| e.status);
+        let pass = got == Some(s.expect);
+        ok &= pass;
+        let got = got.map_or("none", Status::symbol);
+        println!("  {} {:<14} {:<14} {}", if pass { "ok  " } else { "FAIL" }, s.request.event_id, got, s.story);
+    }
+    let dead = Reader::new(&broker.bootstrap, &dead_letter).read_until(Duration::from_secs(10), |m| m.len() >= 2).await.len();
+    println!("  dead-letter topic: {dead} records (the undecodable one and the one that ran out of retries)");
+
+    let load_sent = load_ids.iter().filter(|id| last.get(id.as_str()).map(|e| e.status) == Some(Status::Sent)).count();
+    println!("\nload: {} push requests produced in {:.2?}, all terminal after {:.2?}", args.load, produced_in, took);
+    println!("      {load_sent} sent, {:.0} events/s end to end (request produced → status read)", args.load as f64 / took.as_secs_f64());
+    ok &= load_sent == args.load;
+
+    let committed = kafka::committed(&broker.bootstrap, &group, &requested);
+    let end = kafka::end_offsets(&broker.bootstrap, &requested).await;
+    let all_committed = end.iter().all(|(p, end)| committed.get(p).copied().unwrap_or(0) == *end);
+    let (committed, end): (BTreeMap<_, _>, BTreeMap<_, _>) = (committed.into_iter().collect(), end.into_iter().collect());
+    println!("\noffsets of {requested} by partition:\n  committed {committed:?}\n  end       {end:?}\n  {}", if all_committed { "everything committed" } else { "NOT all committed" });
+    ok &= all_committed;
+    if let Err(e) = stopped {
+        println!("herald stopped with an error: {e}");
+    }
+    println!("\n{}", if ok { "demo passed" } else { "demo FAILED" });
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+fn samples() -> Vec<Sample> {
+    let mut v = vec![];
+    // Twelve texts in an hour for one user: the 10/h limit holds the last two.
+    for i in 1..=12 {
+        let expect = if i <= 10 { Status::Sent } else { Status::RateLimited };
+        let story = if i <= 10 { "within 10 SMS/hour" } else { "over 10 SMS/hour: rate-limited" };
+        v.push(Sample { request: sms(&format!("chatty-{i:02}"), "bob", "+14155550101", "ping"), expect, story });
+    }
+    let mut later = sms("scheduled", "ada", "+14155550100", "Your appointment is in an hour");
+    later.scheduled_at = Some(Utc::now() + chrono::Duration::seconds(5));
+    v.extend([
+        Sample { request: push("push-hello", "ada", "ada-phone-token", "Hi", "Push works"), expect: Status::Sent, story: "push sent" },
+        Sample {
+            request: push("push-flaky", "cy", "flaky-token", "Hi", "Third time lucky"),
+            expect: Status::Sent,
+            story: "FCM failed twice: retry-10m, retry-20m, then sent",
+        },
+        Sample {
+            request: sms("sms-down", "dee", "+14155550199", "Never arrives"),
+            expect: Status::DeadLettered,
+            story: "Twilio 503 four times: three retries, then dead-lettered",
+        },
+        Sample {
+            request: sms("sms-landline", "eve", "+14155550123", "Not a mobile"),
+            expect: Status::Failed,
+            story: "Twilio 21614 (not a mobile number): failed, no retry",
+        },
+        Sample { request: sms("bad-phone", "fay", "0800-FLOWERS", "Hello"), expect: Status::Invalid, story: "not E.164: invalid" },
+        Sample {
+            request: sms("too-long", "fay", "+14155550102", &"x".repeat(481)),
+            expect: Status::Invalid,
+            story: "481 characters, over 480: invalid",
+        },
+        Sample { request: later, expect: Status::Sent, story: "scheduled 5 s ahead: held, then sent" },
+    ]);
+    v
+}
+
+fn request(event_id: &str, user: &str, channel: Channel, recipient: &str, title: Option<&str>, body: &str) -> Request {
+    Request {
+        event_id: event_id.into(),
+        user_id: user.into(),
+        channel,
+        recipient: recipient.into(),
+        content: Content { title: title.map(str::to_owned), body: body.into(), ..Content::default() },
+        scheduled_at: None,
+        created_at: Utc::now(),
+    }
+}
+
+fn sms(event_id: &str, user: &str, phone: &str, body: &str) -> Request {
+    request(event_id, user, Channel::Sms, phone, None, body)
+}
+
+fn push(event_id: &str, user: &str, token: &str, title: &str, body: &str) -> Request {
+    request(event_id, user, Channel::Push, token, Some(title), body)
+}
+
+/// The status topic, read and printed as it arrives.
+struct StatusLog {
+    reader: Reader,
+    schema: apache_avro::Schema,
+    events: Vec<StatusEvent>,
+    /// Stop printing each event (during the bulk load).
+    quiet: bool,
+}
+
+impl StatusLog {
+    async fn until_terminal(&mut self, ids: &[String], started: Instant, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut waiting: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        waiting.retain(|id| !self.events.iter().any(|e| e.event_id == *id && e.status.is_terminal()));
+        while !waiting.is_empty() {
+            let Some(message) = self.reader.next(deadline).await else {
+                panic!("timed out after {timeout:?}; {} events have no final status yet", waiting.len());
+            };
+            let event = codec::decode_status(&self.schema, message.payload().unwrap_or_default()).expect("status decodes");
+            if event.status.is_terminal() {
+                waiting.remove(event.event_id.as_str());
+            }
+            if !self.quiet {
+                print(&event, started);
+            }
+            self.events.push(event);
+        }
+    }
+
+    fn last_by_event(&self) -> BTreeMap<&str, &StatusEvent> {
+        self.events.iter().map(|e| (e.event_id.as_str(), e)).collect()
+    }
+}
+
+fn print(e: &StatusEvent, started: Instant) {
+    let channel = e.channel.map_or("?", Channel::symbol);
+    let mut detail = String::new();
+    if let Some(p) = &e.provider {
+        detail += &format!("{p} {} ", e.provider_message_id.as_deref().unwrap_or(""));
+    }
+    if let Some(code) = &e.error_code {
+        detail += &format!("{code} ");
+    }
+    if let Some(next) = e.next_attempt_at {
+        detail += &format!("next attempt in {:.1}s", (next - e.occurred_at).num_milliseconds() as f64 / 1000.0);
+    }
+    let at = format!("{:.2}s", started.elapsed().as_secs_f64());
+    println!("{at:>8}  {:<14} {:<5} {:<16} {:>3}  {detail}", e.event_id, channel, e.status.symbol(), e.attempt);
+}
