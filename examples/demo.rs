@@ -16,6 +16,7 @@ use clap::Parser;
 use futures::StreamExt;
 use herald::codec::{self, Bundled};
 use herald::model::{Channel, Content, Request, Status, StatusEvent};
+use herald::outcome::envelope::ERROR_CODE;
 use herald::Config;
 use herald_testkit::fake::Reply;
 use herald_testkit::kafka::{self, Reader};
@@ -146,8 +147,16 @@ async fn main() -> std::process::ExitCode {
         let got = got.map_or("none", Status::symbol);
         println!("  {} {:<14} {:<14} {}", if pass { "ok  " } else { "FAIL" }, s.request.event_id, got, s.story);
     }
-    let dead = Reader::new(&broker.bootstrap, &dead_letter).read_until(Duration::from_secs(10), |m| m.len() >= 2).await.len();
-    println!("  dead-letter topic: {dead} records (the undecodable one and the one that ran out of retries)");
+    let mut dead = Reader::new(&broker.bootstrap, &dead_letter);
+    let codes: Vec<&str> = dead
+        .read_until_idle(Duration::from_secs(1))
+        .await
+        .iter()
+        .map(|m| m.headers().and_then(|h| herald::outcome::envelope::header(h, ERROR_CODE)).unwrap_or("?"))
+        .collect();
+    println!("  dead-letter topic: {} records, by error code {codes:?}", codes.len());
+    // The undecodable record, the two invalid requests and the one out of retries.
+    ok &= codes.len() == 4;
 
     let load_sent = load_ids.iter().filter(|id| last.get(id.as_str()).map(|e| e.status) == Some(Status::Sent)).count();
     println!("\nload: {} push requests produced in {:.2?}, all terminal after {:.2?}", args.load, produced_in, took);
