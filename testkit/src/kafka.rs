@@ -139,13 +139,27 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str) -> HashMap<i32, i64>
 
 /// The offset after the last record, per partition of `topic`, found by
 /// reading the topic to its end. tansu's ListOffsets answers with less than
-/// the true end once producers batch, so watermarks cannot be trusted here.
+/// the true end once producers batch, so its watermark is only a floor: read
+/// at least that far, then until the topic goes quiet.
 pub async fn end_offsets(bootstrap: &str, topic: &str) -> HashMap<i32, i64> {
+    let metadata: BaseConsumer = config(bootstrap).create().expect("creating a metadata client");
     let mut reader = Reader::new(bootstrap, topic);
+    let floor: HashMap<i32, i64> = (0..reader.partitions)
+        .map(|p| (p, metadata.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1))
+        .collect();
     let mut end: HashMap<i32, i64> = (0..reader.partitions).map(|p| (p, 0)).collect();
-    for m in reader.read_until_idle(Duration::from_secs(1)).await {
+    let reached = |end: &HashMap<i32, i64>| floor.iter().all(|(p, f)| end[p] >= *f);
+    let track = |end: &mut HashMap<i32, i64>, m: &OwnedMessage| {
         let e = end.entry(m.partition()).or_default();
         *e = (*e).max(m.offset() + 1);
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !reached(&end) {
+        let m = reader.next(deadline).await.expect("reading up to the watermark in 30 s");
+        track(&mut end, &m);
+    }
+    for m in reader.read_until_idle(Duration::from_secs(1)).await {
+        track(&mut end, m);
     }
     end
 }
