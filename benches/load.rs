@@ -1,0 +1,437 @@
+//! Load benchmark: herald against the bare Kafka limit, side by side in one run.
+//!
+//!     cargo bench --bench load [-- --records 500000 --latency-secs 10]
+//!
+//! One tansu broker and one backlog of requests (about 300 bytes each, half
+//! SMS, half push, over 50,000 users) are shared by every phase; each phase
+//! is its own consumer group reading the same partitions, in its own child
+//! process, so CPU time and peak RSS are that process's alone (`wait4`).
+//!
+//! 1. passthrough: consume, produce the same bytes elsewhere with herald's
+//!    producer settings, store the offset after the ack. The physical limit.
+//! 2. herald with `--delivery dry-run`: the pipeline's own cost.
+//! 3. herald delivering over HTTP to the local fake Twilio and FCM.
+//! 4. herald with `--delivery dry-run` at a fixed offered load of half of
+//!    (2)'s rate: request-to-status latency from record timestamps.
+//!
+//! Rates are records over the span between the first and last output
+//! record's timestamp, so group joins and start-up are not counted.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use herald::codec::{self, Bundled};
+use herald::model::{Channel, Content, Request, Status};
+use herald_testkit::kafka::{self, Reader};
+use herald_testkit::{Broker, Providers};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 6;
+const REQUESTED: &str = "bench.requested";
+/// Records the passthrough keeps in flight, like herald's two lanes' queues.
+const PASSTHROUGH_IN_FLIGHT: usize = 4096;
+
+struct Args {
+    records: usize,
+    latency_secs: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if argv.first().map(String::as_str) == Some("passthrough") {
+        runtime.block_on(passthrough(&argv[1], &argv[2], &argv[3], argv[4].parse().expect("record count")));
+        return std::process::ExitCode::SUCCESS;
+    }
+    let mut args = Args { records: 500_000, latency_secs: 10 };
+    let mut it = argv.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{flag} needs a number"));
+        match flag.as_str() {
+            "--records" => args.records = value() as usize,
+            "--latency-secs" => args.latency_secs = value(),
+            // cargo bench passes --bench; filters do not apply here.
+            _ => {}
+        }
+    }
+    runtime.block_on(bench(args))
+}
+
+async fn bench(args: Args) -> std::process::ExitCode {
+    let broker = Broker::start();
+    let providers = Providers::start().await;
+    let bootstrap = broker.bootstrap.clone();
+    let run = format!("{}", std::process::id());
+    let topic = |name: &str| if broker.is_local() { name.to_owned() } else { format!("{name}.{run}") };
+    let requested = topic(REQUESTED);
+    create_topics(&bootstrap, &[&requested, &topic("bench.passthrough")]).await;
+
+    let started = Instant::now();
+    let bytes = backlog(&bootstrap, &requested, args.records).await;
+    println!(
+        "backlog: {} requests, {:.0} bytes each on average, produced in {:.2?}",
+        args.records,
+        bytes as f64 / args.records as f64,
+        started.elapsed()
+    );
+
+    let mut rows = Vec::new();
+    let mut passthrough = Command::new(std::env::current_exe().expect("own path"));
+    passthrough.args(["passthrough", &bootstrap, &requested, &topic("bench.passthrough")]).arg(args.records.to_string());
+    let label = "passthrough (rdkafka consume → produce → store offset)";
+    rows.push(measure(label, &bootstrap, &requested, &topic("bench.passthrough"), args.records, Check::Copies, passthrough).await);
+    for (label, phase, provider_args) in [
+        ("herald, no-op sink (--delivery dry-run)", "dry-run", vec!["--delivery".to_owned(), "dry-run".to_owned()]),
+        ("herald, HTTP to local fake Twilio/FCM", "http", providers.args()),
+    ] {
+        let status = topic(&format!("bench.status.{phase}"));
+        let command = herald(&bootstrap, &format!("bench-{phase}-{run}"), &requested, &status, &provider_args);
+        rows.push(measure(label, &bootstrap, &requested, &status, args.records, Check::AllSent, command).await);
+    }
+
+    let rate = rows[1].rate / 2.0;
+    let latency = latency(&bootstrap, &topic("bench.latency"), &run, rate, args.latency_secs).await;
+
+    println!("\n{:<56} {:>9} {:>10} {:>7} {:>11} {:>10}", "phase", "records", "msgs/s", "ratio", "CPU µs/msg", "peak RSS");
+    for r in &rows {
+        println!(
+            "{:<56} {:>9} {:>10.0} {:>6.2}× {:>11.1} {:>7.0} MB",
+            r.label,
+            r.records,
+            r.rate,
+            r.rate / rows[0].rate,
+            r.cpu.as_secs_f64() * 1e6 / r.records as f64,
+            r.peak_rss_kb as f64 / 1024.0
+        );
+    }
+    println!(
+        "herald, no-op sink at {:.0} msgs/s offered for {} s: request → status p50 {} ms, p99 {} ms, max {} ms ({} records)",
+        rate, args.latency_secs, latency.p50, latency.p99, latency.max, latency.count
+    );
+    drop(providers);
+    std::process::ExitCode::SUCCESS
+}
+
+/// What a phase's output must show for its figures to count.
+#[derive(Clone, Copy)]
+enum Check {
+    /// One output record per request.
+    Copies,
+    /// One SENT status per request, for distinct event ids.
+    AllSent,
+}
+
+struct Row {
+    label: &'static str,
+    records: usize,
+    rate: f64,
+    cpu: Duration,
+    peak_rss_kb: i64,
+}
+
+/// Runs one child until its group has committed the whole backlog, then
+/// reads its output to time it.
+async fn measure(
+    label: &'static str,
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    records: usize,
+    check: Check,
+    mut command: Command,
+) -> Row {
+    println!("{label}: running");
+    let log = std::env::temp_dir().join(format!("herald-bench-{}.log", output.replace('.', "-")));
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
+    let child = command.spawn().expect("starting the phase");
+    let pid = child.id() as i32;
+    let group = group_of(&command);
+    if let Some(group) = &group {
+        // herald runs until told to stop: stop it once everything is committed.
+        wait_committed(bootstrap, group, input, records, &log).await;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let usage = tokio::task::spawn_blocking(move || wait4(pid)).await.expect("waiting for the phase");
+    assert!(usage.success, "{label} failed; see {}", log.display());
+    let messages = read_all(bootstrap, output, records).await;
+    let rate = rate_of(&messages, records, check);
+    println!("{label}: {rate:.0} msgs/s");
+    Row { label, records, rate, cpu: usage.cpu, peak_rss_kb: usage.max_rss_kb }
+}
+
+fn group_of(command: &Command) -> Option<String> {
+    let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    args.iter().position(|a| a == "--group-id").map(|i| args[i + 1].clone())
+}
+
+fn herald(bootstrap: &str, group: &str, requested: &str, status: &str, extra: &[String]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.args(["--brokers", bootstrap, "--group-id", group, "--topic-requested", requested, "--topic-status", status])
+        .args(["--kafka-consumer-option", "auto.commit.interval.ms=500"])
+        .args(kafka::fast_group_args())
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    c
+}
+
+async fn wait_committed(bootstrap: &str, group: &str, input: &str, records: usize, log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let (bootstrap, g, input) = (bootstrap.to_owned(), group.to_owned(), input.to_owned());
+        let committed: i64 = tokio::task::spawn_blocking(move || kafka::committed(&bootstrap, &g, &input))
+            .await
+            .expect("reading commits")
+            .values()
+            .sum();
+        if committed as usize >= records {
+            return;
+        }
+        assert!(Instant::now() < deadline, "group {group} committed {committed} of {records}; see {}", log.display());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+struct Usage {
+    success: bool,
+    cpu: Duration,
+    max_rss_kb: i64,
+}
+
+fn wait4(pid: i32) -> Usage {
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Usage {
+        success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        cpu: time(usage.ru_utime) + time(usage.ru_stime),
+        max_rss_kb: usage.ru_maxrss,
+    }
+}
+
+async fn read_all(bootstrap: &str, topic: &str, records: usize) -> Vec<OwnedMessage> {
+    let mut reader = Reader::new(bootstrap, topic);
+    reader.read_until(Duration::from_secs(300), |m| m.len() >= records).await;
+    reader.read_for(Duration::from_millis(500)).await.to_vec()
+}
+
+fn rate_of(messages: &[OwnedMessage], records: usize, check: Check) -> f64 {
+    let timestamps: Vec<i64> = messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
+    match check {
+        Check::Copies => assert_eq!(messages.len(), records, "one copy per request"),
+        Check::AllSent => {
+            let schema = Bundled::load().status;
+            let mut sent = std::collections::HashSet::new();
+            for m in messages {
+                let event = codec::decode_status(&schema, m.payload().unwrap_or_default()).expect("status decodes");
+                assert_eq!(event.status, Status::Sent, "event {} was {:?}", event.event_id, event.status);
+                sent.insert(event.event_id);
+            }
+            assert_eq!(sent.len(), records, "one SENT per request");
+        }
+    }
+    let span = timestamps.iter().max().unwrap() - timestamps.iter().min().unwrap();
+    records as f64 / (span.max(1) as f64 / 1000.0)
+}
+
+fn request(i: usize) -> Request {
+    let (channel, recipient, title) = if i % 2 == 0 {
+        (Channel::Sms, format!("+1415555{:04}", i % 10_000), None)
+    } else {
+        // FCM registration tokens are about 150 characters.
+        (Channel::Push, format!("{:0>152}", format!("token{i}")), Some("Your order has shipped".to_owned()))
+    };
+    let body = if channel == Channel::Sms {
+        "Your order #4711 has shipped and will arrive on Thursday between 9:00 and 12:00. Track it in the app, change the delivery slot at example.com/t/4711, or reply STOP to opt out of updates. Thank you for shopping with us!"
+    } else {
+        "It will arrive on Thursday between 9:00 and 12:00. Tap to track it or to choose another delivery slot."
+    };
+    Request {
+        event_id: format!("bench-{i:09}"),
+        user_id: format!("user-{:05}", i % 50_000),
+        channel,
+        recipient,
+        content: Content { title, body: body.to_owned(), ..Content::default() },
+        scheduled_at: None,
+        created_at: Utc::now(),
+    }
+}
+
+/// Produces `records` requests; returns the bytes produced.
+async fn backlog(bootstrap: &str, topic: &str, records: usize) -> usize {
+    let producer = kafka::producer(bootstrap);
+    let schema = Bundled::load().request;
+    let mut acks = FuturesUnordered::new();
+    let mut bytes = 0;
+    for i in 0..records {
+        let r = request(i);
+        let payload = codec::encode_request(&schema, 1, &r).expect("request encodes");
+        bytes += payload.len();
+        acks.push(send(&producer, topic, r.user_id.into_bytes(), payload, None));
+        while acks.len() >= 50_000 {
+            acks.next().await;
+        }
+    }
+    while acks.next().await.is_some() {}
+    bytes
+}
+
+fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    timestamp: Option<i64>,
+) -> impl std::future::Future<Output = ()> {
+    let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
+    record.timestamp = timestamp;
+    let ack = producer.send_result(record).map_err(|(e, _)| e).expect("producer queue has room");
+    async move {
+        ack.await.expect("producer alive").map_err(|(e, _)| e).expect("record acknowledged");
+    }
+}
+
+async fn create_topics(bootstrap: &str, names: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("enable.metrics.push", "false").create().expect("admin");
+    let topics: Vec<_> = names.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))).collect();
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics") {
+        if let Err((name, error)) = result {
+            assert_eq!(error, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating {name}");
+        }
+    }
+    for name in names {
+        kafka::partitions(bootstrap, name, Duration::from_secs(30));
+    }
+}
+
+/// The physical limit, in a child process: herald's own client settings,
+/// no decoding, offsets stored once the copy is acknowledged.
+async fn passthrough(bootstrap: &str, input: &str, output: &str, records: usize) {
+    use clap::Parser;
+    let config = herald::Config::try_parse_from(
+        ["herald", "--brokers", bootstrap, "--group-id", &format!("bench-passthrough-{}", std::process::id())]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(kafka::fast_group_args()),
+    )
+    .expect("passthrough config");
+    let consumer = herald::kafka::consumer(&config).expect("consumer");
+    let producer = herald::kafka::producer(&config).expect("producer");
+    consumer.subscribe(&[input]).expect("subscribe");
+    let mut in_flight = FuturesOrdered::new();
+    let mut acked = 0;
+    while acked < records {
+        tokio::select! {
+            biased;
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let mut list = TopicPartitionList::new();
+                let mut store = |(partition, offset): (i32, i64)| {
+                    list.add_partition_offset(input, partition, Offset::Offset(offset + 1)).expect("offset");
+                    acked += 1;
+                };
+                store(done);
+                while let Some(Some(done)) = in_flight.next().now_or_never() {
+                    store(done);
+                }
+                consumer.store_offsets(&list).expect("store offsets");
+            }
+            message = consumer.recv(), if in_flight.len() < PASSTHROUGH_IN_FLIGHT => {
+                let m = message.expect("consume");
+                let ack = send(&producer, output, m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec(), None);
+                let at = (m.partition(), m.offset());
+                in_flight.push_back(ack.map(move |()| at));
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        // The background commit already took everything.
+        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => panic!("commit: {e}"),
+    }
+}
+
+struct Latency {
+    count: usize,
+    p50: i64,
+    p99: i64,
+    max: i64,
+}
+
+/// herald (no-op sink) fed at `rate` requests/s on a fresh topic; latency is
+/// each status record's timestamp minus its request record's.
+async fn latency(bootstrap: &str, requested: &str, run: &str, rate: f64, secs: u64) -> Latency {
+    create_topics(bootstrap, &[requested]).await;
+    let status = format!("{requested}.status");
+    let mut child = herald(bootstrap, &format!("bench-latency-{run}"), requested, &status, &["--delivery".into(), "dry-run".into()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting herald");
+    let schema = Bundled::load();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.metrics.push", "false")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer");
+    let mut statuses = Reader::new(bootstrap, &status);
+    let mut sent_at = HashMap::new();
+    let mut produce = |i: usize| {
+        let mut r = request(i);
+        r.event_id = format!("latency-{i:09}");
+        let at = Utc::now().timestamp_millis();
+        sent_at.insert(r.event_id.clone(), at);
+        let payload = codec::encode_request(&schema.request, 1, &r).expect("request encodes");
+        send(&producer, requested, r.user_id.into_bytes(), payload, Some(at))
+    };
+    // Warm up: herald has joined once the first status appears.
+    produce(usize::MAX / 2).await;
+    statuses.read_until(Duration::from_secs(60), |m| !m.is_empty()).await;
+
+    let total = (rate * secs as f64) as usize;
+    let started = tokio::time::Instant::now();
+    let mut acks = FuturesUnordered::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut produced = 0;
+    while produced < total {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(total);
+        while produced < due {
+            acks.push(produce(produced));
+            produced += 1;
+        }
+        while let Some(Some(())) = acks.next().now_or_never() {}
+    }
+    while acks.next().await.is_some() {}
+    let messages = statuses.read_until(Duration::from_secs(120), |m| m.len() > total).await;
+    let mut latencies: Vec<i64> = messages
+        .iter()
+        .filter_map(|m| {
+            let event = codec::decode_status(&schema.status, m.payload()?).ok()?;
+            Some(m.timestamp().to_millis()? - sent_at.get(&event.event_id)?)
+        })
+        .collect();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    Latency { count: latencies.len(), p50: at(0.50), p99: at(0.99), max: *latencies.last().unwrap() }
+}
