@@ -14,8 +14,8 @@
 //! 4. herald with `--delivery dry-run` at a fixed offered load of half of
 //!    (2)'s rate: request-to-status latency from record timestamps.
 //!
-//! Rates are records over the span between the first and last output
-//! record's timestamp, so group joins and start-up are not counted.
+//! Rates are taken from the output records' timestamps, over the middle 90%
+//! of them, so group joins, start-up and the tail are not counted.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -43,22 +43,25 @@ const PASSTHROUGH_IN_FLIGHT: usize = 4096;
 struct Args {
     records: usize,
     latency_secs: u64,
+    /// Offered load for the latency phase; half the no-op rate by default.
+    latency_rate: Option<f64>,
 }
 
 fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if argv.first().map(String::as_str) == Some("passthrough") {
-        runtime.block_on(passthrough(&argv[1], &argv[2], &argv[3], argv[4].parse().expect("record count")));
+        runtime.block_on(passthrough(&argv[1], &argv[2], &argv[3], &argv[4]));
         return std::process::ExitCode::SUCCESS;
     }
-    let mut args = Args { records: 500_000, latency_secs: 10 };
+    let mut args = Args { records: 500_000, latency_secs: 10, latency_rate: None };
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{flag} needs a number"));
         match flag.as_str() {
             "--records" => args.records = value() as usize,
             "--latency-secs" => args.latency_secs = value(),
+            "--latency-rate" => args.latency_rate = Some(value() as f64),
             // cargo bench passes --bench; filters do not apply here.
             _ => {}
         }
@@ -85,8 +88,7 @@ async fn bench(args: Args) -> std::process::ExitCode {
     );
 
     let mut rows = Vec::new();
-    let mut passthrough = Command::new(std::env::current_exe().expect("own path"));
-    passthrough.args(["passthrough", &bootstrap, &requested, &topic("bench.passthrough")]).arg(args.records.to_string());
+    let passthrough = passthrough_command(&bootstrap, &requested, &topic("bench.passthrough"), &format!("bench-passthrough-{run}"));
     let label = "passthrough (rdkafka consume → produce → store offset)";
     rows.push(measure(label, &bootstrap, &requested, &topic("bench.passthrough"), args.records, Check::Copies, passthrough).await);
     for (label, phase, provider_args) in [
@@ -98,8 +100,20 @@ async fn bench(args: Args) -> std::process::ExitCode {
         rows.push(measure(label, &bootstrap, &requested, &status, args.records, Check::AllSent, command).await);
     }
 
-    let rate = rows[1].rate / 2.0;
-    let latency = latency(&bootstrap, &topic("bench.latency"), &run, rate, args.latency_secs).await;
+    // Both at half of herald's no-op rate, each on a topic of its own.
+    let rate = args.latency_rate.unwrap_or(rows[1].rate / 2.0);
+    let mut latencies = Vec::new();
+    for (label, check) in [("passthrough", Check::Copies), ("herald, no-op sink", Check::AllSent)] {
+        let requested = topic(&format!("bench.latency.{}", if matches!(check, Check::Copies) { "passthrough" } else { "herald" }));
+        let output = format!("{requested}.out");
+        create_topics(&bootstrap, &[&requested, &output]).await;
+        let group = format!("bench-latency-{}-{run}", latencies.len());
+        let command = match check {
+            Check::Copies => passthrough_command(&bootstrap, &requested, &output, &group),
+            Check::AllSent => herald(&bootstrap, &group, &requested, &output, &["--delivery".into(), "dry-run".into()]),
+        };
+        latencies.push((label, latency(&bootstrap, &requested, &output, check, command, rate, args.latency_secs).await));
+    }
 
     println!("\n{:<56} {:>9} {:>10} {:>7} {:>11} {:>10}", "phase", "records", "msgs/s", "ratio", "CPU µs/msg", "peak RSS");
     for r in &rows {
@@ -113,21 +127,32 @@ async fn bench(args: Args) -> std::process::ExitCode {
             r.peak_rss_kb as f64 / 1024.0
         );
     }
-    println!(
-        "herald, no-op sink at {:.0} msgs/s offered for {} s: request → status p50 {} ms, p99 {} ms, max {} ms ({} records)",
-        rate, args.latency_secs, latency.p50, latency.p99, latency.max, latency.count
-    );
+    println!("\nrequest → output record latency at {rate:.0} msgs/s offered for {} s (half of herald's no-op rate):", args.latency_secs);
+    for (label, l) in &latencies {
+        println!("{label:<56} p50 {:>4} ms   p99 {:>4} ms   max {:>4} ms   ({} records)", l.p50, l.p99, l.max, l.count);
+    }
     drop(providers);
     std::process::ExitCode::SUCCESS
 }
 
-/// What a phase's output must show for its figures to count.
+/// What a phase writes, and what its output must show for its figures to
+/// count.
 #[derive(Clone, Copy)]
 enum Check {
-    /// One output record per request.
+    /// One copy of the request per request.
     Copies,
     /// One SENT status per request, for distinct event ids.
     AllSent,
+}
+
+impl Check {
+    fn event_id(self, schemas: &Bundled, payload: &[u8]) -> String {
+        let unframed = codec::unframe(payload).expect("wire format").1;
+        match self {
+            Check::Copies => codec::read_request(unframed).expect("a copied request").event_id,
+            Check::AllSent => codec::decode_status(&schemas.status, payload).expect("a status event").event_id,
+        }
+    }
 }
 
 struct Row {
@@ -155,30 +180,48 @@ async fn measure(
     let child = command.spawn().expect("starting the phase");
     let pid = child.id() as i32;
     let group = group_of(&command);
-    if let Some(group) = &group {
-        // herald runs until told to stop: stop it once everything is committed.
-        wait_committed(bootstrap, group, input, records, &log).await;
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
+    wait_committed(bootstrap, &group, input, records, &log).await;
+    // Read here, not from wait4: a child's ru_maxrss starts from its
+    // parent's peak at fork, and this process holds whole topics.
+    let peak_rss_kb = vm_hwm_kb(pid);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     let usage = tokio::task::spawn_blocking(move || wait4(pid)).await.expect("waiting for the phase");
     assert!(usage.success, "{label} failed; see {}", log.display());
     let messages = read_all(bootstrap, output, records).await;
     let rate = rate_of(&messages, records, check);
     println!("{label}: {rate:.0} msgs/s");
-    Row { label, records, rate, cpu: usage.cpu, peak_rss_kb: usage.max_rss_kb }
+    Row { label, records, rate, cpu: usage.cpu, peak_rss_kb }
 }
 
-fn group_of(command: &Command) -> Option<String> {
+/// The consumer group a phase's command joins: the value after
+/// `--group-id`, or the passthrough's last argument.
+fn group_of(command: &Command) -> String {
     let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-    args.iter().position(|a| a == "--group-id").map(|i| args[i + 1].clone())
+    let at = args.iter().position(|a| a == "--group-id").map_or(args.len() - 1, |i| i + 1);
+    args[at].clone()
+}
+
+fn vm_hwm_kb(pid: i32) -> i64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading the phase's /proc status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc status");
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).expect("VmHWM in kB")
+}
+
+/// Consumer settings for every phase, herald's and the passthrough's alike.
+/// tansu answers a fetch only when `fetch.wait.max.ms` (500 by default)
+/// runs out, even once records have arrived; Kafka answers as soon as
+/// `fetch.min.bytes` are there. The short wait keeps tansu from adding
+/// hundreds of milliseconds to every record's latency.
+fn consumer_args() -> Vec<String> {
+    let options = ["auto.commit.interval.ms=500", "fetch.wait.max.ms=10"];
+    options.iter().flat_map(|o| ["--kafka-consumer-option".to_owned(), (*o).to_owned()]).chain(kafka::fast_group_args()).collect()
 }
 
 fn herald(bootstrap: &str, group: &str, requested: &str, status: &str, extra: &[String]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
     c.args(["--brokers", bootstrap, "--group-id", group, "--topic-requested", requested, "--topic-status", status])
-        .args(["--kafka-consumer-option", "auto.commit.interval.ms=500"])
-        .args(kafka::fast_group_args())
+        .args(consumer_args())
         .args(extra)
         .env("RUST_LOG", "warn");
     c
@@ -204,7 +247,6 @@ async fn wait_committed(bootstrap: &str, group: &str, input: &str, records: usiz
 struct Usage {
     success: bool,
     cpu: Duration,
-    max_rss_kb: i64,
 }
 
 fn wait4(pid: i32) -> Usage {
@@ -217,7 +259,6 @@ fn wait4(pid: i32) -> Usage {
     Usage {
         success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         cpu: time(usage.ru_utime) + time(usage.ru_stime),
-        max_rss_kb: usage.ru_maxrss,
     }
 }
 
@@ -228,7 +269,7 @@ async fn read_all(bootstrap: &str, topic: &str, records: usize) -> Vec<OwnedMess
 }
 
 fn rate_of(messages: &[OwnedMessage], records: usize, check: Check) -> f64 {
-    let timestamps: Vec<i64> = messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
+    let mut timestamps: Vec<i64> = messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
     match check {
         Check::Copies => assert_eq!(messages.len(), records, "one copy per request"),
         Check::AllSent => {
@@ -242,8 +283,14 @@ fn rate_of(messages: &[OwnedMessage], records: usize, check: Check) -> f64 {
             assert_eq!(sent.len(), records, "one SENT per request");
         }
     }
-    let span = timestamps.iter().max().unwrap() - timestamps.iter().min().unwrap();
-    records as f64 / (span.max(1) as f64 / 1000.0)
+    // The middle 90%: how the first records trickle in while the group
+    // settles says nothing about the steady rate.
+    timestamps.sort_unstable();
+    let (first, last) = (timestamps.len() / 20, timestamps.len() * 19 / 20);
+    let span = timestamps[last] - timestamps[first];
+    let t0 = timestamps[0];
+    eprintln!("timeline ms: {:?}", (0..=20).map(|i| timestamps[(timestamps.len() - 1) * i / 20] - t0).collect::<Vec<_>>());
+    (last - first) as f64 / (span.max(1) as f64 / 1000.0)
 }
 
 fn request(i: usize) -> Request {
@@ -317,34 +364,44 @@ async fn create_topics(bootstrap: &str, names: &[&str]) {
     }
 }
 
+fn passthrough_command(bootstrap: &str, input: &str, output: &str, group: &str) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("own path"));
+    c.args(["passthrough", bootstrap, input, output, group]);
+    c
+}
+
 /// The physical limit, in a child process: herald's own client settings,
-/// no decoding, offsets stored once the copy is acknowledged.
-async fn passthrough(bootstrap: &str, input: &str, output: &str, records: usize) {
+/// no decoding, offsets stored once the copy is acknowledged. Runs until
+/// SIGTERM, like herald.
+async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str) {
     use clap::Parser;
     let config = herald::Config::try_parse_from(
-        ["herald", "--brokers", bootstrap, "--group-id", &format!("bench-passthrough-{}", std::process::id())]
+        ["herald", "--brokers", bootstrap, "--group-id", group]
             .into_iter()
             .map(str::to_owned)
-            .chain(kafka::fast_group_args()),
+            .chain(consumer_args()),
     )
     .expect("passthrough config");
     let consumer = herald::kafka::consumer(&config).expect("consumer");
     let producer = herald::kafka::producer(&config).expect("producer");
     consumer.subscribe(&[input]).expect("subscribe");
     let mut in_flight = FuturesOrdered::new();
-    let mut acked = 0;
-    while acked < records {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    loop {
         tokio::select! {
             biased;
+            _ = term.recv() => break,
             Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                // Acks come in order, so the last per partition is the highest.
+                let mut next = HashMap::new();
+                let (partition, offset) = done;
+                next.insert(partition, offset + 1);
+                while let Some(Some((partition, offset))) = in_flight.next().now_or_never() {
+                    next.insert(partition, offset + 1);
+                }
                 let mut list = TopicPartitionList::new();
-                let mut store = |(partition, offset): (i32, i64)| {
-                    list.add_partition_offset(input, partition, Offset::Offset(offset + 1)).expect("offset");
-                    acked += 1;
-                };
-                store(done);
-                while let Some(Some(done)) = in_flight.next().now_or_never() {
-                    store(done);
+                for (partition, offset) in next {
+                    list.add_partition_offset(input, partition, Offset::Offset(offset)).expect("offset");
                 }
                 consumer.store_offsets(&list).expect("store offsets");
             }
@@ -371,17 +428,10 @@ struct Latency {
     max: i64,
 }
 
-/// herald (no-op sink) fed at `rate` requests/s on a fresh topic; latency is
-/// each status record's timestamp minus its request record's.
-async fn latency(bootstrap: &str, requested: &str, run: &str, rate: f64, secs: u64) -> Latency {
-    create_topics(bootstrap, &[requested]).await;
-    let status = format!("{requested}.status");
-    let mut child = herald(bootstrap, &format!("bench-latency-{run}"), requested, &status, &["--delivery".into(), "dry-run".into()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting herald");
+/// A phase fed at `rate` requests/s on its own fresh topic; latency is each
+/// output record's timestamp minus its request record's.
+async fn latency(bootstrap: &str, requested: &str, output: &str, check: Check, mut command: Command, rate: f64, secs: u64) -> Latency {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting the phase");
     let schema = Bundled::load();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -390,7 +440,6 @@ async fn latency(bootstrap: &str, requested: &str, run: &str, rate: f64, secs: u
         .set("linger.ms", "1")
         .create()
         .expect("producer");
-    let mut statuses = Reader::new(bootstrap, &status);
     let mut sent_at = HashMap::new();
     let mut produce = |i: usize| {
         let mut r = request(i);
@@ -400,9 +449,12 @@ async fn latency(bootstrap: &str, requested: &str, run: &str, rate: f64, secs: u
         let payload = codec::encode_request(&schema.request, 1, &r).expect("request encodes");
         send(&producer, requested, r.user_id.into_bytes(), payload, Some(at))
     };
-    // Warm up: herald has joined once the first status appears.
-    produce(usize::MAX / 2).await;
-    statuses.read_until(Duration::from_secs(60), |m| !m.is_empty()).await;
+    // Warm up: herald has joined once the first status appears. That one
+    // waited for the join, so it is not counted.
+    let warm_up = usize::MAX / 2;
+    produce(warm_up).await;
+    // The statuses are read after the load, so reading takes no CPU from it.
+    Reader::new(bootstrap, output).read_until(Duration::from_secs(60), |m| !m.is_empty()).await;
 
     let total = (rate * secs as f64) as usize;
     let started = tokio::time::Instant::now();
@@ -420,12 +472,14 @@ async fn latency(bootstrap: &str, requested: &str, run: &str, rate: f64, secs: u
         while let Some(Some(())) = acks.next().now_or_never() {}
     }
     while acks.next().await.is_some() {}
-    let messages = statuses.read_until(Duration::from_secs(120), |m| m.len() > total).await;
+    let mut outputs = Reader::new(bootstrap, output);
+    let messages = outputs.read_until(Duration::from_secs(120), |m| m.len() > total).await;
     let mut latencies: Vec<i64> = messages
         .iter()
         .filter_map(|m| {
-            let event = codec::decode_status(&schema.status, m.payload()?).ok()?;
-            Some(m.timestamp().to_millis()? - sent_at.get(&event.event_id)?)
+            let event_id = check.event_id(&schema, m.payload()?);
+            let at = (event_id != format!("latency-{warm_up:09}")).then(|| sent_at.get(&event_id))??;
+            Some(m.timestamp().to_millis()? - at)
         })
         .collect();
     // SAFETY: plain kill(2) on our own child.

@@ -13,6 +13,8 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::model::{Channel, Content, ErrorClass, Request, Status, StatusEvent};
 
+mod binary;
+
 pub const REQUEST_SCHEMA: &str = include_str!("../schemas/notification.requested.avsc");
 pub const STATUS_SCHEMA: &str = include_str!("../schemas/notification.status.avsc");
 
@@ -82,6 +84,37 @@ pub enum RequestError {
     /// ids are kept so the outcome can still be reported.
     #[error("channel {symbol} is not one herald delivers to")]
     UnknownChannel { event_id: String, user_id: String, symbol: String },
+    #[error(transparent)]
+    Binary(#[from] binary::ReadError),
+}
+
+/// Reads a request written with the bundled schema, by hand (see `binary`);
+/// other writer schemas go through apache-avro and [`request_from_value`].
+pub fn read_request(datum: &[u8]) -> Result<Request, RequestError> {
+    let mut r = binary::Reader::new(datum);
+    let event_id = r.string()?;
+    let user_id = r.string()?;
+    // The bundled symbols are Channel::ALL in order, then UNKNOWN.
+    let channel = r.index(Channel::ALL.len() + 1)?;
+    let recipient = r.string()?;
+    let title = r.optional(binary::Reader::string)?;
+    let body = r.string()?;
+    let template_vars = r.string_map()?;
+    let data = r.string_map()?;
+    let scheduled_at = r.optional(binary::Reader::long)?;
+    let created_at = r.long()?;
+    let Some(&channel) = Channel::ALL.get(channel) else {
+        return Err(RequestError::UnknownChannel { event_id, user_id, symbol: "UNKNOWN".into() });
+    };
+    Ok(Request {
+        event_id,
+        user_id,
+        channel,
+        recipient,
+        content: Content { title, body, template_vars, data },
+        scheduled_at: scheduled_at.map(|ms| millis(ms).ok_or(FieldError::Missing("scheduled_at"))).transpose()?,
+        created_at: millis(created_at).ok_or(FieldError::Missing("created_at"))?,
+    })
 }
 
 pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
@@ -132,9 +165,9 @@ pub fn encode_request(schema: &Schema, schema_id: u32, r: &Request) -> Result<Ve
 }
 
 // Symbol indexes follow the order in notification.status.avsc.
-const STATUS_CHANNEL_UNKNOWN: u32 = 2;
+const STATUS_CHANNEL_UNKNOWN: usize = 2;
 
-fn status_index(s: Status) -> u32 {
+fn status_index(s: Status) -> usize {
     match s {
         Status::Sent => 0,
         Status::RateLimited => 1,
@@ -146,7 +179,7 @@ fn status_index(s: Status) -> u32 {
     }
 }
 
-fn error_class_index(c: ErrorClass) -> u32 {
+fn error_class_index(c: ErrorClass) -> usize {
     match c {
         ErrorClass::Invalid => 0,
         ErrorClass::Permanent => 1,
@@ -155,29 +188,25 @@ fn error_class_index(c: ErrorClass) -> u32 {
     }
 }
 
-pub fn encode_status(schema: &Schema, schema_id: u32, e: &StatusEvent) -> Result<Vec<u8>, apache_avro::Error> {
-    let channel = match e.channel {
-        Some(c) => Value::Enum(c.index() as u32, c.symbol().into()),
-        None => Value::Enum(STATUS_CHANNEL_UNKNOWN, "UNKNOWN".into()),
-    };
-    let value = Value::Record(vec![
-        ("event_id".into(), Value::String(e.event_id.clone())),
-        ("user_id".into(), Value::String(e.user_id.clone())),
-        ("channel".into(), channel),
-        ("status".into(), Value::Enum(status_index(e.status), e.status.symbol().into())),
-        ("attempt".into(), Value::Int(e.attempt as i32)),
-        ("provider".into(), optional(e.provider.clone().map(Value::String))),
-        ("provider_message_id".into(), optional(e.provider_message_id.clone().map(Value::String))),
-        ("error_code".into(), optional(e.error_code.clone().map(Value::String))),
-        (
-            "error_class".into(),
-            optional(e.error_class.map(|c| Value::Enum(error_class_index(c), c.symbol().into()))),
-        ),
-        ("error_message".into(), optional(e.error_message.clone().map(Value::String))),
-        ("occurred_at".into(), Value::TimestampMillis(e.occurred_at.timestamp_millis())),
-        ("next_attempt_at".into(), optional(e.next_attempt_at.map(|t| Value::TimestampMillis(t.timestamp_millis())))),
-    ]);
-    frame(schema_id, schema, value)
+/// Writes a status event with the bundled schema, by hand (see `binary`).
+pub fn encode_status(schema_id: u32, e: &StatusEvent) -> Vec<u8> {
+    let strings = e.event_id.len() + e.user_id.len() + e.error_message.as_ref().map_or(0, String::len);
+    let mut w = binary::Writer { buf: Vec::with_capacity(HEADER_LEN + 64 + strings) };
+    w.buf.push(MAGIC);
+    w.buf.extend_from_slice(&schema_id.to_be_bytes());
+    w.string(&e.event_id);
+    w.string(&e.user_id);
+    w.index(e.channel.map_or(STATUS_CHANNEL_UNKNOWN, Channel::index));
+    w.index(status_index(e.status));
+    w.long(i64::from(e.attempt.min(i32::MAX as u32)));
+    for text in [&e.provider, &e.provider_message_id, &e.error_code] {
+        w.optional(text.as_deref(), |w, s| w.string(s));
+    }
+    w.optional(e.error_class, |w, c| w.index(error_class_index(c)));
+    w.optional(e.error_message.as_deref(), |w, s| w.string(s));
+    w.long(e.occurred_at.timestamp_millis());
+    w.optional(e.next_attempt_at, |w, t| w.long(t.timestamp_millis()));
+    w.buf
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +348,45 @@ mod tests {
     }
 
     #[test]
+    fn the_hand_reader_reads_what_apache_avro_writes() {
+        let b = Bundled::load();
+        let minimal = Request {
+            channel: Channel::Sms,
+            recipient: "+14155550100".into(),
+            content: Content { body: "Grüße 👋".into(), ..Content::default() },
+            scheduled_at: None,
+            ..sample_request()
+        };
+        let many = Content {
+            template_vars: (0..100).map(|i| (format!("k{i}"), "v".repeat(i))).collect(),
+            ..sample_request().content
+        };
+        for request in [sample_request(), minimal, Request { content: many, ..sample_request() }] {
+            let bytes = encode_request(&b.request, 1, &request).unwrap();
+            assert_eq!(read_request(unframe(&bytes).unwrap().1), Ok(request));
+        }
+    }
+
+    #[test]
+    fn the_hand_reader_reports_unknown_channels_and_truncation() {
+        let b = Bundled::load();
+        let bytes = encode_request(&b.request, 1, &sample_request()).unwrap();
+        let datum = unframe(&bytes).unwrap().1;
+        for cut in 0..datum.len() {
+            assert!(read_request(&datum[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut unknown = datum.to_vec();
+        let channel_at = 1 + "evt-1".len() + 1 + "user-1".len();
+        unknown[channel_at] = 4; // zigzag 2: UNKNOWN
+        assert_eq!(
+            read_request(&unknown),
+            Err(RequestError::UnknownChannel { event_id: "evt-1".into(), user_id: "user-1".into(), symbol: "UNKNOWN".into() })
+        );
+        unknown[channel_at] = 6;
+        assert!(matches!(read_request(&unknown), Err(RequestError::Binary(_))));
+    }
+
+    #[test]
     fn status_round_trips_with_every_optional_field() {
         let b = Bundled::load();
         let event = StatusEvent {
@@ -335,8 +403,24 @@ mod tests {
             occurred_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
             next_attempt_at: Some(Utc.timestamp_millis_opt(1_700_000_600_000).unwrap()),
         };
-        let bytes = encode_status(&b.status, 0, &event).unwrap();
+        // Written by hand, read back by apache-avro.
+        let bytes = encode_status(0, &event);
         assert_eq!(decode_status(&b.status, &bytes).unwrap(), event);
+        let bare = StatusEvent {
+            channel: Some(Channel::Sms),
+            status: Status::Sent,
+            provider: None,
+            error_code: None,
+            error_class: None,
+            error_message: None,
+            next_attempt_at: None,
+            provider_message_id: Some("SM1".into()),
+            ..event
+        };
+        for status in Status::ALL {
+            let e = StatusEvent { status, ..bare.clone() };
+            assert_eq!(decode_status(&b.status, &encode_status(7, &e)).unwrap(), e);
+        }
     }
 
     #[test]

@@ -85,14 +85,15 @@ impl Decoder {
     pub async fn decode(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Request, DecodeError> {
         let undecodable = |e: Undecodable| DecodeError::Undecodable(e);
         let (schema_id, mut datum) = codec::unframe(payload.unwrap_or_default()).map_err(|e| undecodable(e.into()))?;
-        let reader = &self.bundled.request;
-        let value = match self.writer_schema(schema_id).await? {
-            Some(writer) => apache_avro::from_avro_datum(&writer, &mut datum, Some(reader)),
-            None => apache_avro::from_avro_datum(reader, &mut datum, None),
+        let request = match self.writer_schema(schema_id).await? {
+            None => codec::read_request(datum),
+            Some(writer) => apache_avro::from_avro_datum(&writer, &mut datum, Some(&self.bundled.request))
+                .map_err(|e| undecodable(Undecodable::Avro(e.to_string())))
+                .map(codec::request_from_value)?,
         }
-        .map_err(|e| undecodable(Undecodable::Avro(e.to_string())))?;
-        let request = codec::request_from_value(value).map_err(|e| match e {
+        .map_err(|e| match e {
             RequestError::Field(f) => undecodable(f.into()),
+            RequestError::Binary(e) => undecodable(Undecodable::Avro(e.to_string())),
             RequestError::UnknownChannel { event_id, user_id, symbol } => {
                 DecodeError::Invalid { event_id, user_id, reason: InvalidReason::UnknownChannel(symbol) }
             }

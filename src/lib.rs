@@ -101,7 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         decoder: decode::Decoder::new(bundled.clone(), registry),
         limiter: Limiter::InMemory(InMemory::new(|c| config.rate_limit(c))),
         router,
-        publisher: outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), bundled.status, status_schema_id),
+        publisher: outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id),
         topics: topics.clone(),
         sms_max_chars: config.sms_max_chars,
     });

@@ -139,11 +139,14 @@ impl Loop {
         };
         let permit = self.pipeline.router.admit(admitted.channel()).await;
         let pipeline = self.pipeline.clone();
-        self.tasks.spawn(async move {
+        let task = async move {
             pipeline.finish(record, admitted).await;
             drop(permit);
             ticket
-        });
+        };
+        // Boxed: the future is kilobytes (provider calls, produce retries),
+        // and the runtime would otherwise copy it several times per record.
+        self.tasks.spawn(Box::pin(task));
         Ok(())
     }
 

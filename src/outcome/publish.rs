@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apache_avro::Schema;
 use chrono::{DateTime, Utc};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -50,15 +49,14 @@ pub struct Ids {
 pub struct Publisher {
     producer: FutureProducer,
     topics: Arc<Topics>,
-    status_schema: Schema,
     status_schema_id: u32,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Publisher {
-    pub fn new(producer: FutureProducer, topics: Arc<Topics>, status_schema: Schema, status_schema_id: u32) -> Self {
-        Publisher { producer, topics, status_schema, status_schema_id }
+    pub fn new(producer: FutureProducer, topics: Arc<Topics>, status_schema_id: u32) -> Self {
+        Publisher { producer, topics, status_schema_id }
     }
 
     pub fn producer(&self) -> &FutureProducer {
@@ -69,8 +67,7 @@ impl Publisher {
     /// outcome belongs to (from 1).
     pub async fn publish(&self, record: &Consumed, ids: Option<&Ids>, outcome: &Outcome, attempt: u32, now: DateTime<Utc>) {
         let status = ids.and_then(|ids| status_event(ids, outcome, attempt, now)).map(|event| {
-            let bytes = codec::encode_status(&self.status_schema, self.status_schema_id, &event)
-                .expect("status events always match the bundled schema");
+            let bytes = codec::encode_status(self.status_schema_id, &event);
             (event.user_id, bytes)
         });
         let reroute = outcome.destination().map(|destination| {
