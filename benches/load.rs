@@ -212,9 +212,12 @@ fn vm_hwm_kb(pid: i32) -> i64 {
 /// tansu answers a fetch only when `fetch.wait.max.ms` (500 by default)
 /// runs out, even once records have arrived; Kafka answers as soon as
 /// `fetch.min.bytes` are there. The short wait keeps tansu from adding
-/// hundreds of milliseconds to every record's latency.
+/// hundreds of milliseconds to every record's latency. And when its local
+/// queue is over `queued.max.messages.kbytes` librdkafka pauses fetching
+/// for `fetch.queue.backoff.ms` (1 s by default): longer than a fast
+/// consumer takes to drain 64 MB, so it would stall.
 fn consumer_args() -> Vec<String> {
-    let options = ["auto.commit.interval.ms=500", "fetch.wait.max.ms=10"];
+    let options = ["auto.commit.interval.ms=500", "fetch.wait.max.ms=10", "fetch.queue.backoff.ms=20"];
     options.iter().flat_map(|o| ["--kafka-consumer-option".to_owned(), (*o).to_owned()]).chain(kafka::fast_group_args()).collect()
 }
 

@@ -2,13 +2,17 @@
 //!
 //! `admit` runs in the consume loop, in partition order, so rate-limit
 //! decisions for one user happen in the order the user's events were
-//! written. `finish` runs concurrently, bounded by the record's lane.
+//! written. Most records then resolve at once (`resolve_now`); those that
+//! call a provider `deliver` concurrently, bounded by their lane. `publish`
+//! hands the outcome to the producer.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::decode::{DecodeError, Decoder};
+use crate::deliver::{Delivered, DeliveryError, Prepared};
 use crate::mask::Masked;
 use crate::model::{Channel, Request};
 use crate::outcome::{self, Consumed, Ids, Outcome, Publisher};
@@ -82,25 +86,59 @@ impl Pipeline {
         Ok(Admitted::Deliver { request, attempt })
     }
 
-    /// Deliver if needed, decide, and publish the outcome. Returns once the
-    /// outcome is durable.
-    pub async fn finish(&self, record: Consumed, admitted: Admitted) {
-        let (ids, outcome, attempt, now) = match admitted {
-            Admitted::Settled { ids, outcome } => (ids, outcome, record.envelope.attempts, Utc::now()),
-            Admitted::Deliver { request, attempt } => {
-                let result = self.router.lane(request.channel).deliver(request.channel, &request, self.sms_max_chars).await;
-                // One clock reading, so a status's next attempt is exactly its delay after it.
-                let now = Utc::now();
-                let outcome = outcome::decide(result, attempt, &self.topics, now);
-                log(&request, &outcome, attempt);
-                (Some(ids_of(&request)), outcome, attempt, now)
+    /// The outcome, when it needs no waiting: a settled record, or a
+    /// delivery its lane answers without a provider call. Otherwise the
+    /// request and attempt, for [`Pipeline::deliver`].
+    pub fn resolve_now(&self, record: &Consumed, admitted: Admitted) -> Result<Resolved, (Request, u32)> {
+        match admitted {
+            Admitted::Settled { ids, outcome } => {
+                Ok(Resolved { ids, outcome, attempt: record.envelope.attempts, now: Utc::now() })
             }
+            Admitted::Deliver { request, attempt } => {
+                match self.router.lane(request.channel).prepare(request.channel, &request, self.sms_max_chars) {
+                    Prepared::Answered(result) => Ok(self.decided(request, attempt, result)),
+                    Prepared::Call(_) => Err((request, attempt)),
+                }
+            }
+        }
+    }
+
+    /// Calls the provider, and decides.
+    pub async fn deliver(&self, request: Request, attempt: u32) -> Resolved {
+        let lane = self.router.lane(request.channel);
+        let result = match lane.prepare(request.channel, &request, self.sms_max_chars) {
+            Prepared::Answered(result) => result,
+            Prepared::Call(call) => lane.call(call, &request).await,
         };
+        self.decided(request, attempt, result)
+    }
+
+    fn decided(&self, request: Request, attempt: u32, result: Result<Delivered, DeliveryError>) -> Resolved {
+        // One clock reading, so a status's next attempt is exactly its delay after it.
+        let now = Utc::now();
+        let outcome = outcome::decide(result, attempt, &self.topics, now);
+        log(&request, &outcome, attempt);
+        Resolved { ids: Some(ids_of(&request)), outcome, attempt, now }
+    }
+
+    /// Hands the outcome to the producer now; the future completes once it
+    /// is durable.
+    pub fn publish(&self, record: &Consumed, resolved: Resolved) -> impl Future<Output = ()> + Send + 'static {
+        let Resolved { ids, outcome, attempt, now } = resolved;
         if let (None, Outcome::Undecodable(reason)) = (&ids, &outcome) {
             tracing::warn!(message = "Undecodable record dead-lettered.", topic = record.topic, partition = record.partition, offset = record.offset, %reason);
         }
-        self.publisher.publish(&record, ids.as_ref(), &outcome, attempt, now).await;
+        self.publisher.publish(record, ids.as_ref(), &outcome, attempt, now)
     }
+}
+
+/// What a record came to: its outcome, ready to publish.
+pub struct Resolved {
+    ids: Option<Ids>,
+    outcome: Outcome,
+    /// The attempt the outcome belongs to (from 1).
+    attempt: u32,
+    now: DateTime<Utc>,
 }
 
 fn ids_of(request: &Request) -> Ids {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::deliver::{Delivered, DeliveryError, Sender};
+use crate::deliver::{Call, Delivered, DeliveryError, Prepared, Sender};
 use crate::model::{Channel, Request};
 
 pub struct Lane {
@@ -23,9 +23,15 @@ impl Lane {
         Lane { sender, admission: Arc::new(Semaphore::new(queue)), concurrency: Semaphore::new(concurrency) }
     }
 
-    pub async fn deliver(&self, channel: Channel, request: &Request, sms_max_chars: usize) -> Result<Delivered, DeliveryError> {
+    /// Validates the request and, when it needs no provider call, answers.
+    pub fn prepare(&self, channel: Channel, request: &Request, sms_max_chars: usize) -> Prepared<'_> {
+        self.sender.prepare(channel, request, sms_max_chars)
+    }
+
+    /// Makes a provider call, within the lane's concurrency.
+    pub async fn call(&self, call: Call<'_>, request: &Request) -> Result<Delivered, DeliveryError> {
         let _slot = self.concurrency.acquire().await.expect("lane semaphores are never closed");
-        self.sender.send(channel, request, sms_max_chars).await
+        call.send(request).await
     }
 }
 

@@ -108,18 +108,43 @@ pub enum Sender {
     Disabled,
 }
 
+/// A request's validation done: the answer, or the provider call to make.
+pub enum Prepared<'a> {
+    Answered(Result<Delivered, DeliveryError>),
+    Call(Call<'a>),
+}
+
+/// A provider request still to be made.
+pub enum Call<'a> {
+    Twilio(&'a Twilio),
+    Fcm(&'a Fcm),
+}
+
 impl Sender {
-    pub async fn send(&self, channel: Channel, request: &Request, sms_max_chars: usize) -> Result<Delivered, DeliveryError> {
-        match channel {
+    /// Validates `request` for `channel`. Invalid requests, dry runs and
+    /// disabled channels are answered at once, without waiting.
+    pub fn prepare(&self, channel: Channel, request: &Request, sms_max_chars: usize) -> Prepared<'_> {
+        let valid = match channel {
             Channel::Sms => sms::validate(request, sms_max_chars),
             Channel::Push => push::validate(request),
+        };
+        if let Err(reason) = valid {
+            return Prepared::Answered(Err(DeliveryError::Invalid(reason)));
         }
-        .map_err(DeliveryError::Invalid)?;
         match self {
-            Sender::Twilio(twilio) => twilio.send(request).await,
-            Sender::Fcm(fcm) => fcm.send(request).await,
-            Sender::DryRun => Ok(Delivered { provider: Provider::DryRun, message_id: None }),
-            Sender::Disabled => Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel))),
+            Sender::Twilio(twilio) => Prepared::Call(Call::Twilio(twilio)),
+            Sender::Fcm(fcm) => Prepared::Call(Call::Fcm(fcm)),
+            Sender::DryRun => Prepared::Answered(Ok(Delivered { provider: Provider::DryRun, message_id: None })),
+            Sender::Disabled => Prepared::Answered(Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel)))),
+        }
+    }
+}
+
+impl Call<'_> {
+    pub async fn send(self, request: &Request) -> Result<Delivered, DeliveryError> {
+        match self {
+            Call::Twilio(twilio) => twilio.send(request).await,
+            Call::Fcm(fcm) => fcm.send(request).await,
         }
     }
 }

@@ -8,10 +8,13 @@ mod offsets;
 mod pauses;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::Producer;
@@ -42,9 +45,17 @@ struct Loop {
     pipeline: Arc<Pipeline>,
     offsets: Offsets,
     pauses: Pauses,
-    /// Each task yields its ticket when the record's outcome is durable.
+    /// Records whose delivery waits on a provider, each a task that yields
+    /// its ticket once the record's outcome is durable.
     tasks: JoinSet<Ticket>,
+    /// Records settled without waiting (rate limited, invalid, a sender
+    /// that answers at once): only their produce acks are awaited, here,
+    /// which costs far less than a task per record.
+    acks: FuturesUnordered<Acked>,
 }
+
+/// Completes with a record's ticket once its outcome is durable.
+type Acked = Pin<Box<dyn Future<Output = Ticket> + Send>>;
 
 pub async fn consume(
     consumer: HeraldConsumer,
@@ -58,6 +69,7 @@ pub async fn consume(
         offsets: Offsets::default(),
         pauses: Pauses::default(),
         tasks: JoinSet::new(),
+        acks: FuturesUnordered::new(),
     };
     let result = l.run(shutdown).await;
     l.drain(deadline).await;
@@ -78,6 +90,13 @@ impl Loop {
                     self.finished(joined);
                     while let Some(joined) = self.tasks.try_join_next() {
                         self.finished(joined);
+                    }
+                    self.store_offsets();
+                }
+                Some(ticket) = self.acks.next(), if !self.acks.is_empty() => {
+                    self.offsets.finish(ticket);
+                    while let Some(Some(ticket)) = self.acks.next().now_or_never() {
+                        self.offsets.finish(ticket);
                     }
                     self.store_offsets();
                 }
@@ -137,16 +156,38 @@ impl Loop {
             Some(e) => Admitted::Settled { ids: None, outcome: Outcome::Undecodable(Undecodable::Envelope(e)) },
             None => self.pipeline.admit(&record, source, now).await?,
         };
-        let permit = self.pipeline.router.admit(admitted.channel()).await;
-        let pipeline = self.pipeline.clone();
-        let task = async move {
-            pipeline.finish(record, admitted).await;
-            drop(permit);
-            ticket
+        let router = &self.pipeline.router;
+        let permit = loop {
+            tokio::select! {
+                biased;
+                permit = router.admit(admitted.channel()) => break permit,
+                // Records settled in the loop give their permits back only
+                // as their acks are polled, so waiting must poll them too.
+                Some(ticket) = self.acks.next(), if !self.acks.is_empty() => self.offsets.finish(ticket),
+            }
         };
-        // Boxed: the future is kilobytes (provider calls, produce retries),
-        // and the runtime would otherwise copy it several times per record.
-        self.tasks.spawn(Box::pin(task));
+        match self.pipeline.resolve_now(&record, admitted) {
+            // Most records: only their produce acks are awaited, in the loop.
+            Ok(resolved) => {
+                let durable = self.pipeline.publish(&record, resolved);
+                self.acks.push(Box::pin(async move {
+                    durable.await;
+                    drop(permit);
+                    ticket
+                }));
+            }
+            Err((request, attempt)) => {
+                let pipeline = self.pipeline.clone();
+                // Boxed: a provider call's future is kilobytes, and the
+                // runtime would otherwise copy it several times.
+                self.tasks.spawn(Box::pin(async move {
+                    let resolved = pipeline.deliver(request, attempt).await;
+                    pipeline.publish(&record, resolved).await;
+                    drop(permit);
+                    ticket
+                }));
+            }
+        }
         Ok(())
     }
 
@@ -196,20 +237,24 @@ impl Loop {
     /// Stop fetching, let in-flight records finish within `deadline`, flush
     /// and commit what finished.
     async fn drain(&mut self, deadline: Duration) {
-        let in_flight = self.tasks.len();
+        let in_flight = self.tasks.len() + self.acks.len();
         tracing::info!(message = "Shutting down: finishing in-flight records.", in_flight);
         let drained = tokio::time::timeout(deadline, async {
             while let Some(joined) = self.tasks.join_next().await {
                 self.finished(joined);
+            }
+            while let Some(ticket) = self.acks.next().await {
+                self.offsets.finish(ticket);
             }
         })
         .await;
         if drained.is_err() {
             tracing::warn!(
                 message = "Shutdown deadline passed; unfinished records will be redelivered.",
-                unfinished = self.tasks.len()
+                unfinished = self.tasks.len() + self.acks.len()
             );
             self.tasks.abort_all();
+            self.acks.clear();
         }
         self.store_offsets();
         if let Err(error) = self.pipeline.publisher.producer().flush(deadline) {

@@ -2,13 +2,15 @@
 //! produced, and this returns only once the broker has acknowledged both.
 //! The caller stores the offset after that, never before.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::{status_event, Destination, Envelope, Origin, Outcome};
 use crate::codec;
@@ -53,6 +55,7 @@ pub struct Publisher {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
 
 impl Publisher {
     pub fn new(producer: FutureProducer, topics: Arc<Topics>, status_schema_id: u32) -> Self {
@@ -63,12 +66,23 @@ impl Publisher {
         &self.producer
     }
 
-    /// Publishes what `outcome` requires. `attempt` is the attempt the
-    /// outcome belongs to (from 1).
-    pub async fn publish(&self, record: &Consumed, ids: Option<&Ids>, outcome: &Outcome, attempt: u32, now: DateTime<Utc>) {
-        let status = ids.and_then(|ids| status_event(ids, outcome, attempt, now)).map(|event| {
-            let bytes = codec::encode_status(self.status_schema_id, &event);
-            (event.user_id, bytes)
+    /// Hands what `outcome` requires to the producer now, and returns a
+    /// future that completes once the broker has acknowledged all of it.
+    /// Enqueueing here rather than when the future is first polled keeps
+    /// outcomes in the order the loop settled them.
+    pub fn publish(
+        &self,
+        record: &Consumed,
+        ids: Option<&Ids>,
+        outcome: &Outcome,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let status = ids.and_then(|ids| status_event(ids, outcome, attempt, now)).map(|event| Outgoing {
+            topic: self.topics.status.clone(),
+            payload: Some(codec::encode_status(self.status_schema_id, &event)),
+            key: Some(event.user_id.into_bytes()),
+            headers: None,
         });
         let reroute = outcome.destination().map(|destination| {
             let topic = match destination {
@@ -84,40 +98,74 @@ impl Publisher {
             };
             let envelope = Envelope { attempts, not_before: outcome.not_before(), origin: None };
             let headers = envelope.write(record.headers.as_ref(), &record.origin(), outcome.error().as_ref());
-            (topic.as_str(), headers)
+            Outgoing { topic: topic.clone(), key: record.key.clone(), payload: record.payload.clone(), headers: Some(headers) }
         });
-        let status_sent = async {
-            if let Some((key, bytes)) = &status {
-                self.send(&self.topics.status, Some(key.as_bytes()), Some(bytes), None).await;
-            }
-        };
-        let rerouted = async {
-            if let Some((topic, headers)) = &reroute {
-                self.send(topic, record.key.as_deref(), record.payload.as_deref(), Some(headers)).await;
-            }
-        };
-        tokio::join!(status_sent, rerouted);
+        let status = status.map(|out| self.durable(out));
+        let reroute = reroute.map(|out| self.durable(out));
+        async move {
+            let status = async {
+                if let Some(acked) = status {
+                    acked.await;
+                }
+            };
+            let reroute = async {
+                if let Some(acked) = reroute {
+                    acked.await;
+                }
+            };
+            tokio::join!(status, reroute);
+        }
     }
 
-    /// Sends until the broker acknowledges. The idempotent producer already
-    /// retries internally; an error here means its delivery timeout passed,
-    /// and giving up would lose the outcome, so this keeps trying (the
-    /// offset stays unstored meanwhile, and shutdown abandons it safely).
-    async fn send(&self, topic: &str, key: Option<&[u8]>, payload: Option<&[u8]>, headers: Option<&OwnedHeaders>) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
-            record.key = key;
-            record.payload = payload;
-            record.headers = headers.cloned();
-            match self.producer.send(record, Timeout::Never).await {
-                Ok(_) => return,
-                Err((error, _)) => {
-                    tracing::error!(message = "Produce failed; retrying.", topic, %error, backoff_ms = backoff.as_millis() as u64);
+    /// Sends `out` now; the future completes when the broker acknowledges
+    /// it. The idempotent producer already retries internally; an error
+    /// means its delivery timeout passed, and giving up would lose the
+    /// outcome, so this sends again (the offset stays unstored meanwhile,
+    /// and shutdown abandons it safely).
+    fn durable(&self, out: Outgoing) -> impl Future<Output = ()> + Send + 'static {
+        let producer = self.producer.clone();
+        let first = out.send(&producer);
+        async move {
+            let mut ack = first;
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let error = match ack {
+                    Ok(delivery) => match delivery.await {
+                        Ok(Ok(_)) => return,
+                        Ok(Err((error, _))) => error,
+                        Err(_canceled) => KafkaError::Canceled,
+                    },
+                    Err(error) => error,
+                };
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+                    // Backpressure, not failure: wait for the queue to drain.
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                } else {
+                    tracing::error!(message = "Produce failed; retrying.", topic = out.topic, %error, backoff_ms = backoff.as_millis() as u64);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+                ack = out.send(&producer);
             }
         }
+    }
+}
+
+/// One record to produce, kept until it is acknowledged so that it can be
+/// sent again.
+struct Outgoing {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+}
+
+impl Outgoing {
+    fn send(&self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic);
+        record.key = self.key.as_deref();
+        record.payload = self.payload.as_deref();
+        record.headers = self.headers.clone();
+        producer.send_result(record).map_err(|(error, _)| error)
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests: herald against a real Kafka-protocol broker (tansu,
 //! started per test; or the cluster in KAFKA_BROKERS) and fake providers.
 
+mod backpressure;
 mod channels;
 mod crash;
 mod rate_limit;
