@@ -41,7 +41,14 @@ fn consumer_config(config: &Config) -> ClientConfig {
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         // The loop never blocks longer than a provider timeout.
-        .set("max.poll.interval.ms", "60000");
+        .set("max.poll.interval.ms", "60000")
+        // Prefetch at most 16 MB (librdkafka's default is 64 MB): at
+        // herald's rates that is still a fraction of a second of work, and
+        // it keeps memory flat whatever the backlog. Past the limit,
+        // librdkafka waits this long before fetching again (1 s by default,
+        // long enough for the queue to run dry).
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "100");
     with_overrides(c, config, &config.kafka_consumer_options)
 }
 
