@@ -292,7 +292,7 @@ fn rate_of(messages: &[OwnedMessage], records: usize, check: Check) -> f64 {
     let (first, last) = (timestamps.len() / 20, timestamps.len() * 19 / 20);
     let span = timestamps[last] - timestamps[first];
     let t0 = timestamps[0];
-    eprintln!("timeline ms: {:?}", (0..=20).map(|i| timestamps[(timestamps.len() - 1) * i / 20] - t0).collect::<Vec<_>>());
+    println!("  output timestamps at every 5% of records, ms from the first: {:?}", (0..=20).map(|i| timestamps[(timestamps.len() - 1) * i / 20] - t0).collect::<Vec<_>>());
     (last - first) as f64 / (span.max(1) as f64 / 1000.0)
 }
 

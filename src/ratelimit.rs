@@ -43,7 +43,9 @@ pub struct InMemory {
 
 #[derive(Default)]
 struct State {
-    windows: HashMap<(String, Channel), VecDeque<Counted>>,
+    /// Per user, one window per channel: keyed by user alone so that a
+    /// check looks up by `&str` and allocates only for a new user.
+    windows: HashMap<String, [VecDeque<Counted>; Channel::ALL.len()]>,
     checks_since_sweep: u32,
 }
 
@@ -70,9 +72,21 @@ impl InMemory {
         state.checks_since_sweep += 1;
         if state.checks_since_sweep >= SWEEP_EVERY {
             state.checks_since_sweep = 0;
-            state.windows.retain(|_, counted| counted.back().is_some_and(|c| c.at + window > now));
+            let limits = &self.limits;
+            state.windows.retain(|_, per_channel| {
+                per_channel.iter().zip(limits).any(|(counted, limit)| match limit {
+                    RateLimit::PerWindow { window, .. } => {
+                        let window = Duration::from_std(*window).unwrap_or(Duration::MAX);
+                        counted.back().is_some_and(|c| c.at + window > now)
+                    }
+                    RateLimit::Off => false,
+                })
+            });
         }
-        let counted = state.windows.entry((user_id.to_owned(), channel)).or_default();
+        if !state.windows.contains_key(user_id) {
+            state.windows.insert(user_id.to_owned(), Default::default());
+        }
+        let counted = &mut state.windows.get_mut(user_id).expect("inserted above")[channel.index()];
         while counted.front().is_some_and(|c| c.at + window <= now) {
             counted.pop_front();
         }
