@@ -156,16 +156,23 @@ impl Loop {
             Some(e) => Admitted::Settled { ids: None, outcome: Outcome::Undecodable(Undecodable::Envelope(e)) },
             None => self.pipeline.admit(&record, source, now).await?,
         };
-        let router = &self.pipeline.router;
+        let pipeline = self.pipeline.clone();
+        let mut finished = false;
         let permit = loop {
             tokio::select! {
                 biased;
-                permit = router.admit(admitted.channel()) => break permit,
+                permit = pipeline.router.admit(admitted.channel()) => break permit,
                 // Records settled in the loop give their permits back only
                 // as their acks are polled, so waiting must poll them too.
-                Some(ticket) = self.acks.next(), if !self.acks.is_empty() => self.offsets.finish(ticket),
+                Some(ticket) = self.acks.next(), if !self.acks.is_empty() => {
+                    self.offsets.finish(ticket);
+                    finished = true;
+                }
             }
         };
+        if finished {
+            self.store_offsets();
+        }
         match self.pipeline.resolve_now(&record, admitted) {
             // Most records: only their produce acks are awaited, in the loop.
             Ok(resolved) => {
