@@ -89,26 +89,28 @@ async fn bench(args: Args) -> std::process::ExitCode {
     );
 
     let mut rows = Vec::new();
-    let passthrough = passthrough_command(&bootstrap, &requested, &topic("bench.passthrough"), &format!("bench-passthrough-{run}"));
+    let (group, output) = (format!("bench-passthrough-{run}"), topic("bench.passthrough"));
+    let passthrough = passthrough_command(&bootstrap, &requested, &output, &group);
     let label = "passthrough (rdkafka consume → produce → store offset)";
-    rows.push(measure(label, &bootstrap, &requested, &topic("bench.passthrough"), args.records, Check::Copies, passthrough).await);
+    rows.push(measure(label, &bootstrap, &group, &requested, &output, args.records, Check::Copies, passthrough).await);
     for (label, phase, provider_args) in [
         ("herald, no-op sink (--delivery dry-run)", "dry-run", vec!["--delivery".to_owned(), "dry-run".to_owned()]),
         ("herald, HTTP to local fake Twilio/FCM", "http", providers.args()),
     ] {
         let status = topic(&format!("bench.status.{phase}"));
-        let command = herald(&bootstrap, &format!("bench-{phase}-{run}"), &requested, &status, &provider_args);
-        rows.push(measure(label, &bootstrap, &requested, &status, args.records, Check::AllSent, command).await);
+        let group = format!("bench-{phase}-{run}");
+        let command = herald(&bootstrap, &group, &requested, &status, &provider_args);
+        rows.push(measure(label, &bootstrap, &group, &requested, &status, args.records, Check::AllSent, command).await);
     }
 
     // Both at half of herald's no-op rate, each on a topic of its own.
     let rate = args.latency_rate.unwrap_or(rows[1].rate / 2.0);
     let mut latencies = Vec::new();
-    for (label, check) in [("passthrough", Check::Copies), ("herald, no-op sink", Check::AllSent)] {
-        let requested = topic(&format!("bench.latency.{}", if matches!(check, Check::Copies) { "passthrough" } else { "herald" }));
+    for (label, name, check) in [("passthrough", "passthrough", Check::Copies), ("herald, no-op sink", "herald", Check::AllSent)] {
+        let requested = topic(&format!("bench.latency.{name}"));
         let output = format!("{requested}.out");
         create_topics(&bootstrap, &[&requested, &output]).await;
-        let group = format!("bench-latency-{}-{run}", latencies.len());
+        let group = format!("bench-latency-{name}-{run}");
         let command = match check {
             Check::Copies => passthrough_command(&bootstrap, &requested, &output, &group),
             Check::AllSent => herald(&bootstrap, &group, &requested, &output, &["--delivery".into(), "dry-run".into()]),
@@ -149,9 +151,11 @@ enum Check {
 
 impl Check {
     fn event_id(self, schemas: &Bundled, payload: &[u8]) -> String {
-        let unframed = codec::unframe(payload).expect("wire format").1;
         match self {
-            Check::Copies => codec::read_request(unframed).expect("a copied request").event_id,
+            Check::Copies => {
+                let datum = codec::unframe(payload).expect("wire format").1;
+                codec::read_request(datum).expect("a copied request").event_id
+            }
             Check::AllSent => codec::decode_status(&schemas.status, payload).expect("a status event").event_id,
         }
     }
@@ -167,9 +171,11 @@ struct Row {
 
 /// Runs one child until its group has committed the whole backlog, then
 /// reads its output to time it.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     label: &'static str,
     bootstrap: &str,
+    group: &str,
     input: &str,
     output: &str,
     records: usize,
@@ -181,8 +187,7 @@ async fn measure(
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
     let child = command.spawn().expect("starting the phase");
     let pid = child.id() as i32;
-    let group = group_of(&command);
-    wait_committed(bootstrap, &group, input, records, &log).await;
+    wait_committed(bootstrap, group, input, records, &log).await;
     // Read here, not from wait4: a child's ru_maxrss starts from its
     // parent's peak at fork, and this process holds whole topics.
     let peak_rss_kb = vm_hwm_kb(pid);
@@ -194,14 +199,6 @@ async fn measure(
     let rate = rate_of(&messages, records, check);
     println!("{label}: {rate:.0} msgs/s");
     Row { label, records, rate, cpu: usage.cpu, peak_rss_kb }
-}
-
-/// The consumer group a phase's command joins: the value after
-/// `--group-id`, or the passthrough's last argument.
-fn group_of(command: &Command) -> String {
-    let args: Vec<_> = command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-    let at = args.iter().position(|a| a == "--group-id").map_or(args.len() - 1, |i| i + 1);
-    args[at].clone()
 }
 
 fn vm_hwm_kb(pid: i32) -> i64 {

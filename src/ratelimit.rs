@@ -37,7 +37,9 @@ impl Limiter {
 /// Limits kept in this process only: they reset when herald restarts or a
 /// partition moves to another instance.
 pub struct InMemory {
-    limits: [RateLimit; Channel::ALL.len()],
+    /// Per channel, the most events and the window they are counted over;
+    /// `None` when the channel is not limited.
+    limits: [Option<(usize, Duration)>; Channel::ALL.len()],
     state: Mutex<State>,
 }
 
@@ -60,26 +62,25 @@ const SWEEP_EVERY: u32 = 10_000;
 
 impl InMemory {
     pub fn new(limit_for: impl Fn(Channel) -> RateLimit) -> Self {
-        InMemory { limits: Channel::ALL.map(limit_for), state: Mutex::default() }
+        let limit = |channel| match limit_for(channel) {
+            RateLimit::PerWindow { max, window } => Some((max as usize, Duration::from_std(window).unwrap_or(Duration::MAX))),
+            RateLimit::Off => None,
+        };
+        InMemory { limits: Channel::ALL.map(limit), state: Mutex::default() }
     }
 
     fn check(&self, user_id: &str, channel: Channel, event_id: &str, now: DateTime<Utc>) -> Decision {
-        let RateLimit::PerWindow { max, window } = self.limits[channel.index()] else {
+        let Some((max, window)) = self.limits[channel.index()] else {
             return Decision::Allow;
         };
-        let window = Duration::from_std(window).unwrap_or(Duration::MAX);
         let mut state = self.state.lock().expect("rate limit lock");
         state.checks_since_sweep += 1;
         if state.checks_since_sweep >= SWEEP_EVERY {
             state.checks_since_sweep = 0;
             let limits = &self.limits;
             state.windows.retain(|_, per_channel| {
-                per_channel.iter().zip(limits).any(|(counted, limit)| match limit {
-                    RateLimit::PerWindow { window, .. } => {
-                        let window = Duration::from_std(*window).unwrap_or(Duration::MAX);
-                        counted.back().is_some_and(|c| c.at + window > now)
-                    }
-                    RateLimit::Off => false,
+                per_channel.iter().zip(limits).any(|(counted, limit)| {
+                    limit.is_some_and(|(_, window)| counted.back().is_some_and(|c| c.at + window > now))
                 })
             });
         }
@@ -93,7 +94,7 @@ impl InMemory {
         if counted.iter().any(|c| c.event_id == event_id) {
             return Decision::Allow;
         }
-        if counted.len() >= max as usize {
+        if counted.len() >= max {
             let oldest = counted.front().expect("a full window is not empty").at;
             return Decision::Deny { until: oldest + window };
         }

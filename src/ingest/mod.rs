@@ -173,10 +173,10 @@ impl Loop {
         if finished {
             self.store_offsets();
         }
-        match self.pipeline.resolve_now(&record, admitted) {
+        match pipeline.resolve_now(&record, admitted) {
             // Most records: only their produce acks are awaited, in the loop.
             Ok(resolved) => {
-                let durable = self.pipeline.publish(&record, resolved);
+                let durable = pipeline.publish(&record, resolved);
                 self.acks.push(Box::pin(async move {
                     durable.await;
                     drop(permit);
@@ -184,7 +184,6 @@ impl Loop {
                 }));
             }
             Err((request, attempt)) => {
-                let pipeline = self.pipeline.clone();
                 // Boxed: a provider call's future is kilobytes, and the
                 // runtime would otherwise copy it several times.
                 self.tasks.spawn(Box::pin(async move {

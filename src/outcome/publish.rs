@@ -1,5 +1,6 @@
 //! Making an outcome durable: the status event and the rerouted record are
-//! produced, and this returns only once the broker has acknowledged both.
+//! produced, and the future `publish` returns completes only once the broker
+//! has acknowledged both.
 //! The caller stores the offset after that, never before.
 
 use std::future::Future;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::future::OptionFuture;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -103,17 +105,7 @@ impl Publisher {
         let status = status.map(|out| self.durable(out));
         let reroute = reroute.map(|out| self.durable(out));
         async move {
-            let status = async {
-                if let Some(acked) = status {
-                    acked.await;
-                }
-            };
-            let reroute = async {
-                if let Some(acked) = reroute {
-                    acked.await;
-                }
-            };
-            tokio::join!(status, reroute);
+            tokio::join!(OptionFuture::from(status), OptionFuture::from(reroute));
         }
     }
 
