@@ -29,8 +29,6 @@ use herald::codec::{self, Bundled};
 use herald::model::{Channel, Content, Request, Status};
 use herald_testkit::kafka::{self, Reader};
 use herald_testkit::{Broker, Providers};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -77,7 +75,7 @@ async fn bench(args: Args) -> std::process::ExitCode {
     let run = format!("{}", std::process::id());
     let topic = |name: &str| if broker.is_local() { name.to_owned() } else { format!("{name}.{run}") };
     let requested = topic(REQUESTED);
-    create_topics(&bootstrap, &[&requested, &topic("bench.passthrough")]).await;
+    kafka::create_topics(&bootstrap, &[&requested, &topic("bench.passthrough")], PARTITIONS).await;
 
     let started = Instant::now();
     let bytes = backlog(&bootstrap, &requested, args.records).await;
@@ -109,7 +107,7 @@ async fn bench(args: Args) -> std::process::ExitCode {
     for (label, name, check) in [("passthrough", "passthrough", Check::Copies), ("herald, no-op sink", "herald", Check::AllSent)] {
         let requested = topic(&format!("bench.latency.{name}"));
         let output = format!("{requested}.out");
-        create_topics(&bootstrap, &[&requested, &output]).await;
+        kafka::create_topics(&bootstrap, &[&requested, &output], PARTITIONS).await;
         let group = format!("bench-latency-{name}-{run}");
         let command = match check {
             Check::Copies => passthrough_command(&bootstrap, &requested, &output, &group),
@@ -349,20 +347,6 @@ fn send(
     let ack = producer.send_result(record).map_err(|(e, _)| e).expect("producer queue has room");
     async move {
         ack.await.expect("producer alive").map_err(|(e, _)| e).expect("record acknowledged");
-    }
-}
-
-async fn create_topics(bootstrap: &str, names: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("enable.metrics.push", "false").create().expect("admin");
-    let topics: Vec<_> = names.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))).collect();
-    for result in admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics") {
-        if let Err((name, error)) = result {
-            assert_eq!(error, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating {name}");
-        }
-    }
-    for name in names {
-        kafka::partitions(bootstrap, name, Duration::from_secs(30));
     }
 }
 

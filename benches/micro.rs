@@ -15,7 +15,8 @@ use herald::config::RateLimit;
 use herald::deliver::{Delivered, DeliveryError, Provider};
 use herald::model::{Channel, Content, Request, Status, StatusEvent};
 use herald::outcome;
-use herald::ratelimit::{InMemory, Limiter};
+use herald::ratelimit::{Limiter, Store, Subject};
+use futures::FutureExt;
 use herald::topics::Topics;
 
 fn request() -> Request {
@@ -66,8 +67,8 @@ fn codec(c: &mut Criterion) {
 }
 
 fn rate_limit(c: &mut Criterion) {
-    let limit = RateLimit::PerWindow { max: 10, window: std::time::Duration::from_secs(3600) };
-    let limiter = Limiter::InMemory(InMemory::new(|_| limit));
+    let limit = RateLimit::per(10, std::time::Duration::from_secs(3600));
+    let limiter = Limiter::new(|_| limit.clone(), Store::Memory);
     let now = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
     let users: Vec<String> = (0..50_000).map(|i| format!("user-{i:05}")).collect();
     let events: Vec<String> = (0..1_000_000).map(|i| format!("event-{i}")).collect();
@@ -76,7 +77,10 @@ fn rate_limit(c: &mut Criterion) {
     c.bench_function("rate limit: check (50,000 users, 10/h)", |b| {
         b.iter(|| {
             i = (i + 1) % events.len();
-            limiter.check(&users[i % users.len()], Channel::Sms, &events[i], now)
+            let subject =
+                Subject { user_id: &users[i % users.len()], channel: Channel::Sms, event_id: &events[i], partition: 0 };
+            // In memory, a check never waits.
+            limiter.check(subject, now).now_or_never().expect("ready").expect("no store to fail")
         })
     });
 }

@@ -1,6 +1,8 @@
 //! herald end to end on one machine: a Kafka-protocol broker (tansu, or the
-//! cluster in KAFKA_BROKERS), fake Twilio and FCM servers, herald itself run
-//! through `herald::run`, and sample requests that end in every status.
+//! cluster in KAFKA_BROKERS), a CQL server for the rate limits (kassandra
+//! in memory, or the cluster in SCYLLA_URI), fake Twilio and FCM servers,
+//! `herald migrate`, herald itself run through `herald::run`, and sample
+//! requests that end in every status.
 //! Then a bulk load measures events per second.
 //!
 //!     cargo run --release --example demo [-- --load 20000]
@@ -20,7 +22,7 @@ use herald::outcome::envelope::ERROR_CODE;
 use herald::Config;
 use herald_testkit::fake::Reply;
 use herald_testkit::kafka::{self, Reader};
-use herald_testkit::{Broker, Providers};
+use herald_testkit::{Broker, Cql, Providers};
 use rdkafka::message::Message;
 
 /// Delays of the three retry topics; production uses 10m, 20m, 40m.
@@ -43,11 +45,14 @@ struct Sample {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     if std::env::var_os("RUST_LOG").is_none() {
-        std::env::set_var("RUST_LOG", "warn");
+        // kassandra has no system.peers, and the CQL driver says so at
+        // every metadata refresh; that is expected here, not news.
+        std::env::set_var("RUST_LOG", "warn,scylla=off");
     }
     herald::telemetry::init(herald::config::LogFormat::Text);
 
     let broker = Broker::start();
+    let cql = Cql::start();
     let providers = Providers::start().await;
     // Provider behaviour per recipient; everything else is accepted.
     providers.twilio.script("+14155550199", vec![Reply::fail(503, "20503"); 4]);
@@ -81,10 +86,19 @@ async fn main() -> std::process::ExitCode {
     .map(str::to_owned)
     .into();
     argv.extend(providers.args());
+    argv.extend(cql.args());
     argv.extend(kafka::fast_group_args());
     let config = Config::try_parse_from(argv).expect("demo arguments parse");
+    // The producers' topic exists before herald, with as many partitions as
+    // the topics herald creates.
+    kafka::create_topics(&broker.bootstrap, &[&requested], config.topic_partitions).await;
+    if let Err(e) = herald::migrate(&config).await {
+        println!("herald migrate failed: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
 
     println!("broker      {} ({})", broker.bootstrap, if broker.is_local() { "tansu, in memory" } else { "KAFKA_BROKERS" });
+    println!("rate limits ScyllaDB {} ({}), keyspace {}", cql.uri, if cql.is_local() { "kassandra, in memory" } else { "SCYLLA_URI" }, cql.keyspace);
     println!("providers   twilio {}  fcm {}", providers.twilio.base_url(), providers.fcm.base_url());
     println!("retries     {RETRY_DELAYS} (production: 10m,20m,40m)\n");
 

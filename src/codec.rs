@@ -176,6 +176,7 @@ fn status_index(s: Status) -> usize {
         Status::DeadLettered => 4,
         Status::Invalid => 5,
         Status::Scheduled => 6,
+        Status::Deferred => 7,
     }
 }
 

@@ -70,13 +70,53 @@ pub struct Config {
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
     pub schema_registry_url: Option<Url>,
 
-    /// SMS rate limit per user: COUNT/WINDOW (10/1h) or off.
+    /// SMS rate limit per user: COUNT/WINDOW (10/1h), several comma-separated (10/1h,50/1d), or off.
     #[arg(long, env = "HERALD_SMS_RATE_LIMIT", default_value = "10/1h")]
     pub sms_rate_limit: RateLimit,
 
-    /// Push rate limit per user: COUNT/WINDOW or off.
+    /// Push rate limit per user: COUNT/WINDOW[,COUNT/WINDOW] or off.
     #[arg(long, env = "HERALD_PUSH_RATE_LIMIT", default_value = "off")]
     pub push_rate_limit: RateLimit,
+
+    /// What happens to an SMS over its limit: reject (status RATE_LIMITED) or defer (DEFERRED, sent when the window allows).
+    #[arg(long, env = "HERALD_SMS_OVER_LIMIT", value_enum, default_value_t = OverLimit::Reject)]
+    pub sms_over_limit: OverLimit,
+
+    /// What happens to a push over its limit: reject or defer.
+    #[arg(long, env = "HERALD_PUSH_OVER_LIMIT", value_enum, default_value_t = OverLimit::Reject)]
+    pub push_over_limit: OverLimit,
+
+    /// ScyllaDB contact points (host:port, comma-separated). Without it, rate limits are kept in memory and reset on restart.
+    #[arg(long, env = "SCYLLA_URI")]
+    pub scylla_uri: Option<String>,
+
+    /// Keyspace of herald's tables.
+    #[arg(long, env = "HERALD_SCYLLA_KEYSPACE", default_value = "herald")]
+    pub scylla_keyspace: String,
+
+    /// Replication of the keyspace, as CQL, used by `herald migrate` when it creates the keyspace.
+    #[arg(long, env = "HERALD_SCYLLA_REPLICATION", default_value = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}")]
+    pub scylla_replication: String,
+
+    /// Consistency of rate-limit reads and writes.
+    #[arg(long, env = "HERALD_SCYLLA_CONSISTENCY", value_enum, default_value_t = CqlConsistency::LocalQuorum)]
+    pub scylla_consistency: CqlConsistency,
+
+    /// Timeout of one ScyllaDB request, and of connecting.
+    #[arg(long, env = "HERALD_SCYLLA_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub scylla_timeout: Duration,
+
+    /// Rate-limit writes in flight at once; when they are all pending, the consumer waits.
+    #[arg(long, env = "HERALD_SCYLLA_MAX_WRITES", default_value_t = 1024)]
+    pub scylla_max_writes: usize,
+
+    /// Wait for schema agreement after schema changes (turn off only for single-node test servers).
+    #[arg(long, env = "HERALD_SCYLLA_AWAIT_SCHEMA_AGREEMENT", default_value_t = true, action = ArgAction::Set)]
+    pub scylla_await_schema_agreement: bool,
+
+    /// Fetch schema metadata on connect (turn off only for test servers that lack it).
+    #[arg(long, env = "HERALD_SCYLLA_FETCH_SCHEMA_METADATA", default_value_t = true, action = ArgAction::Set)]
+    pub scylla_fetch_schema_metadata: bool,
 
     /// Concurrent SMS provider requests.
     #[arg(long, env = "HERALD_SMS_CONCURRENCY", default_value_t = 32)]
@@ -137,6 +177,34 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Without a subcommand, herald runs the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Apply the CQL schema in schemas/scylla to SCYLLA_URI (idempotent), then exit.
+    Migrate,
+}
+
+/// What happens to an event its user's window has no room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverLimit {
+    /// Not sent; status RATE_LIMITED.
+    Reject,
+    /// Held in the delay topics and checked again when the window has room; status DEFERRED.
+    Defer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CqlConsistency {
+    One,
+    LocalOne,
+    Quorum,
+    LocalQuorum,
+    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,29 +219,49 @@ pub enum LogFormat {
     Json,
 }
 
-/// A rolling-window limit: at most `max` events per `window`.
+/// Rolling-window limits on one channel: an event passes only if every
+/// window has room. No windows: the channel is not limited.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RateLimit {
+    pub windows: Vec<Window>,
+}
+
+/// At most `max` events in any span of `length`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimit {
-    Off,
-    PerWindow { max: u32, window: Duration },
+pub struct Window {
+    pub max: u32,
+    pub length: Duration,
+}
+
+impl RateLimit {
+    pub fn per(max: u32, length: Duration) -> Self {
+        RateLimit { windows: vec![Window { max, length }] }
+    }
+
+    pub fn longest(&self) -> Option<Duration> {
+        self.windows.iter().map(|w| w.length).max()
+    }
 }
 
 impl FromStr for RateLimit {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.eq_ignore_ascii_case("off") {
-            return Ok(RateLimit::Off);
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(RateLimit::default());
         }
-        let (max, window) = s
-            .split_once('/')
-            .ok_or_else(|| format!("expected COUNT/WINDOW such as 10/1h, or off; got {s:?}"))?;
-        let max: u32 = max.trim().parse().map_err(|_| format!("{max:?} is not a count"))?;
-        let window = humantime::parse_duration(window.trim()).map_err(|e| format!("window {window:?}: {e}"))?;
-        if max == 0 || window.is_zero() {
-            return Err("count and window must be above zero; use off for no limit".into());
-        }
-        Ok(RateLimit::PerWindow { max, window })
+        let window = |w: &str| {
+            let (max, length) = w
+                .split_once('/')
+                .ok_or_else(|| format!("expected COUNT/WINDOW such as 10/1h, or off; got {w:?}"))?;
+            let max: u32 = max.trim().parse().map_err(|_| format!("{max:?} is not a count"))?;
+            let length = humantime::parse_duration(length.trim()).map_err(|e| format!("window {length:?}: {e}"))?;
+            if max == 0 || length.is_zero() {
+                return Err("count and window must be above zero; use off for no limit".to_owned());
+            }
+            Ok(Window { max, length })
+        };
+        Ok(RateLimit { windows: s.split(',').map(window).collect::<Result<_, _>>()? })
     }
 }
 
@@ -193,6 +281,10 @@ pub enum ConfigError {
     SmsTooLong(usize),
     #[error("--twilio-account-sid, --twilio-auth-token and --twilio-from must be given together (missing {0})")]
     TwilioIncomplete(&'static str),
+    #[error("--scylla-keyspace {0:?} is not a CQL identifier (letters, digits and _, at most 48, not starting with a digit)")]
+    Keyspace(String),
+    #[error("`herald migrate` needs SCYLLA_URI (--scylla-uri)")]
+    MigrateWithoutScylla,
 }
 
 impl Config {
@@ -223,6 +315,7 @@ impl Config {
             ("sms-max-chars", self.sms_max_chars),
             ("topic-partitions", self.topic_partitions.max(0) as usize),
             ("topic-replication", self.topic_replication.max(0) as usize),
+            ("scylla-max-writes", self.scylla_max_writes),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -241,6 +334,17 @@ impl Config {
                 return Err(ConfigError::TwilioIncomplete(missing));
             }
         }
+        // Interpolated into CQL, so it must be an identifier and nothing more.
+        let ks = &self.scylla_keyspace;
+        let identifier = ks.len() <= 48
+            && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && ks.chars().next().is_some_and(|c| !c.is_ascii_digit());
+        if !identifier {
+            return Err(ConfigError::Keyspace(ks.clone()));
+        }
+        if self.command == Some(Command::Migrate) && self.scylla_uri.is_none() {
+            return Err(ConfigError::MigrateWithoutScylla);
+        }
         Ok(())
     }
 
@@ -251,10 +355,17 @@ impl Config {
             .map(String::as_str)
     }
 
-    pub fn rate_limit(&self, channel: Channel) -> RateLimit {
+    pub fn rate_limit(&self, channel: Channel) -> &RateLimit {
         match channel {
-            Channel::Sms => self.sms_rate_limit,
-            Channel::Push => self.push_rate_limit,
+            Channel::Sms => &self.sms_rate_limit,
+            Channel::Push => &self.push_rate_limit,
+        }
+    }
+
+    pub fn over_limit(&self, channel: Channel) -> OverLimit {
+        match channel {
+            Channel::Sms => self.sms_over_limit,
+            Channel::Push => self.push_over_limit,
         }
     }
 
@@ -282,7 +393,8 @@ mod tests {
     #[test]
     fn defaults_match_the_service_herald_replaces() {
         let c = parse(&[]);
-        assert_eq!(c.sms_rate_limit, RateLimit::PerWindow { max: 10, window: Duration::from_secs(3600) });
+        assert_eq!(c.sms_rate_limit, RateLimit::per(10, Duration::from_secs(3600)));
+        assert_eq!(c.sms_over_limit, OverLimit::Reject);
         assert_eq!(c.retry_topics, ["retry-10m", "retry-20m", "retry-40m"]);
         assert_eq!(c.retry_delays, [600, 1200, 2400].map(Duration::from_secs));
         assert_eq!(c.sms_max_chars, 480);
@@ -291,12 +403,14 @@ mod tests {
 
     #[test]
     fn rate_limits_parse_and_reject_nonsense() {
-        assert_eq!("off".parse::<RateLimit>(), Ok(RateLimit::Off));
+        assert_eq!("off".parse::<RateLimit>(), Ok(RateLimit::default()));
+        assert_eq!("5/250ms".parse::<RateLimit>(), Ok(RateLimit::per(5, Duration::from_millis(250))));
+        let daily_cap = Window { max: 50, length: Duration::from_secs(86_400) };
         assert_eq!(
-            "5/250ms".parse::<RateLimit>(),
-            Ok(RateLimit::PerWindow { max: 5, window: Duration::from_millis(250) })
+            "10/1h, 50/1d".parse::<RateLimit>(),
+            Ok(RateLimit { windows: vec![Window { max: 10, length: Duration::from_secs(3600) }, daily_cap] })
         );
-        for bad in ["10", "0/1h", "10/0s", "x/1h", "10/soon"] {
+        for bad in ["10", "0/1h", "10/0s", "x/1h", "10/soon", "10/1h,", "10/1h,off"] {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad} should be rejected");
         }
     }
@@ -317,6 +431,20 @@ mod tests {
     fn twilio_credentials_come_together() {
         let c = parse(&["--twilio-account-sid", "AC1"]);
         assert_eq!(c.validate(), Err(ConfigError::TwilioIncomplete("--twilio-auth-token")));
+    }
+
+    #[test]
+    fn the_keyspace_must_be_a_plain_identifier() {
+        for bad in ["herald; DROP TABLE x", "1herald", "", "a-b"] {
+            assert_eq!(parse(&["--scylla-keyspace", bad]).validate(), Err(ConfigError::Keyspace(bad.into())), "{bad}");
+        }
+        assert_eq!(parse(&["--scylla-keyspace", "herald_2"]).validate(), Ok(()));
+    }
+
+    #[test]
+    fn migrate_needs_a_scylla_uri() {
+        assert_eq!(parse(&["migrate"]).validate(), Err(ConfigError::MigrateWithoutScylla));
+        assert_eq!(parse(&["--scylla-uri", "127.0.0.1:9042", "migrate"]).command, Some(Command::Migrate));
     }
 
     #[test]

@@ -38,6 +38,11 @@ fn consumer_config(config: &Config) -> ClientConfig {
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Range gives one member the same partition number of every input
+        // topic. herald keeps a user's delayed records on the partition
+        // number they came from, so each user has a single consumer, which
+        // the rate limiter's cache relies on.
+        .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         // The loop never blocks longer than a provider timeout.

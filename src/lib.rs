@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | ingest | [`ingest`] | consumer group over the requests and delay topics; pauses delay partitions until due; stores offsets once outcomes are durable |
 //! | decode | [`decode`], [`codec`], [`registry`] | Confluent wire format, Avro with reader-schema resolution |
-//! | rate limit | [`ratelimit`] | rolling window per user and channel, idempotent per event id |
+//! | rate limit | [`ratelimit`] | rolling windows per user and channel, idempotent per event id; in memory, written through to ScyllaDB |
 //! | route | [`route`] | one lane per channel, each with bounded admission and concurrency |
 //! | deliver | [`deliver`] | Twilio SMS, FCM push; classifies provider errors |
 //! | outcome | [`outcome`] | `decide` (the one retry / dead-letter / drop decision), status events, retry and dead-letter records |
@@ -40,7 +40,7 @@ pub use config::Config;
 use crate::deliver::{Fcm, Sender, Twilio};
 use crate::model::Channel;
 use crate::pipeline::Pipeline;
-use crate::ratelimit::{InMemory, Limiter};
+use crate::ratelimit::{Limiter, Store};
 use crate::route::{Lane, Router};
 use crate::topics::Topics;
 
@@ -57,6 +57,8 @@ pub enum Error {
     Credentials(#[from] deliver::push::CredentialsError),
     #[error("schema registry: {0}")]
     Registry(#[from] registry::RegistryError),
+    #[error("rate-limit store: {0}")]
+    RateLimitStore(#[from] ratelimit::StoreError),
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
 }
@@ -92,18 +94,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         config.channel_queue,
     );
-    tracing::info!(
-        message = "Rate limits are kept in memory; they reset when herald restarts or partitions move.",
-        sms = ?config.sms_rate_limit,
-        push = ?config.push_rate_limit
-    );
     let pipeline = Arc::new(Pipeline {
         decoder: decode::Decoder::new(bundled.clone(), registry),
-        limiter: Limiter::InMemory(InMemory::new(|c| config.rate_limit(c))),
+        limiter: Limiter::new(|c| config.rate_limit(c).clone(), rate_limit_store(&config).await?),
         router,
         publisher: outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id),
         topics: topics.clone(),
         sms_max_chars: config.sms_max_chars,
+        over_limit: Channel::ALL.map(|c| config.over_limit(c)),
     });
 
     let consumer = kafka::consumer(&config)?;
@@ -111,6 +109,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(message = "Consuming.", topics = ?topics.inputs(), group = config.group_id);
     ingest::consume(consumer, pipeline, shutdown, config.shutdown_deadline).await?;
     Ok(())
+}
+
+/// Applies the CQL schema to `SCYLLA_URI` (`herald migrate`).
+pub async fn migrate(config: &Config) -> Result<(), Error> {
+    config.validate()?;
+    let session = ratelimit::connect(config).await?;
+    ratelimit::migrate(&session, &config.scylla_keyspace, &config.scylla_replication).await?;
+    Ok(())
+}
+
+async fn rate_limit_store(config: &Config) -> Result<Store, Error> {
+    let limits = Channel::ALL.map(|c| (c.symbol(), config.rate_limit(c).windows.clone()));
+    let Some(uri) = &config.scylla_uri else {
+        tracing::warn!(message = "No SCYLLA_URI: rate limits are kept in memory, and reset when herald restarts or a partition moves.", ?limits);
+        return Ok(Store::Memory);
+    };
+    let session = ratelimit::connect(config).await?;
+    let longest = Channel::ALL.iter().filter_map(|c| config.rate_limit(*c).longest()).max();
+    let table = ratelimit::Table::open(session, &config.scylla_keyspace, longest, config.scylla_max_writes).await?;
+    tracing::info!(message = "Rate limits are kept in ScyllaDB.", nodes = uri, keyspace = config.scylla_keyspace, ?limits);
+    Ok(Store::ScyllaDb(table))
 }
 
 fn senders(config: &Config, http: &reqwest::Client) -> Result<[Sender; Channel::ALL.len()], Error> {

@@ -10,7 +10,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let config = herald::Config::parse();
     herald::telemetry::init(config.log_format);
-    match herald::run(config, shutdown_signal()).await {
+    let result = match config.command {
+        Some(herald::config::Command::Migrate) => herald::migrate(&config).await,
+        None => herald::run(config, shutdown_signal()).await,
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(message = "herald stopped.", %error);

@@ -70,10 +70,11 @@ pub enum Status {
     DeadLettered,
     Invalid,
     Scheduled,
+    Deferred,
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 8] = [
         Status::Sent,
         Status::RateLimited,
         Status::RetryScheduled,
@@ -81,6 +82,7 @@ impl Status {
         Status::DeadLettered,
         Status::Invalid,
         Status::Scheduled,
+        Status::Deferred,
     ];
 
     pub fn from_symbol(symbol: &str) -> Option<Status> {
@@ -96,12 +98,13 @@ impl Status {
             Status::DeadLettered => "DEAD_LETTERED",
             Status::Invalid => "INVALID",
             Status::Scheduled => "SCHEDULED",
+            Status::Deferred => "DEFERRED",
         }
     }
 
     /// No further status follows a terminal one for the same event.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Status::RetryScheduled | Status::Scheduled)
+        !matches!(self, Status::RetryScheduled | Status::Scheduled | Status::Deferred)
     }
 }
 

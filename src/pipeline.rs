@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::OverLimit;
 use crate::decode::{DecodeError, Decoder};
 use crate::deliver::{Delivered, DeliveryError, Prepared};
 use crate::mask::Masked;
 use crate::model::{Channel, Request};
 use crate::outcome::{self, Consumed, Ids, Outcome, Publisher};
-use crate::ratelimit::{Decision, Limiter};
+use crate::ratelimit::{Decision, Limiter, Pending, StoreError, Subject};
 use crate::registry::RegistryError;
 use crate::route::Router;
 use crate::topics::{Source, Topics};
@@ -28,6 +29,17 @@ pub struct Pipeline {
     pub publisher: Publisher,
     pub topics: Arc<Topics>,
     pub sms_max_chars: usize,
+    /// Per channel, what happens to an event over its limit.
+    pub over_limit: [OverLimit; Channel::ALL.len()],
+}
+
+/// Why a record could not be judged at all; nothing must happen to it.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    #[error("schema registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("rate-limit store: {0}")]
+    RateLimit(#[from] StoreError),
 }
 
 /// A record after the in-order steps.
@@ -48,19 +60,23 @@ impl Admitted {
 }
 
 impl Pipeline {
-    /// Decode, hold if not yet due, rate-limit. Errors only when the record
-    /// cannot be judged at all (the schema registry is down): then nothing
-    /// must happen to it.
-    pub async fn admit(&self, record: &Consumed, source: Source, now: DateTime<Utc>) -> Result<Admitted, RegistryError> {
+    /// Decode, hold if not yet due, rate-limit. A counted event comes with
+    /// its pending rate-limit write, which the record's offset must wait
+    /// for. Errors only when the record cannot be judged at all (the schema
+    /// registry or the rate-limit store is down).
+    pub async fn admit(
+        &self,
+        record: &Consumed,
+        source: Source,
+        now: DateTime<Utc>,
+    ) -> Result<(Admitted, Option<Pending>), AdmitError> {
+        let settled = |ids, outcome| Ok((Admitted::Settled { ids, outcome }, None));
         let request = match self.decoder.decode(record.key.as_deref(), record.payload.as_deref()).await {
             Ok(request) => request,
-            Err(DecodeError::Unavailable(e)) => return Err(e),
-            Err(DecodeError::Undecodable(reason)) => {
-                return Ok(Admitted::Settled { ids: None, outcome: Outcome::Undecodable(reason) })
-            }
+            Err(DecodeError::Unavailable(e)) => return Err(e.into()),
+            Err(DecodeError::Undecodable(reason)) => return settled(None, Outcome::Undecodable(reason)),
             Err(DecodeError::Invalid { event_id, user_id, reason }) => {
-                let ids = Ids { event_id, user_id, channel: None };
-                return Ok(Admitted::Settled { ids: Some(ids), outcome: Outcome::Invalid(reason) });
+                return settled(Some(Ids { event_id, user_id, channel: None }), Outcome::Invalid(reason));
             }
         };
         let ids = || Some(ids_of(&request));
@@ -75,15 +91,32 @@ impl Pipeline {
                 Source::Requested => Outcome::Scheduled { hold, not_before },
                 Source::Retry(_) => Outcome::Held { hold, not_before },
             };
-            return Ok(Admitted::Settled { ids: ids(), outcome });
+            return settled(ids(), outcome);
         }
         // Only the first attempt counts: a retry was counted when it was new.
+        let mut count = None;
         if attempt == 1 {
-            if let Decision::Deny { until } = self.limiter.check(&request.user_id, request.channel, &request.event_id, now) {
-                return Ok(Admitted::Settled { ids: ids(), outcome: Outcome::RateLimited { until } });
+            let subject = Subject {
+                user_id: &request.user_id,
+                channel: request.channel,
+                event_id: &request.event_id,
+                partition: record.partition,
+            };
+            match self.limiter.check(subject, now).await? {
+                (Decision::Allow, pending) => count = pending,
+                (Decision::Deny { until }, _) => {
+                    let outcome = match self.over_limit[request.channel.index()] {
+                        OverLimit::Reject => Outcome::RateLimited { until },
+                        OverLimit::Defer => {
+                            let hold = self.topics.hold_for((until - now).to_std().unwrap_or_default());
+                            Outcome::Deferred { hold, not_before: until }
+                        }
+                    };
+                    return settled(ids(), outcome);
+                }
             }
         }
-        Ok(Admitted::Deliver { request, attempt })
+        Ok((Admitted::Deliver { request, attempt }, count))
     }
 
     /// The outcome, when it needs no waiting: a settled record, or a

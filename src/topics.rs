@@ -98,6 +98,11 @@ pub enum TopicError {
     Metadata(rdkafka::error::KafkaError),
     #[error("cannot create topic {topic:?}: {error}")]
     Create { topic: String, error: String },
+    #[error(
+        "the topics herald consumes must have the same number of partitions, so that a user's retries stay with the \
+         instance that owns the user; found {0}"
+    )]
+    NotCoPartitioned(String),
 }
 
 /// Creates the topics that are missing, or refuses if told not to.
@@ -110,8 +115,20 @@ pub async fn ensure(
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
         .map_err(TopicError::Metadata)?;
-    let existing: Vec<&str> = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
-    let missing: Vec<&str> = topics.all().into_iter().filter(|t| !existing.contains(t)).collect();
+    let existing: Vec<(&str, i32)> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| (t.name(), t.partitions().len() as i32))
+        .collect();
+    let partitions = |topic: &str| existing.iter().find(|(name, _)| *name == topic).map(|(_, n)| *n);
+    let inputs: Vec<(&str, i32)> =
+        topics.inputs().into_iter().map(|t| (t, partitions(t).unwrap_or(config.topic_partitions))).collect();
+    if inputs.iter().any(|(_, n)| *n != inputs[0].1) {
+        let found = inputs.iter().map(|(t, n)| format!("{t}: {n}")).collect::<Vec<_>>().join(", ");
+        return Err(TopicError::NotCoPartitioned(found));
+    }
+    let missing: Vec<&str> = topics.all().into_iter().filter(|t| partitions(t).is_none()).collect();
     if missing.is_empty() {
         return Ok(());
     }

@@ -28,16 +28,15 @@ use pauses::Pauses;
 
 use crate::decode::Undecodable;
 use crate::outcome::{Consumed, Envelope, Outcome};
-use crate::pipeline::{Admitted, Pipeline};
-use crate::registry::RegistryError;
+use crate::pipeline::{AdmitError, Admitted, Pipeline};
 use crate::topics::Source;
 
 pub type HeraldConsumer = StreamConsumer<IngestContext>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("cannot decode requests: {0}")]
-    Registry(#[from] RegistryError),
+    #[error("cannot judge records: {0}")]
+    Admit(#[from] AdmitError),
 }
 
 struct Loop {
@@ -152,9 +151,16 @@ impl Loop {
             headers,
             envelope,
         };
-        let admitted = match bad_envelope {
-            Some(e) => Admitted::Settled { ids: None, outcome: Outcome::Undecodable(Undecodable::Envelope(e)) },
+        let (admitted, count) = match bad_envelope {
+            Some(e) => (Admitted::Settled { ids: None, outcome: Outcome::Undecodable(Undecodable::Envelope(e)) }, None),
             None => self.pipeline.admit(&record, source, now).await?,
+        };
+        // The record is finished only once its rate-limit count, if any, is
+        // durable too.
+        let counted = async move {
+            if let Some(count) = count {
+                count.durable().await;
+            }
         };
         let pipeline = self.pipeline.clone();
         let mut finished = false;
@@ -178,7 +184,7 @@ impl Loop {
             Ok(resolved) => {
                 let durable = pipeline.publish(&record, resolved);
                 self.acks.push(Box::pin(async move {
-                    durable.await;
+                    tokio::join!(durable, counted);
                     drop(permit);
                     ticket
                 }));
@@ -188,7 +194,7 @@ impl Loop {
                 // runtime would otherwise copy it several times.
                 self.tasks.spawn(Box::pin(async move {
                     let resolved = pipeline.deliver(request, attempt).await;
-                    pipeline.publish(&record, resolved).await;
+                    tokio::join!(pipeline.publish(&record, resolved), counted);
                     drop(permit);
                     ticket
                 }));
@@ -212,6 +218,7 @@ impl Loop {
                     for (topic, partition) in partitions {
                         self.offsets.revoke(&topic, partition);
                         self.pauses.forget(&topic, partition);
+                        self.pipeline.limiter.forget_partition(partition);
                     }
                 }
                 Assignment::Assigned(partitions) => {

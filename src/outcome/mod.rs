@@ -32,6 +32,9 @@ pub enum Outcome {
     /// Never deliverable as written: reported, and kept on the dead-letter topic.
     Invalid(InvalidReason),
     RateLimited { until: DateTime<Utc> },
+    /// Over the limit, with the deferring policy: parked in delay topic
+    /// `hold` and checked again at `not_before`, when the window has room.
+    Deferred { hold: usize, not_before: DateTime<Utc> },
     /// A request scheduled for later, first parked in delay topic `hold`.
     Scheduled { hold: usize, not_before: DateTime<Utc> },
     /// A parked record released early by its topic's delay, parked again.
@@ -79,6 +82,7 @@ impl Outcome {
             Outcome::Invalid(_) => Status::Invalid,
             Outcome::RateLimited { .. } => Status::RateLimited,
             Outcome::Scheduled { .. } => Status::Scheduled,
+            Outcome::Deferred { .. } => Status::Deferred,
             Outcome::Held { .. } | Outcome::Undecodable(_) => return None,
         })
     }
@@ -86,7 +90,9 @@ impl Outcome {
     pub fn destination(&self) -> Option<Destination> {
         match self {
             Outcome::RetryScheduled { retry, .. } => Some(Destination::Retry(*retry)),
-            Outcome::Scheduled { hold, .. } | Outcome::Held { hold, .. } => Some(Destination::Retry(*hold)),
+            Outcome::Scheduled { hold, .. } | Outcome::Deferred { hold, .. } | Outcome::Held { hold, .. } => {
+                Some(Destination::Retry(*hold))
+            }
             Outcome::DeadLettered(_) | Outcome::Invalid(_) | Outcome::Undecodable(_) => Some(Destination::DeadLetter),
             Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } => None,
         }
@@ -96,6 +102,7 @@ impl Outcome {
         match self {
             Outcome::RetryScheduled { not_before, .. }
             | Outcome::Scheduled { not_before, .. }
+            | Outcome::Deferred { not_before, .. }
             | Outcome::Held { not_before, .. } => Some(*not_before),
             _ => None,
         }
@@ -109,7 +116,7 @@ impl Outcome {
                 Some((e.class(), e.code(), e.to_string()))
             }
             Outcome::Invalid(reason) => Some((ErrorClass::Invalid, reason.code().to_owned(), reason.to_string())),
-            Outcome::RateLimited { until } => Some((
+            Outcome::RateLimited { until } | Outcome::Deferred { not_before: until, .. } => Some((
                 ErrorClass::RateLimited,
                 "rate-limit-exceeded".to_owned(),
                 format!("window full until {}", until.to_rfc3339()),
@@ -197,6 +204,7 @@ mod tests {
             (Outcome::Invalid(InvalidReason::EmptyBody), Some(Status::Invalid), Some(Destination::DeadLetter)),
             (Outcome::RateLimited { until: now() }, Some(Status::RateLimited), None),
             (Outcome::Scheduled { hold: 2, not_before: now() }, Some(Status::Scheduled), Some(Destination::Retry(2))),
+            (Outcome::Deferred { hold: 0, not_before: now() }, Some(Status::Deferred), Some(Destination::Retry(0))),
             (Outcome::Held { hold: 1, not_before: now() }, None, Some(Destination::Retry(1))),
         ];
         for (outcome, status, destination) in rows {

@@ -84,23 +84,37 @@ impl Publisher {
             topic: self.topics.status.clone(),
             payload: Some(codec::encode_status(self.status_schema_id, &event)),
             key: Some(event.user_id.into_bytes()),
+            partition: None,
             headers: None,
         });
         let reroute = outcome.destination().map(|destination| {
-            let topic = match destination {
-                Destination::Retry(i) => &self.topics.retries[i].name,
-                Destination::DeadLetter => &self.topics.dead_letter,
+            // A delay topic record keeps its partition number, so a user's
+            // records stay with the one consumer that owns that partition of
+            // every input topic (see `ratelimit`).
+            let (topic, partition) = match destination {
+                Destination::Retry(i) => (&self.topics.retries[i].name, Some(record.partition)),
+                Destination::DeadLetter => (&self.topics.dead_letter, None),
             };
             let attempts = match outcome {
                 // Parking or rejecting a record is not a delivery attempt.
-                Outcome::Scheduled { .. } | Outcome::Held { .. } | Outcome::Invalid(_) | Outcome::Undecodable(_) => {
+                Outcome::Scheduled { .. }
+                | Outcome::Deferred { .. }
+                | Outcome::Held { .. }
+                | Outcome::Invalid(_)
+                | Outcome::Undecodable(_) => {
                     record.envelope.attempts
                 }
                 _ => attempt,
             };
             let envelope = Envelope { attempts, not_before: outcome.not_before(), origin: None };
             let headers = envelope.write(record.headers.as_ref(), &record.origin(), outcome.error().as_ref());
-            Outgoing { topic: topic.clone(), key: record.key.clone(), payload: record.payload.clone(), headers: Some(headers) }
+            Outgoing {
+                topic: topic.clone(),
+                key: record.key.clone(),
+                partition,
+                payload: record.payload.clone(),
+                headers: Some(headers),
+            }
         });
         let status = status.map(|out| self.durable(out));
         let reroute = reroute.map(|out| self.durable(out));
@@ -148,6 +162,8 @@ impl Publisher {
 struct Outgoing {
     topic: String,
     key: Option<Vec<u8>>,
+    /// `None`: the producer's partitioner picks, by key.
+    partition: Option<i32>,
     payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
 }
@@ -156,6 +172,7 @@ impl Outgoing {
     fn send(&self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic);
         record.key = self.key.as_deref();
+        record.partition = self.partition;
         record.payload = self.payload.as_deref();
         record.headers = self.headers.clone();
         producer.send_result(record).map_err(|(error, _)| error)

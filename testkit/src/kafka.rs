@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -37,6 +40,21 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &[u8], payload
     let mut record = FutureRecord::to(topic).key(key).payload(payload);
     record.headers = headers;
     producer.send(record, Timeout::Never).await.map_err(|(e, _)| e).expect("producing a record");
+}
+
+/// Creates topics with `partitions` each (an existing one is left as it
+/// is), and waits until they are visible.
+pub async fn create_topics(bootstrap: &str, names: &[&str], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = config(bootstrap).create().expect("creating an admin client");
+    let topics: Vec<_> = names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+    for result in admin.create_topics(&topics, &AdminOptions::new()).await.expect("create topics") {
+        if let Err((name, error)) = result {
+            assert_eq!(error, RDKafkaErrorCode::TopicAlreadyExists, "creating {name}");
+        }
+    }
+    for name in names {
+        self::partitions(bootstrap, name, Duration::from_secs(30));
+    }
 }
 
 /// Waits until `topic` exists and returns its partition count.

@@ -1,32 +1,15 @@
 //! Killing herald mid-stream loses nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use herald::model::Status;
 
 use crate::support::*;
 
-/// The herald binary, killed if the test ends early so it never outlives it.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_herald(h: &Harness) -> Process {
-    let args = h.args(&["--sms-rate-limit", "off", "--sms-concurrency", "4"]);
-    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(&args[1..])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting the herald binary");
-    Process(child)
+    h.spawn(&["--sms-rate-limit", "off", "--sms-concurrency", "4"])
 }
 
 /// Event ids Twilio has been asked to deliver (each body names its event).

@@ -7,6 +7,7 @@ mod crash;
 mod rate_limit;
 mod registry;
 mod retry;
+mod scylla;
 mod shutdown;
 mod support;
 mod topics;

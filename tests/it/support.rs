@@ -2,6 +2,7 @@
 //! through its library entry point.
 
 use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub struct TestTopics {
 /// Short delays so the whole retry schedule runs in about 2 s.
 pub const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(300), Duration::from_millis(600), Duration::from_millis(1200)];
 
+pub const PARTITIONS: i32 = 3;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Harness {
@@ -57,6 +60,10 @@ impl Harness {
             retries: ["10m", "20m", "40m"].map(|d| format!("{unique}.retry-{d}")),
         };
         let providers = Providers::start().await;
+        // The requests topic belongs to the producers, as in production; it
+        // exists before herald starts or a test sends, with as many
+        // partitions as herald gives the topics it creates.
+        kafka::create_topics(&broker.bootstrap, &[&topics.requested], PARTITIONS).await;
         Harness {
             producer: kafka::producer(&broker.bootstrap),
             provider_args: providers.args(),
@@ -89,7 +96,7 @@ impl Harness {
             "--retry-delays",
             &delays.join(","),
             "--topic-partitions",
-            "3",
+            &PARTITIONS.to_string(),
             "--http-timeout",
             "5s",
             "--shutdown-deadline",
@@ -117,6 +124,18 @@ impl Harness {
         Running { stop: Some(stop), task }
     }
 
+    /// Runs the herald binary, for tests that kill it.
+    pub fn spawn(&self, extra: &[&str]) -> Process {
+        let args = self.args(extra);
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(&args[1..])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the herald binary");
+        Process(child)
+    }
+
     pub async fn send(&self, request: &Request) -> Vec<u8> {
         let bytes = codec::encode_request(&self.bundled.request, 1, request).unwrap();
         self.send_raw(request.user_id.as_bytes(), &bytes).await;
@@ -133,6 +152,16 @@ impl Harness {
 
     pub fn reader(&self, topic: &str) -> Reader {
         Reader::new(&self.broker.bootstrap, topic)
+    }
+}
+
+/// The herald binary, killed if the test ends early so it never outlives it.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -1,0 +1,251 @@
+//! The ScyllaDB store of counted events: the schema, `herald migrate`, the
+//! startup check, and the two statements the limiter runs.
+//!
+//! Only CQL that behaves the same on ScyllaDB and on the in-memory test
+//! server is used: whole-partition reads by key, plain inserts, and expiry
+//! from the table default. Windows are decided in herald from the stored
+//! timestamps, never by the server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::statement::Consistency;
+use tokio::sync::Semaphore;
+
+use super::windows::Counted;
+use crate::config::{Config, CqlConsistency};
+use crate::model::Channel;
+
+/// The schema, applied by `herald migrate`.
+pub const SCHEMA: &str = include_str!("../../schemas/scylla/001_rate_limit.cql");
+pub const TABLE: &str = "rate_limit_events";
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to ScyllaDB at {nodes}: {source}")]
+    Connect { nodes: String, source: Source },
+    #[error("migration statement failed ({statement}): {source}")]
+    Migrate { statement: String, source: Source },
+    #[error("table {keyspace}.{TABLE} does not exist; run `herald migrate` first")]
+    NoTable { keyspace: String },
+    #[error("table {keyspace}.{TABLE} does not match herald's schema ({source}); run `herald migrate`, or fix the table by hand")]
+    Mismatch { keyspace: String, source: Source },
+    #[error(
+        "rows of {keyspace}.{TABLE} expire after {ttl_secs} s, before the longest rate-limit window ({window_secs} s) ends; \
+         raise the table's default_time_to_live"
+    )]
+    TtlTooShort { keyspace: String, ttl_secs: i64, window_secs: u64 },
+    #[error("reading a user's counted events failed: {0}")]
+    Read(Source),
+    #[error("writing a counted event failed: {0}")]
+    Write(Source),
+}
+
+/// Connects with consistency and timeout in the default execution profile.
+pub async fn connect(config: &Config) -> Result<Arc<Session>, StoreError> {
+    let uri = config.scylla_uri.as_deref().unwrap_or_default();
+    let nodes: Vec<&str> =
+        uri.trim_start_matches("scylla://").split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+    let profile = ExecutionProfile::builder()
+        .consistency(consistency(config.scylla_consistency))
+        .request_timeout(Some(config.scylla_timeout))
+        .build();
+    let session = SessionBuilder::new()
+        .known_nodes(&nodes)
+        .connection_timeout(config.scylla_timeout)
+        .default_execution_profile_handle(profile.into_handle())
+        .auto_await_schema_agreement(config.scylla_await_schema_agreement)
+        .fetch_schema_metadata(config.scylla_fetch_schema_metadata)
+        .build()
+        .await
+        .map_err(|e| StoreError::Connect { nodes: nodes.join(","), source: e.into() })?;
+    Ok(Arc::new(session))
+}
+
+fn consistency(c: CqlConsistency) -> Consistency {
+    match c {
+        CqlConsistency::One => Consistency::One,
+        CqlConsistency::LocalOne => Consistency::LocalOne,
+        CqlConsistency::Quorum => Consistency::Quorum,
+        CqlConsistency::LocalQuorum => Consistency::LocalQuorum,
+        CqlConsistency::All => Consistency::All,
+    }
+}
+
+/// The schema's statements for `keyspace`, comments removed.
+pub fn statements(keyspace: &str, replication: &str) -> Vec<String> {
+    let uncommented: String =
+        SCHEMA.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
+    uncommented
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace("{keyspace}", keyspace).replace("{replication}", replication))
+        .collect()
+}
+
+/// Applies the schema. Every statement is `IF NOT EXISTS`, so running it
+/// again, or from two instances at once, is harmless.
+pub async fn migrate(session: &Session, keyspace: &str, replication: &str) -> Result<(), StoreError> {
+    for statement in statements(keyspace, replication) {
+        session
+            .query_unpaged(statement.as_str(), ())
+            .await
+            .map_err(|e| StoreError::Migrate { statement: first_line(&statement), source: e.into() })?;
+        tracing::info!(message = "Applied.", statement = first_line(&statement));
+    }
+    Ok(())
+}
+
+fn first_line(statement: &str) -> String {
+    statement.lines().next().unwrap_or_default().to_owned()
+}
+
+/// The table of counted events, its statements prepared once.
+pub struct Table {
+    session: Arc<Session>,
+    select: PreparedStatement,
+    insert: PreparedStatement,
+    /// Bounds writes in flight; the consume loop waits when it is empty.
+    writes: Arc<Semaphore>,
+}
+
+impl Table {
+    /// Checks that the schema is in place, that rows outlive `longest`
+    /// window, and prepares the statements.
+    pub async fn open(
+        session: Arc<Session>,
+        keyspace: &str,
+        longest: Option<Duration>,
+        max_writes: usize,
+    ) -> Result<Table, StoreError> {
+        // The keyspace is the partition key of system_schema.tables; the
+        // table name is matched here rather than in CQL.
+        let tables = session
+            .query_unpaged(
+                "SELECT table_name, default_time_to_live FROM system_schema.tables WHERE keyspace_name = ?",
+                (keyspace,),
+            )
+            .await
+            .map_err(|e| StoreError::Read(e.into()))?
+            .into_rows_result()
+            .map_err(|e| StoreError::Read(e.into()))?;
+        let mut ttl = None;
+        let mut found = false;
+        for row in tables.rows::<(String, Option<i32>)>().map_err(|e| StoreError::Read(e.into()))? {
+            let (name, default_ttl) = row.map_err(|e| StoreError::Read(e.into()))?;
+            if name == TABLE {
+                found = true;
+                ttl = default_ttl;
+            }
+        }
+        if !found {
+            return Err(StoreError::NoTable { keyspace: keyspace.to_owned() });
+        }
+        match (ttl, longest) {
+            // A server that does not report it (the in-memory test server).
+            (None, _) | (_, None) => {}
+            (Some(0), _) => tracing::warn!(message = "Rate-limit rows never expire (default_time_to_live is 0); storage will grow.", keyspace),
+            (Some(ttl), Some(window)) if (ttl as u64) < window.as_secs() => {
+                return Err(StoreError::TtlTooShort {
+                    keyspace: keyspace.to_owned(),
+                    ttl_secs: ttl.into(),
+                    window_secs: window.as_secs(),
+                });
+            }
+            _ => {}
+        }
+        let prepare = |cql: String| {
+            let session = session.clone();
+            async move {
+                session
+                    .prepare(cql)
+                    .await
+                    .map_err(|e| StoreError::Mismatch { keyspace: keyspace.to_owned(), source: e.into() })
+            }
+        };
+        let select = prepare(format!("SELECT channel, event_id, at FROM {keyspace}.{TABLE} WHERE user_id = ?")).await?;
+        let insert =
+            prepare(format!("INSERT INTO {keyspace}.{TABLE} (user_id, channel, event_id, at) VALUES (?, ?, ?, ?)"))
+                .await?;
+        Ok(Table { session, select, insert, writes: Arc::new(Semaphore::new(max_writes)) })
+    }
+
+    /// A user's counted events on every channel. Rows of a channel this
+    /// build does not know are skipped.
+    pub async fn load(&self, user_id: &str) -> Result<Vec<(Channel, Counted)>, StoreError> {
+        let result = self
+            .session
+            .execute_unpaged(&self.select, (user_id,))
+            .await
+            .map_err(|e| StoreError::Read(e.into()))?
+            .into_rows_result()
+            .map_err(|e| StoreError::Read(e.into()))?;
+        let mut rows = Vec::new();
+        for row in result.rows::<(String, String, DateTime<Utc>)>().map_err(|e| StoreError::Read(e.into()))? {
+            let (channel, event_id, at) = row.map_err(|e| StoreError::Read(e.into()))?;
+            if let Some(channel) = Channel::from_symbol(&channel) {
+                rows.push((channel, Counted { at, event_id }));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Waits for room among the writes in flight, then starts writing one
+    /// count. The returned handle completes once ScyllaDB has it.
+    pub async fn write(&self, user_id: &str, channel: Channel, counted: Counted) -> Pending {
+        let permit = self.writes.clone().acquire_owned().await.expect("the write semaphore is never closed");
+        let (session, insert) = (self.session.clone(), self.insert.clone());
+        let user_id = user_id.to_owned();
+        Pending(tokio::spawn(async move {
+            let values = (user_id.as_str(), channel.symbol(), counted.event_id.as_str(), counted.at);
+            let mut backoff = Duration::from_millis(50);
+            // The row is keyed by event id, so writing it again is harmless;
+            // giving up would lose the count.
+            while let Err(error) = session.execute_unpaged(&insert, values).await {
+                tracing::error!(message = "Rate-limit write failed; retrying.", %error, backoff_ms = backoff.as_millis() as u64);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            drop(permit);
+        }))
+    }
+}
+
+/// A count on its way to ScyllaDB. The record it belongs to is finished
+/// (its offset may be stored) only after this completes.
+pub struct Pending(tokio::task::JoinHandle<()>);
+
+impl Pending {
+    pub async fn durable(self) {
+        // A panicked write leaves the record unfinished, so its offset is
+        // never stored and it is redelivered after the next rebalance.
+        if let Err(error) = self.0.await {
+            tracing::error!(message = "A rate-limit write task failed.", %error);
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_splits_into_statements_for_the_keyspace() {
+        let s = statements("hk", "{'class': 'SimpleStrategy', 'replication_factor': 1}");
+        assert_eq!(s.len(), 2, "{s:#?}");
+        assert!(s[0].starts_with("CREATE KEYSPACE IF NOT EXISTS hk"), "{}", s[0]);
+        assert!(s[0].ends_with("{'class': 'SimpleStrategy', 'replication_factor': 1}"), "{}", s[0]);
+        assert!(s[1].starts_with("CREATE TABLE IF NOT EXISTS hk.rate_limit_events"), "{}", s[1]);
+        assert!(s[1].contains("default_time_to_live = 172800"), "{}", s[1]);
+        assert!(s.iter().all(|s| !s.contains("--")), "comments are stripped");
+    }
+}
