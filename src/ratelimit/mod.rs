@@ -67,17 +67,21 @@ impl Limiter {
     /// Decides one event. An allowed event that was counted comes with its
     /// pending write, which the record's offset must wait for.
     pub async fn check(&self, s: Subject<'_>, now: DateTime<Utc>) -> Result<(Decision, Option<Pending>), StoreError> {
-        if let Store::ScyllaDb(table) = &self.store {
-            let unknown = {
-                let windows = self.windows();
-                windows.is_limited(s.channel) && !windows.knows(s.user_id)
-            };
-            if unknown {
-                let rows = read(table, s.user_id).await?;
-                self.windows().load(s.user_id, s.partition, rows, now);
+        let checked = match &self.store {
+            Store::Memory => self.windows().check(s.user_id, s.channel, s.event_id, s.partition, now),
+            Store::ScyllaDb(table) => {
+                let known = self.windows().check_known(s.user_id, s.channel, s.event_id, s.partition, now);
+                match known {
+                    Some(checked) => checked,
+                    None => {
+                        let rows = read(table, s.user_id).await?;
+                        let mut windows = self.windows();
+                        windows.load(s.user_id, s.partition, rows, now);
+                        windows.check(s.user_id, s.channel, s.event_id, s.partition, now)
+                    }
+                }
             }
-        }
-        let checked = self.windows().check(s.user_id, s.channel, s.event_id, s.partition, now);
+        };
         Ok(match (checked, &self.store) {
             (Checked::Denied { until }, _) => (Decision::Deny { until }, None),
             (Checked::Counted(at), Store::ScyllaDb(table)) => {

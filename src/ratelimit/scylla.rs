@@ -149,19 +149,7 @@ impl Table {
         if !found {
             return Err(StoreError::NoTable { keyspace: keyspace.to_owned() });
         }
-        match (ttl, longest) {
-            // A server that does not report it (the in-memory test server).
-            (None, _) | (_, None) => {}
-            (Some(0), _) => tracing::warn!(message = "Rate-limit rows never expire (default_time_to_live is 0); storage will grow.", keyspace),
-            (Some(ttl), Some(window)) if (ttl as u64) < window.as_secs() => {
-                return Err(StoreError::TtlTooShort {
-                    keyspace: keyspace.to_owned(),
-                    ttl_secs: ttl.into(),
-                    window_secs: window.as_secs(),
-                });
-            }
-            _ => {}
-        }
+        check_ttl(keyspace, ttl, longest)?;
         let prepare = |cql: String| {
             let session = session.clone();
             async move {
@@ -219,6 +207,24 @@ impl Table {
     }
 }
 
+/// Rows must outlive the longest window, or expired counts would let too
+/// much through. `ttl` is `None` where the server does not report it.
+fn check_ttl(keyspace: &str, ttl: Option<i32>, longest: Option<Duration>) -> Result<(), StoreError> {
+    match (ttl, longest) {
+        (None, _) | (_, None) => Ok(()),
+        (Some(0), _) => {
+            tracing::warn!(message = "Rate-limit rows never expire (default_time_to_live is 0); storage will grow.", keyspace);
+            Ok(())
+        }
+        (Some(ttl), Some(window)) if i64::from(ttl) < window.as_secs() as i64 => Err(StoreError::TtlTooShort {
+            keyspace: keyspace.to_owned(),
+            ttl_secs: ttl.into(),
+            window_secs: window.as_secs(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A count on its way to ScyllaDB. The record it belongs to is finished
 /// (its offset may be stored) only after this completes.
 pub struct Pending(tokio::task::JoinHandle<()>);
@@ -237,6 +243,20 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_must_outlive_the_longest_window() {
+        let hour = Some(Duration::from_secs(3600));
+        assert!(check_ttl("k", Some(172_800), hour).is_ok());
+        assert!(check_ttl("k", Some(3600), hour).is_ok(), "exactly the window");
+        assert!(matches!(
+            check_ttl("k", Some(3599), hour),
+            Err(StoreError::TtlTooShort { ttl_secs: 3599, window_secs: 3600, .. })
+        ));
+        assert!(check_ttl("k", Some(0), hour).is_ok(), "never expiring is allowed, with a warning");
+        assert!(check_ttl("k", None, hour).is_ok(), "not reported");
+        assert!(check_ttl("k", Some(60), None).is_ok(), "no limits at all");
+    }
 
     #[test]
     fn the_schema_splits_into_statements_for_the_keyspace() {

@@ -68,10 +68,6 @@ impl Windows {
         self.horizon[channel.index()].is_some()
     }
 
-    pub fn knows(&self, user_id: &str) -> bool {
-        self.users.contains_key(user_id)
-    }
-
     /// Installs a user's counted events as read from the store, in any
     /// order. Events outside every window are left out.
     pub fn load(&mut self, user_id: &str, partition: i32, rows: Vec<(Channel, Counted)>, now: DateTime<Utc>) {
@@ -120,6 +116,15 @@ impl Windows {
         }
         counted.push_back(Counted { at: now, event_id: event_id.to_owned() });
         Checked::Counted(now)
+    }
+
+    /// Like [`Windows::check`], but `None` for a user not yet loaded on a
+    /// limited channel: the caller reads their window first.
+    pub fn check_known(&mut self, user_id: &str, channel: Channel, event_id: &str, partition: i32, now: DateTime<Utc>) -> Option<Checked> {
+        if self.is_limited(channel) && !self.users.contains_key(user_id) {
+            return None;
+        }
+        Some(self.check(user_id, channel, event_id, partition, now))
     }
 
     /// Forgets the users of a Kafka partition this instance no longer owns.
@@ -220,7 +225,8 @@ mod tests {
         let row = |t: i64, id: &str| (Channel::Sms, Counted { at: at(t), event_id: id.into() });
         // Out of order, as a store returns them (by event id), one expired.
         w.load("u", 3, vec![row(50, "b"), row(-100, "old"), row(40, "a")], at(60));
-        assert!(w.knows("u"));
+        assert_eq!(w.check_known("v", Channel::Sms, "x", 3, at(60)), None, "not loaded");
+        assert_eq!(w.check_known("v", Channel::Push, "x", 3, at(60)), Some(Checked::Unlimited));
         assert_eq!(sms(&mut w, "u", "a", 60), Checked::AlreadyCounted);
         assert_eq!(sms(&mut w, "u", "c", 61), Checked::Denied { until: at(100) });
         assert_eq!(sms(&mut w, "u", "old", 62), Checked::Denied { until: at(100) }, "expired: a new event");
@@ -232,8 +238,8 @@ mod tests {
         w.check("a", Channel::Sms, "e", 1, at(0));
         w.check("b", Channel::Sms, "e", 2, at(0));
         w.forget_partition(1);
-        assert!(!w.knows("a"));
-        assert!(w.knows("b"));
+        assert_eq!(w.check_known("a", Channel::Sms, "e2", 1, at(1)), None, "forgotten");
+        assert!(w.check_known("b", Channel::Sms, "e2", 2, at(1)).is_some(), "kept");
     }
 
     #[test]

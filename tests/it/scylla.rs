@@ -223,3 +223,24 @@ async fn deferred_events_are_sent_once_the_window_has_room() {
     }
     assert_eq!(h.twilio.requests().len(), 4);
 }
+
+/// kassandra does not report a table's TTL, so only a real cluster shows
+/// that herald refuses rows that expire inside a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_real_scylla_a_ttl_shorter_than_the_window_is_refused() {
+    let cql = Cql::start();
+    if cql.is_local() {
+        println!("skipped: needs a real ScyllaDB (set SCYLLA_URI); kassandra does not report default_time_to_live");
+        return;
+    }
+    let argv: Vec<String> = ["herald".to_owned()].into_iter().chain(cql.args()).collect();
+    let config = <herald::Config as clap::Parser>::try_parse_from(argv).unwrap();
+    let session = ratelimit::connect(&config).await.unwrap();
+    ratelimit::migrate(&session, &cql.keyspace, &config.scylla_replication).await.unwrap();
+    session
+        .query_unpaged(format!("ALTER TABLE {}.{} WITH default_time_to_live = 60", cql.keyspace, ratelimit::TABLE), ())
+        .await
+        .unwrap();
+    let opened = ratelimit::Table::open(session, &cql.keyspace, Some(Duration::from_secs(3600)), 8).await;
+    assert!(matches!(opened, Err(StoreError::TtlTooShort { ttl_secs: 60, window_secs: 3600, .. })), "{:?}", opened.err());
+}
