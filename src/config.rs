@@ -138,9 +138,17 @@ pub struct Config {
     #[arg(long, env = "HERALD_DELIVERY", value_enum, default_value_t = DeliveryMode::Providers)]
     pub delivery: DeliveryMode,
 
-    /// Longest SMS body accepted, in characters.
+    /// Longest SMS body sent, in characters (after the template). Twilio's own limit is 1600.
     #[arg(long, env = "HERALD_SMS_MAX_CHARS", default_value_t = 480)]
     pub sms_max_chars: usize,
+
+    /// An SMS body over --sms-max-chars: reject (status INVALID, body-too-long) or truncate (ending in an ellipsis).
+    #[arg(long, env = "HERALD_SMS_OVER_LENGTH", value_enum, default_value_t = OverLength::Reject)]
+    pub sms_over_length: OverLength,
+
+    /// SMS body template, e.g. "{user_name}: {message}": {message} is the request's body, other names its template variables.
+    #[arg(long, env = "HERALD_SMS_TEMPLATE")]
+    pub sms_template: Option<String>,
 
     /// Twilio API base URL.
     #[arg(long, env = "TWILIO_BASE_URL", default_value = "https://api.twilio.com")]
@@ -187,6 +195,15 @@ pub struct Config {
 pub enum Command {
     /// Apply the CQL schema in schemas/scylla to SCYLLA_URI (idempotent), then exit.
     Migrate,
+}
+
+/// What happens to an SMS body longer than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OverLength {
+    /// Not sent; status INVALID (body-too-long).
+    Reject,
+    /// Cut at a character boundary, ending in "..." (or "…" when the body is not GSM-7 anyway).
+    Truncate,
 }
 
 /// What happens to an event its user's window has no room for.
@@ -283,6 +300,8 @@ pub enum ConfigError {
     TwilioIncomplete(&'static str),
     #[error("--scylla-keyspace {0:?} is not a CQL identifier (letters, digits and _, at most 48, not starting with a digit)")]
     Keyspace(String),
+    #[error("--sms-template does not parse: {0}")]
+    SmsTemplate(String),
     #[error("`herald migrate` needs SCYLLA_URI (--scylla-uri)")]
     MigrateWithoutScylla,
 }

@@ -100,7 +100,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         router,
         publisher: outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id),
         topics: topics.clone(),
-        sms_max_chars: config.sms_max_chars,
+        sms: deliver::SmsRules::new(config.sms_max_chars, config.sms_over_length, config.sms_template.clone())
+            .map_err(config::ConfigError::SmsTemplate)?,
         over_limit: Channel::ALL.map(|c| config.over_limit(c)),
     });
 

@@ -171,6 +171,8 @@ pub enum InvalidReason {
     EmptyBody,
     InvalidPhoneNumber,
     BodyTooLong { chars: usize, max: usize },
+    /// The SMS template could not be filled (a variable is missing).
+    Template(String),
     EmptyPushToken,
 }
 
@@ -186,6 +188,7 @@ impl InvalidReason {
             InvalidReason::EmptyBody => "empty-body",
             InvalidReason::InvalidPhoneNumber => "invalid-phone-number",
             InvalidReason::BodyTooLong { .. } => "body-too-long",
+            InvalidReason::Template(_) => "template-error",
             InvalidReason::EmptyPushToken => "empty-push-token",
         }
     }
@@ -204,6 +207,7 @@ impl fmt::Display for InvalidReason {
             InvalidReason::EmptyBody => f.write_str("message body is empty"),
             InvalidReason::InvalidPhoneNumber => f.write_str("recipient is not an E.164 phone number"),
             InvalidReason::BodyTooLong { chars, max } => write!(f, "body has {chars} characters; the limit is {max}"),
+            InvalidReason::Template(error) => write!(f, "SMS template: {error}"),
             InvalidReason::EmptyPushToken => f.write_str("push token is empty"),
         }
     }

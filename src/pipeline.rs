@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::OverLimit;
 use crate::decode::{DecodeError, Decoder};
-use crate::deliver::{Delivered, DeliveryError, Prepared};
+use crate::deliver::{Delivered, DeliveryError, Prepared, SmsRules};
 use crate::mask::Masked;
 use crate::model::{Channel, Request};
 use crate::outcome::{self, Consumed, Ids, Outcome, Publisher};
@@ -28,7 +28,7 @@ pub struct Pipeline {
     pub router: Router,
     pub publisher: Publisher,
     pub topics: Arc<Topics>,
-    pub sms_max_chars: usize,
+    pub sms: SmsRules,
     /// Per channel, what happens to an event over its limit.
     pub over_limit: [OverLimit; Channel::ALL.len()],
 }
@@ -128,7 +128,7 @@ impl Pipeline {
                 Ok(Resolved { ids, outcome, attempt: record.envelope.attempts, now: Utc::now() })
             }
             Admitted::Deliver { request, attempt } => {
-                match self.router.lane(request.channel).prepare(request.channel, &request, self.sms_max_chars) {
+                match self.router.lane(request.channel).prepare(request.channel, &request, &self.sms) {
                     Prepared::Answered(result) => Ok(self.decided(request, attempt, result)),
                     Prepared::Call(_) => Err((request, attempt)),
                 }
@@ -139,7 +139,7 @@ impl Pipeline {
     /// Calls the provider, and decides.
     pub async fn deliver(&self, request: Request, attempt: u32) -> Resolved {
         let lane = self.router.lane(request.channel);
-        let result = match lane.prepare(request.channel, &request, self.sms_max_chars) {
+        let result = match lane.prepare(request.channel, &request, &self.sms) {
             Prepared::Answered(result) => result,
             Prepared::Call(call) => lane.call(call, &request).await,
         };

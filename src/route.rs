@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::deliver::{Call, Delivered, DeliveryError, Prepared, Sender};
+use crate::deliver::{Call, Delivered, DeliveryError, Prepared, Sender, SmsRules};
 use crate::model::{Channel, Request};
 
 pub struct Lane {
@@ -24,8 +24,8 @@ impl Lane {
     }
 
     /// Validates the request and, when it needs no provider call, answers.
-    pub fn prepare(&self, channel: Channel, request: &Request, sms_max_chars: usize) -> Prepared<'_> {
-        self.sender.prepare(channel, request, sms_max_chars)
+    pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared<'_> {
+        self.sender.prepare(channel, request, sms)
     }
 
     /// Makes a provider call, within the lane's concurrency.

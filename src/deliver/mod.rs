@@ -3,13 +3,13 @@
 //! into `ErrorClass`; `outcome::decide` turns the class into what happens.
 
 pub mod push;
-mod sms;
+pub mod sms;
 
 use std::fmt;
 use std::time::Duration;
 
 pub use push::{Fcm, ServiceAccount};
-pub use sms::Twilio;
+pub use sms::{SmsRules, Text, Twilio};
 
 use crate::model::{Channel, ErrorClass, InvalidReason, Request};
 
@@ -116,26 +116,30 @@ pub enum Prepared<'a> {
 
 /// A provider request still to be made.
 pub enum Call<'a> {
-    Twilio(&'a Twilio),
+    Twilio(&'a Twilio, Text),
     Fcm(&'a Fcm),
 }
 
 impl Sender {
     /// Validates `request` for `channel`. Invalid requests, dry runs and
     /// disabled channels are answered at once, without waiting.
-    pub fn prepare(&self, channel: Channel, request: &Request, sms_max_chars: usize) -> Prepared<'_> {
+    pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared<'_> {
         let valid = match channel {
-            Channel::Sms => sms::validate(request, sms_max_chars),
-            Channel::Push => push::validate(request),
+            Channel::Sms => sms.prepare(request).map(Some),
+            Channel::Push => push::validate(request).map(|()| None),
         };
-        if let Err(reason) = valid {
-            return Prepared::Answered(Err(DeliveryError::Invalid(reason)));
-        }
-        match self {
-            Sender::Twilio(twilio) => Prepared::Call(Call::Twilio(twilio)),
-            Sender::Fcm(fcm) => Prepared::Call(Call::Fcm(fcm)),
-            Sender::DryRun => Prepared::Answered(Ok(Delivered { provider: Provider::DryRun, message_id: None })),
-            Sender::Disabled => Prepared::Answered(Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel)))),
+        let text = match valid {
+            Ok(text) => text,
+            Err(reason) => return Prepared::Answered(Err(DeliveryError::Invalid(reason))),
+        };
+        match (self, text) {
+            (Sender::Twilio(twilio), Some(text)) => Prepared::Call(Call::Twilio(twilio, text)),
+            (Sender::Twilio(_), None) => unreachable!("only the SMS channel has a Twilio sender"),
+            (Sender::Fcm(fcm), _) => Prepared::Call(Call::Fcm(fcm)),
+            (Sender::DryRun, _) => Prepared::Answered(Ok(Delivered { provider: Provider::DryRun, message_id: None })),
+            (Sender::Disabled, _) => {
+                Prepared::Answered(Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel))))
+            }
         }
     }
 }
@@ -143,7 +147,7 @@ impl Sender {
 impl Call<'_> {
     pub async fn send(self, request: &Request) -> Result<Delivered, DeliveryError> {
         match self {
-            Call::Twilio(twilio) => twilio.send(request).await,
+            Call::Twilio(twilio, text) => twilio.send(request, &text).await,
             Call::Fcm(fcm) => fcm.send(request).await,
         }
     }

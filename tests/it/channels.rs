@@ -34,6 +34,36 @@ async fn sms_goes_to_twilio_as_a_form_post_with_basic_auth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_bodies_are_templated_and_truncated_before_twilio_sees_them() {
+    let h = Harness::new().await;
+    let herald = h.start(&["--sms-template", "{user_name}: {message}", "--sms-max-chars", "20", "--sms-over-length", "truncate"]);
+    let mut fits = sms("fits", "user-1", "+14155550100", "Hi <3 & bye");
+    fits.content.template_vars.insert("user_name".into(), "Ada".into());
+    let mut long = sms("long", "user-1", "+14155550100", "Your parcel arrives on Thursday");
+    long.content.template_vars.insert("user_name".into(), "Ada".into());
+    let nameless = sms("nameless", "user-1", "+14155550100", "Hello");
+    for r in [&fits, &long, &nameless] {
+        h.send(r).await;
+    }
+
+    let ids = ["fits", "long", "nameless"].map(String::from);
+    let terminal = h.statuses().terminal(Duration::from_secs(30), &ids).await;
+    assert_eq!(terminal["fits"].status, Status::Sent);
+    assert_eq!(terminal["long"].status, Status::Sent);
+    assert_eq!(terminal["nameless"].status, Status::Invalid);
+    assert_eq!(terminal["nameless"].error_code.as_deref(), Some("template-error"));
+    let mut bodies: Vec<String> = h
+        .twilio
+        .requests()
+        .iter()
+        .filter_map(|r| r.form.iter().find(|(k, _)| k == "Body").map(|(_, v)| v.clone()))
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["Ada: Hi <3 & bye", "Ada: Your parcel..."]);
+    herald.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_goes_to_fcm_v1_with_a_cached_oauth_token() {
     let h = Harness::new().await;
     let herald = h.start(&[]);

@@ -1,0 +1,154 @@
+//! What an SMS body becomes on the wire: GSM-7 or UCS-2, and how many
+//! segments a carrier bills for it.
+//!
+//! A body made only of GSM 03.38 characters is sent in GSM-7: 160 units in
+//! one segment, or 153 per part when split. Extension characters (`^ { } \
+//! [ ~ ] | €` and form feed) take two units each, an escape and the
+//! character. Any other character makes the whole body UCS-2: 70 UTF-16
+//! units in one segment, or 67 per part, and an emoji takes two. A part
+//! never ends in the middle of an escape or a surrogate pair.
+
+/// The GSM 03.38 default alphabet, in code order.
+const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{1b}ÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
+¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// Characters of the extension table, sent as escape + character.
+const GSM7_EXTENSION: &str = "^{}\\[~]|€\u{c}";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Gsm7,
+    Ucs2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    pub encoding: Encoding,
+    /// Code units: septets for GSM-7, UTF-16 units for UCS-2.
+    pub units: usize,
+    pub parts: usize,
+}
+
+/// GSM-7 units of `c`, or `None` when GSM-7 cannot carry it.
+fn gsm7_units(c: char) -> Option<usize> {
+    if GSM7_BASIC.contains(c) {
+        Some(1)
+    } else if GSM7_EXTENSION.contains(c) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+pub fn encoding(body: &str) -> Encoding {
+    if body.chars().all(|c| gsm7_units(c).is_some()) {
+        Encoding::Gsm7
+    } else {
+        Encoding::Ucs2
+    }
+}
+
+pub fn segments(body: &str) -> Segments {
+    let encoding = encoding(body);
+    let units = |c: char| match encoding {
+        Encoding::Gsm7 => gsm7_units(c).expect("GSM-7 body"),
+        Encoding::Ucs2 => c.len_utf16(),
+    };
+    let (single, per_part) = match encoding {
+        Encoding::Gsm7 => (160, 153),
+        Encoding::Ucs2 => (70, 67),
+    };
+    let total: usize = body.chars().map(units).sum();
+    let parts = if total == 0 {
+        0
+    } else if total <= single {
+        1
+    } else {
+        let (mut parts, mut used) = (1, 0);
+        for u in body.chars().map(units) {
+            if used + u > per_part {
+                parts += 1;
+                used = 0;
+            }
+            used += u;
+        }
+        parts
+    };
+    Segments { encoding, units: total, parts }
+}
+
+/// `body` cut to at most `max` characters, ending in an ellipsis, at a
+/// character boundary (an emoji made of several characters, such as a
+/// flag, can still be cut between them). A GSM-7 body gets "...", because "…" is not GSM-7
+/// and would turn the whole message into UCS-2, halving what a segment
+/// holds.
+pub fn truncate(body: &str, max: usize) -> String {
+    if body.chars().count() <= max {
+        return body.to_owned();
+    }
+    let ellipsis = match encoding(body) {
+        Encoding::Gsm7 => "...",
+        Encoding::Ucs2 => "…",
+    };
+    let keep = max.saturating_sub(ellipsis.chars().count());
+    let mut cut: String = body.chars().take(keep).collect();
+    // "parcel ..." reads as a gap; "parcel..." does not.
+    cut.truncate(cut.trim_end().len());
+    cut.push_str(ellipsis);
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_counts() {
+        let gsm = |units, parts| Segments { encoding: Encoding::Gsm7, units, parts };
+        let ucs = |units, parts| Segments { encoding: Encoding::Ucs2, units, parts };
+        let rows: Vec<(String, Segments, &str)> = vec![
+            ("".into(), gsm(0, 0), "empty"),
+            ("Hello".into(), gsm(5, 1), "plain"),
+            ("a".repeat(160), gsm(160, 1), "one full segment"),
+            ("a".repeat(161), gsm(161, 2), "one over: split into 153-unit parts"),
+            ("a".repeat(306), gsm(306, 2), "two full parts"),
+            ("a".repeat(307), gsm(307, 3), "one over two parts"),
+            ("a".repeat(459), gsm(459, 3), "three full parts: the old service's 480 characters fit in 4"),
+            ("€".repeat(80), gsm(160, 1), "extension characters count twice"),
+            ("€".repeat(81), gsm(162, 2), "81 euro signs: two parts"),
+            // 306 units would fit two parts, but the escape pair cannot
+            // straddle them.
+            (format!("{}€{}", "a".repeat(152), "a".repeat(152)), gsm(306, 3), "an escape pair is not split across parts"),
+            (format!("{}{{", "a".repeat(158)), gsm(160, 1), "brace at the end of a single segment"),
+            ("Ça coûte 5 €".into(), ucs(12, 1), "û is not GSM-7: the whole body is UCS-2"),
+            ("😀".into(), ucs(2, 1), "an emoji is two UTF-16 units"),
+            ("😀".repeat(35), ucs(70, 1), "35 emoji fill one segment"),
+            ("😀".repeat(36), ucs(72, 2), "36 need two parts"),
+            (format!("{}😀", "a".repeat(66)), ucs(68, 1), "mixed ASCII and emoji"),
+            (format!("{}😀", "a".repeat(69)), ucs(71, 2), "one over a single segment"),
+            (format!("{}😀{}", "a".repeat(66), "a".repeat(66)), ucs(134, 3), "a surrogate pair is not split across parts"),
+            ("Привет".into(), ucs(6, 1), "Cyrillic"),
+            ("Grüße aus Köln".into(), gsm(14, 1), "ü, ß and ö are all GSM-7"),
+            ("¿Qué tal?".into(), gsm(9, 1), "é is GSM-7"),
+            ("¿Cómo estás?".into(), ucs(12, 1), "ó and á are not"),
+            ("Åse & Øyvind: 100% ¿ok? ñ".into(), gsm(25, 1), "accented letters that GSM-7 has"),
+        ];
+        for (body, expected, why) in rows {
+            assert_eq!(segments(&body), expected, "{why}: {body:?}");
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_to_the_limit_at_a_character_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        assert_eq!(truncate("exactly ten", 11), "exactly ten");
+        let cut = truncate(&"a".repeat(500), 480);
+        assert_eq!(cut.chars().count(), 480);
+        assert!(cut.ends_with("..."), "GSM-7 keeps GSM-7");
+        assert_eq!(encoding(&cut), Encoding::Gsm7);
+        let cut = truncate(&"😀".repeat(100), 50);
+        assert_eq!(cut.chars().count(), 50);
+        assert_eq!(cut, "😀".repeat(49) + "…", "no emoji is split");
+        assert_eq!(truncate("coûter", 4), "coû…", "a UCS-2 body ends in one character, …");
+        assert_eq!(truncate("one two three", 10), "one two...", "no space before the ellipsis");
+    }
+}
