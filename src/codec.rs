@@ -177,6 +177,8 @@ fn status_index(s: Status) -> usize {
         Status::Invalid => 5,
         Status::Scheduled => 6,
         Status::Deferred => 7,
+        Status::Delivered => 8,
+        Status::Undelivered => 9,
     }
 }
 

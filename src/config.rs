@@ -166,6 +166,14 @@ pub struct Config {
     #[arg(long, env = "TWILIO_FROM")]
     pub twilio_from: Option<String>,
 
+    /// Address to accept Twilio status callbacks (delivery receipts) on, e.g. 0.0.0.0:8080. Off without it.
+    #[arg(long, env = "HERALD_RECEIPTS_LISTEN", requires = "receipts_public_url")]
+    pub receipts_listen: Option<std::net::SocketAddr>,
+
+    /// The callback URL as Twilio reaches it (behind any proxy), e.g. https://herald.example.com/twilio/status; its path is served.
+    #[arg(long, env = "HERALD_RECEIPTS_PUBLIC_URL", requires = "receipts_listen")]
+    pub receipts_public_url: Option<Url>,
+
     /// FCM API base URL.
     #[arg(long, env = "FCM_BASE_URL", default_value = "https://fcm.googleapis.com")]
     pub fcm_base_url: Url,
@@ -300,6 +308,8 @@ pub enum ConfigError {
     TwilioIncomplete(&'static str),
     #[error("--scylla-keyspace {0:?} is not a CQL identifier (letters, digits and _, at most 48, not starting with a digit)")]
     Keyspace(String),
+    #[error("delivery receipts need Twilio credentials: their signatures are checked with the auth token")]
+    ReceiptsWithoutTwilio,
     #[error("--sms-template does not parse: {0}")]
     SmsTemplate(String),
     #[error("`herald migrate` needs SCYLLA_URI (--scylla-uri)")]
@@ -353,6 +363,9 @@ impl Config {
                 return Err(ConfigError::TwilioIncomplete(missing));
             }
         }
+        if self.receipts_listen.is_some() && self.twilio_auth_token.is_none() {
+            return Err(ConfigError::ReceiptsWithoutTwilio);
+        }
         // Interpolated into CQL, so it must be an identifier and nothing more.
         let ks = &self.scylla_keyspace;
         let identifier = ks.len() <= 48
@@ -386,6 +399,10 @@ impl Config {
             Channel::Sms => self.sms_over_limit,
             Channel::Push => self.push_over_limit,
         }
+    }
+
+    pub fn receipts(&self) -> Option<crate::receipts::Endpoint> {
+        Some(crate::receipts::Endpoint { listen: self.receipts_listen?, public_url: self.receipts_public_url.clone()? })
     }
 
     pub fn concurrency(&self, channel: Channel) -> usize {

@@ -25,6 +25,7 @@ pub mod model;
 pub mod outcome;
 pub mod pipeline;
 pub mod ratelimit;
+pub mod receipts;
 pub mod registry;
 pub mod route;
 pub mod telemetry;
@@ -57,6 +58,8 @@ pub enum Error {
     Credentials(#[from] deliver::push::CredentialsError),
     #[error("schema registry: {0}")]
     Registry(#[from] registry::RegistryError),
+    #[error("cannot listen for delivery receipts: {0}")]
+    Receipts(std::io::Error),
     #[error("rate-limit store: {0}")]
     RateLimitStore(#[from] ratelimit::StoreError),
     #[error(transparent)]
@@ -98,7 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         decoder: decode::Decoder::new(bundled.clone(), registry),
         limiter: Limiter::new(|c| config.rate_limit(c).clone(), rate_limit_store(&config).await?),
         router,
-        publisher: outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id),
+        publisher: Arc::new(outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id)),
         topics: topics.clone(),
         sms: deliver::SmsRules::new(config.sms_max_chars, config.sms_over_length, config.sms_template.clone())
             .map_err(config::ConfigError::SmsTemplate)?,
@@ -108,7 +111,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let consumer = kafka::consumer(&config)?;
     consumer.subscribe(&topics.inputs())?;
     tracing::info!(message = "Consuming.", topics = ?topics.inputs(), group = config.group_id);
-    ingest::consume(consumer, pipeline, shutdown, config.shutdown_deadline).await?;
+    let (stop_receipts, receipts_stopped) = tokio::sync::oneshot::channel::<()>();
+    let receipts = match (config.receipts(), &config.twilio_auth_token) {
+        (Some(endpoint), Some(token)) => {
+            let listener = tokio::net::TcpListener::bind(endpoint.listen).await.map_err(Error::Receipts)?;
+            let stopped = async {
+                let _ = receipts_stopped.await;
+            };
+            Some(tokio::spawn(receipts::serve(listener, endpoint, token.clone(), pipeline.publisher.clone(), stopped)))
+        }
+        _ => None,
+    };
+    let consumed = ingest::consume(consumer, pipeline, shutdown, config.shutdown_deadline).await;
+    let _ = stop_receipts.send(());
+    if let Some(server) = receipts {
+        if let Ok(Err(error)) = server.await {
+            tracing::warn!(message = "The delivery receipt server failed.", %error);
+        }
+    }
+    consumed?;
     Ok(())
 }
 
@@ -138,7 +159,8 @@ fn senders(config: &Config, http: &reqwest::Client) -> Result<[Sender; Channel::
     let sms = match (&config.delivery, &config.twilio_account_sid, &config.twilio_auth_token, &config.twilio_from) {
         (DeliveryMode::DryRun, ..) => Sender::DryRun,
         (DeliveryMode::Providers, Some(sid), Some(token), Some(from)) => {
-            Sender::Twilio(Twilio::new(http.clone(), &config.twilio_base_url, sid.clone(), token.clone(), from.clone()))
+            let twilio = Twilio::new(http.clone(), &config.twilio_base_url, sid.clone(), token.clone(), from.clone(), config.receipts());
+            Sender::Twilio(twilio)
         }
         (DeliveryMode::Providers, ..) => Sender::Disabled,
     };

@@ -71,10 +71,14 @@ pub enum Status {
     Invalid,
     Scheduled,
     Deferred,
+    /// From a delivery receipt: the carrier delivered the message.
+    Delivered,
+    /// From a delivery receipt: the carrier could not deliver it.
+    Undelivered,
 }
 
 impl Status {
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 10] = [
         Status::Sent,
         Status::RateLimited,
         Status::RetryScheduled,
@@ -83,6 +87,8 @@ impl Status {
         Status::Invalid,
         Status::Scheduled,
         Status::Deferred,
+        Status::Delivered,
+        Status::Undelivered,
     ];
 
     pub fn from_symbol(symbol: &str) -> Option<Status> {
@@ -99,10 +105,13 @@ impl Status {
             Status::Invalid => "INVALID",
             Status::Scheduled => "SCHEDULED",
             Status::Deferred => "DEFERRED",
+            Status::Delivered => "DELIVERED",
+            Status::Undelivered => "UNDELIVERED",
         }
     }
 
-    /// No further status follows a terminal one for the same event.
+    /// No further status follows a terminal one from herald's pipeline for
+    /// the same event; a delivery receipt may still follow SENT.
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::RetryScheduled | Status::Scheduled | Status::Deferred)
     }

@@ -26,7 +26,7 @@ pub struct Pipeline {
     pub decoder: Decoder,
     pub limiter: Limiter,
     pub router: Router,
-    pub publisher: Publisher,
+    pub publisher: Arc<Publisher>,
     pub topics: Arc<Topics>,
     pub sms: SmsRules,
     /// Per channel, what happens to an event over its limit.
@@ -141,7 +141,7 @@ impl Pipeline {
         let lane = self.router.lane(request.channel);
         let result = match lane.prepare(request.channel, &request, &self.sms) {
             Prepared::Answered(result) => result,
-            Prepared::Call(call) => lane.call(call, &request).await,
+            Prepared::Call(call) => lane.call(call, &request, attempt).await,
         };
         self.decided(request, attempt, result)
     }

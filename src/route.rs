@@ -29,9 +29,9 @@ impl Lane {
     }
 
     /// Makes a provider call, within the lane's concurrency.
-    pub async fn call(&self, call: Call<'_>, request: &Request) -> Result<Delivered, DeliveryError> {
+    pub async fn call(&self, call: Call<'_>, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
         let _slot = self.concurrency.acquire().await.expect("lane semaphores are never closed");
-        call.send(request).await
+        call.send(request, attempt).await
     }
 }
 

@@ -145,9 +145,10 @@ impl Sender {
 }
 
 impl Call<'_> {
-    pub async fn send(self, request: &Request) -> Result<Delivered, DeliveryError> {
+    /// `attempt` (from 1) is passed on to the provider where it reports back.
+    pub async fn send(self, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
         match self {
-            Call::Twilio(twilio, text) => twilio.send(request, &text).await,
+            Call::Twilio(twilio, text) => twilio.send(request, &text, attempt).await,
             Call::Fcm(fcm) => fcm.send(request).await,
         }
     }

@@ -16,7 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::{status_event, Destination, Envelope, Origin, Outcome};
 use crate::codec;
-use crate::model::Channel;
+use crate::model::{Channel, StatusEvent};
 use crate::topics::Topics;
 
 /// A consumed record, owned so it can outlive the poll that returned it.
@@ -80,13 +80,7 @@ impl Publisher {
         attempt: u32,
         now: DateTime<Utc>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let status = ids.and_then(|ids| status_event(ids, outcome, attempt, now)).map(|event| Outgoing {
-            topic: self.topics.status.clone(),
-            payload: Some(codec::encode_status(self.status_schema_id, &event)),
-            key: Some(event.user_id.into_bytes()),
-            partition: None,
-            headers: None,
-        });
+        let status = ids.and_then(|ids| status_event(ids, outcome, attempt, now)).map(|event| self.status_record(event));
         let reroute = outcome.destination().map(|destination| {
             // A delay topic record keeps its partition number, so a user's
             // records stay with the one consumer that owns that partition of
@@ -120,6 +114,22 @@ impl Publisher {
         let reroute = reroute.map(|out| self.durable(out));
         async move {
             tokio::join!(OptionFuture::from(status), OptionFuture::from(reroute));
+        }
+    }
+
+    /// Publishes one status event that comes from outside the pipeline (a
+    /// delivery receipt); the future completes once it is acknowledged.
+    pub fn publish_status(&self, event: StatusEvent) -> impl Future<Output = ()> + Send + 'static {
+        self.durable(self.status_record(event))
+    }
+
+    fn status_record(&self, event: StatusEvent) -> Outgoing {
+        Outgoing {
+            topic: self.topics.status.clone(),
+            payload: Some(codec::encode_status(self.status_schema_id, &event)),
+            key: Some(event.user_id.into_bytes()),
+            partition: None,
+            headers: None,
         }
     }
 

@@ -5,6 +5,7 @@ mod backpressure;
 mod channels;
 mod crash;
 mod rate_limit;
+mod receipts;
 mod registry;
 mod retry;
 mod scylla;

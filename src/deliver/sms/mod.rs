@@ -13,6 +13,7 @@ use super::{retry_after, Delivered, DeliveryError, Provider};
 use crate::config::OverLength;
 use crate::mask::Secret;
 use crate::model::{InvalidReason, Request};
+use crate::receipts::Endpoint;
 
 /// How SMS bodies are shaped, from configuration.
 #[derive(Debug, Clone)]
@@ -89,6 +90,8 @@ pub struct Twilio {
     account_sid: String,
     auth_token: Secret,
     from: String,
+    /// Where Twilio reports delivery, when receipts are on.
+    receipts: Option<Endpoint>,
 }
 
 #[derive(Deserialize)]
@@ -103,17 +106,28 @@ struct TwilioError {
 }
 
 impl Twilio {
-    pub fn new(http: reqwest::Client, base: &Url, account_sid: String, auth_token: Secret, from: String) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        base: &Url,
+        account_sid: String,
+        auth_token: Secret,
+        from: String,
+        receipts: Option<Endpoint>,
+    ) -> Self {
         let messages_url = base
             .join(&format!("2010-04-01/Accounts/{account_sid}/Messages.json"))
             .expect("account SID forms a valid path");
-        Twilio { http, messages_url, account_sid, auth_token, from }
+        Twilio { http, messages_url, account_sid, auth_token, from, receipts }
     }
 
-    pub async fn send(&self, request: &Request, text: &Text) -> Result<Delivered, DeliveryError> {
+    pub async fn send(&self, request: &Request, text: &Text, attempt: u32) -> Result<Delivered, DeliveryError> {
         // A Messaging Service SID lets Twilio pick the sender number.
         let from_field = if self.from.starts_with("MG") { "MessagingServiceSid" } else { "From" };
-        let form = [("To", request.recipient.as_str()), (from_field, self.from.as_str()), ("Body", text.body.as_str())];
+        let callback = self.receipts.as_ref().map(|r| r.callback_url(&request.event_id, &request.user_id, attempt));
+        let mut form = vec![("To", request.recipient.as_str()), (from_field, self.from.as_str()), ("Body", text.body.as_str())];
+        if let Some(callback) = &callback {
+            form.push(("StatusCallback", callback.as_str()));
+        }
         let response = self
             .http
             .post(self.messages_url.clone())
