@@ -183,6 +183,8 @@ pub enum InvalidReason {
     /// The SMS template could not be filled (a variable is missing).
     Template(String),
     EmptyPushToken,
+    /// A push whose notification and data exceed FCM's limit.
+    PayloadTooLarge { bytes: usize, max: usize },
 }
 
 impl InvalidReason {
@@ -199,6 +201,7 @@ impl InvalidReason {
             InvalidReason::BodyTooLong { .. } => "body-too-long",
             InvalidReason::Template(_) => "template-error",
             InvalidReason::EmptyPushToken => "empty-push-token",
+            InvalidReason::PayloadTooLarge { .. } => "payload-too-large",
         }
     }
 }
@@ -218,6 +221,7 @@ impl fmt::Display for InvalidReason {
             InvalidReason::BodyTooLong { chars, max } => write!(f, "body has {chars} characters; the limit is {max}"),
             InvalidReason::Template(error) => write!(f, "SMS template: {error}"),
             InvalidReason::EmptyPushToken => f.write_str("push token is empty"),
+            InvalidReason::PayloadTooLarge { bytes, max } => write!(f, "push payload is {bytes} bytes; FCM takes at most {max}"),
         }
     }
 }

@@ -222,12 +222,24 @@ fn classify(status: StatusCode, error: Option<GoogleError>, retry_after: Option<
     }
 }
 
+/// FCM refuses messages whose payload (notification and data) is larger.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+
 pub(super) fn validate(request: &Request) -> Result<(), InvalidReason> {
     if request.recipient.trim().is_empty() {
         return Err(InvalidReason::EmptyPushToken);
     }
     if request.content.body.trim().is_empty() && request.content.title.as_deref().unwrap_or("").trim().is_empty() {
         return Err(InvalidReason::EmptyBody);
+    }
+    let message = message(request);
+    let payload = ["notification", "data"]
+        .iter()
+        .filter_map(|part| message["message"].get(part))
+        .map(|v| v.to_string().len())
+        .sum::<usize>();
+    if payload > MAX_PAYLOAD_BYTES {
+        return Err(InvalidReason::PayloadTooLarge { bytes: payload, max: MAX_PAYLOAD_BYTES });
     }
     Ok(())
 }
@@ -238,6 +250,28 @@ mod tests {
     use super::*;
     use crate::model::ErrorClass;
     use std::collections::HashMap;
+
+    #[test]
+    fn payloads_over_4096_bytes_are_refused_before_sending() {
+        let mut r = Request {
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: crate::model::Channel::Push,
+            recipient: "token".into(),
+            content: crate::model::Content { title: Some("t".into()), body: "b".into(), ..Default::default() },
+            scheduled_at: None,
+            created_at: chrono::Utc::now(),
+        };
+        assert_eq!(validate(&r), Ok(()));
+        // {"body":"…","title":"t"} is 23 bytes around the body.
+        r.content.body = "x".repeat(MAX_PAYLOAD_BYTES - 23);
+        assert_eq!(validate(&r), Ok(()), "exactly at the limit");
+        r.content.data.insert("k".into(), "v".into());
+        assert_eq!(validate(&r), Err(InvalidReason::PayloadTooLarge { bytes: MAX_PAYLOAD_BYTES + 9, max: MAX_PAYLOAD_BYTES }), "data counts too");
+        r.content.data.clear();
+        r.content.body = "é".repeat(2040);
+        assert!(matches!(validate(&r), Err(InvalidReason::PayloadTooLarge { .. })), "bytes, not characters");
+    }
 
     fn google(status: &str, fcm: Option<&str>) -> Option<GoogleError> {
         Some(GoogleError {
