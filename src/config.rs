@@ -126,6 +126,22 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUSH_CONCURRENCY", default_value_t = 32)]
     pub push_concurrency: usize,
 
+    /// Most Twilio requests per second (a token bucket); unlimited without it.
+    #[arg(long, env = "HERALD_TWILIO_MAX_RPS")]
+    pub twilio_max_rps: Option<std::num::NonZeroU32>,
+
+    /// Most FCM requests per second; unlimited without it.
+    #[arg(long, env = "HERALD_FCM_MAX_RPS")]
+    pub fcm_max_rps: Option<std::num::NonZeroU32>,
+
+    /// Transient failures in a row that open a provider's circuit: its calls then fail at once, to the retry topics.
+    #[arg(long, env = "HERALD_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// How long an open circuit stays open before one trial call.
+    #[arg(long, env = "HERALD_BREAKER_COOLDOWN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub breaker_cooldown: Duration,
+
     /// Records one channel may hold (waiting plus in flight) before the consumer waits for it.
     #[arg(long, env = "HERALD_CHANNEL_QUEUE", default_value_t = 2048)]
     pub channel_queue: usize,
@@ -345,6 +361,7 @@ impl Config {
             ("topic-partitions", self.topic_partitions.max(0) as usize),
             ("topic-replication", self.topic_replication.max(0) as usize),
             ("scylla-max-writes", self.scylla_max_writes),
+            ("breaker-failures", self.breaker_failures as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -403,6 +420,13 @@ impl Config {
 
     pub fn receipts(&self) -> Option<crate::receipts::Endpoint> {
         Some(crate::receipts::Endpoint { listen: self.receipts_listen?, public_url: self.receipts_public_url.clone()? })
+    }
+
+    pub fn max_rps(&self, channel: Channel) -> Option<std::num::NonZeroU32> {
+        match channel {
+            Channel::Sms => self.twilio_max_rps,
+            Channel::Push => self.fcm_max_rps,
+        }
     }
 
     pub fn concurrency(&self, channel: Channel) -> usize {

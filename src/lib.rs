@@ -93,7 +93,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let router = Router::new(
         |channel| {
             let sender = std::mem::replace(&mut senders[channel.index()], Sender::Disabled);
-            Lane::new(sender, config.channel_queue, config.concurrency(channel))
+            let breaker = deliver::breaker::Breaker::new(config.breaker_failures, config.breaker_cooldown);
+            let guard = route::Guard::new(config.max_rps(channel), breaker);
+            Lane::new(sender, guard, config.channel_queue, config.concurrency(channel))
         },
         config.channel_queue,
     );

@@ -2,6 +2,7 @@
 //! its channel, then calls its provider. Errors are classified here, once,
 //! into `ErrorClass`; `outcome::decide` turns the class into what happens.
 
+pub mod breaker;
 pub mod push;
 pub mod sms;
 
@@ -145,6 +146,13 @@ impl Sender {
 }
 
 impl Call<'_> {
+    pub fn provider(&self) -> Provider {
+        match self {
+            Call::Twilio(..) => Provider::Twilio,
+            Call::Fcm(_) => Provider::Fcm,
+        }
+    }
+
     /// `attempt` (from 1) is passed on to the provider where it reports back.
     pub async fn send(self, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
         match self {

@@ -4,6 +4,7 @@
 mod backpressure;
 mod channels;
 mod crash;
+mod guard;
 mod rate_limit;
 mod receipts;
 mod registry;
