@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::config::OverLimit;
 use crate::decode::{DecodeError, Decoder};
-use crate::deliver::{Delivered, DeliveryError, Prepared, SmsRules};
+use crate::deliver::{Delivered, DeliveryError, Payload, Prepared, SmsRules};
 use crate::mask::Masked;
 use crate::model::{Channel, Request};
 use crate::outcome::{self, Consumed, Ids, Outcome, Publisher};
@@ -121,8 +121,8 @@ impl Pipeline {
 
     /// The outcome, when it needs no waiting: a settled record, or a
     /// delivery its lane answers without a provider call. Otherwise the
-    /// request and attempt, for [`Pipeline::deliver`].
-    pub fn resolve_now(&self, record: &Consumed, admitted: Admitted) -> Result<Resolved, (Request, u32)> {
+    /// validated request, for [`Pipeline::deliver`].
+    pub fn resolve_now(&self, record: &Consumed, admitted: Admitted) -> Result<Resolved, ToDeliver> {
         match admitted {
             Admitted::Settled { ids, outcome } => {
                 Ok(Resolved { ids, outcome, attempt: record.envelope.attempts, now: Utc::now() })
@@ -130,19 +130,17 @@ impl Pipeline {
             Admitted::Deliver { request, attempt } => {
                 match self.router.lane(request.channel).prepare(request.channel, &request, &self.sms) {
                     Prepared::Answered(result) => Ok(self.decided(request, attempt, result)),
-                    Prepared::Call(_) => Err((request, attempt)),
+                    Prepared::Call(call) => Err(ToDeliver { payload: call.into_payload(), request, attempt }),
                 }
             }
         }
     }
 
     /// Calls the provider, and decides.
-    pub async fn deliver(&self, request: Request, attempt: u32) -> Resolved {
+    pub async fn deliver(&self, to: ToDeliver) -> Resolved {
+        let ToDeliver { request, attempt, payload } = to;
         let lane = self.router.lane(request.channel);
-        let result = match lane.prepare(request.channel, &request, &self.sms) {
-            Prepared::Answered(result) => result,
-            Prepared::Call(call) => lane.call(call, &request, attempt).await,
-        };
+        let result = lane.call(lane.call_for(payload), &request, attempt).await;
         self.decided(request, attempt, result)
     }
 
@@ -163,6 +161,13 @@ impl Pipeline {
         }
         self.publisher.publish(record, ids.as_ref(), &outcome, attempt, now)
     }
+}
+
+/// A validated request whose provider call is still to be made.
+pub struct ToDeliver {
+    request: Request,
+    attempt: u32,
+    payload: Payload,
 }
 
 /// What a record came to: its outcome, ready to publish.

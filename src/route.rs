@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::deliver::breaker::{self, Admission, Breaker};
-use crate::deliver::{Call, Delivered, DeliveryError, Prepared, Sender, SmsRules};
+use crate::deliver::{Call, Delivered, DeliveryError, Payload, Prepared, Sender, SmsRules};
 use crate::model::{Channel, Request};
 
 /// What protects a provider from herald: a cap on requests per second,
@@ -45,6 +45,11 @@ impl Lane {
     /// Validates the request and, when it needs no provider call, answers.
     pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared<'_> {
         self.sender.prepare(channel, request, sms)
+    }
+
+    /// The call for a payload this lane's [`Lane::prepare`] returned.
+    pub fn call_for(&self, payload: Payload) -> Call<'_> {
+        self.sender.call(payload)
     }
 
     /// Makes a provider call, within the lane's concurrency and rate, unless

@@ -121,7 +121,23 @@ pub enum Call<'a> {
     Fcm(&'a Fcm),
 }
 
+/// What validation produced for a call, owned, so that it can travel to
+/// the task that makes the call without validating again.
+pub enum Payload {
+    Sms(Text),
+    Push,
+}
+
 impl Sender {
+    /// The call for a payload this sender prepared.
+    pub fn call(&self, payload: Payload) -> Call<'_> {
+        match (self, payload) {
+            (Sender::Twilio(twilio), Payload::Sms(text)) => Call::Twilio(twilio, text),
+            (Sender::Fcm(fcm), Payload::Push) => Call::Fcm(fcm),
+            _ => unreachable!("a payload goes back to the sender that prepared it"),
+        }
+    }
+
     /// Validates `request` for `channel`. Invalid requests, dry runs and
     /// disabled channels are answered at once, without waiting.
     pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared<'_> {
@@ -145,7 +161,14 @@ impl Sender {
     }
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    pub fn into_payload(self) -> Payload {
+        match self {
+            Call::Twilio(_, text) => Payload::Sms(text),
+            Call::Fcm(_) => Payload::Push,
+        }
+    }
+
     pub fn provider(&self) -> Provider {
         match self {
             Call::Twilio(..) => Provider::Twilio,

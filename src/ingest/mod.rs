@@ -189,11 +189,11 @@ impl Loop {
                     ticket
                 }));
             }
-            Err((request, attempt)) => {
+            Err(to_deliver) => {
                 // Boxed: a provider call's future is kilobytes, and the
                 // runtime would otherwise copy it several times.
                 self.tasks.spawn(Box::pin(async move {
-                    let resolved = pipeline.deliver(request, attempt).await;
+                    let resolved = pipeline.deliver(to_deliver).await;
                     tokio::join!(pipeline.publish(&record, resolved), counted);
                     drop(permit);
                     ticket
