@@ -178,6 +178,14 @@ pub struct Config {
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub twilio_auth_token: Option<Secret>,
 
+    /// Twilio API key SID (SK...): with its secret, authenticates requests instead of the auth token, which then only checks receipt signatures.
+    #[arg(long, env = "TWILIO_API_KEY_SID", requires = "twilio_api_key_secret")]
+    pub twilio_api_key_sid: Option<String>,
+
+    /// The API key's secret.
+    #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true, requires = "twilio_api_key_sid")]
+    pub twilio_api_key_secret: Option<Secret>,
+
     /// Sender: an E.164 number, or a Messaging Service SID (MG...).
     #[arg(long, env = "TWILIO_FROM")]
     pub twilio_from: Option<String>,
@@ -320,7 +328,7 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("--sms-max-chars is {0}; Twilio accepts at most 1600")]
     SmsTooLong(usize),
-    #[error("--twilio-account-sid, --twilio-auth-token and --twilio-from must be given together (missing {0})")]
+    #[error("--twilio-account-sid, --twilio-from and credentials (--twilio-auth-token, or an API key) must be given together (missing {0})")]
     TwilioIncomplete(&'static str),
     #[error("--scylla-keyspace {0:?} is not a CQL identifier (letters, digits and _, at most 48, not starting with a digit)")]
     Keyspace(String),
@@ -372,7 +380,7 @@ impl Config {
         }
         let twilio = [
             ("--twilio-account-sid", self.twilio_account_sid.is_some()),
-            ("--twilio-auth-token", self.twilio_auth_token.is_some()),
+            ("--twilio-auth-token or --twilio-api-key-sid", self.twilio_auth_token.is_some() || self.twilio_api_key_sid.is_some()),
             ("--twilio-from", self.twilio_from.is_some()),
         ];
         if twilio.iter().any(|(_, set)| *set) {
@@ -490,7 +498,10 @@ mod tests {
     #[test]
     fn twilio_credentials_come_together() {
         let c = parse(&["--twilio-account-sid", "AC1"]);
-        assert_eq!(c.validate(), Err(ConfigError::TwilioIncomplete("--twilio-auth-token")));
+        assert_eq!(c.validate(), Err(ConfigError::TwilioIncomplete("--twilio-auth-token or --twilio-api-key-sid")));
+        let key = parse(&["--twilio-account-sid", "AC1", "--twilio-from", "+15005550006", "--twilio-api-key-sid", "SK1", "--twilio-api-key-secret", "s"]);
+        assert_eq!(key.validate(), Ok(()), "an API key instead of the auth token");
+        assert!(Config::try_parse_from(["herald", "--twilio-api-key-sid", "SK1"]).is_err(), "a key needs its secret");
     }
 
     #[test]

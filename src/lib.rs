@@ -38,7 +38,7 @@ use rdkafka::consumer::Consumer;
 
 pub use config::Config;
 
-use crate::deliver::{Fcm, Sender, Twilio};
+use crate::deliver::{Fcm, Sender, Twilio, TwilioAuth};
 use crate::model::Channel;
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{Limiter, Store};
@@ -158,10 +158,15 @@ async fn rate_limit_store(config: &Config) -> Result<Store, Error> {
 
 fn senders(config: &Config, http: &reqwest::Client) -> Result<[Sender; Channel::ALL.len()], Error> {
     use config::DeliveryMode;
-    let sms = match (&config.delivery, &config.twilio_account_sid, &config.twilio_auth_token, &config.twilio_from) {
+    let twilio_auth = match (&config.twilio_api_key_sid, &config.twilio_api_key_secret, &config.twilio_auth_token) {
+        (Some(key), Some(secret), _) => Some(TwilioAuth::ApiKey { sid: key.clone(), secret: secret.clone() }),
+        (_, _, Some(token)) => Some(TwilioAuth::AuthToken(token.clone())),
+        _ => None,
+    };
+    let sms = match (&config.delivery, &config.twilio_account_sid, twilio_auth, &config.twilio_from) {
         (DeliveryMode::DryRun, ..) => Sender::DryRun,
-        (DeliveryMode::Providers, Some(sid), Some(token), Some(from)) => {
-            let twilio = Twilio::new(http.clone(), &config.twilio_base_url, sid.clone(), token.clone(), from.clone(), config.receipts());
+        (DeliveryMode::Providers, Some(sid), Some(auth), Some(from)) => {
+            let twilio = Twilio::new(http.clone(), &config.twilio_base_url, sid.clone(), auth, from.clone(), config.receipts());
             Sender::Twilio(twilio)
         }
         (DeliveryMode::Providers, ..) => Sender::Disabled,

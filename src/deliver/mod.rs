@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use push::{Fcm, ServiceAccount};
-pub use sms::{SmsRules, Text, Twilio};
+pub use sms::{SmsRules, Text, Twilio, TwilioAuth};
 
 use crate::model::{Channel, ErrorClass, InvalidReason, Request};
 

@@ -174,9 +174,13 @@ impl FakeTwilio {
 
 impl TwilioAccount {
     fn basic_auth(&self) -> String {
-        let credentials = format!("{}:{}", self.account_sid, self.auth_token);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials))
+        basic(&self.account_sid, &self.auth_token)
     }
+}
+
+/// An `Authorization: Basic` value.
+pub fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
 }
 
 fn twilio_error(status: u16, code: u32, message: &str) -> Response {
@@ -188,7 +192,8 @@ async fn twilio(account: Arc<TwilioAccount>, shared: Arc<Shared>, r: Request) ->
     if r.method != Method::POST || r.uri.path() != expected_path {
         return twilio_error(404, 20404, "The requested resource was not found");
     }
-    if r.header(header::AUTHORIZATION) != Some(account.basic_auth()) {
+    let api_key = basic(crate::providers::API_KEY_SID, crate::providers::API_KEY_SECRET);
+    if r.header(header::AUTHORIZATION).is_none_or(|a| a != account.basic_auth() && a != api_key) {
         return twilio_error(401, 20003, "Authenticate");
     }
     if r.header(header::CONTENT_TYPE).as_deref() != Some("application/x-www-form-urlencoded") {

@@ -7,6 +7,9 @@ use crate::fake::{FakeFcm, FakeTwilio};
 
 pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000001";
 pub const AUTH_TOKEN: &str = "test-auth-token";
+/// An API key of the account, which the fake Twilio also accepts.
+pub const API_KEY_SID: &str = "SK00000000000000000000000000000001";
+pub const API_KEY_SECRET: &str = "test-api-key-secret";
 pub const FROM: &str = "+15005550006";
 
 pub struct Providers {

@@ -34,6 +34,20 @@ async fn sms_goes_to_twilio_as_a_form_post_with_basic_auth() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_api_key_twilio_requests_authenticate_with_it() {
+    use herald_testkit::providers::{API_KEY_SECRET, API_KEY_SID};
+    let h = Harness::new().await;
+    let herald = h.start(&["--twilio-api-key-sid", API_KEY_SID, "--twilio-api-key-secret", API_KEY_SECRET]);
+    h.send(&sms("keyed", "user-1", "+14155550100", "hi")).await;
+    let terminal = h.statuses().terminal(Duration::from_secs(30), &["keyed".into()]).await;
+    herald.stop().await.unwrap();
+    assert_eq!(terminal["keyed"].status, Status::Sent);
+    let requests = h.twilio.requests();
+    assert_eq!(requests[0].authorization, Some(herald_testkit::fake::basic(API_KEY_SID, API_KEY_SECRET)));
+    assert_ne!(requests[0].authorization.as_deref(), Some(h.twilio.expected_authorization().as_str()), "not the auth token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_bodies_are_templated_and_truncated_before_twilio_sees_them() {
     let h = Harness::new().await;
     let herald = h.start(&["--sms-template", "{user_name}: {message}", "--sms-max-chars", "20", "--sms-over-length", "truncate"]);

@@ -15,6 +15,30 @@ use crate::mask::Secret;
 use crate::model::{InvalidReason, Request};
 use crate::receipts::Endpoint;
 
+/// How requests to Twilio authenticate: HTTP Basic with the account SID
+/// and auth token, or with an API key SID and its secret.
+#[derive(Debug, Clone)]
+pub enum TwilioAuth {
+    AuthToken(Secret),
+    ApiKey { sid: String, secret: Secret },
+}
+
+impl TwilioAuth {
+    fn user<'a>(&'a self, account_sid: &'a str) -> &'a str {
+        match self {
+            TwilioAuth::AuthToken(_) => account_sid,
+            TwilioAuth::ApiKey { sid, .. } => sid,
+        }
+    }
+
+    fn password(&self) -> &str {
+        match self {
+            TwilioAuth::AuthToken(token) => token.expose(),
+            TwilioAuth::ApiKey { secret, .. } => secret.expose(),
+        }
+    }
+}
+
 /// How SMS bodies are shaped, from configuration.
 #[derive(Debug, Clone)]
 pub struct SmsRules {
@@ -88,7 +112,7 @@ pub struct Twilio {
     /// `{base}/2010-04-01/Accounts/{sid}/Messages.json`, built once.
     messages_url: Url,
     account_sid: String,
-    auth_token: Secret,
+    auth: TwilioAuth,
     from: String,
     /// Where Twilio reports delivery, when receipts are on.
     receipts: Option<Endpoint>,
@@ -110,14 +134,14 @@ impl Twilio {
         http: reqwest::Client,
         base: &Url,
         account_sid: String,
-        auth_token: Secret,
+        auth: TwilioAuth,
         from: String,
         receipts: Option<Endpoint>,
     ) -> Self {
         let messages_url = base
             .join(&format!("2010-04-01/Accounts/{account_sid}/Messages.json"))
             .expect("account SID forms a valid path");
-        Twilio { http, messages_url, account_sid, auth_token, from, receipts }
+        Twilio { http, messages_url, account_sid, auth, from, receipts }
     }
 
     pub async fn send(&self, request: &Request, text: &Text, attempt: u32) -> Result<Delivered, DeliveryError> {
@@ -131,7 +155,7 @@ impl Twilio {
         let response = self
             .http
             .post(self.messages_url.clone())
-            .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
+            .basic_auth(self.auth.user(&self.account_sid), Some(self.auth.password()))
             .form(&form)
             .send()
             .await
