@@ -70,6 +70,9 @@ pub enum Error {
 /// within the configured deadline, flushes, commits and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.validate()?;
+    // Before any connection: a template that does not parse is a configuration error.
+    let sms = deliver::SmsRules::new(config.sms_max_chars, config.sms_over_length, config.sms_template.clone())
+        .map_err(config::ConfigError::SmsTemplate)?;
     let topics = Arc::new(Topics::from_config(&config));
     topics::ensure(&kafka::admin(&config)?, &topics, &config).await?;
 
@@ -105,8 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         router,
         publisher: Arc::new(outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id)),
         topics: topics.clone(),
-        sms: deliver::SmsRules::new(config.sms_max_chars, config.sms_over_length, config.sms_template.clone())
-            .map_err(config::ConfigError::SmsTemplate)?,
+        sms,
         over_limit: Channel::ALL.map(|c| config.over_limit(c)),
     });
 

@@ -114,7 +114,6 @@ async fn callback(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, 
         return StatusCode::FORBIDDEN;
     }
     let query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
-    let param = |list: &[(String, String)], name: &str| list.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let (Some(event_id), Some(user_id)) = (param(&query, "event_id"), param(&query, "user_id")) else {
         // Signed, so from Twilio, but not for a message herald sent.
         return StatusCode::BAD_REQUEST;
@@ -131,8 +130,13 @@ async fn callback(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, 
 }
 
 /// The status event a callback reports, if it reports an outcome.
+/// The value of form or query parameter `name`.
+fn param(list: &[(String, String)], name: &str) -> Option<String> {
+    list.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
 fn receipt(params: &[(String, String)], event_id: String, user_id: String, attempt: Option<u32>) -> Option<StatusEvent> {
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let param = |name: &str| param(params, name);
     let status = match param("MessageStatus")?.as_str() {
         "delivered" => Status::Delivered,
         "undelivered" | "failed" => Status::Undelivered,

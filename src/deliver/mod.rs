@@ -142,21 +142,17 @@ impl Sender {
     /// disabled channels are answered at once, without waiting.
     pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared<'_> {
         let valid = match channel {
-            Channel::Sms => sms.prepare(request).map(Some),
-            Channel::Push => push::validate(request).map(|()| None),
+            Channel::Sms => sms.prepare(request).map(Payload::Sms),
+            Channel::Push => push::validate(request).map(|()| Payload::Push),
         };
-        let text = match valid {
-            Ok(text) => text,
+        let payload = match valid {
+            Ok(payload) => payload,
             Err(reason) => return Prepared::Answered(Err(DeliveryError::Invalid(reason))),
         };
-        match (self, text) {
-            (Sender::Twilio(twilio), Some(text)) => Prepared::Call(Call::Twilio(twilio, text)),
-            (Sender::Twilio(_), None) => unreachable!("only the SMS channel has a Twilio sender"),
-            (Sender::Fcm(fcm), _) => Prepared::Call(Call::Fcm(fcm)),
-            (Sender::DryRun, _) => Prepared::Answered(Ok(Delivered { provider: Provider::DryRun, message_id: None })),
-            (Sender::Disabled, _) => {
-                Prepared::Answered(Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel))))
-            }
+        match self {
+            Sender::Twilio(_) | Sender::Fcm(_) => Prepared::Call(self.call(payload)),
+            Sender::DryRun => Prepared::Answered(Ok(Delivered { provider: Provider::DryRun, message_id: None })),
+            Sender::Disabled => Prepared::Answered(Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel)))),
         }
     }
 }

@@ -48,6 +48,10 @@ pub enum StoreError {
     Write(Source),
 }
 
+fn read_failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Read(Box::new(e))
+}
+
 /// Connects with consistency and timeout in the default execution profile.
 pub async fn connect(config: &Config) -> Result<Arc<Session>, StoreError> {
     let uri = config.scylla_uri.as_deref().unwrap_or_default();
@@ -134,13 +138,13 @@ impl Table {
                 (keyspace,),
             )
             .await
-            .map_err(|e| StoreError::Read(e.into()))?
+            .map_err(read_failed)?
             .into_rows_result()
-            .map_err(|e| StoreError::Read(e.into()))?;
+            .map_err(read_failed)?;
         let mut ttl = None;
         let mut found = false;
-        for row in tables.rows::<(String, Option<i32>)>().map_err(|e| StoreError::Read(e.into()))? {
-            let (name, default_ttl) = row.map_err(|e| StoreError::Read(e.into()))?;
+        for row in tables.rows::<(String, Option<i32>)>().map_err(read_failed)? {
+            let (name, default_ttl) = row.map_err(read_failed)?;
             if name == TABLE {
                 found = true;
                 ttl = default_ttl;
@@ -173,12 +177,12 @@ impl Table {
             .session
             .execute_unpaged(&self.select, (user_id,))
             .await
-            .map_err(|e| StoreError::Read(e.into()))?
+            .map_err(read_failed)?
             .into_rows_result()
-            .map_err(|e| StoreError::Read(e.into()))?;
+            .map_err(read_failed)?;
         let mut rows = Vec::new();
-        for row in result.rows::<(String, String, DateTime<Utc>)>().map_err(|e| StoreError::Read(e.into()))? {
-            let (channel, event_id, at) = row.map_err(|e| StoreError::Read(e.into()))?;
+        for row in result.rows::<(String, String, DateTime<Utc>)>().map_err(read_failed)? {
+            let (channel, event_id, at) = row.map_err(read_failed)?;
             if let Some(channel) = Channel::from_symbol(&channel) {
                 rows.push((channel, Counted { at, event_id }));
             }
