@@ -130,6 +130,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_TWILIO_MAX_RPS")]
     pub twilio_max_rps: Option<std::num::NonZeroU32>,
 
+    /// Most Vonage requests per second; unlimited without it.
+    #[arg(long, env = "HERALD_VONAGE_MAX_RPS")]
+    pub vonage_max_rps: Option<std::num::NonZeroU32>,
+
     /// Most FCM requests per second; unlimited without it.
     #[arg(long, env = "HERALD_FCM_MAX_RPS")]
     pub fcm_max_rps: Option<std::num::NonZeroU32>,
@@ -190,6 +194,26 @@ pub struct Config {
     #[arg(long, env = "TWILIO_FROM")]
     pub twilio_from: Option<String>,
 
+    /// SMS providers in failover order: a transient failure (or an open circuit) of one moves the send to the next. Those without credentials are left out.
+    #[arg(long, env = "HERALD_SMS_PROVIDERS", value_enum, value_delimiter = ',', default_value = "twilio,vonage")]
+    pub sms_providers: Vec<SmsProvider>,
+
+    /// Vonage SMS API base URL.
+    #[arg(long, env = "VONAGE_BASE_URL", default_value = "https://rest.nexmo.com")]
+    pub vonage_base_url: Url,
+
+    /// Vonage API key. Vonage is left out without it.
+    #[arg(long, env = "VONAGE_API_KEY", requires_all = ["vonage_api_secret", "vonage_from"])]
+    pub vonage_api_key: Option<String>,
+
+    /// Vonage API secret.
+    #[arg(long, env = "VONAGE_API_SECRET", hide_env_values = true, requires = "vonage_api_key")]
+    pub vonage_api_secret: Option<Secret>,
+
+    /// Vonage sender: a number (E.164) or an alphanumeric sender id.
+    #[arg(long, env = "VONAGE_FROM", requires = "vonage_api_key")]
+    pub vonage_from: Option<String>,
+
     /// Address to accept Twilio status callbacks (delivery receipts) on, e.g. 0.0.0.0:8080. Off without it.
     #[arg(long, env = "HERALD_RECEIPTS_LISTEN", requires = "receipts_public_url")]
     pub receipts_listen: Option<std::net::SocketAddr>,
@@ -227,6 +251,13 @@ pub struct Config {
 pub enum Command {
     /// Apply the CQL schema in schemas/scylla to SCYLLA_URI (idempotent), then exit.
     Migrate,
+}
+
+/// An SMS provider herald can send through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SmsProvider {
+    Twilio,
+    Vonage,
 }
 
 /// What happens to an SMS body longer than the limit.
@@ -336,6 +367,8 @@ pub enum ConfigError {
     ReceiptsWithoutTwilio,
     #[error("--sms-template does not parse: {0}")]
     SmsTemplate(String),
+    #[error("--sms-providers names a provider twice")]
+    DuplicateProvider,
     #[error("`herald migrate` needs SCYLLA_URI (--scylla-uri)")]
     MigrateWithoutScylla,
 }
@@ -388,6 +421,9 @@ impl Config {
                 return Err(ConfigError::TwilioIncomplete(missing));
             }
         }
+        if (1..self.sms_providers.len()).any(|i| self.sms_providers[..i].contains(&self.sms_providers[i])) {
+            return Err(ConfigError::DuplicateProvider);
+        }
         if self.receipts_listen.is_some() && self.twilio_auth_token.is_none() {
             return Err(ConfigError::ReceiptsWithoutTwilio);
         }
@@ -430,10 +466,13 @@ impl Config {
         Some(crate::receipts::Endpoint { listen: self.receipts_listen?, public_url: self.receipts_public_url.clone()? })
     }
 
-    pub fn max_rps(&self, channel: Channel) -> Option<std::num::NonZeroU32> {
-        match channel {
-            Channel::Sms => self.twilio_max_rps,
-            Channel::Push => self.fcm_max_rps,
+    pub fn max_rps(&self, provider: crate::deliver::Provider) -> Option<std::num::NonZeroU32> {
+        use crate::deliver::Provider;
+        match provider {
+            Provider::Twilio => self.twilio_max_rps,
+            Provider::Vonage => self.vonage_max_rps,
+            Provider::Fcm => self.fcm_max_rps,
+            Provider::DryRun => None,
         }
     }
 
@@ -502,6 +541,16 @@ mod tests {
         let key = parse(&["--twilio-account-sid", "AC1", "--twilio-from", "+15005550006", "--twilio-api-key-sid", "SK1", "--twilio-api-key-secret", "s"]);
         assert_eq!(key.validate(), Ok(()), "an API key instead of the auth token");
         assert!(Config::try_parse_from(["herald", "--twilio-api-key-sid", "SK1"]).is_err(), "a key needs its secret");
+    }
+
+    #[test]
+    fn vonage_credentials_come_together_and_providers_have_an_order() {
+        assert!(Config::try_parse_from(["herald", "--vonage-api-key", "k", "--vonage-from", "herald"]).is_err(), "no secret");
+        assert!(Config::try_parse_from(["herald", "--vonage-api-key", "k", "--vonage-api-secret", "s"]).is_err(), "no sender");
+        assert!(Config::try_parse_from(["herald", "--vonage-api-secret", "s"]).is_err(), "a secret needs its key");
+        assert_eq!(parse(&[]).sms_providers, [SmsProvider::Twilio, SmsProvider::Vonage]);
+        assert_eq!(parse(&["--sms-providers", "vonage,twilio"]).sms_providers, [SmsProvider::Vonage, SmsProvider::Twilio]);
+        assert_eq!(parse(&["--sms-providers", "vonage,vonage"]).validate(), Err(ConfigError::DuplicateProvider));
     }
 
     #[test]

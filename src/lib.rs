@@ -8,7 +8,7 @@
 //! | decode | [`decode`], [`codec`], [`registry`] | Confluent wire format, Avro with reader-schema resolution |
 //! | rate limit | [`ratelimit`] | rolling windows per user and channel, idempotent per event id; in memory, written through to ScyllaDB |
 //! | route | [`route`] | one lane per channel, each with bounded admission and concurrency |
-//! | deliver | [`deliver`] | Twilio SMS, FCM push; classifies provider errors |
+//! | deliver | [`deliver`] | SMS through Twilio, failing over to Vonage; FCM push; each provider guarded by a rate cap and a circuit breaker; classifies provider errors |
 //! | outcome | [`outcome`] | `decide` (the one retry / dead-letter / drop decision), status events, retry and dead-letter records |
 //!
 //! [`pipeline`] strings the stages together per record; [`run`] wires
@@ -38,7 +38,7 @@ use rdkafka::consumer::Consumer;
 
 pub use config::Config;
 
-use crate::deliver::{Fcm, Sender, Twilio, TwilioAuth};
+use crate::deliver::{Fcm, Gateway, Guarded, Sender, Twilio, TwilioAuth, Vonage};
 use crate::model::Channel;
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{Limiter, Store};
@@ -96,9 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let router = Router::new(
         |channel| {
             let sender = std::mem::replace(&mut senders[channel.index()], Sender::Disabled);
-            let breaker = deliver::breaker::Breaker::new(config.breaker_failures, config.breaker_cooldown);
-            let guard = route::Guard::new(config.max_rps(channel), breaker);
-            Lane::new(sender, guard, config.channel_queue, config.concurrency(channel))
+            Lane::new(sender, config.channel_queue, config.concurrency(channel))
         },
         config.channel_queue,
     );
@@ -160,31 +158,59 @@ async fn rate_limit_store(config: &Config) -> Result<Store, Error> {
 
 fn senders(config: &Config, http: &reqwest::Client) -> Result<[Sender; Channel::ALL.len()], Error> {
     use config::DeliveryMode;
-    let twilio_auth = match (&config.twilio_api_key_sid, &config.twilio_api_key_secret, &config.twilio_auth_token) {
-        (Some(key), Some(secret), _) => Some(TwilioAuth::ApiKey { sid: key.clone(), secret: secret.clone() }),
-        (_, _, Some(token)) => Some(TwilioAuth::AuthToken(token.clone())),
-        _ => None,
+    let guarded = |gateway: Gateway| {
+        let breaker = deliver::breaker::Breaker::new(config.breaker_failures, config.breaker_cooldown);
+        let max_rps = config.max_rps(gateway.provider());
+        Guarded::new(gateway, max_rps, breaker)
     };
-    let sms = match (&config.delivery, &config.twilio_account_sid, twilio_auth, &config.twilio_from) {
-        (DeliveryMode::DryRun, ..) => Sender::DryRun,
-        (DeliveryMode::Providers, Some(sid), Some(auth), Some(from)) => {
-            let twilio = Twilio::new(http.clone(), &config.twilio_base_url, sid.clone(), auth, from.clone(), config.receipts());
-            Sender::Twilio(twilio)
-        }
-        (DeliveryMode::Providers, ..) => Sender::Disabled,
+    let providers = |gateways: Vec<Gateway>| match gateways.is_empty() {
+        true => Sender::Disabled,
+        false => Sender::Providers(gateways.into_iter().map(guarded).collect()),
     };
-    let push = match (&config.delivery, &config.fcm_credentials) {
-        (DeliveryMode::DryRun, _) => Sender::DryRun,
-        (DeliveryMode::Providers, Some(path)) => {
-            let account = Fcm::load_credentials(path)?;
-            Sender::Fcm(Fcm::new(http.clone(), &config.fcm_base_url, account, config.fcm_project_id.clone())?)
+    let (sms, push) = match config.delivery {
+        DeliveryMode::DryRun => (Sender::DryRun, Sender::DryRun),
+        DeliveryMode::Providers => {
+            let sms = config.sms_providers.iter().filter_map(|p| sms_gateway(config, http, *p)).collect();
+            let push = match &config.fcm_credentials {
+                Some(path) => {
+                    let account = Fcm::load_credentials(path)?;
+                    vec![Gateway::Fcm(Fcm::new(http.clone(), &config.fcm_base_url, account, config.fcm_project_id.clone())?)]
+                }
+                None => vec![],
+            };
+            (providers(sms), providers(push))
         }
-        (DeliveryMode::Providers, None) => Sender::Disabled,
     };
     for (channel, sender) in Channel::ALL.iter().zip([&sms, &push]) {
-        if matches!(sender, Sender::Disabled) {
-            tracing::warn!(message = "No provider configured; requests for this channel are reported invalid.", %channel);
+        match sender {
+            Sender::Disabled => {
+                tracing::warn!(message = "No provider configured; requests for this channel are reported invalid.", %channel)
+            }
+            Sender::Providers(p) => {
+                let order: Vec<_> = p.iter().map(|g| g.gateway().provider().name()).collect();
+                tracing::info!(message = "Providers, in failover order.", %channel, providers = ?order);
+            }
+            Sender::DryRun => {}
         }
     }
     Ok([sms, push])
+}
+
+/// The client for an SMS provider, when its credentials are configured.
+fn sms_gateway(config: &Config, http: &reqwest::Client, provider: config::SmsProvider) -> Option<Gateway> {
+    match provider {
+        config::SmsProvider::Twilio => {
+            let auth = match (&config.twilio_api_key_sid, &config.twilio_api_key_secret, &config.twilio_auth_token) {
+                (Some(key), Some(secret), _) => TwilioAuth::ApiKey { sid: key.clone(), secret: secret.clone() },
+                (_, _, Some(token)) => TwilioAuth::AuthToken(token.clone()),
+                _ => return None,
+            };
+            let (sid, from) = (config.twilio_account_sid.clone()?, config.twilio_from.clone()?);
+            Some(Gateway::Twilio(Twilio::new(http.clone(), &config.twilio_base_url, sid, auth, from, config.receipts())))
+        }
+        config::SmsProvider::Vonage => {
+            let (key, secret, from) = (config.vonage_api_key.clone()?, config.vonage_api_secret.clone()?, config.vonage_from.as_ref()?);
+            Some(Gateway::Vonage(Vonage::new(http.clone(), &config.vonage_base_url, key, secret, from)))
+        }
+    }
 }

@@ -130,7 +130,7 @@ impl Pipeline {
             Admitted::Deliver { request, attempt } => {
                 match self.router.lane(request.channel).prepare(request.channel, &request, &self.sms) {
                     Prepared::Answered(result) => Ok(self.decided(request, attempt, result)),
-                    Prepared::Call(call) => Err(ToDeliver { payload: call.into_payload(), request, attempt }),
+                    Prepared::Call(payload) => Err(ToDeliver { payload, request, attempt }),
                 }
             }
         }
@@ -139,8 +139,7 @@ impl Pipeline {
     /// Calls the provider, and decides.
     pub async fn deliver(&self, to: ToDeliver) -> Resolved {
         let ToDeliver { request, attempt, payload } = to;
-        let lane = self.router.lane(request.channel);
-        let result = lane.call(lane.call_for(payload), &request, attempt).await;
+        let result = self.router.lane(request.channel).call(&payload, &request, attempt).await;
         self.decided(request, attempt, result)
     }
 

@@ -1,34 +1,16 @@
 //! Stage 3: each channel is a lane with its own sender and its own bounds,
-//! so a slow provider fills its own lane before it slows anyone else, and
-//! a failing one trips its own circuit breaker.
+//! so a slow provider fills its own lane before it slows anyone else. Each
+//! provider has its own guard (`deliver::Guarded`).
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Instant;
 
-use crate::deliver::breaker::{self, Admission, Breaker};
-use crate::deliver::{Call, Delivered, DeliveryError, Payload, Prepared, Sender, SmsRules};
+use crate::deliver::{Delivered, DeliveryError, Payload, Prepared, Sender, SmsRules};
 use crate::model::{Channel, Request};
-
-/// What protects a provider from herald: a cap on requests per second,
-/// and a circuit breaker.
-pub struct Guard {
-    rate: Option<DefaultDirectRateLimiter>,
-    breaker: Breaker,
-}
-
-impl Guard {
-    pub fn new(max_per_second: Option<NonZeroU32>, breaker: Breaker) -> Self {
-        Guard { rate: max_per_second.map(|n| RateLimiter::direct(Quota::per_second(n))), breaker }
-    }
-}
 
 pub struct Lane {
     sender: Sender,
-    guard: Guard,
     /// Records admitted to the lane (waiting or in flight). When it is
     /// full, the consume loop waits: that is the backpressure that keeps
     /// memory bounded whatever the backlog.
@@ -38,42 +20,20 @@ pub struct Lane {
 }
 
 impl Lane {
-    pub fn new(sender: Sender, guard: Guard, queue: usize, concurrency: usize) -> Self {
-        Lane { sender, guard, admission: Arc::new(Semaphore::new(queue)), concurrency: Semaphore::new(concurrency) }
+    pub fn new(sender: Sender, queue: usize, concurrency: usize) -> Self {
+        Lane { sender, admission: Arc::new(Semaphore::new(queue)), concurrency: Semaphore::new(concurrency) }
     }
 
     /// Validates the request and, when it needs no provider call, answers.
-    pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared<'_> {
+    pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared {
         self.sender.prepare(channel, request, sms)
     }
 
-    /// The call for a payload this lane's [`Lane::prepare`] returned.
-    pub fn call_for(&self, payload: Payload) -> Call<'_> {
-        self.sender.call(payload)
-    }
-
-    /// Makes a provider call, within the lane's concurrency and rate, unless
-    /// the provider's circuit is open.
-    pub async fn call(&self, call: Call<'_>, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
+    /// Sends a payload this lane's [`Lane::prepare`] returned, within the
+    /// lane's concurrency.
+    pub async fn call(&self, payload: &Payload, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
         let _slot = self.concurrency.acquire().await.expect("lane semaphores are never closed");
-        if let Admission::Refused { retry_after } = self.guard.breaker.admit(Instant::now()) {
-            return Err(DeliveryError::Unavailable {
-                provider: call.provider(),
-                code: "circuit-open".to_owned(),
-                message: "the provider failed repeatedly; not called until its circuit closes".to_owned(),
-                retry_after: Some(retry_after),
-            });
-        }
-        if let Some(rate) = &self.guard.rate {
-            rate.until_ready().await;
-        }
-        let result = call.send(request, attempt).await;
-        let counted = match &result {
-            Err(DeliveryError::Unavailable { .. }) => breaker::Result::Failed,
-            Ok(_) | Err(_) => breaker::Result::Answered,
-        };
-        self.guard.breaker.record(counted, Instant::now());
-        result
+        self.sender.send(payload, request, attempt).await
     }
 }
 

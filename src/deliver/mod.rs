@@ -3,6 +3,7 @@
 //! into `ErrorClass`; `outcome::decide` turns the class into what happens.
 
 pub mod breaker;
+mod guard;
 pub mod push;
 pub mod sms;
 
@@ -10,7 +11,8 @@ use std::fmt;
 use std::time::Duration;
 
 pub use push::{Fcm, ServiceAccount};
-pub use sms::{SmsRules, Text, Twilio, TwilioAuth};
+pub use guard::Guarded;
+pub use sms::{SmsRules, Text, Twilio, TwilioAuth, Vonage};
 
 use crate::model::{Channel, ErrorClass, InvalidReason, Request};
 
@@ -18,6 +20,7 @@ use crate::model::{Channel, ErrorClass, InvalidReason, Request};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
     Twilio,
+    Vonage,
     Fcm,
     DryRun,
 }
@@ -26,6 +29,7 @@ impl Provider {
     pub fn name(self) -> &'static str {
         match self {
             Provider::Twilio => "twilio",
+            Provider::Vonage => "vonage",
             Provider::Fcm => "fcm",
             Provider::DryRun => "dry-run",
         }
@@ -99,10 +103,38 @@ impl DeliveryError {
     }
 }
 
+/// One provider's client.
+pub enum Gateway {
+    Twilio(Twilio),
+    Vonage(Vonage),
+    Fcm(Fcm),
+}
+
+impl Gateway {
+    pub fn provider(&self) -> Provider {
+        match self {
+            Gateway::Twilio(_) => Provider::Twilio,
+            Gateway::Vonage(_) => Provider::Vonage,
+            Gateway::Fcm(_) => Provider::Fcm,
+        }
+    }
+
+    /// `attempt` (from 1) is passed on to the provider where it reports back.
+    async fn send(&self, payload: &Payload, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
+        match (self, payload) {
+            (Gateway::Twilio(twilio), Payload::Sms(text)) => twilio.send(request, text, attempt).await,
+            (Gateway::Vonage(vonage), Payload::Sms(text)) => vonage.send(request, text).await,
+            (Gateway::Fcm(fcm), Payload::Push) => fcm.send(request).await,
+            (gateway, _) => unreachable!("{} was given another channel's payload", gateway.provider()),
+        }
+    }
+}
+
 /// The stage behind one channel.
 pub enum Sender {
-    Twilio(Twilio),
-    Fcm(Fcm),
+    /// In failover order: a transient failure of one provider, or its open
+    /// circuit, moves the call on to the next. Never empty.
+    Providers(Vec<Guarded>),
     /// Validates, then reports success without calling anyone.
     DryRun,
     /// No provider configured: requests for the channel are invalid here.
@@ -110,15 +142,9 @@ pub enum Sender {
 }
 
 /// A request's validation done: the answer, or the provider call to make.
-pub enum Prepared<'a> {
+pub enum Prepared {
     Answered(Result<Delivered, DeliveryError>),
-    Call(Call<'a>),
-}
-
-/// A provider request still to be made.
-pub enum Call<'a> {
-    Twilio(&'a Twilio, Text),
-    Fcm(&'a Fcm),
+    Call(Payload),
 }
 
 /// What validation produced for a call, owned, so that it can travel to
@@ -128,56 +154,71 @@ pub enum Payload {
     Push,
 }
 
-impl Sender {
-    /// The call for a payload this sender prepared.
-    pub fn call(&self, payload: Payload) -> Call<'_> {
-        match (self, payload) {
-            (Sender::Twilio(twilio), Payload::Sms(text)) => Call::Twilio(twilio, text),
-            (Sender::Fcm(fcm), Payload::Push) => Call::Fcm(fcm),
-            _ => unreachable!("a payload goes back to the sender that prepared it"),
-        }
-    }
-
-    /// Validates `request` for `channel`. Invalid requests, dry runs and
-    /// disabled channels are answered at once, without waiting.
-    pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared<'_> {
-        let valid = match channel {
-            Channel::Sms => sms.prepare(request).map(Payload::Sms),
-            Channel::Push => push::validate(request).map(|()| Payload::Push),
-        };
-        let payload = match valid {
-            Ok(payload) => payload,
-            Err(reason) => return Prepared::Answered(Err(DeliveryError::Invalid(reason))),
-        };
+impl Payload {
+    fn channel(&self) -> Channel {
         match self {
-            Sender::Twilio(_) | Sender::Fcm(_) => Prepared::Call(self.call(payload)),
-            Sender::DryRun => Prepared::Answered(Ok(Delivered { provider: Provider::DryRun, message_id: None })),
-            Sender::Disabled => Prepared::Answered(Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel)))),
+            Payload::Sms(_) => Channel::Sms,
+            Payload::Push => Channel::Push,
         }
     }
 }
 
-impl<'a> Call<'a> {
-    pub fn into_payload(self) -> Payload {
-        match self {
-            Call::Twilio(_, text) => Payload::Sms(text),
-            Call::Fcm(_) => Payload::Push,
+impl Sender {
+    /// Validates `request` for `channel`. Invalid requests, dry runs and
+    /// disabled channels are answered at once, without waiting.
+    pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared {
+        let valid = match channel {
+            Channel::Sms => sms.prepare(request).map(Payload::Sms),
+            Channel::Push => push::validate(request).map(|()| Payload::Push),
+        };
+        match valid {
+            Err(reason) => Prepared::Answered(Err(DeliveryError::Invalid(reason))),
+            Ok(payload) => self.without_call(channel).map_or(Prepared::Call(payload), Prepared::Answered),
         }
     }
 
-    pub fn provider(&self) -> Provider {
-        match self {
-            Call::Twilio(..) => Provider::Twilio,
-            Call::Fcm(_) => Provider::Fcm,
+    /// Sends a payload [`Sender::prepare`] returned, failing over from one
+    /// provider to the next on transient failures. A permanent refusal is
+    /// final: another provider would refuse it too, or should not be asked
+    /// (an opted-out number). The error returned is the last provider's.
+    pub async fn send(&self, payload: &Payload, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
+        let Sender::Providers(providers) = self else {
+            return self.without_call(payload.channel()).expect("a sender without providers answers without a call");
+        };
+        let mut failed = None;
+        for (i, provider) in providers.iter().enumerate() {
+            match provider.call(payload, request, attempt).await {
+                Err(error @ DeliveryError::Unavailable { .. }) => {
+                    if let Some(next) = providers.get(i + 1) {
+                        tracing::info!(message = "Provider unavailable; failing over.", event_id = request.event_id, from = %provider.gateway().provider(), to = %next.gateway().provider(), %error);
+                    }
+                    failed = Some(error);
+                }
+                result => return result,
+            }
         }
+        Err(failed.expect("a provider sender has at least one provider"))
     }
 
-    /// `attempt` (from 1) is passed on to the provider where it reports back.
-    pub async fn send(self, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
+    /// The answer of a sender that calls no provider; `None` for one that does.
+    fn without_call(&self, channel: Channel) -> Option<Result<Delivered, DeliveryError>> {
         match self {
-            Call::Twilio(twilio, text) => twilio.send(request, &text, attempt).await,
-            Call::Fcm(fcm) => fcm.send(request).await,
+            Sender::Providers(_) => None,
+            Sender::DryRun => Some(Ok(Delivered { provider: Provider::DryRun, message_id: None })),
+            Sender::Disabled => Some(Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel)))),
         }
+    }
+}
+
+/// Whether an HTTP error status is worth another attempt, when the
+/// provider's own error code does not say otherwise.
+fn http_is_transient(status: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode as S;
+    match status {
+        // Bad credentials affect every message; retrying keeps them until an
+        // operator fixes the account, where failing would drop them all.
+        S::TOO_MANY_REQUESTS | S::UNAUTHORIZED | S::FORBIDDEN => true,
+        s => !s.is_client_error(),
     }
 }
 

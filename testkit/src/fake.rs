@@ -226,6 +226,66 @@ async fn twilio(account: Arc<TwilioAccount>, shared: Arc<Shared>, r: Request) ->
     }
 }
 
+// ---------------------------------------------------------------- Vonage
+
+pub struct VonageAccount {
+    pub api_key: String,
+    pub api_secret: String,
+}
+
+pub type FakeVonage = Fake<VonageAccount>;
+
+impl FakeVonage {
+    pub async fn start(api_key: &str, api_secret: &str) -> FakeVonage {
+        let state = Arc::new(VonageAccount { api_key: api_key.into(), api_secret: api_secret.into() });
+        let shared = Arc::new(Shared::default());
+        let (s, sh) = (state.clone(), shared.clone());
+        let addr = serve(Arc::new(move |r| Box::pin(vonage(s.clone(), sh.clone(), r)))).await;
+        Fake { addr, shared, state }
+    }
+}
+
+/// The SMS API's answer: HTTP 200, with one status per part.
+fn vonage_answer(part: Value) -> Response {
+    reply(200, json!({"message-count": "1", "messages": [part]}), None)
+}
+
+/// Scripts use the E.164 number; Vonage sees it without the `+`.
+async fn vonage(account: Arc<VonageAccount>, shared: Arc<Shared>, r: Request) -> Response {
+    if r.method != Method::POST || r.uri.path() != "/sms/json" {
+        return reply(404, json!({"type": "https://developer.vonage.com/api-errors#not-found", "title": "Not Found"}), None);
+    }
+    let refused = |status: &str, text: &str| vonage_answer(json!({"status": status, "error-text": text}));
+    if r.header(header::CONTENT_TYPE).as_deref() != Some("application/x-www-form-urlencoded") {
+        return refused("2", "Missing api_key");
+    }
+    let form = r.form();
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    if field("api_key").as_deref() != Some(account.api_key.as_str()) || field("api_secret").as_deref() != Some(account.api_secret.as_str()) {
+        return refused("4", "Bad Credentials");
+    }
+    let (Some(to), Some(_from), Some(_text)) = (field("to"), field("from"), field("text").filter(|t| !t.is_empty())) else {
+        return refused("2", "Missing to, from or text");
+    };
+    if to.is_empty() || !to.chars().all(|c| c.is_ascii_digit()) {
+        return refused("3", "Invalid to address");
+    }
+    if !matches!(field("type").as_deref(), None | Some("text") | Some("unicode")) {
+        return refused("3", "Invalid message type");
+    }
+    shared.requests.lock().unwrap().push(r.record(form, None));
+    let latency = *shared.latency.lock().unwrap();
+    tokio::time::sleep(latency).await;
+    match shared.next_reply(&format!("+{to}")) {
+        Reply::Accept => vonage_answer(json!({
+            "to": to, "message-id": format!("{:016X}", shared.next_id()), "status": "0",
+            "remaining-balance": "15.53590000", "message-price": "0.03330000", "network": "23410",
+        })),
+        Reply::Fail { status: 200, code, .. } => refused(code.as_deref().unwrap_or("5"), &format!("Scripted failure for {to}")),
+        Reply::Fail { status, retry_after, .. } => reply(status, json!({"title": "Scripted failure"}), retry_after),
+    }
+}
+
 // ---------------------------------------------------------------- FCM
 
 /// The service-account key in `fixtures/`: a throwaway key made for these

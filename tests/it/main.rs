@@ -4,6 +4,7 @@
 mod backpressure;
 mod channels;
 mod crash;
+mod failover;
 mod guard;
 mod rate_limit;
 mod receipts;

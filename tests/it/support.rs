@@ -12,7 +12,7 @@ use clap::Parser;
 use herald::codec::{self, Bundled};
 use herald::model::{Channel, Content, Request, Status, StatusEvent};
 use herald::Config;
-use herald_testkit::fake::{FakeFcm, FakeTwilio};
+use herald_testkit::fake::{FakeFcm, FakeTwilio, FakeVonage};
 use herald_testkit::kafka::{self, Reader};
 use herald_testkit::{Broker, Providers};
 use rdkafka::message::{Message, OwnedMessage};
@@ -25,12 +25,14 @@ pub use herald_testkit::providers::{ACCOUNT_SID, FROM};
 pub struct Harness {
     pub broker: Broker,
     pub twilio: FakeTwilio,
+    pub vonage: FakeVonage,
     pub fcm: FakeFcm,
     pub topics: TestTopics,
     pub group: String,
     pub producer: FutureProducer,
     pub bundled: Bundled,
     provider_args: Vec<String>,
+    vonage_args: Vec<String>,
 }
 
 /// Unique topic names, so tests can share a real cluster.
@@ -67,7 +69,9 @@ impl Harness {
         Harness {
             producer: kafka::producer(&broker.bootstrap),
             provider_args: providers.args(),
+            vonage_args: providers.vonage_args(),
             twilio: providers.twilio,
+            vonage: providers.vonage,
             fcm: providers.fcm,
             topics,
             group: format!("{unique}.herald"),
@@ -108,6 +112,11 @@ impl Harness {
         args.extend(kafka::fast_group_args());
         args.extend(extra.iter().map(|s| s.to_string()));
         args
+    }
+
+    /// The flags that add the fake Vonage as Twilio's failover.
+    pub fn vonage_args(&self) -> Vec<&str> {
+        self.vonage_args.iter().map(String::as_str).collect()
     }
 
     pub fn config(&self, extra: &[&str]) -> Config {
