@@ -62,8 +62,12 @@ async fn main() -> std::process::ExitCode {
     // On a shared cluster, fresh names keep earlier runs out of the way.
     let prefix = if broker.is_local() { String::new() } else { format!("demo-{}.", Utc::now().timestamp_millis()) };
     let topic = |name: &str| format!("{prefix}{name}");
-    let (requested, status, dead_letter) =
-        (topic("notification.requested"), topic("notification.status"), topic("notification.dead-letter"));
+    let (requested, status, dead_letter, suppressions) = (
+        topic("notification.requested"),
+        topic("notification.status"),
+        topic("notification.dead-letter"),
+        topic("notification.suppressions"),
+    );
     let group = topic("herald-demo");
     let retries = ["retry-10m", "retry-20m", "retry-40m"].map(|t| topic(t)).join(",");
     let mut argv: Vec<String> = [
@@ -78,6 +82,8 @@ async fn main() -> std::process::ExitCode {
         &status,
         "--topic-dead-letter",
         &dead_letter,
+        "--topic-suppressions",
+        &suppressions,
         "--retry-topics",
         &retries,
         "--retry-delays",

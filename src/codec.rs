@@ -179,6 +179,7 @@ fn status_index(s: Status) -> usize {
         Status::Deferred => 7,
         Status::Delivered => 8,
         Status::Undelivered => 9,
+        Status::Suppressed => 10,
     }
 }
 

@@ -46,6 +46,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_TOPIC_DEAD_LETTER", default_value = "notification.dead-letter")]
     pub topic_dead_letter: String,
 
+    /// Compacted topic of suppressed recipients (opted-out numbers, dead push tokens); a tombstone opts one back in.
+    #[arg(long, env = "HERALD_TOPIC_SUPPRESSIONS", default_value = "notification.suppressions")]
+    pub topic_suppressions: String,
+
     /// Retry topics, in order. A transient failure on attempt n goes to the n-th.
     #[arg(long, env = "HERALD_RETRY_TOPICS", value_delimiter = ',', default_value = "retry-10m,retry-20m,retry-40m")]
     pub retry_topics: Vec<String>,
@@ -442,7 +446,7 @@ impl Config {
     }
 
     pub fn all_topics(&self) -> impl Iterator<Item = &str> {
-        [&self.topic_requested, &self.topic_status, &self.topic_dead_letter]
+        [&self.topic_requested, &self.topic_status, &self.topic_dead_letter, &self.topic_suppressions]
             .into_iter()
             .chain(&self.retry_topics)
             .map(String::as_str)

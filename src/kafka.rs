@@ -4,6 +4,7 @@ use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaResult;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
 
 use crate::config::Config;
@@ -55,6 +56,16 @@ fn consumer_config(config: &Config) -> ClientConfig {
         .set("queued.max.messages.kbytes", "16384")
         .set("fetch.queue.backoff.ms", "100");
     with_overrides(c, config, &config.kafka_consumer_options)
+}
+
+/// A consumer outside the group, for reading a whole topic (the
+/// suppression list) by assignment; it commits nothing.
+pub fn reader(config: &Config) -> KafkaResult<StreamConsumer> {
+    let mut c = base(config);
+    c.set("group.id", format!("{}.reader", config.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    with_overrides(c, config, &config.kafka_consumer_options).create()
 }
 
 pub fn producer(config: &Config) -> KafkaResult<FutureProducer> {

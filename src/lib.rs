@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | ingest | [`ingest`] | consumer group over the requests and delay topics; pauses delay partitions until due; stores offsets once outcomes are durable |
 //! | decode | [`decode`], [`codec`], [`registry`] | Confluent wire format, Avro with reader-schema resolution |
+//! | suppression | [`suppression`] | opted-out numbers and dead push tokens, from a compacted topic every instance follows |
 //! | rate limit | [`ratelimit`] | rolling windows per user and channel, idempotent per event id; in memory, written through to ScyllaDB |
 //! | route | [`route`] | one lane per channel, each with bounded admission and concurrency |
 //! | deliver | [`deliver`] | SMS through Twilio, failing over to Vonage; FCM push; each provider guarded by a rate cap and a circuit breaker; classifies provider errors |
@@ -28,6 +29,7 @@ pub mod ratelimit;
 pub mod receipts;
 pub mod registry;
 pub mod route;
+pub mod suppression;
 pub mod telemetry;
 pub mod topics;
 
@@ -60,6 +62,8 @@ pub enum Error {
     Registry(#[from] registry::RegistryError),
     #[error("cannot listen for delivery receipts: {0}")]
     Receipts(std::io::Error),
+    #[error(transparent)]
+    Suppressions(#[from] suppression::SuppressionError),
     #[error("rate-limit store: {0}")]
     RateLimitStore(#[from] ratelimit::StoreError),
     #[error(transparent)]
@@ -100,6 +104,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         config.channel_queue,
     );
+    let suppressions = Arc::new(suppression::Suppressions::default());
+    let reader = suppression::load(kafka::reader(&config)?, &topics.suppressions, &suppressions).await?;
+    let following = tokio::spawn(suppression::follow(reader, topics.suppressions.clone(), suppressions.clone()));
     let pipeline = Arc::new(Pipeline {
         decoder: decode::Decoder::new(bundled.clone(), registry),
         limiter: Limiter::new(|c| config.rate_limit(c).clone(), rate_limit_store(&config).await?),
@@ -107,6 +114,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         publisher: Arc::new(outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id)),
         topics: topics.clone(),
         sms,
+        suppressions: suppressions.clone(),
         over_limit: Channel::ALL.map(|c| config.over_limit(c)),
     });
 
@@ -120,7 +128,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let stopped = async {
                 let _ = receipts_stopped.await;
             };
-            Some(tokio::spawn(receipts::serve(listener, endpoint, token.clone(), pipeline.publisher.clone(), stopped)))
+            let publisher = pipeline.publisher.clone();
+            Some(tokio::spawn(receipts::serve(listener, endpoint, token.clone(), publisher, suppressions, stopped)))
         }
         _ => None,
     };
@@ -131,6 +140,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::warn!(message = "The delivery receipt server failed.", %error);
         }
     }
+    following.abort();
     consumed?;
     Ok(())
 }

@@ -75,10 +75,12 @@ pub enum Status {
     Delivered,
     /// From a delivery receipt: the carrier could not deliver it.
     Undelivered,
+    /// Not sent: the recipient opted out, or its push token is dead.
+    Suppressed,
 }
 
 impl Status {
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Sent,
         Status::RateLimited,
         Status::RetryScheduled,
@@ -89,6 +91,7 @@ impl Status {
         Status::Deferred,
         Status::Delivered,
         Status::Undelivered,
+        Status::Suppressed,
     ];
 
     pub fn from_symbol(symbol: &str) -> Option<Status> {
@@ -107,6 +110,7 @@ impl Status {
             Status::Deferred => "DEFERRED",
             Status::Delivered => "DELIVERED",
             Status::Undelivered => "UNDELIVERED",
+            Status::Suppressed => "SUPPRESSED",
         }
     }
 

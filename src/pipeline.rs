@@ -1,4 +1,5 @@
-//! The per-record flow: decode → rate limit → route → deliver → outcome.
+//! The per-record flow: decode → suppression → rate limit → route →
+//! deliver → outcome.
 //!
 //! `admit` runs in the consume loop, in partition order, so rate-limit
 //! decisions for one user happen in the order the user's events were
@@ -20,6 +21,7 @@ use crate::outcome::{self, Consumed, Ids, Outcome, Publisher};
 use crate::ratelimit::{Decision, Limiter, Pending, StoreError, Subject};
 use crate::registry::RegistryError;
 use crate::route::Router;
+use crate::suppression::{Change, Suppressions};
 use crate::topics::{Source, Topics};
 
 pub struct Pipeline {
@@ -29,6 +31,7 @@ pub struct Pipeline {
     pub publisher: Arc<Publisher>,
     pub topics: Arc<Topics>,
     pub sms: SmsRules,
+    pub suppressions: Arc<Suppressions>,
     /// Per channel, what happens to an event over its limit.
     pub over_limit: [OverLimit; Channel::ALL.len()],
 }
@@ -93,6 +96,11 @@ impl Pipeline {
             };
             return settled(ids(), outcome);
         }
+        // Checked at every attempt: a number may opt out while its retry waits.
+        // Before the rate limit, so a skipped send does not use the window.
+        if let Some(reason) = self.suppressions.check(request.channel, &request.recipient) {
+            return settled(ids(), Outcome::Suppressed(reason));
+        }
         // Only the first attempt counts: a retry was counted when it was new.
         let mut count = None;
         if attempt == 1 {
@@ -125,7 +133,7 @@ impl Pipeline {
     pub fn resolve_now(&self, record: &Consumed, admitted: Admitted) -> Result<Resolved, ToDeliver> {
         match admitted {
             Admitted::Settled { ids, outcome } => {
-                Ok(Resolved { ids, outcome, attempt: record.envelope.attempts, now: Utc::now() })
+                Ok(Resolved { ids, outcome, attempt: record.envelope.attempts, now: Utc::now(), suppress: None })
             }
             Admitted::Deliver { request, attempt } => {
                 match self.router.lane(request.channel).prepare(request.channel, &request, &self.sms) {
@@ -148,17 +156,28 @@ impl Pipeline {
         let now = Utc::now();
         let outcome = outcome::decide(result, attempt, &self.topics, now);
         log(&request, &outcome, attempt);
-        Resolved { ids: Some(ids_of(&request)), outcome, attempt, now }
+        let suppress = outcome.suppresses().map(|entry| {
+            let change = Change { channel: request.channel, recipient: request.recipient.clone(), entry: Some(entry) };
+            // At once, so this instance's next send to the recipient is
+            // skipped without waiting for the topic to come round.
+            self.suppressions.apply(&change);
+            change
+        });
+        Resolved { ids: Some(ids_of(&request)), outcome, attempt, now, suppress }
     }
 
     /// Hands the outcome to the producer now; the future completes once it
     /// is durable.
     pub fn publish(&self, record: &Consumed, resolved: Resolved) -> impl Future<Output = ()> + Send + 'static {
-        let Resolved { ids, outcome, attempt, now } = resolved;
+        let Resolved { ids, outcome, attempt, now, suppress } = resolved;
         if let (None, Outcome::Undecodable(reason)) = (&ids, &outcome) {
             tracing::warn!(message = "Undecodable record dead-lettered.", topic = record.topic, partition = record.partition, offset = record.offset, %reason);
         }
-        self.publisher.publish(record, ids.as_ref(), &outcome, attempt, now)
+        let published = self.publisher.publish(record, ids.as_ref(), &outcome, attempt, now);
+        let suppressed = suppress.map(|change| self.publisher.publish_change(&change));
+        async move {
+            tokio::join!(published, futures::future::OptionFuture::from(suppressed));
+        }
     }
 }
 
@@ -176,6 +195,8 @@ pub struct Resolved {
     /// The attempt the outcome belongs to (from 1).
     attempt: u32,
     now: DateTime<Utc>,
+    /// A recipient to add to the suppression list, durably with the outcome.
+    suppress: Option<Change>,
 }
 
 fn ids_of(request: &Request) -> Ids {

@@ -1,5 +1,6 @@
-//! Delivery receipts: Twilio's status callbacks, checked against
-//! `X-Twilio-Signature`, become DELIVERED and UNDELIVERED status events.
+//! Twilio's webhooks, checked against `X-Twilio-Signature`: status
+//! callbacks (delivery receipts) become DELIVERED and UNDELIVERED status
+//! events, and incoming STOP and START replies change the suppression list.
 //!
 //! Each SMS is sent with a `StatusCallback` URL that carries the event's
 //! ids in its query. Twilio signs the URL together with the parameters it
@@ -7,6 +8,13 @@
 //! gets 403 and emits nothing. A genuine one gets 200 only once its status
 //! event is acknowledged by the broker. Otherwise it gets 503, and Twilio
 //! tries again.
+//!
+//! Incoming messages are served beside the callback path, at `inbound`
+//! (`https://herald.example.com/twilio/status` → `.../twilio/inbound`): the
+//! URL to set as the number's or Messaging Service's incoming-message
+//! webhook. Twilio itself answers STOP and START and stops sending to an
+//! opted-out number; herald records the change so that it skips those
+//! sends and reports them SUPPRESSED.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +22,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine;
@@ -23,9 +32,10 @@ use hmac::{Hmac, Mac};
 use reqwest::Url;
 use sha1::Sha1;
 
-use crate::mask::Secret;
+use crate::mask::{Masked, Secret};
 use crate::model::{Channel, ErrorClass, Status, StatusEvent};
 use crate::outcome::Publisher;
+use crate::suppression::{Change, Entry, Reason, Suppressions};
 
 pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
 
@@ -42,6 +52,11 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// Where Twilio posts incoming messages.
+    pub fn inbound_url(&self) -> Url {
+        self.public_url.join("inbound").expect("a relative path joins any base")
+    }
+
     /// The `StatusCallback` for one attempt of one event.
     pub fn callback_url(&self, event_id: &str, user_id: &str, attempt: u32) -> Url {
         let mut url = self.public_url.clone();
@@ -85,6 +100,22 @@ struct Receiver {
     origin: String,
     auth_token: Secret,
     publisher: Arc<Publisher>,
+    suppressions: Arc<Suppressions>,
+}
+
+impl Receiver {
+    /// Whether the request carries Twilio's signature of its URL and form.
+    fn signed(&self, uri: &Uri, headers: &HeaderMap, params: &[(String, String)]) -> bool {
+        let url = format!("{}{}", self.origin, uri.path_and_query().map_or("", |p| p.as_str()));
+        let signed = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|claimed| verify(self.auth_token.expose(), &url, params, claimed));
+        if !signed {
+            tracing::warn!(message = "Rejected a webhook without a valid X-Twilio-Signature.", path = uri.path());
+        }
+        signed
+    }
 }
 
 /// Serves callbacks on `listener` until `shutdown` completes.
@@ -93,24 +124,23 @@ pub async fn serve(
     endpoint: Endpoint,
     auth_token: Secret,
     publisher: Arc<Publisher>,
+    suppressions: Arc<Suppressions>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let origin = endpoint.public_url.origin().ascii_serialization();
-    let receiver = Arc::new(Receiver { origin, auth_token, publisher });
-    let app = Router::new().route(endpoint.public_url.path(), post(callback)).with_state(receiver);
-    tracing::info!(message = "Accepting delivery receipts.", listen = %endpoint.listen, public_url = %endpoint.public_url);
+    let receiver = Arc::new(Receiver { origin, auth_token, publisher, suppressions });
+    let inbound_url = endpoint.inbound_url();
+    let app = Router::new()
+        .route(endpoint.public_url.path(), post(callback))
+        .route(inbound_url.path(), post(inbound))
+        .with_state(receiver);
+    tracing::info!(message = "Accepting Twilio webhooks.", listen = %endpoint.listen, status_callback = %endpoint.public_url, incoming_messages = %inbound_url);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 async fn callback(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
     let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let url = format!("{}{}", r.origin, uri.path_and_query().map_or("", |p| p.as_str()));
-    let signed = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|claimed| verify(r.auth_token.expose(), &url, &params, claimed));
-    if !signed {
-        tracing::warn!(message = "Rejected a status callback without a valid X-Twilio-Signature.", path = uri.path());
+    if !r.signed(&uri, &headers, &params) {
         return StatusCode::FORBIDDEN;
     }
     let query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
@@ -129,12 +159,60 @@ async fn callback(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, 
     }
 }
 
-/// The status event a callback reports, if it reports an outcome.
+/// An incoming message: a STOP or START reply changes the suppression list;
+/// anything else is left to whoever else handles replies. The answer is
+/// empty TwiML, so Twilio sends nothing on herald's behalf.
+async fn inbound(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    if !r.signed(&uri, &headers, &params) {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let Some(from) = param(&params, "From") else { return StatusCode::BAD_REQUEST.into_response() };
+    let twiml = || ([(header::CONTENT_TYPE, "text/xml")], "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response></Response>");
+    let entry = match opt_out(param(&params, "OptOutType").as_deref(), param(&params, "Body").as_deref()) {
+        Some(Opt::Out(keyword)) => Some(Entry { reason: Reason::OptedOut, cause: format!("sms:{keyword}") }),
+        Some(Opt::In) => None,
+        None => return twiml().into_response(),
+    };
+    let change = Change { channel: Channel::Sms, recipient: from, entry };
+    tracing::info!(message = "Opt-out changed by a reply.", recipient = %Masked(&change.recipient), opted_out = change.entry.is_some());
+    r.suppressions.apply(&change);
+    match tokio::time::timeout(PUBLISH_TIMEOUT, r.publisher.publish_change(&change)).await {
+        Ok(()) => twiml().into_response(),
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Opt {
+    /// With the keyword, as Twilio reports it.
+    Out(String),
+    In,
+}
+
+/// Twilio's verdict on a reply: `OptOutType` with Advanced Opt-Out, or
+/// else its default keywords, matched as Twilio matches them (the whole
+/// body, any case).
+fn opt_out(opt_out_type: Option<&str>, body: Option<&str>) -> Option<Opt> {
+    const OUT: &[&str] = &["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
+    const IN: &[&str] = &["START", "YES", "UNSTOP"];
+    let keyword = match opt_out_type {
+        Some(t) if !t.is_empty() => t.to_ascii_uppercase(),
+        _ => body?.trim().to_ascii_uppercase(),
+    };
+    match keyword.as_str() {
+        k if OUT.contains(&k) => Some(Opt::Out(keyword)),
+        k if IN.contains(&k) => Some(Opt::In),
+        _ => None,
+    }
+}
+
 /// The value of form or query parameter `name`.
 fn param(list: &[(String, String)], name: &str) -> Option<String> {
     list.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
 
+/// The status event a callback reports, if it reports an outcome.
 fn receipt(params: &[(String, String)], event_id: String, user_id: String, attempt: Option<u32>) -> Option<StatusEvent> {
     let param = |name: &str| param(params, name);
     let status = match param("MessageStatus")?.as_str() {
@@ -162,6 +240,20 @@ fn receipt(params: &[(String, String)], event_id: String, user_id: String, attem
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_that_opt_out_and_in() {
+        let out = |k: &str| Some(Opt::Out(k.to_owned()));
+        assert_eq!(opt_out(Some("STOP"), Some("arrête")), out("STOP"), "Advanced Opt-Out decides");
+        assert_eq!(opt_out(Some("START"), Some("whatever")), Some(Opt::In));
+        assert_eq!(opt_out(Some("HELP"), Some("stop")), None, "HELP is neither");
+        assert_eq!(opt_out(None, Some(" stop ")), out("STOP"));
+        assert_eq!(opt_out(Some(""), Some("Unsubscribe")), out("UNSUBSCRIBE"));
+        assert_eq!(opt_out(None, Some("unstop")), Some(Opt::In));
+        assert_eq!(opt_out(None, Some("stop please")), None, "single words only, as Twilio");
+        assert_eq!(opt_out(None, Some("thanks")), None);
+        assert_eq!(opt_out(None, None), None);
+    }
 
     fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -21,6 +21,8 @@ pub struct Topics {
     pub requested: String,
     pub status: String,
     pub dead_letter: String,
+    /// Compacted, one partition: see `suppression`.
+    pub suppressions: String,
     /// In schedule order: a transient failure on attempt n goes to `retries[n - 1]`.
     pub retries: Vec<RetryTopic>,
 }
@@ -38,6 +40,7 @@ impl Topics {
             requested: config.topic_requested.clone(),
             status: config.topic_status.clone(),
             dead_letter: config.topic_dead_letter.clone(),
+            suppressions: config.topic_suppressions.clone(),
             retries: config
                 .retry_topics
                 .iter()
@@ -54,7 +57,7 @@ impl Topics {
 
     pub fn all(&self) -> Vec<&str> {
         let mut all = self.inputs();
-        all.extend([self.status.as_str(), self.dead_letter.as_str()]);
+        all.extend([self.status.as_str(), self.dead_letter.as_str(), self.suppressions.as_str()]);
         all
     }
 
@@ -135,9 +138,15 @@ pub async fn ensure(
     if !config.create_topics {
         return Err(TopicError::Missing(missing[0].to_owned()));
     }
+    let replication = || TopicReplication::Fixed(config.topic_replication);
     let new: Vec<NewTopic> = missing
         .iter()
-        .map(|t| NewTopic::new(t, config.topic_partitions, TopicReplication::Fixed(config.topic_replication)))
+        .map(|t| match *t == topics.suppressions {
+            // Keyed state, read whole by every instance: compacted, and one
+            // partition so that all writers' changes have one order.
+            true => NewTopic::new(t, 1, replication()).set("cleanup.policy", "compact"),
+            false => NewTopic::new(t, config.topic_partitions, replication()),
+        })
         .collect();
     let results = admin
         .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))

@@ -15,6 +15,7 @@ pub use guard::Guarded;
 pub use sms::{SmsRules, Text, Twilio, TwilioAuth, Vonage};
 
 use crate::model::{Channel, ErrorClass, InvalidReason, Request};
+use crate::suppression::Reason;
 
 /// Who handled an attempt; named in status events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,11 @@ pub enum DeliveryError {
     /// The provider refused this message for good.
     #[error("{provider} rejected the message ({code}): {message}")]
     Rejected { provider: Provider, code: String, message: String },
+    /// The provider refused it because the recipient cannot be reached
+    /// again (an opted-out number, an unregistered token): later sends to
+    /// the recipient are suppressed.
+    #[error("{provider} will not deliver to this recipient ({code}): {message}")]
+    RecipientGone { provider: Provider, code: String, message: String, reason: Reason },
     /// The provider could not take it now; it may later.
     #[error("{provider} unavailable ({code}): {message}")]
     Unavailable { provider: Provider, code: String, message: String, retry_after: Option<Duration> },
@@ -64,7 +70,7 @@ impl DeliveryError {
     pub fn class(&self) -> ErrorClass {
         match self {
             DeliveryError::Invalid(_) => ErrorClass::Invalid,
-            DeliveryError::Rejected { .. } => ErrorClass::Permanent,
+            DeliveryError::Rejected { .. } | DeliveryError::RecipientGone { .. } => ErrorClass::Permanent,
             DeliveryError::Unavailable { .. } => ErrorClass::Transient,
         }
     }
@@ -72,14 +78,18 @@ impl DeliveryError {
     pub fn code(&self) -> String {
         match self {
             DeliveryError::Invalid(reason) => reason.code().to_owned(),
-            DeliveryError::Rejected { code, .. } | DeliveryError::Unavailable { code, .. } => code.clone(),
+            DeliveryError::Rejected { code, .. }
+            | DeliveryError::RecipientGone { code, .. }
+            | DeliveryError::Unavailable { code, .. } => code.clone(),
         }
     }
 
     pub fn provider(&self) -> Option<Provider> {
         match self {
             DeliveryError::Invalid(_) => None,
-            DeliveryError::Rejected { provider, .. } | DeliveryError::Unavailable { provider, .. } => Some(*provider),
+            DeliveryError::Rejected { provider, .. }
+            | DeliveryError::RecipientGone { provider, .. }
+            | DeliveryError::Unavailable { provider, .. } => Some(*provider),
         }
     }
 

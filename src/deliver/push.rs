@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use super::{retry_after, Delivered, DeliveryError, Provider};
 use crate::mask::Secret;
 use crate::model::{InvalidReason, Request};
+use crate::suppression::Reason;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// Refresh this long before expiry so a token never dies mid-request.
@@ -215,6 +216,9 @@ fn classify(status: StatusCode, error: Option<GoogleError>, retry_after: Option<
         Some(c) => PERMANENT.contains(&c),
         None => status.is_client_error() && !matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED),
     };
+    if fcm_code.as_deref() == Some("UNREGISTERED") {
+        return DeliveryError::RecipientGone { provider: Provider::Fcm, code, message, reason: Reason::TokenUnregistered };
+    }
     if permanent {
         DeliveryError::Rejected { provider: Provider::Fcm, code, message }
     } else {
@@ -297,6 +301,8 @@ mod tests {
         for (status, error, class, code) in rows {
             let e = classify(status, error, None);
             assert_eq!((e.class(), e.code().as_str()), (class, code), "{status}");
+            let gone = matches!(e, DeliveryError::RecipientGone { reason: Reason::TokenUnregistered, .. });
+            assert_eq!(gone, code == "fcm:UNREGISTERED", "only UNREGISTERED suppresses the token: {e:?}");
         }
     }
 

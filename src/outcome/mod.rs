@@ -16,6 +16,7 @@ pub use status::status_event;
 use crate::decode::Undecodable;
 use crate::deliver::{Delivered, DeliveryError};
 use crate::model::{ErrorClass, InvalidReason, Status};
+use crate::suppression::{Entry, Reason};
 use crate::topics::Topics;
 
 /// The fate of one record. Every variant says which status (if any) is
@@ -39,6 +40,8 @@ pub enum Outcome {
     Scheduled { hold: usize, not_before: DateTime<Utc> },
     /// A parked record released early by its topic's delay, parked again.
     Held { hold: usize, not_before: DateTime<Utc> },
+    /// Not sent: the recipient is on the suppression list.
+    Suppressed(Reason),
     /// Not a request; dead-lettered with the reason, no status (no ids).
     Undecodable(Undecodable),
 }
@@ -83,6 +86,7 @@ impl Outcome {
             Outcome::RateLimited { .. } => Status::RateLimited,
             Outcome::Scheduled { .. } => Status::Scheduled,
             Outcome::Deferred { .. } => Status::Deferred,
+            Outcome::Suppressed(_) => Status::Suppressed,
             Outcome::Held { .. } | Outcome::Undecodable(_) => return None,
         })
     }
@@ -94,7 +98,7 @@ impl Outcome {
                 Some(Destination::Retry(*hold))
             }
             Outcome::DeadLettered(_) | Outcome::Invalid(_) | Outcome::Undecodable(_) => Some(Destination::DeadLetter),
-            Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } => None,
+            Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } | Outcome::Suppressed(_) => None,
         }
     }
 
@@ -104,6 +108,15 @@ impl Outcome {
             | Outcome::Scheduled { not_before, .. }
             | Outcome::Deferred { not_before, .. }
             | Outcome::Held { not_before, .. } => Some(*not_before),
+            _ => None,
+        }
+    }
+
+    /// The suppression this outcome records: the provider said the
+    /// recipient cannot be reached again.
+    pub fn suppresses(&self) -> Option<Entry> {
+        match self {
+            Outcome::Failed(e @ DeliveryError::RecipientGone { reason, .. }) => Some(Entry { reason: *reason, cause: e.code() }),
             _ => None,
         }
     }
@@ -121,6 +134,7 @@ impl Outcome {
                 "rate-limit-exceeded".to_owned(),
                 format!("window full until {}", until.to_rfc3339()),
             )),
+            Outcome::Suppressed(reason) => Some((ErrorClass::Permanent, reason.code().to_owned(), reason.to_string())),
             Outcome::Undecodable(u) => Some((ErrorClass::Invalid, u.code().to_owned(), u.to_string())),
             Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } => None,
         }
@@ -155,6 +169,23 @@ mod tests {
         DeliveryError::Rejected { provider: Provider::Twilio, code: "twilio:21211".into(), message: "bad".into() }
     }
 
+    fn opted_out() -> DeliveryError {
+        DeliveryError::RecipientGone {
+            provider: Provider::Twilio,
+            code: "twilio:21610".into(),
+            message: "unsubscribed".into(),
+            reason: Reason::OptedOut,
+        }
+    }
+
+    #[test]
+    fn only_a_recipient_gone_for_good_is_suppressed() {
+        let entry = Entry { reason: Reason::OptedOut, cause: "twilio:21610".into() };
+        assert_eq!(Outcome::Failed(opted_out()).suppresses(), Some(entry));
+        assert_eq!(Outcome::Failed(rejected()).suppresses(), None);
+        assert_eq!(Outcome::DeadLettered(unavailable(None)).suppresses(), None);
+    }
+
     #[test]
     fn decision_table() {
         let t = topics();
@@ -164,6 +195,7 @@ mod tests {
             (Ok(sent.clone()), 1, Outcome::Sent(sent)),
             (Err(rejected()), 1, Outcome::Failed(rejected())),
             (Err(rejected()), 3, Outcome::Failed(rejected())),
+            (Err(opted_out()), 1, Outcome::Failed(opted_out())),
             (
                 Err(DeliveryError::Invalid(InvalidReason::InvalidPhoneNumber)),
                 1,
@@ -206,6 +238,7 @@ mod tests {
             (Outcome::Scheduled { hold: 2, not_before: now() }, Some(Status::Scheduled), Some(Destination::Retry(2))),
             (Outcome::Deferred { hold: 0, not_before: now() }, Some(Status::Deferred), Some(Destination::Retry(0))),
             (Outcome::Held { hold: 1, not_before: now() }, None, Some(Destination::Retry(1))),
+            (Outcome::Suppressed(Reason::OptedOut), Some(Status::Suppressed), None),
         ];
         for (outcome, status, destination) in rows {
             assert_eq!((outcome.status(), outcome.destination()), (status, destination), "{outcome:?}");

@@ -17,6 +17,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::{status_event, Destination, Envelope, Origin, Outcome};
 use crate::codec;
 use crate::model::{Channel, StatusEvent};
+use crate::suppression::Change;
 use crate::topics::Topics;
 
 /// A consumed record, owned so it can outlive the poll that returned it.
@@ -121,6 +122,18 @@ impl Publisher {
     /// delivery receipt); the future completes once it is acknowledged.
     pub fn publish_status(&self, event: StatusEvent) -> impl Future<Output = ()> + Send + 'static {
         self.durable(self.status_record(event))
+    }
+
+    /// Records a change to the suppression list; the future completes once
+    /// it is acknowledged.
+    pub fn publish_change(&self, change: &Change) -> impl Future<Output = ()> + Send + 'static {
+        self.durable(Outgoing {
+            topic: self.topics.suppressions.clone(),
+            key: Some(change.key()),
+            partition: None,
+            payload: change.value(),
+            headers: None,
+        })
     }
 
     fn status_record(&self, event: StatusEvent) -> Outgoing {

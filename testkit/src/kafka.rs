@@ -42,6 +42,12 @@ pub async fn produce(producer: &FutureProducer, topic: &str, key: &[u8], payload
     producer.send(record, Timeout::Never).await.map_err(|(e, _)| e).expect("producing a record");
 }
 
+/// Produces a record with no value: on a compacted topic, a deletion.
+pub async fn tombstone(producer: &FutureProducer, topic: &str, key: &[u8]) {
+    let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).key(key);
+    producer.send(record, Timeout::Never).await.map_err(|(e, _)| e).expect("producing a tombstone");
+}
+
 /// Creates topics with `partitions` each (an existing one is left as it
 /// is), and waits until they are visible.
 pub async fn create_topics(bootstrap: &str, names: &[&str], partitions: i32) {

@@ -12,6 +12,7 @@ mod registry;
 mod retry;
 mod scylla;
 mod shutdown;
+mod suppression;
 mod support;
 mod topics;
 mod undeliverable;

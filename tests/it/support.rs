@@ -40,6 +40,7 @@ pub struct TestTopics {
     pub requested: String,
     pub status: String,
     pub dead_letter: String,
+    pub suppressions: String,
     pub retries: [String; 3],
 }
 
@@ -59,6 +60,7 @@ impl Harness {
             requested: format!("{unique}.requested"),
             status: format!("{unique}.status"),
             dead_letter: format!("{unique}.dead-letter"),
+            suppressions: format!("{unique}.suppressions"),
             retries: ["10m", "20m", "40m"].map(|d| format!("{unique}.retry-{d}")),
         };
         let providers = Providers::start().await;
@@ -95,6 +97,8 @@ impl Harness {
             &self.topics.status,
             "--topic-dead-letter",
             &self.topics.dead_letter,
+            "--topic-suppressions",
+            &self.topics.suppressions,
             "--retry-topics",
             &self.topics.retries.join(","),
             "--retry-delays",

@@ -8,6 +8,7 @@ use crate::deliver::{http_is_transient, retry_after, Delivered, DeliveryError, P
 use crate::mask::Secret;
 use crate::model::Request;
 use crate::receipts::Endpoint;
+use crate::suppression::Reason;
 
 /// How requests to Twilio authenticate: HTTP Basic with the account SID
 /// and auth token, or with an API key SID and its secret.
@@ -35,6 +36,9 @@ impl TwilioAuth {
 
 /// Twilio error codes that no retry can fix: bad or non-mobile numbers,
 /// unsupported regions, a body too long, a recipient who opted out.
+/// The recipient opted out (replied STOP) of messages from this sender.
+const OPTED_OUT: u32 = 21610;
+
 const PERMANENT_CODES: &[u32] = &[21211, 21408, 21610, 21612, 21614, 21617];
 
 pub struct Twilio {
@@ -114,6 +118,9 @@ fn classify(
     // Twilio's messages can quote the number; keep only the code's meaning.
     let message = message.map(|m| redact_digits(&m)).unwrap_or_else(|| status.to_string());
     let transient = !code.is_some_and(|c| PERMANENT_CODES.contains(&c)) && http_is_transient(status);
+    if code == Some(OPTED_OUT) {
+        return DeliveryError::RecipientGone { provider: Provider::Twilio, code: code_str, message, reason: Reason::OptedOut };
+    }
     if transient {
         DeliveryError::Unavailable { provider: Provider::Twilio, code: code_str, message, retry_after }
     } else {
@@ -132,6 +139,8 @@ mod tests {
         let rows: &[(S, Option<u32>, ErrorClass, &str)] = &[
             (S::BAD_REQUEST, Some(21211), ErrorClass::Permanent, "twilio:21211"),
             (S::BAD_REQUEST, Some(21610), ErrorClass::Permanent, "twilio:21610"),
+            (S::BAD_REQUEST, Some(21408), ErrorClass::Permanent, "twilio:21408"),
+            (S::BAD_REQUEST, Some(21612), ErrorClass::Permanent, "twilio:21612"),
             (S::BAD_REQUEST, Some(21614), ErrorClass::Permanent, "twilio:21614"),
             (S::BAD_REQUEST, Some(21617), ErrorClass::Permanent, "twilio:21617"),
             (S::BAD_REQUEST, None, ErrorClass::Permanent, "http:400"),
@@ -145,6 +154,8 @@ mod tests {
             assert_eq!(e.class(), *class, "{status} {code:?}");
             assert_eq!(e.code(), *code_str);
             assert!(!e.to_string().contains("4155550100"), "no number in {e}");
+            let gone = matches!(e, DeliveryError::RecipientGone { reason: Reason::OptedOut, .. });
+            assert_eq!(gone, *code == Some(21610), "only an opt-out suppresses the number: {e:?}");
         }
     }
 }

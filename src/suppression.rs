@@ -1,0 +1,222 @@
+//! Recipients herald must not contact again: numbers that opted out
+//! (Twilio error 21610, or a STOP reply) and push tokens FCM reports
+//! UNREGISTERED.
+//!
+//! The list lives in a compacted topic keyed by channel and recipient
+//! (`SMS:+14155550100`, `PUSH:<token>`). A recipient can belong to any
+//! user, on any partition, so every instance reads the whole topic at
+//! startup and then follows it. A tombstone (a record with no value) lifts
+//! a suppression: herald writes one when a number replies START, and any
+//! system may write one to opt a recipient back in. The topic has one
+//! partition, so every writer's changes are applied in one order whatever
+//! its partitioner.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Channel;
+
+/// How long startup may take to read the list before herald gives up.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a recipient is suppressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The number opted out of SMS from this sender.
+    OptedOut,
+    /// The push token no longer reaches an app (uninstalled, expired).
+    TokenUnregistered,
+}
+
+impl Reason {
+    /// The `error_code` of a SUPPRESSED status.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::OptedOut => "opted-out",
+            Reason::TokenUnregistered => "token-unregistered",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::OptedOut => "the number opted out of SMS; a START reply or an opt-in event lifts it",
+            Reason::TokenUnregistered => "FCM reported the push token unregistered; an opt-in event lifts it",
+        })
+    }
+}
+
+/// The value of a suppression record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub reason: Reason,
+    /// What caused it: a provider code (`twilio:21610`, `fcm:UNREGISTERED`)
+    /// or the recipient's keyword (`sms:STOP`).
+    pub cause: String,
+}
+
+/// One change to the list, as one record on the topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub channel: Channel,
+    pub recipient: String,
+    /// `None` lifts the suppression (a tombstone).
+    pub entry: Option<Entry>,
+}
+
+impl Change {
+    pub fn key(&self) -> Vec<u8> {
+        format!("{}:{}", self.channel.symbol(), self.recipient).into_bytes()
+    }
+
+    pub fn value(&self) -> Option<Vec<u8>> {
+        self.entry.as_ref().map(|e| serde_json::to_vec(e).expect("an entry serializes"))
+    }
+
+    /// The change a record on the topic makes, or why it makes none.
+    pub fn from_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, String> {
+        let key = std::str::from_utf8(key.ok_or("no key")?).map_err(|_| "key is not UTF-8")?;
+        let (symbol, recipient) = key.split_once(':').ok_or("key is not CHANNEL:recipient")?;
+        let channel = Channel::from_symbol(symbol).ok_or_else(|| format!("unknown channel {symbol:?}"))?;
+        let entry = match value {
+            None => None,
+            Some(v) => Some(serde_json::from_slice(v).map_err(|e| format!("value is not an entry: {e}"))?),
+        };
+        Ok(Change { channel, recipient: recipient.to_owned(), entry })
+    }
+}
+
+/// The list in memory, per channel, so a check borrows the recipient
+/// instead of building a key.
+#[derive(Debug, Default)]
+pub struct Suppressions {
+    by_channel: RwLock<[HashMap<String, Reason>; Channel::ALL.len()]>,
+}
+
+impl Suppressions {
+    pub fn check(&self, channel: Channel, recipient: &str) -> Option<Reason> {
+        self.by_channel.read().expect("no panics under the lock")[channel.index()].get(recipient).copied()
+    }
+
+    pub fn apply(&self, change: &Change) {
+        let mut by_channel = self.by_channel.write().expect("no panics under the lock");
+        let list = &mut by_channel[change.channel.index()];
+        match &change.entry {
+            Some(entry) => list.insert(change.recipient.clone(), entry.reason),
+            None => list.remove(&change.recipient),
+        };
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_channel.read().expect("no panics under the lock").iter().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuppressionError {
+    #[error("cannot read the suppression topic {topic:?}: {error}")]
+    Kafka { topic: String, error: rdkafka::error::KafkaError },
+    #[error("the suppression topic {0:?} was not read to its end within {LOAD_TIMEOUT:?}")]
+    Timeout(String),
+}
+
+/// Reads `topic` to its end into `list`, so no request is judged against a
+/// partial list; returns the consumer, positioned to follow it.
+pub async fn load(consumer: StreamConsumer, topic: &str, list: &Suppressions) -> Result<StreamConsumer, SuppressionError> {
+    let kafka = |error| SuppressionError::Kafka { topic: topic.to_owned(), error };
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(kafka)?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let mut assignment = TopicPartitionList::new();
+    // The next offset to read in each partition, and where it ends now.
+    let mut remaining = Vec::new();
+    for p in partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning).map_err(kafka)?;
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map_err(kafka)?;
+        if high > low {
+            remaining.push((p, high));
+        }
+    }
+    consumer.assign(&assignment).map_err(kafka)?;
+    let read = async {
+        let mut stream = consumer.stream();
+        while !remaining.is_empty() {
+            let Some(message) = stream.next().await else { break };
+            let message = message.map_err(kafka)?;
+            apply_record(list, topic, &message);
+            let (p, next) = (message.partition(), message.offset() + 1);
+            remaining.retain(|(partition, high)| *partition != p || next < *high);
+        }
+        Ok::<(), SuppressionError>(())
+    };
+    tokio::time::timeout(LOAD_TIMEOUT, read).await.map_err(|_| SuppressionError::Timeout(topic.to_owned()))??;
+    tracing::info!(message = "Suppression list loaded.", topic, recipients = list.len());
+    Ok(consumer)
+}
+
+/// Applies every later change to `list`, until the task is dropped.
+pub async fn follow(consumer: StreamConsumer, topic: String, list: Arc<Suppressions>) {
+    let mut stream = consumer.stream();
+    while let Some(message) = stream.next().await {
+        match message {
+            Ok(message) => apply_record(&list, &topic, &message),
+            Err(error) => tracing::warn!(message = "Error following the suppression topic.", %error),
+        }
+    }
+}
+
+fn apply_record(list: &Suppressions, topic: &str, message: &impl Message) {
+    match Change::from_record(message.key(), message.payload()) {
+        Ok(change) => list.apply(&change),
+        // Skipped, not fatal: one bad record must not stop every delivery.
+        Err(reason) => tracing::warn!(message = "Ignored a suppression record.", topic, offset = message.offset(), %reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(channel: Channel, recipient: &str, entry: Option<Entry>) -> Change {
+        Change { channel, recipient: recipient.into(), entry }
+    }
+
+    #[test]
+    fn records_round_trip_and_bad_ones_are_named() {
+        let stop = Entry { reason: Reason::OptedOut, cause: "twilio:21610".into() };
+        let c = change(Channel::Sms, "+14155550100", Some(stop));
+        assert_eq!(c.key(), b"SMS:+14155550100");
+        assert_eq!(c.value().unwrap(), br#"{"reason":"opted-out","cause":"twilio:21610"}"#);
+        assert_eq!(Change::from_record(Some(&c.key()), c.value().as_deref()), Ok(c.clone()));
+        let lift = change(Channel::Push, "tok:with:colons", None);
+        assert_eq!(Change::from_record(Some(&lift.key()), None), Ok(lift));
+        assert!(Change::from_record(None, None).unwrap_err().contains("no key"));
+        assert!(Change::from_record(Some(b"FAX:123"), None).unwrap_err().contains("FAX"));
+        assert!(Change::from_record(Some(b"SMS:+1"), Some(b"{}")).unwrap_err().contains("not an entry"));
+    }
+
+    #[test]
+    fn a_tombstone_lifts_a_suppression_for_its_channel_only() {
+        let list = Suppressions::default();
+        let gone = Entry { reason: Reason::TokenUnregistered, cause: "fcm:UNREGISTERED".into() };
+        list.apply(&change(Channel::Push, "same", Some(gone)));
+        assert_eq!(list.check(Channel::Push, "same"), Some(Reason::TokenUnregistered));
+        assert_eq!(list.check(Channel::Sms, "same"), None);
+        list.apply(&change(Channel::Push, "same", None));
+        assert_eq!(list.check(Channel::Push, "same"), None);
+        assert!(list.is_empty());
+    }
+}
