@@ -11,7 +11,7 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::model::{Channel, Content, ErrorClass, Request, Status, StatusEvent};
+use crate::model::{AndroidOverrides, AndroidPriority, ApnsOverrides, Channel, Content, ErrorClass, Request, Status, StatusEvent};
 
 mod binary;
 
@@ -101,6 +101,8 @@ pub fn read_request(datum: &[u8]) -> Result<Request, RequestError> {
     let body = r.string()?;
     let template_vars = r.string_map()?;
     let data = r.string_map()?;
+    let android = r.optional(read_android)?;
+    let apns = r.optional(read_apns)?;
     let scheduled_at = r.optional(binary::Reader::long)?;
     let created_at = r.long()?;
     let Some(&channel) = Channel::ALL.get(channel) else {
@@ -111,9 +113,61 @@ pub fn read_request(datum: &[u8]) -> Result<Request, RequestError> {
         user_id,
         channel,
         recipient,
-        content: Content { title, body, template_vars, data },
+        content: Content { title, body, template_vars, data, android, apns },
         scheduled_at: scheduled_at.map(|ms| millis(ms).ok_or(FieldError::Missing("scheduled_at"))).transpose()?,
         created_at: millis(created_at).ok_or(FieldError::Missing("created_at"))?,
+    })
+}
+
+fn read_android(r: &mut binary::Reader<'_>) -> Result<AndroidOverrides, binary::ReadError> {
+    // The bundled symbols are AndroidPriority::ALL in order, then UNKNOWN.
+    let priority = r.optional(|r| r.index(AndroidPriority::ALL.len() + 1))?;
+    let ttl_seconds = r.optional(binary::Reader::long)?;
+    let collapse_key = r.optional(binary::Reader::string)?;
+    let channel_id = r.optional(binary::Reader::string)?;
+    let sound = r.optional(binary::Reader::string)?;
+    let click_action = r.optional(binary::Reader::string)?;
+    let priority = priority.and_then(|i| AndroidPriority::ALL.get(i).copied());
+    Ok(AndroidOverrides { priority, ttl_seconds, collapse_key, channel_id, sound, click_action })
+}
+
+fn read_apns(r: &mut binary::Reader<'_>) -> Result<ApnsOverrides, binary::ReadError> {
+    let headers = r.string_map()?;
+    let sound = r.optional(binary::Reader::string)?;
+    let badge = r.optional(binary::Reader::int)?;
+    let category = r.optional(binary::Reader::string)?;
+    let thread_id = r.optional(binary::Reader::string)?;
+    let content_available = r.boolean()?;
+    Ok(ApnsOverrides { headers, sound, badge, category, thread_id, content_available })
+}
+
+fn android_from_value(value: Value) -> Option<AndroidOverrides> {
+    let mut f = record_fields(unwrap_union(value))?;
+    Some(AndroidOverrides {
+        priority: take_enum(&mut f, "priority").and_then(|s| AndroidPriority::ALL.into_iter().find(|p| p.symbol() == s)),
+        ttl_seconds: match f.remove("ttl_seconds").map(unwrap_union) {
+            Some(Value::Long(n)) => Some(n),
+            _ => None,
+        },
+        collapse_key: take_string(&mut f, "collapse_key"),
+        channel_id: take_string(&mut f, "channel_id"),
+        sound: take_string(&mut f, "sound"),
+        click_action: take_string(&mut f, "click_action"),
+    })
+}
+
+fn apns_from_value(value: Value) -> Option<ApnsOverrides> {
+    let mut f = record_fields(unwrap_union(value))?;
+    Some(ApnsOverrides {
+        headers: take_string_map(&mut f, "headers"),
+        sound: take_string(&mut f, "sound"),
+        badge: match f.remove("badge").map(unwrap_union) {
+            Some(Value::Int(n)) => Some(n),
+            _ => None,
+        },
+        category: take_string(&mut f, "category"),
+        thread_id: take_string(&mut f, "thread_id"),
+        content_available: matches!(f.remove("content_available"), Some(Value::Boolean(true))),
     })
 }
 
@@ -137,6 +191,8 @@ pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
             body: take_string(&mut content, "body").ok_or(FieldError::Missing("content.body"))?,
             template_vars: take_string_map(&mut content, "template_vars"),
             data: take_string_map(&mut content, "data"),
+            android: content.remove("android").and_then(android_from_value),
+            apns: content.remove("apns").and_then(apns_from_value),
         },
         scheduled_at: take_time(&mut fields, "scheduled_at"),
         created_at: take_time(&mut fields, "created_at").ok_or(FieldError::Missing("created_at"))?,
@@ -151,6 +207,8 @@ pub fn encode_request(schema: &Schema, schema_id: u32, r: &Request) -> Result<Ve
         ("body".into(), Value::String(r.content.body.clone())),
         ("template_vars".into(), string_map(&r.content.template_vars)),
         ("data".into(), string_map(&r.content.data)),
+        ("android".into(), optional(r.content.android.as_ref().map(android_value))),
+        ("apns".into(), optional(r.content.apns.as_ref().map(apns_value))),
     ]);
     let value = Value::Record(vec![
         ("event_id".into(), Value::String(r.event_id.clone())),
@@ -162,6 +220,30 @@ pub fn encode_request(schema: &Schema, schema_id: u32, r: &Request) -> Result<Ve
         ("created_at".into(), Value::TimestampMillis(r.created_at.timestamp_millis())),
     ]);
     frame(schema_id, schema, value)
+}
+
+fn android_value(a: &AndroidOverrides) -> Value {
+    let text = |s: &Option<String>| optional(s.clone().map(Value::String));
+    Value::Record(vec![
+        ("priority".into(), optional(a.priority.map(|p| Value::Enum(p as u32, p.symbol().into())))),
+        ("ttl_seconds".into(), optional(a.ttl_seconds.map(Value::Long))),
+        ("collapse_key".into(), text(&a.collapse_key)),
+        ("channel_id".into(), text(&a.channel_id)),
+        ("sound".into(), text(&a.sound)),
+        ("click_action".into(), text(&a.click_action)),
+    ])
+}
+
+fn apns_value(a: &ApnsOverrides) -> Value {
+    let text = |s: &Option<String>| optional(s.clone().map(Value::String));
+    Value::Record(vec![
+        ("headers".into(), string_map(&a.headers)),
+        ("sound".into(), text(&a.sound)),
+        ("badge".into(), optional(a.badge.map(Value::Int))),
+        ("category".into(), text(&a.category)),
+        ("thread_id".into(), text(&a.thread_id)),
+        ("content_available".into(), Value::Boolean(a.content_available)),
+    ])
 }
 
 // Symbol indexes follow the order in notification.status.avsc.
@@ -279,7 +361,7 @@ fn take_string(f: &mut Fields, name: &str) -> Option<String> {
 }
 
 fn take_enum(f: &mut Fields, name: &str) -> Option<String> {
-    match f.remove(name)? {
+    match f.remove(name).map(unwrap_union)? {
         Value::Enum(_, s) => Some(s),
         _ => None,
     }
@@ -335,6 +417,20 @@ mod tests {
                 body: "Hello there".into(),
                 template_vars: HashMap::from([("name".into(), "Ada".into())]),
                 data: HashMap::from([("k".into(), "v".into())]),
+                android: Some(AndroidOverrides {
+                    priority: Some(AndroidPriority::High),
+                    ttl_seconds: Some(3600),
+                    collapse_key: Some("news".into()),
+                    channel_id: None,
+                    sound: Some("default".into()),
+                    click_action: None,
+                }),
+                apns: Some(ApnsOverrides {
+                    headers: HashMap::from([("apns-priority".into(), "10".into())]),
+                    badge: Some(3),
+                    content_available: true,
+                    ..ApnsOverrides::default()
+                }),
             },
             scheduled_at: Some(Utc.timestamp_millis_opt(1_800_000_000_123).unwrap()),
             created_at: Utc.timestamp_millis_opt(1_700_000_000_456).unwrap(),

@@ -58,6 +58,49 @@ pub struct Content {
     pub body: String,
     pub template_vars: HashMap<String, String>,
     pub data: HashMap<String, String>,
+    /// Push only: FCM's `message.android`.
+    pub android: Option<AndroidOverrides>,
+    /// Push only: FCM's `message.apns`.
+    pub apns: Option<ApnsOverrides>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AndroidOverrides {
+    pub priority: Option<AndroidPriority>,
+    pub ttl_seconds: Option<i64>,
+    pub collapse_key: Option<String>,
+    pub channel_id: Option<String>,
+    pub sound: Option<String>,
+    pub click_action: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AndroidPriority {
+    Normal,
+    High,
+}
+
+impl AndroidPriority {
+    /// In the schema's symbol order (then UNKNOWN).
+    pub const ALL: [AndroidPriority; 2] = [AndroidPriority::Normal, AndroidPriority::High];
+
+    /// The Avro symbol, which is also FCM's value.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            AndroidPriority::Normal => "NORMAL",
+            AndroidPriority::High => "HIGH",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ApnsOverrides {
+    pub headers: HashMap<String, String>,
+    pub sound: Option<String>,
+    pub badge: Option<i32>,
+    pub category: Option<String>,
+    pub thread_id: Option<String>,
+    pub content_available: bool,
 }
 
 /// The `status` symbol of a status event.
@@ -187,8 +230,10 @@ pub enum InvalidReason {
     /// The SMS template could not be filled (a variable is missing).
     Template(String),
     EmptyPushToken,
-    /// A push whose notification and data exceed FCM's limit.
+    /// A push whose notification, data and overrides exceed FCM's limit.
     PayloadTooLarge { bytes: usize, max: usize },
+    /// An Android or APNs override out of its range; names the field.
+    InvalidOverride(&'static str),
 }
 
 impl InvalidReason {
@@ -206,6 +251,7 @@ impl InvalidReason {
             InvalidReason::Template(_) => "template-error",
             InvalidReason::EmptyPushToken => "empty-push-token",
             InvalidReason::PayloadTooLarge { .. } => "payload-too-large",
+            InvalidReason::InvalidOverride(_) => "invalid-override",
         }
     }
 }
@@ -226,6 +272,7 @@ impl fmt::Display for InvalidReason {
             InvalidReason::Template(error) => write!(f, "SMS template: {error}"),
             InvalidReason::EmptyPushToken => f.write_str("push token is empty"),
             InvalidReason::PayloadTooLarge { bytes, max } => write!(f, "push payload is {bytes} bytes; FCM takes at most {max}"),
+            InvalidReason::InvalidOverride(field) => write!(f, "push override {field} is out of range"),
         }
     }
 }

@@ -21,6 +21,10 @@ pub enum ReadError {
     Utf8,
     #[error("index {0} is out of range")]
     Index(i64),
+    #[error("{0} is out of range for an int")]
+    Int(i64),
+    #[error("byte {0} is not a boolean")]
+    Boolean(u8),
 }
 
 pub struct Reader<'a> {
@@ -43,6 +47,21 @@ impl<'a> Reader<'a> {
             }
         }
         Err(ReadError::Varint)
+    }
+
+    pub fn int(&mut self) -> Result<i32, ReadError> {
+        let n = self.long()?;
+        i32::try_from(n).map_err(|_| ReadError::Int(n))
+    }
+
+    pub fn boolean(&mut self) -> Result<bool, ReadError> {
+        let (&byte, rest) = self.buf.split_first().ok_or(ReadError::Eof)?;
+        self.buf = rest;
+        match byte {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(ReadError::Boolean(other)),
+        }
     }
 
     /// A union branch or enum symbol index below `count`.

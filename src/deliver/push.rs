@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 
 use super::{retry_after, Delivered, DeliveryError, Provider};
 use crate::mask::Secret;
-use crate::model::{InvalidReason, Request};
+use crate::model::{AndroidOverrides, ApnsOverrides, InvalidReason, Request};
 use crate::suppression::Reason;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -200,7 +200,51 @@ fn message(request: &Request) -> serde_json::Value {
     if !request.content.data.is_empty() {
         message["data"] = serde_json::to_value(&request.content.data).expect("string map serializes");
     }
+    if let Some(android) = request.content.android.as_ref().map(android).filter(|a| !a.is_empty()) {
+        message["android"] = android.into();
+    }
+    if let Some(apns) = request.content.apns.as_ref().map(apns).filter(|a| !a.is_empty()) {
+        message["apns"] = apns.into();
+    }
     serde_json::json!({ "message": message })
+}
+
+type Object = serde_json::Map<String, serde_json::Value>;
+
+/// Inserts the values that are set, so FCM's defaults apply to the rest.
+fn set<V: Into<serde_json::Value>>(object: &mut Object, fields: impl IntoIterator<Item = (&'static str, Option<V>)>) {
+    for (name, value) in fields {
+        if let Some(value) = value {
+            object.insert(name.to_owned(), value.into());
+        }
+    }
+}
+
+/// FCM's `AndroidConfig`.
+fn android(a: &AndroidOverrides) -> Object {
+    let mut notification = Object::new();
+    set(&mut notification, [("channel_id", a.channel_id.clone()), ("sound", a.sound.clone()), ("click_action", a.click_action.clone())]);
+    let mut config = Object::new();
+    set(&mut config, [("priority", a.priority.map(|p| p.symbol().to_owned())), ("collapse_key", a.collapse_key.clone())]);
+    // A protobuf Duration, in JSON: seconds with an "s".
+    set(&mut config, [("ttl", a.ttl_seconds.map(|s| format!("{s}s")))]);
+    set(&mut config, [("notification", Some(notification).filter(|n| !n.is_empty()))]);
+    config
+}
+
+/// FCM's `ApnsConfig`: headers, and the `aps` dictionary of the payload.
+fn apns(a: &ApnsOverrides) -> Object {
+    let mut aps = Object::new();
+    set(&mut aps, [("sound", a.sound.clone()), ("category", a.category.clone()), ("thread-id", a.thread_id.clone())]);
+    set(&mut aps, [("badge", a.badge), ("content-available", a.content_available.then_some(1))]);
+    let mut config = Object::new();
+    if !a.headers.is_empty() {
+        config.insert("headers".into(), serde_json::to_value(&a.headers).expect("string map serializes"));
+    }
+    if !aps.is_empty() {
+        config.insert("payload".into(), serde_json::json!({ "aps": aps }));
+    }
+    config
 }
 
 const PERMANENT: &[&str] = &["UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"];
@@ -226,8 +270,11 @@ fn classify(status: StatusCode, error: Option<GoogleError>, retry_after: Option<
     }
 }
 
-/// FCM refuses messages whose payload (notification and data) is larger.
+/// FCM refuses messages whose payload is larger. Counted here: the
+/// notification, the data and the platform overrides.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
+/// FCM keeps a message at most 28 days.
+const MAX_TTL_SECONDS: i64 = 28 * 24 * 3600;
 
 pub(super) fn validate(request: &Request) -> Result<(), InvalidReason> {
     if request.recipient.trim().is_empty() {
@@ -236,8 +283,16 @@ pub(super) fn validate(request: &Request) -> Result<(), InvalidReason> {
     if request.content.body.trim().is_empty() && request.content.title.as_deref().unwrap_or("").trim().is_empty() {
         return Err(InvalidReason::EmptyBody);
     }
+    if let Some(ttl) = request.content.android.as_ref().and_then(|a| a.ttl_seconds) {
+        if !(0..=MAX_TTL_SECONDS).contains(&ttl) {
+            return Err(InvalidReason::InvalidOverride("android.ttl_seconds"));
+        }
+    }
+    if request.content.apns.as_ref().and_then(|a| a.badge).is_some_and(|b| b < 0) {
+        return Err(InvalidReason::InvalidOverride("apns.badge"));
+    }
     let message = message(request);
-    let payload = ["notification", "data"]
+    let payload = ["notification", "data", "android", "apns"]
         .iter()
         .filter_map(|part| message["message"].get(part))
         .map(|v| v.to_string().len())
@@ -318,6 +373,8 @@ mod tests {
                 body: "B".into(),
                 template_vars: HashMap::new(),
                 data: HashMap::from([("k".into(), "v".into())]),
+                android: None,
+                apns: None,
             },
             scheduled_at: None,
             created_at: chrono::Utc::now(),
@@ -326,5 +383,58 @@ mod tests {
             message(&request),
             serde_json::json!({"message": {"token": "tok", "notification": {"title": "T", "body": "B"}, "data": {"k": "v"}}})
         );
+        let overridden = Request {
+            content: crate::model::Content {
+                android: Some(AndroidOverrides {
+                    priority: Some(crate::model::AndroidPriority::High),
+                    ttl_seconds: Some(90),
+                    channel_id: Some("orders".into()),
+                    ..Default::default()
+                }),
+                apns: Some(ApnsOverrides {
+                    headers: HashMap::from([("apns-priority".into(), "5".into())]),
+                    badge: Some(0),
+                    thread_id: Some("orders".into()),
+                    content_available: true,
+                    ..Default::default()
+                }),
+                ..request.content.clone()
+            },
+            ..request.clone()
+        };
+        assert_eq!(
+            message(&overridden)["message"],
+            serde_json::json!({
+                "token": "tok", "notification": {"title": "T", "body": "B"}, "data": {"k": "v"},
+                "android": {"priority": "HIGH", "ttl": "90s", "notification": {"channel_id": "orders"}},
+                "apns": {"headers": {"apns-priority": "5"}, "payload": {"aps": {"badge": 0, "thread-id": "orders", "content-available": 1}}}
+            })
+        );
+        // Empty overrides add nothing.
+        let empty = Request {
+            content: crate::model::Content { android: Some(AndroidOverrides::default()), apns: Some(ApnsOverrides::default()), ..request.content.clone() },
+            ..request.clone()
+        };
+        assert_eq!(message(&empty), message(&request));
+    }
+
+    #[test]
+    fn overrides_out_of_range_are_invalid() {
+        let mut r = Request {
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: crate::model::Channel::Push,
+            recipient: "tok".into(),
+            content: crate::model::Content { body: "b".into(), ..Default::default() },
+            scheduled_at: None,
+            created_at: chrono::Utc::now(),
+        };
+        for (ttl, ok) in [(0, true), (MAX_TTL_SECONDS, true), (-1, false), (MAX_TTL_SECONDS + 1, false)] {
+            r.content.android = Some(AndroidOverrides { ttl_seconds: Some(ttl), ..Default::default() });
+            assert_eq!(validate(&r).is_ok(), ok, "ttl {ttl}");
+        }
+        r.content.android = None;
+        r.content.apns = Some(ApnsOverrides { badge: Some(-1), ..Default::default() });
+        assert_eq!(validate(&r), Err(InvalidReason::InvalidOverride("apns.badge")));
     }
 }

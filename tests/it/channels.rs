@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald::model::{Channel, Status};
+use herald::model::{AndroidOverrides, AndroidPriority, ApnsOverrides, Channel, Status};
 
 use crate::support::*;
 
@@ -84,7 +84,20 @@ async fn push_goes_to_fcm_v1_with_a_cached_oauth_token() {
     let mut first = push("push-1", "user-2", "device-token-1", "Hello", "You have mail");
     first.content.data.insert("thread".into(), "42".into());
     h.send(&first).await;
-    h.send(&push("push-2", "user-3", "device-token-2", "Again", "Second")).await;
+    let mut second = push("push-2", "user-3", "device-token-2", "Again", "Second");
+    second.content.android = Some(AndroidOverrides {
+        priority: Some(AndroidPriority::High),
+        ttl_seconds: Some(600),
+        collapse_key: Some("inbox".into()),
+        ..AndroidOverrides::default()
+    });
+    second.content.apns = Some(ApnsOverrides {
+        headers: [("apns-priority".to_owned(), "10".to_owned())].into(),
+        sound: Some("default".into()),
+        badge: Some(2),
+        ..ApnsOverrides::default()
+    });
+    h.send(&second).await;
 
     let mut statuses = h.statuses();
     let terminal = statuses.terminal(Duration::from_secs(30), &["push-1".into(), "push-2".into()]).await;
@@ -111,6 +124,16 @@ async fn push_goes_to_fcm_v1_with_a_cached_oauth_token() {
             "token": "device-token-1",
             "notification": {"title": "Hello", "body": "You have mail"},
             "data": {"thread": "42"}
+        }})
+    );
+    // Platform overrides travel from the request to FCM's message.
+    assert_eq!(
+        requests[1].json.as_ref().unwrap(),
+        &serde_json::json!({"message": {
+            "token": "device-token-2",
+            "notification": {"title": "Again", "body": "Second"},
+            "android": {"priority": "HIGH", "ttl": "600s", "collapse_key": "inbox"},
+            "apns": {"headers": {"apns-priority": "10"}, "payload": {"aps": {"sound": "default", "badge": 2}}}
         }})
     );
     herald.stop().await.unwrap();

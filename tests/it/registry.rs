@@ -21,14 +21,34 @@ fn evolved_schema() -> String {
     schema.to_string()
 }
 
-fn encode(schema: &Schema, id: u32, event_id: &str, user: &str, channel: (u32, &str), recipient: &str) -> Vec<u8> {
-    let content = Value::Record(vec![
+/// The request schema as a producer built before the push overrides has
+/// it: no `android` or `apns` in the content.
+fn older_schema() -> String {
+    let mut schema: serde_json::Value = serde_json::from_str(herald::codec::REQUEST_SCHEMA).unwrap();
+    let content = schema["fields"].as_array_mut().unwrap().iter_mut().find(|f| f["name"] == "content").unwrap();
+    content["type"]["fields"].as_array_mut().unwrap().retain(|f| f["name"] != "android" && f["name"] != "apns");
+    schema.to_string()
+}
+
+/// Which producer wrote a record.
+#[derive(Clone, Copy, PartialEq)]
+enum Writer {
+    Newer,
+    Older,
+}
+
+fn encode(writer: Writer, schema: &Schema, id: u32, event_id: &str, user: &str, channel: (u32, &str), recipient: &str) -> Vec<u8> {
+    let mut content = vec![
         ("title".into(), Value::Union(0, Box::new(Value::Null))),
         ("body".into(), Value::String("from a newer producer".into())),
         ("template_vars".into(), Value::Map(Default::default())),
         ("data".into(), Value::Map(Default::default())),
-    ]);
-    let value = Value::Record(vec![
+    ];
+    if writer == Writer::Newer {
+        content.extend([("android".into(), Value::Union(0, Box::new(Value::Null))), ("apns".into(), Value::Union(0, Box::new(Value::Null)))]);
+    }
+    let content = Value::Record(content);
+    let mut fields = vec![
         ("event_id".into(), Value::String(event_id.into())),
         ("user_id".into(), Value::String(user.into())),
         ("channel".into(), Value::Enum(channel.0, channel.1.into())),
@@ -36,8 +56,11 @@ fn encode(schema: &Schema, id: u32, event_id: &str, user: &str, channel: (u32, &
         ("content".into(), content),
         ("scheduled_at".into(), Value::Union(0, Box::new(Value::Null))),
         ("created_at".into(), Value::TimestampMillis(1_700_000_000_000)),
-        ("priority".into(), Value::Union(1, Box::new(Value::String("high".into())))),
-    ]);
+    ];
+    if writer == Writer::Newer {
+        fields.push(("priority".into(), Value::Union(1, Box::new(Value::String("high".into())))));
+    }
+    let value = Value::Record(fields);
     let mut bytes = vec![0];
     bytes.extend_from_slice(&id.to_be_bytes());
     bytes.extend(apache_avro::to_avro_datum(schema, value).unwrap());
@@ -51,16 +74,20 @@ async fn reads_newer_writer_schemas_and_registers_its_own() {
     let evolved = evolved_schema();
     registry.insert(7, &evolved);
     let schema = Schema::parse_str(&evolved).unwrap();
+    registry.insert(8, &older_schema());
+    let older = Schema::parse_str(&older_schema()).unwrap();
     let herald = h.start(&["--schema-registry-url", &registry.base_url()]);
 
-    h.send_raw(b"u1", &encode(&schema, 7, "v2-sms", "u1", (0, "SMS"), "+14155550100")).await;
-    h.send_raw(b"u1", &encode(&schema, 7, "v2-email", "u1", (2, "EMAIL"), "ada@example.com")).await;
-    let unknown_id = encode(&schema, 999, "no-such-schema", "u1", (0, "SMS"), "+14155550100");
+    h.send_raw(b"u1", &encode(Writer::Newer, &schema, 7, "v2-sms", "u1", (0, "SMS"), "+14155550100")).await;
+    h.send_raw(b"u1", &encode(Writer::Newer, &schema, 7, "v2-email", "u1", (2, "EMAIL"), "ada@example.com")).await;
+    h.send_raw(b"u1", &encode(Writer::Older, &older, 8, "v0-sms", "u1", (0, "SMS"), "+14155550100")).await;
+    let unknown_id = encode(Writer::Newer, &schema, 999, "no-such-schema", "u1", (0, "SMS"), "+14155550100");
     h.send_raw(b"u1", &unknown_id).await;
 
     let mut statuses = h.statuses();
-    let terminal = statuses.terminal(Duration::from_secs(30), &["v2-sms".into(), "v2-email".into()]).await;
+    let terminal = statuses.terminal(Duration::from_secs(30), &["v2-sms".into(), "v2-email".into(), "v0-sms".into()]).await;
     assert_eq!(terminal["v2-sms"].status, Status::Sent);
+    assert_eq!(terminal["v0-sms"].status, Status::Sent, "a writer without the push overrides");
     let email = &terminal["v2-email"];
     assert_eq!((email.status, email.error_code.as_deref(), email.channel), (Status::Invalid, Some("unknown-channel"), None));
 

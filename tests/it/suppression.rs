@@ -130,7 +130,7 @@ async fn startup_reads_the_whole_list_before_it_returns() {
     let topic = &h.topics.suppressions;
     kafka::create_topics(&h.broker.bootstrap, &[topic], 1).await;
     let empty = Suppressions::default();
-    suppression::load(herald::kafka::reader(&config).unwrap(), topic, &empty).await.expect("an empty topic loads");
+    let _ = suppression::load(herald::kafka::reader(&config).unwrap(), topic, &empty).await.expect("an empty topic loads");
     assert!(empty.is_empty());
 
     let entry = |cause: &str| Some(Entry { reason: Reason::OptedOut, cause: cause.into() });
@@ -147,7 +147,7 @@ async fn startup_reads_the_whole_list_before_it_returns() {
     }
     kafka::produce(&h.producer, topic, b"not a key", b"{}", None).await;
     let list = Suppressions::default();
-    suppression::load(herald::kafka::reader(&config).unwrap(), topic, &list).await.expect("the list loads");
+    let _ = suppression::load(herald::kafka::reader(&config).unwrap(), topic, &list).await.expect("the list loads");
     // Checked as soon as it returns: nothing follows the topic here.
     assert_eq!((list.check(Channel::Sms, "+14155550107"), list.check(Channel::Sms, "+14155550108")), (None, Some(Reason::OptedOut)));
     assert_eq!(list.len(), 1, "a bad record is skipped");
