@@ -1,6 +1,6 @@
 //! herald end to end on one machine: a Kafka-protocol broker (tansu, or the
 //! cluster in KAFKA_BROKERS), a CQL server for the rate limits (kassandra
-//! in memory, or the cluster in SCYLLA_URI), fake Twilio and FCM servers,
+//! in memory, or the cluster in SCYLLA_URI), fake Twilio, Vonage and FCM servers,
 //! `herald migrate`, herald itself run through `herald::run`, and sample
 //! requests that end in every status.
 //! Then a bulk load measures events per second.
@@ -17,7 +17,7 @@ use chrono::Utc;
 use clap::Parser;
 use futures::StreamExt;
 use herald::codec::{self, Bundled};
-use herald::model::{Channel, Content, Request, Status, StatusEvent};
+use herald::model::{AndroidOverrides, AndroidPriority, Channel, Content, Request, Status, StatusEvent};
 use herald::outcome::envelope::ERROR_CODE;
 use herald::Config;
 use herald_testkit::fake::Reply;
@@ -56,8 +56,12 @@ async fn main() -> std::process::ExitCode {
     let providers = Providers::start().await;
     // Provider behaviour per recipient; everything else is accepted.
     providers.twilio.script("+14155550199", vec![Reply::fail(503, "20503"); 4]);
+    providers.vonage.script("+14155550199", vec![Reply::fail(200, "5"); 4]);
+    providers.twilio.script("+14155550104", [Reply::fail(503, "20503")]);
     providers.twilio.script("+14155550123", [Reply::fail(400, "21614")]);
+    providers.twilio.script("+14155550105", [Reply::fail(400, "21610")]);
     providers.fcm.script("flaky-token", [Reply::fail(503, "UNAVAILABLE"), Reply::fail(500, "INTERNAL")]);
+    providers.fcm.script("dead-token", [Reply::fail(404, "UNREGISTERED")]);
 
     // On a shared cluster, fresh names keep earlier runs out of the way.
     let prefix = if broker.is_local() { String::new() } else { format!("demo-{}.", Utc::now().timestamp_millis()) };
@@ -92,6 +96,7 @@ async fn main() -> std::process::ExitCode {
     .map(str::to_owned)
     .into();
     argv.extend(providers.args());
+    argv.extend(providers.vonage_args());
     argv.extend(cql.args());
     argv.extend(kafka::fast_group_args());
     let config = Config::try_parse_from(argv).expect("demo arguments parse");
@@ -105,7 +110,12 @@ async fn main() -> std::process::ExitCode {
 
     println!("broker      {} ({})", broker.bootstrap, if broker.is_local() { "tansu, in memory" } else { "KAFKA_BROKERS" });
     println!("rate limits ScyllaDB {} ({}), keyspace {}", cql.uri, if cql.is_local() { "kassandra, in memory" } else { "SCYLLA_URI" }, cql.keyspace);
-    println!("providers   twilio {}  fcm {}", providers.twilio.base_url(), providers.fcm.base_url());
+    println!(
+        "providers   twilio {}  vonage {} (failover)  fcm {}",
+        providers.twilio.base_url(),
+        providers.vonage.base_url(),
+        providers.fcm.base_url()
+    );
     println!("retries     {RETRY_DELAYS} (production: 10m,20m,40m)\n");
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -125,7 +135,7 @@ async fn main() -> std::process::ExitCode {
 
     let started = Instant::now();
     let mut statuses = StatusLog { reader: Reader::new(&broker.bootstrap, &status), schema: bundled.status.clone(), events: vec![], quiet: false };
-    println!("{:>8}  {:<14} {:<5} {:<16} {:>3}  detail", "at", "event", "chan", "status", "try");
+    println!("{:>8}  {:<16} {:<5} {:<16} {:>3}  detail", "at", "event", "chan", "status", "try");
 
     // herald joins its group first; the samples' schedule is relative to now.
     send(sms("welcome", "ada", "+14155550100", "Welcome to herald, Ada!")).await;
@@ -137,6 +147,13 @@ async fn main() -> std::process::ExitCode {
     }
     kafka::produce(&producer, &requested, b"mallory", b"\x00\x00\x00\x00\x01not avro", None).await;
     let ids: Vec<String> = samples.iter().map(|s| s.request.event_id.clone()).collect();
+    statuses.until_terminal(&ids, started, Duration::from_secs(60)).await;
+    // Sent once the samples' outcomes are known, since they depend on them.
+    let followups = followups();
+    for s in &followups {
+        send(s.request.clone()).await;
+    }
+    let ids: Vec<String> = followups.iter().map(|s| s.request.event_id.clone()).collect();
     statuses.until_terminal(&ids, started, Duration::from_secs(60)).await;
 
     // Bulk load: push notifications to many users, timed from the first
@@ -160,13 +177,19 @@ async fn main() -> std::process::ExitCode {
     println!("\nsamples:");
     let mut ok = stopped.is_ok();
     let last = statuses.last_by_event();
-    for s in std::iter::once(&Sample { request: sms("welcome", "ada", "", ""), expect: Status::Sent, story: "sent" }).chain(&samples) {
+    let welcome = Sample { request: sms("welcome", "ada", "", ""), expect: Status::Sent, story: "sent" };
+    for s in std::iter::once(&welcome).chain(&samples).chain(&followups) {
         let got = last.get(s.request.event_id.as_str()).map(|e| e.status);
         let pass = got == Some(s.expect);
         ok &= pass;
         let got = got.map_or("none", Status::symbol);
-        println!("  {} {:<14} {:<14} {}", if pass { "ok  " } else { "FAIL" }, s.request.event_id, got, s.story);
+        println!("  {} {:<16} {:<14} {}", if pass { "ok  " } else { "FAIL" }, s.request.event_id, got, s.story);
     }
+    // Suppressed sends never reach the provider.
+    let twilio_to_stopped = providers.twilio.requests().iter().filter(|r| r.field("To") == Some("+14155550105")).count();
+    let fcm_to_dead = providers.fcm.requests().iter().filter(|r| r.json.as_ref().is_some_and(|j| j["message"]["token"] == "dead-token")).count();
+    println!("  provider calls to the suppressed recipients: twilio {twilio_to_stopped}, fcm {fcm_to_dead} (one each, before suppression)");
+    ok &= (twilio_to_stopped, fcm_to_dead) == (1, 1);
     let mut dead = Reader::new(&broker.bootstrap, &dead_letter);
     let codes: Vec<&str> = dead
         .read_until_idle(Duration::from_secs(1))
@@ -209,6 +232,8 @@ fn samples() -> Vec<Sample> {
         v.push(Sample { request: sms(&format!("chatty-{i:02}"), "bob", "+14155550101", "ping"), expect, story });
     }
     let mut later = sms("scheduled", "ada", "+14155550100", "Your appointment is in an hour");
+    let mut android = push("push-android", "ada", "ada-android-token", "Order", "Shipped");
+    android.content.android = Some(AndroidOverrides { priority: Some(AndroidPriority::High), ttl_seconds: Some(3600), ..Default::default() });
     later.scheduled_at = Some(Utc::now() + chrono::Duration::seconds(5));
     v.extend([
         Sample { request: push("push-hello", "ada", "ada-phone-token", "Hi", "Push works"), expect: Status::Sent, story: "push sent" },
@@ -220,8 +245,24 @@ fn samples() -> Vec<Sample> {
         Sample {
             request: sms("sms-down", "dee", "+14155550199", "Never arrives"),
             expect: Status::DeadLettered,
-            story: "Twilio 503 four times: three retries, then dead-lettered",
+            story: "Twilio 503 and Vonage 5, four times: three retries, then dead-lettered",
         },
+        Sample {
+            request: sms("sms-failover", "gus", "+14155550104", "Twilio is down"),
+            expect: Status::Sent,
+            story: "Twilio 503: failed over, sent by Vonage",
+        },
+        Sample {
+            request: sms("sms-stopped", "hal", "+14155550105", "Hello"),
+            expect: Status::Failed,
+            story: "Twilio 21610 (replied STOP): failed, number suppressed",
+        },
+        Sample {
+            request: push("push-dead", "ida", "dead-token", "Hi", "Gone"),
+            expect: Status::Failed,
+            story: "FCM UNREGISTERED: failed, token suppressed",
+        },
+        Sample { request: android, expect: Status::Sent, story: "push with Android overrides sent" },
         Sample {
             request: sms("sms-landline", "eve", "+14155550123", "Not a mobile"),
             expect: Status::Failed,
@@ -236,6 +277,22 @@ fn samples() -> Vec<Sample> {
         Sample { request: later, expect: Status::Sent, story: "scheduled 5 s ahead: held, then sent" },
     ]);
     v
+}
+
+/// Requests whose outcome depends on the samples before them.
+fn followups() -> Vec<Sample> {
+    vec![
+        Sample {
+            request: sms("sms-after-stop", "jo", "+14155550105", "Hello again"),
+            expect: Status::Suppressed,
+            story: "same number, another user: suppressed, Twilio not called",
+        },
+        Sample {
+            request: push("push-after-dead", "ida", "dead-token", "Hi", "Still gone"),
+            expect: Status::Suppressed,
+            story: "same token: suppressed, FCM not called",
+        },
+    ]
 }
 
 fn request(event_id: &str, user: &str, channel: Channel, recipient: &str, title: Option<&str>, body: &str) -> Request {
@@ -305,5 +362,5 @@ fn print(e: &StatusEvent, started: Instant) {
         detail += &format!("next attempt in {:.1}s", (next - e.occurred_at).num_milliseconds() as f64 / 1000.0);
     }
     let at = format!("{:.2}s", started.elapsed().as_secs_f64());
-    println!("{at:>8}  {:<14} {:<5} {:<16} {:>3}  {detail}", e.event_id, channel, e.status.symbol(), e.attempt);
+    println!("{at:>8}  {:<16} {:<5} {:<16} {:>3}  {detail}", e.event_id, channel, e.status.symbol(), e.attempt);
 }
