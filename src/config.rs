@@ -369,6 +369,8 @@ pub enum ConfigError {
     Keyspace(String),
     #[error("delivery receipts need Twilio credentials: their signatures are checked with the auth token")]
     ReceiptsWithoutTwilio,
+    #[error("--receipts-public-url {0:?} is not an http or https URL")]
+    ReceiptsUrl(String),
     #[error("--sms-template does not parse: {0}")]
     SmsTemplate(String),
     #[error("--sms-providers names a provider twice")]
@@ -427,6 +429,9 @@ impl Config {
         }
         if (1..self.sms_providers.len()).any(|i| self.sms_providers[..i].contains(&self.sms_providers[i])) {
             return Err(ConfigError::DuplicateProvider);
+        }
+        if let Some(url) = self.receipts_public_url.as_ref().filter(|u| !matches!(u.scheme(), "http" | "https")) {
+            return Err(ConfigError::ReceiptsUrl(url.to_string()));
         }
         if self.receipts_listen.is_some() && self.twilio_auth_token.is_none() {
             return Err(ConfigError::ReceiptsWithoutTwilio);
@@ -555,6 +560,14 @@ mod tests {
         assert_eq!(parse(&[]).sms_providers, [SmsProvider::Twilio, SmsProvider::Vonage]);
         assert_eq!(parse(&["--sms-providers", "vonage,twilio"]).sms_providers, [SmsProvider::Vonage, SmsProvider::Twilio]);
         assert_eq!(parse(&["--sms-providers", "vonage,vonage"]).validate(), Err(ConfigError::DuplicateProvider));
+    }
+
+    #[test]
+    fn the_receipts_url_is_http() {
+        let twilio = ["--twilio-account-sid", "AC1", "--twilio-auth-token", "t", "--twilio-from", "+15005550006"];
+        let with = |url: &str| parse(&[&twilio[..], &["--receipts-listen", "127.0.0.1:8080", "--receipts-public-url", url]].concat());
+        assert_eq!(with("https://herald.example.com/twilio/status").validate(), Ok(()));
+        assert_eq!(with("mailto:ops@example.com").validate(), Err(ConfigError::ReceiptsUrl("mailto:ops@example.com".into())));
     }
 
     #[test]

@@ -59,13 +59,15 @@ fn consumer_config(config: &Config) -> ClientConfig {
 }
 
 /// A consumer outside the group, for reading a whole topic (the
-/// suppression list) by assignment; it commits nothing.
+/// suppression list) by assignment; it commits nothing. The
+/// consumer-specific options are for the group's consumer and its load,
+/// not for this one, which is idle most of the time.
 pub fn reader(config: &Config) -> KafkaResult<StreamConsumer> {
     let mut c = base(config);
     c.set("group.id", format!("{}.reader", config.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
-    with_overrides(c, config, &config.kafka_consumer_options).create()
+    with_overrides(c, config, &[]).create()
 }
 
 pub fn producer(config: &Config) -> KafkaResult<FutureProducer> {

@@ -106,7 +106,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     let suppressions = Arc::new(suppression::Suppressions::default());
     let reader = suppression::load(kafka::reader(&config)?, &topics.suppressions, &suppressions).await?;
-    let following = tokio::spawn(suppression::follow(reader, topics.suppressions.clone(), suppressions.clone()));
+    // Dropping the set, however `run` returns, stops following.
+    let mut following = tokio::task::JoinSet::new();
+    following.spawn(suppression::follow(reader, topics.suppressions.clone(), suppressions.clone()));
     let pipeline = Arc::new(Pipeline {
         decoder: decode::Decoder::new(bundled.clone(), registry),
         limiter: Limiter::new(|c| config.rate_limit(c).clone(), rate_limit_store(&config).await?),
@@ -140,7 +142,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             tracing::warn!(message = "The delivery receipt server failed.", %error);
         }
     }
-    following.abort();
+    following.shutdown().await;
     consumed?;
     Ok(())
 }
