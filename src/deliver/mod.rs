@@ -220,6 +220,34 @@ impl Sender {
     }
 }
 
+/// A provider's HTTP answer, with the header every classifier reads.
+struct Answer {
+    provider: Provider,
+    status: reqwest::StatusCode,
+    retry_after: Option<Duration>,
+    response: reqwest::Response,
+}
+
+impl Answer {
+    /// Sends `request`. Not getting an answer (timeout, refused connection)
+    /// is a transient failure.
+    async fn of(provider: Provider, request: reqwest::RequestBuilder) -> Result<Answer, DeliveryError> {
+        let response = request.send().await.map_err(|e| DeliveryError::transport(provider, &e))?;
+        Ok(Answer { provider, status: response.status(), retry_after: retry_after(response.headers()), response })
+    }
+
+    /// The body of a success; one cut short or garbled is transient too.
+    async fn body<T: serde::de::DeserializeOwned>(self) -> Result<T, DeliveryError> {
+        let provider = self.provider;
+        self.response.json().await.map_err(|e| DeliveryError::transport(provider, &e))
+    }
+
+    /// The body of a failure, when it is in the provider's error format.
+    async fn error<T: serde::de::DeserializeOwned>(self) -> Option<T> {
+        self.response.json().await.ok()
+    }
+}
+
 /// Whether an HTTP error status is worth another attempt, when the
 /// provider's own error code does not say otherwise.
 fn http_is_transient(status: reqwest::StatusCode) -> bool {

@@ -9,7 +9,7 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{retry_after, Delivered, DeliveryError, Provider};
+use super::{Answer, Delivered, DeliveryError, Provider};
 use crate::mask::Secret;
 use crate::model::{AndroidOverrides, ApnsOverrides, InvalidReason, Request};
 use crate::suppression::Reason;
@@ -127,25 +127,18 @@ impl Fcm {
 
     pub async fn send(&self, request: &Request) -> Result<Delivered, DeliveryError> {
         let token = self.access_token().await?;
-        let response = self
-            .http
-            .post(self.send_url.clone())
-            .bearer_auth(token.expose())
-            .json(&message(request))
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(Provider::Fcm, &e))?;
-        let status = response.status();
+        let request = self.http.post(self.send_url.clone()).bearer_auth(token.expose()).json(&message(request));
+        let answer = Answer::of(Provider::Fcm, request).await?;
+        let (status, retry_after) = (answer.status, answer.retry_after);
         if status.is_success() {
-            let sent: Sent = response.json().await.map_err(|e| DeliveryError::transport(Provider::Fcm, &e))?;
+            let sent: Sent = answer.body().await?;
             return Ok(Delivered { provider: Provider::Fcm, message_id: Some(sent.name) });
         }
         if status == StatusCode::UNAUTHORIZED {
             // Revoked or expired early: the next attempt exchanges afresh.
             *self.token.lock().await = None;
         }
-        let retry_after = retry_after(response.headers());
-        let body: Option<ErrorBody> = response.json().await.ok();
+        let body: Option<ErrorBody> = answer.error().await;
         Err(classify(status, body.map(|b| b.error), retry_after))
     }
 
@@ -170,19 +163,14 @@ impl Fcm {
         };
         let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
             .map_err(|e| unavailable("oauth:sign", e.to_string()))?;
-        let response = self
-            .http
-            .post(&self.account.token_uri)
-            .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)])
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(Provider::Fcm, &e))?;
-        if !response.status().is_success() {
+        let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)];
+        let answer = Answer::of(Provider::Fcm, self.http.post(&self.account.token_uri).form(&form)).await?;
+        if !answer.status.is_success() {
             // An auth failure stops every push; retries keep the messages
             // while an operator fixes the key.
-            return Err(unavailable(&format!("oauth:{}", response.status().as_u16()), "token exchange refused".into()));
+            return Err(unavailable(&format!("oauth:{}", answer.status.as_u16()), "token exchange refused".into()));
         }
-        let token: TokenResponse = response.json().await.map_err(|e| DeliveryError::transport(Provider::Fcm, &e))?;
+        let token: TokenResponse = answer.body().await?;
         let lifetime = Duration::from_secs(token.expires_in).saturating_sub(REFRESH_MARGIN);
         let value = Secret::new(token.access_token);
         *cached = Some(AccessToken { value: value.clone(), refresh_at: Instant::now() + lifetime });

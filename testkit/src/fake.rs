@@ -79,6 +79,21 @@ pub struct Fake<S> {
     state: Arc<S>,
 }
 
+impl<S: Send + Sync + 'static> Fake<S> {
+    /// Serves `handler` on a free loopback port, with `state` and the
+    /// recorded requests shared between them.
+    async fn start_with<F, Fut>(state: S, handler: F) -> Fake<S>
+    where
+        F: Fn(Arc<S>, Arc<Shared>, Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        let (state, shared) = (Arc::new(state), Arc::new(Shared::default()));
+        let (s, sh) = (state.clone(), shared.clone());
+        let addr = serve(Arc::new(move |r| Box::pin(handler(s.clone(), sh.clone(), r)))).await;
+        Fake { addr, shared, state }
+    }
+}
+
 impl<S> Fake<S> {
     pub fn base_url(&self) -> String {
         format!("http://{}/", self.addr)
@@ -160,11 +175,7 @@ pub type FakeTwilio = Fake<TwilioAccount>;
 
 impl FakeTwilio {
     pub async fn start(account_sid: &str, auth_token: &str) -> FakeTwilio {
-        let state = Arc::new(TwilioAccount { account_sid: account_sid.into(), auth_token: auth_token.into() });
-        let shared = Arc::new(Shared::default());
-        let (s, sh) = (state.clone(), shared.clone());
-        let addr = serve(Arc::new(move |r| Box::pin(twilio(s.clone(), sh.clone(), r)))).await;
-        Fake { addr, shared, state }
+        Fake::start_with(TwilioAccount { account_sid: account_sid.into(), auth_token: auth_token.into() }, twilio).await
     }
 
     pub fn expected_authorization(&self) -> String {
@@ -237,11 +248,7 @@ pub type FakeVonage = Fake<VonageAccount>;
 
 impl FakeVonage {
     pub async fn start(api_key: &str, api_secret: &str) -> FakeVonage {
-        let state = Arc::new(VonageAccount { api_key: api_key.into(), api_secret: api_secret.into() });
-        let shared = Arc::new(Shared::default());
-        let (s, sh) = (state.clone(), shared.clone());
-        let addr = serve(Arc::new(move |r| Box::pin(vonage(s.clone(), sh.clone(), r)))).await;
-        Fake { addr, shared, state }
+        Fake::start_with(VonageAccount { api_key: api_key.into(), api_secret: api_secret.into() }, vonage).await
     }
 }
 
@@ -315,16 +322,13 @@ struct Claims {
 impl FakeFcm {
     pub async fn start() -> FakeFcm {
         let key: Value = serde_json::from_str(SERVICE_ACCOUNT).unwrap();
-        let state = Arc::new(FcmProject {
+        let project = FcmProject {
             project: key["project_id"].as_str().unwrap().to_owned(),
             client_email: key["client_email"].as_str().unwrap().to_owned(),
             issued: Mutex::default(),
             exchanges: Mutex::default(),
-        });
-        let shared = Arc::new(Shared::default());
-        let (s, sh) = (state.clone(), shared.clone());
-        let addr = serve(Arc::new(move |r| Box::pin(fcm(s.clone(), sh.clone(), r)))).await;
-        Fake { addr, shared, state }
+        };
+        Fake::start_with(project, fcm).await
     }
 
     pub fn token_uri(&self) -> String {
@@ -428,11 +432,7 @@ pub type FakeRegistry = Fake<Schemas>;
 
 impl FakeRegistry {
     pub async fn start() -> FakeRegistry {
-        let state = Arc::new(Schemas::default());
-        let shared = Arc::new(Shared::default());
-        let (s, sh) = (state.clone(), shared.clone());
-        let addr = serve(Arc::new(move |r| Box::pin(registry(s.clone(), sh.clone(), r)))).await;
-        Fake { addr, shared, state }
+        Fake::start_with(Schemas::default(), registry).await
     }
 
     /// Puts `schema` at `id`, as another system's producer would have.

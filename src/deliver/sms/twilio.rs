@@ -4,7 +4,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
 use super::{redact_digits, Text};
-use crate::deliver::{http_is_transient, retry_after, Delivered, DeliveryError, Provider};
+use crate::deliver::{http_is_transient, Answer, Delivered, DeliveryError, Provider};
 use crate::mask::Secret;
 use crate::model::Request;
 use crate::receipts::Endpoint;
@@ -86,21 +86,18 @@ impl Twilio {
         if let Some(callback) = &callback {
             form.push(("StatusCallback", callback.as_str()));
         }
-        let response = self
+        let request = self
             .http
             .post(self.messages_url.clone())
             .basic_auth(self.auth.user(&self.account_sid), Some(self.auth.password()))
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(Provider::Twilio, &e))?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        if status.is_success() {
-            let created: Created = response.json().await.map_err(|e| DeliveryError::transport(Provider::Twilio, &e))?;
+            .form(&form);
+        let answer = Answer::of(Provider::Twilio, request).await?;
+        if answer.status.is_success() {
+            let created: Created = answer.body().await?;
             return Ok(Delivered { provider: Provider::Twilio, message_id: Some(created.sid) });
         }
-        let body: Option<TwilioError> = response.json().await.ok();
+        let (status, retry_after) = (answer.status, answer.retry_after);
+        let body: Option<TwilioError> = answer.error().await;
         Err(classify(status, body.as_ref().and_then(|b| b.code), body.and_then(|b| b.message), retry_after))
     }
 }

@@ -6,7 +6,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use super::{redact_digits, Encoding, Text};
-use crate::deliver::{http_is_transient, retry_after, Delivered, DeliveryError, Provider};
+use crate::deliver::{http_is_transient, Answer, Delivered, DeliveryError, Provider};
 use crate::mask::Secret;
 use crate::model::Request;
 
@@ -34,7 +34,7 @@ pub struct Vonage {
 }
 
 #[derive(Deserialize)]
-struct Answer {
+struct Parts {
     messages: Vec<Part>,
 }
 
@@ -73,15 +73,8 @@ impl Vonage {
         if request.event_id.len() <= MAX_CLIENT_REF {
             form.push(("client-ref", request.event_id.as_str()));
         }
-        let response = self
-            .http
-            .post(self.sms_url.clone())
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| DeliveryError::transport(Provider::Vonage, &e))?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
+        let answer = Answer::of(Provider::Vonage, self.http.post(self.sms_url.clone()).form(&form)).await?;
+        let (status, retry_after) = (answer.status, answer.retry_after);
         if !status.is_success() {
             let (code, message) = (format!("http:{}", status.as_u16()), status.to_string());
             return Err(if http_is_transient(status) {
@@ -90,11 +83,11 @@ impl Vonage {
                 DeliveryError::Rejected { provider: Provider::Vonage, code, message }
             });
         }
-        let answer: Answer = response.json().await.map_err(|e| DeliveryError::transport(Provider::Vonage, &e))?;
-        match answer.messages.iter().find(|p| p.status != "0") {
+        let parts: Parts = answer.body().await?;
+        match parts.messages.iter().find(|p| p.status != "0") {
             Some(part) => Err(classify(&part.status, part.error_text.as_deref(), retry_after)),
             None => {
-                let message_id = answer.messages.into_iter().find_map(|p| p.message_id);
+                let message_id = parts.messages.into_iter().find_map(|p| p.message_id);
                 Ok(Delivered { provider: Provider::Vonage, message_id })
             }
         }
