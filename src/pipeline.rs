@@ -173,11 +173,7 @@ impl Pipeline {
         if let (None, Outcome::Undecodable(reason)) = (&ids, &outcome) {
             tracing::warn!(message = "Undecodable record dead-lettered.", topic = record.topic, partition = record.partition, offset = record.offset, %reason);
         }
-        let published = self.publisher.publish(record, ids.as_ref(), &outcome, attempt, now);
-        let suppressed = suppress.map(|change| self.publisher.publish_change(&change));
-        async move {
-            tokio::join!(published, futures::future::OptionFuture::from(suppressed));
-        }
+        self.publisher.publish(record, ids.as_ref(), &outcome, attempt, now, suppress.as_ref())
     }
 }
 

@@ -32,6 +32,7 @@ use hmac::{Hmac, Mac};
 use reqwest::Url;
 use sha1::Sha1;
 
+use crate::deliver::Provider;
 use crate::mask::{Masked, Secret};
 use crate::model::{Channel, ErrorClass, Status, StatusEvent};
 use crate::outcome::Publisher;
@@ -227,7 +228,7 @@ fn receipt(params: &[(String, String)], event_id: String, user_id: String, attem
         channel: Some(Channel::Sms),
         status,
         attempt: attempt.unwrap_or(0),
-        provider: Some("twilio".to_owned()),
+        provider: Some(Provider::Twilio.name().to_owned()),
         provider_message_id: param("MessageSid"),
         error_class: error_code.as_ref().map(|_| ErrorClass::Permanent),
         error_message: error_code.as_ref().map(|_| "the carrier did not deliver the message".to_owned()),

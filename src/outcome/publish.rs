@@ -1,6 +1,6 @@
-//! Making an outcome durable: the status event and the rerouted record are
-//! produced, and the future `publish` returns completes only once the broker
-//! has acknowledged both.
+//! Making an outcome durable: the status event, the rerouted record and any
+//! change to the suppression list are produced, and the future `publish`
+//! returns completes only once the broker has acknowledged all of them.
 //! The caller stores the offset after that, never before.
 
 use std::future::Future;
@@ -80,6 +80,7 @@ impl Publisher {
         outcome: &Outcome,
         attempt: u32,
         now: DateTime<Utc>,
+        suppress: Option<&Change>,
     ) -> impl Future<Output = ()> + Send + 'static {
         let status = ids.and_then(|ids| status_event(ids, outcome, attempt, now)).map(|event| self.status_record(event));
         let reroute = outcome.destination().map(|destination| {
@@ -113,8 +114,9 @@ impl Publisher {
         });
         let status = status.map(|out| self.durable(out));
         let reroute = reroute.map(|out| self.durable(out));
+        let suppress = suppress.map(|change| self.publish_change(change));
         async move {
-            tokio::join!(OptionFuture::from(status), OptionFuture::from(reroute));
+            tokio::join!(OptionFuture::from(status), OptionFuture::from(reroute), OptionFuture::from(suppress));
         }
     }
 

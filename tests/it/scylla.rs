@@ -19,6 +19,16 @@ fn refs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
+/// A harness and a CQL server with the schema applied, and herald's
+/// arguments for that server followed by `extra`.
+async fn migrated(extra: &[&str]) -> (Harness, Cql, Vec<String>) {
+    let h = Harness::new().await;
+    let cql = Cql::start();
+    let args = with(&cql, extra);
+    herald::migrate(&h.config(&refs(&args))).await.unwrap();
+    (h, cql, args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn herald_refuses_to_start_without_the_schema_and_migrate_is_idempotent() {
     let h = Harness::new().await;
@@ -84,10 +94,7 @@ fn send_round<'a>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_mid_stream_no_event_is_counted_twice() {
-    let h = Harness::new().await;
-    let cql = Cql::start();
-    let base = with(&cql, &["--sms-rate-limit", "5/1h"]);
-    herald::migrate(&h.config(&refs(&base))).await.unwrap();
+    let (h, cql, base) = migrated(&["--sms-rate-limit", "5/1h"]).await;
     let users: Vec<String> = (0..10).map(|u| format!("restart-user-{u}")).collect();
 
     // 3 of each user's 5 sends, committed by a clean stop.
@@ -126,10 +133,7 @@ async fn killed_and_restarted_mid_stream_no_event_is_counted_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_takes_over_partitions_and_their_counts() {
-    let h = Harness::new().await;
-    let cql = Cql::start();
-    let base = with(&cql, &["--sms-rate-limit", "5/1h"]);
-    herald::migrate(&h.config(&refs(&base))).await.unwrap();
+    let (h, cql, base) = migrated(&["--sms-rate-limit", "5/1h"]).await;
     let users: Vec<String> = (0..30).map(|u| format!("join-user-{u}")).collect();
 
     // The first instance calls the fake Twilio; the second only pretends
@@ -195,10 +199,7 @@ async fn probe_until(h: &Harness, users: &[String], statuses: &mut Statuses, pro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_events_are_sent_once_the_window_has_room() {
-    let h = Harness::new().await;
-    let cql = Cql::start();
-    let args = with(&cql, &["--sms-rate-limit", "2/3s", "--sms-over-limit", "defer"]);
-    herald::migrate(&h.config(&refs(&args))).await.unwrap();
+    let (h, _cql, args) = migrated(&["--sms-rate-limit", "2/3s", "--sms-over-limit", "defer"]).await;
     let herald = h.start(&refs(&args));
     let ids: Vec<String> = ["a", "b", "c", "d"].map(String::from).into();
     for id in &ids {
