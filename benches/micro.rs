@@ -6,6 +6,7 @@
 //! the rate-limit decision, and the outcome decision.
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use clap::Parser;
@@ -89,7 +90,7 @@ fn decide(c: &mut Criterion) {
     let topics = Topics::from_config(&herald::Config::parse_from(["herald"]));
     let now = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
     let sent = Delivered { provider: Provider::Twilio, message_id: Some("SM1".into()) };
-    c.bench_function("outcome: decide (sent)", |b| b.iter(|| outcome::decide(Ok(black_box(sent.clone())), 1, &topics, now)));
+    c.bench_function("outcome: decide (sent)", |b| b.iter(|| outcome::decide(Ok(black_box(sent.clone())), 1, &topics, now, Duration::ZERO)));
     let unavailable = DeliveryError::Unavailable {
         provider: Provider::Twilio,
         code: "20503".into(),
@@ -97,7 +98,7 @@ fn decide(c: &mut Criterion) {
         retry_after: None,
     };
     c.bench_function("outcome: decide (transient, retry)", |b| {
-        b.iter(|| outcome::decide(Err(black_box(unavailable.clone())), 2, &topics, now))
+        b.iter(|| outcome::decide(Err(black_box(unavailable.clone())), 2, &topics, now, Duration::ZERO))
     });
 }
 

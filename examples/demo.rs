@@ -18,7 +18,7 @@ use clap::Parser;
 use futures::StreamExt;
 use herald::codec::{self, Bundled};
 use herald::model::{AndroidOverrides, AndroidPriority, Channel, Content, Request, Status, StatusEvent};
-use herald::outcome::envelope::ERROR_CODE;
+use herald::record::envelope::ERROR_CODE;
 use herald::Config;
 use herald_testkit::fake::Reply;
 use herald_testkit::kafka::{self, Reader};
@@ -73,7 +73,7 @@ async fn main() -> std::process::ExitCode {
         topic("notification.suppressions"),
     );
     let group = topic("herald-demo");
-    let retries = ["retry-10m", "retry-20m", "retry-40m"].map(|t| topic(t)).join(",");
+    let retries = ["retry-10m", "retry-20m", "retry-40m"].map(topic).join(",");
     let mut argv: Vec<String> = [
         "herald",
         "--brokers",
@@ -195,7 +195,7 @@ async fn main() -> std::process::ExitCode {
         .read_until_idle(Duration::from_secs(1))
         .await
         .iter()
-        .map(|m| m.headers().and_then(|h| herald::outcome::envelope::header(h, ERROR_CODE)).unwrap_or("?"))
+        .map(|m| m.headers().and_then(|h| herald::record::envelope::header(h, ERROR_CODE)).unwrap_or("?"))
         .collect();
     println!("  dead-letter topic: {} records, by error code {codes:?}", codes.len());
     // The undecodable record, the two invalid requests and the one out of retries.

@@ -94,8 +94,11 @@ pub fn read_request(datum: &[u8]) -> Result<Request, RequestError> {
     let mut r = binary::Reader::new(datum);
     let event_id = r.string()?;
     let user_id = r.string()?;
-    // The bundled symbols are Channel::ALL in order, then UNKNOWN.
-    let channel = r.index(Channel::ALL.len() + 1)?;
+    // The bundled symbols are Channel::ALL in order, then UNKNOWN. Without a
+    // registry the writer's schema is unknown; writers add symbols (the
+    // schema says so), so an index past this reader's symbols is one it
+    // does not know, which Avro's resolution reads as the default, UNKNOWN.
+    let channel = r.enum_index()?;
     let recipient = r.string()?;
     let title = r.optional(binary::Reader::string)?;
     let body = r.string()?;
@@ -120,8 +123,9 @@ pub fn read_request(datum: &[u8]) -> Result<Request, RequestError> {
 }
 
 fn read_android(r: &mut binary::Reader<'_>) -> Result<AndroidOverrides, binary::ReadError> {
-    // The bundled symbols are AndroidPriority::ALL in order, then UNKNOWN.
-    let priority = r.optional(|r| r.index(AndroidPriority::ALL.len() + 1))?;
+    // The bundled symbols are AndroidPriority::ALL in order, then UNKNOWN;
+    // past them, as for the channel, a symbol this reader does not know.
+    let priority = r.optional(binary::Reader::enum_index)?;
     let ttl_seconds = r.optional(binary::Reader::long)?;
     let collapse_key = r.optional(binary::Reader::string)?;
     let channel_id = r.optional(binary::Reader::string)?;
@@ -477,12 +481,16 @@ mod tests {
         }
         let mut unknown = datum.to_vec();
         let channel_at = 1 + "evt-1".len() + 1 + "user-1".len();
-        unknown[channel_at] = 4; // zigzag 2: UNKNOWN
-        assert_eq!(
-            read_request(&unknown),
-            Err(RequestError::UnknownChannel { event_id: "evt-1".into(), user_id: "user-1".into(), symbol: "UNKNOWN".into() })
-        );
-        unknown[channel_at] = 6;
+        // zigzag 2: UNKNOWN; 3 and 60: symbols a newer writer added.
+        for index in [4, 6, 120] {
+            unknown[channel_at] = index;
+            assert_eq!(
+                read_request(&unknown),
+                Err(RequestError::UnknownChannel { event_id: "evt-1".into(), user_id: "user-1".into(), symbol: "UNKNOWN".into() }),
+                "index {}", index / 2
+            );
+        }
+        unknown[channel_at] = 1; // zigzag -1
         assert!(matches!(read_request(&unknown), Err(RequestError::Binary(_))));
     }
 

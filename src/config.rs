@@ -150,6 +150,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_BREAKER_COOLDOWN", default_value = "30s", value_parser = humantime::parse_duration)]
     pub breaker_cooldown: Duration,
 
+    /// The largest record herald produces (librdkafka's message.max.bytes). Apache Kafka's default limit; a consumed record too large to copy with herald's headers within it is INVALID (record-too-large), and its dead letter carries none of its bytes.
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 1_048_588)]
+    pub max_message_bytes: usize,
+
     /// Records one channel may hold (waiting plus in flight) before the consumer waits for it.
     #[arg(long, env = "HERALD_CHANNEL_QUEUE", default_value_t = 2048)]
     pub channel_queue: usize,
@@ -196,7 +200,7 @@ pub struct Config {
 
     /// Sender: an E.164 number, or a Messaging Service SID (MG...).
     #[arg(long, env = "TWILIO_FROM")]
-    pub twilio_from: Option<String>,
+    pub twilio_from: Option<crate::deliver::TwilioSender>,
 
     /// SMS providers in failover order: a transient failure (or an open circuit) of one moves the send to the next. Those without credentials are left out.
     #[arg(long, env = "HERALD_SMS_PROVIDERS", value_enum, value_delimiter = ',', default_value = "twilio,vonage")]
@@ -215,7 +219,7 @@ pub struct Config {
     pub vonage_api_secret: Option<Secret>,
 
     /// Vonage sender: a number (E.164) or an alphanumeric sender id.
-    #[arg(long, env = "VONAGE_FROM", requires = "vonage_api_key")]
+    #[arg(long, env = "VONAGE_FROM", requires = "vonage_api_key", value_parser = parse_vonage_sender)]
     pub vonage_from: Option<String>,
 
     /// Address to accept Twilio status callbacks (delivery receipts) on, e.g. 0.0.0.0:8080. Off without it.
@@ -225,6 +229,14 @@ pub struct Config {
     /// The callback URL as Twilio reaches it (behind any proxy), e.g. https://herald.example.com/twilio/status; its path is served.
     #[arg(long, env = "HERALD_RECEIPTS_PUBLIC_URL", requires = "receipts_listen")]
     pub receipts_public_url: Option<Url>,
+
+    /// Key that signs the ids in callback URLs, so a callback can only name a send herald made. Derived from the auth token when not given.
+    #[arg(long, env = "HERALD_RECEIPTS_KEY", requires = "receipts_listen")]
+    pub receipts_key: Option<Secret>,
+
+    /// Webhook connections open at once; more wait to be accepted.
+    #[arg(long, env = "HERALD_RECEIPTS_MAX_CONNECTIONS", default_value_t = 256)]
+    pub receipts_max_connections: usize,
 
     /// FCM API base URL.
     #[arg(long, env = "FCM_BASE_URL", default_value = "https://fcm.googleapis.com")]
@@ -377,7 +389,12 @@ pub enum ConfigError {
     DuplicateProvider,
     #[error("`herald migrate` needs SCYLLA_URI (--scylla-uri)")]
     MigrateWithoutScylla,
+    #[error("--max-message-bytes is {0}; it must be at least {min}", min = MIN_MESSAGE_BYTES)]
+    MaxMessageBytes(usize),
 }
+
+/// Room for a request of a few KB besides the headers herald adds.
+const MIN_MESSAGE_BYTES: usize = 16 * 1024;
 
 impl Config {
     /// Checks what clap cannot: relations between values.
@@ -409,10 +426,14 @@ impl Config {
             ("topic-replication", self.topic_replication.max(0) as usize),
             ("scylla-max-writes", self.scylla_max_writes),
             ("breaker-failures", self.breaker_failures as usize),
+            ("receipts-max-connections", self.receipts_max_connections),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(ConfigError::MaxMessageBytes(self.max_message_bytes));
         }
         if self.sms_max_chars > 1600 {
             return Err(ConfigError::SmsTooLong(self.sms_max_chars));
@@ -471,8 +492,21 @@ impl Config {
         }
     }
 
+    /// The receipts endpoint, when receipts are on (they need Twilio's
+    /// auth token, which `validate` checks).
     pub fn receipts(&self) -> Option<crate::receipts::Endpoint> {
-        Some(crate::receipts::Endpoint { listen: self.receipts_listen?, public_url: self.receipts_public_url.clone()? })
+        let token = self.twilio_auth_token.as_ref()?;
+        self.receipts_listen?;
+        Some(crate::receipts::Endpoint::new(self.receipts_public_url.clone()?, self.receipts_key.clone(), token))
+    }
+
+    /// Parses the command line and environment. Environment values are
+    /// hidden from `--help` for every flag: any of them may hold a secret
+    /// (a password in a URL, `sasl.password` in Kafka options).
+    pub fn from_env() -> Config {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut matches = Config::command().mut_args(|a| a.hide_env_values(true)).get_matches();
+        Config::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
     }
 
     pub fn max_rps(&self, provider: crate::deliver::Provider) -> Option<std::num::NonZeroU32> {
@@ -491,6 +525,10 @@ impl Config {
             Channel::Push => self.push_concurrency,
         }
     }
+}
+
+fn parse_vonage_sender(s: &str) -> Result<String, String> {
+    crate::deliver::sms::check_vonage_sender(s).map(|()| s.to_owned())
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -547,7 +585,7 @@ mod tests {
     fn twilio_credentials_come_together() {
         let c = parse(&["--twilio-account-sid", "AC1"]);
         assert_eq!(c.validate(), Err(ConfigError::TwilioIncomplete("--twilio-auth-token or --twilio-api-key-sid")));
-        let key = parse(&["--twilio-account-sid", "AC1", "--twilio-from", "+15005550006", "--twilio-api-key-sid", "SK1", "--twilio-api-key-secret", "s"]);
+        let key = parse(&["--twilio-account-sid", "AC1", "--twilio-from", "+14155550100", "--twilio-api-key-sid", "SK1", "--twilio-api-key-secret", "s"]);
         assert_eq!(key.validate(), Ok(()), "an API key instead of the auth token");
         assert!(Config::try_parse_from(["herald", "--twilio-api-key-sid", "SK1"]).is_err(), "a key needs its secret");
     }
@@ -563,8 +601,27 @@ mod tests {
     }
 
     #[test]
+    fn senders_that_would_fail_every_sms_are_refused_naming_the_flag() {
+        for (flag, value) in [
+            ("--twilio-from", "abc"),
+            ("--twilio-from", "14155550100"),
+            ("--twilio-from", "+1415"),
+            ("--vonage-from", ""),
+            ("--vonage-from", "+1415"),
+        ] {
+            let mut args = vec!["herald", flag, value];
+            if flag == "--vonage-from" {
+                args.extend(["--vonage-api-key", "k", "--vonage-api-secret", "s"]);
+            }
+            let error = Config::try_parse_from(args).expect_err(value).to_string();
+            assert!(error.contains(flag), "{flag} {value:?}: {error}");
+        }
+        assert!(Config::try_parse_from(["herald", "--twilio-from", "MG0123456789abcdef0123456789abcdef"]).is_ok());
+    }
+
+    #[test]
     fn the_receipts_url_is_http() {
-        let twilio = ["--twilio-account-sid", "AC1", "--twilio-auth-token", "t", "--twilio-from", "+15005550006"];
+        let twilio = ["--twilio-account-sid", "AC1", "--twilio-auth-token", "t", "--twilio-from", "+14155550100"];
         let with = |url: &str| parse(&[&twilio[..], &["--receipts-listen", "127.0.0.1:8080", "--receipts-public-url", url]].concat());
         assert_eq!(with("https://herald.example.com/twilio/status").validate(), Ok(()));
         assert_eq!(with("mailto:ops@example.com").validate(), Err(ConfigError::ReceiptsUrl("mailto:ops@example.com".into())));

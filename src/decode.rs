@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use apache_avro::Schema;
 
 use crate::codec::{self, Bundled, RequestError, WireError};
-use crate::model::{InvalidReason, Request};
+use crate::model::{Ids, InvalidReason, Request};
 use crate::registry::{Registry, RegistryError};
 
 /// Why a record is not a usable request.
@@ -18,8 +18,8 @@ pub enum DecodeError {
     Undecodable(Undecodable),
     /// A request, but one that can never be delivered. Its ids are known,
     /// so the outcome is reported.
-    #[error("invalid request {event_id}: {reason}")]
-    Invalid { event_id: String, user_id: String, reason: InvalidReason },
+    #[error("invalid request {}: {reason}", ids.event_id)]
+    Invalid { ids: Ids, reason: InvalidReason },
     /// The schema registry is unreachable: the record is not at fault and
     /// must not be dead-lettered.
     #[error(transparent)]
@@ -37,7 +37,7 @@ pub enum Undecodable {
     #[error(transparent)]
     Field(#[from] codec::FieldError),
     #[error(transparent)]
-    Envelope(#[from] crate::outcome::EnvelopeError),
+    Envelope(#[from] crate::record::EnvelopeError),
 }
 
 impl Undecodable {
@@ -95,14 +95,11 @@ impl Decoder {
             RequestError::Field(f) => undecodable(f.into()),
             RequestError::Binary(e) => undecodable(Undecodable::Avro(e.to_string())),
             RequestError::UnknownChannel { event_id, user_id, symbol } => {
-                DecodeError::Invalid { event_id, user_id, reason: InvalidReason::UnknownChannel(symbol) }
+                let ids = Ids { event_id, user_id, channel: None };
+                DecodeError::Invalid { ids, reason: InvalidReason::UnknownChannel(symbol) }
             }
         })?;
-        let invalid = |reason| DecodeError::Invalid {
-            event_id: request.event_id.clone(),
-            user_id: request.user_id.clone(),
-            reason,
-        };
+        let invalid = |reason| DecodeError::Invalid { ids: request.ids(), reason };
         if request.event_id.is_empty() {
             return Err(invalid(InvalidReason::EmptyEventId));
         }

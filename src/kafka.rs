@@ -1,10 +1,10 @@
 //! librdkafka client settings, in one place.
 
 use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::KafkaResult;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
 
 use crate::config::Config;
@@ -58,16 +58,52 @@ fn consumer_config(config: &Config) -> ClientConfig {
     with_overrides(c, config, &config.kafka_consumer_options)
 }
 
+/// Reports librdkafka's errors, except partition EOF: herald turns EOF on
+/// to find where a topic ends, and librdkafka also reports each one as a
+/// client error, which here it is not.
+pub fn client_error(error: KafkaError, reason: &str) {
+    match error {
+        KafkaError::PartitionEOF(_) => {}
+        error => tracing::error!(message = "Kafka client error.", %error, reason),
+    }
+}
+
+/// The context of a [`reader`].
+#[derive(Default)]
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        client_error(error, reason);
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+pub type Reader = StreamConsumer<ReaderContext>;
+
 /// A consumer outside the group, for reading a whole topic (the
 /// suppression list) by assignment; it commits nothing. The
 /// consumer-specific options are for the group's consumer and its load,
 /// not for this one, which is idle most of the time.
-pub fn reader(config: &Config) -> KafkaResult<StreamConsumer> {
+pub fn reader(config: &Config) -> KafkaResult<Reader> {
     let mut c = base(config);
     c.set("group.id", format!("{}.reader", config.group_id))
         .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false");
-    with_overrides(c, config, &[]).create()
+        .set("enable.auto.offset.store", "false")
+        // The end of a partition is where a fetch finds it, which does not
+        // depend on the broker's ListOffsets.
+        .set("enable.partition.eof", "true")
+        // The list is small; a short wait keeps a broker that answers a
+        // fetch only when the wait runs out from slowing startup.
+        .set("fetch.wait.max.ms", "100");
+    with_overrides(c, config, &[]).create_with_context(ReaderContext)
+}
+
+/// The producer's `message.max.bytes`, as the producer will have it: an
+/// operator's `--kafka-producer-option` wins over `--max-message-bytes`.
+pub fn max_message_bytes(config: &Config) -> usize {
+    producer_config(config).get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(config.max_message_bytes)
 }
 
 pub fn producer(config: &Config) -> KafkaResult<FutureProducer> {
@@ -76,7 +112,8 @@ pub fn producer(config: &Config) -> KafkaResult<FutureProducer> {
 
 fn producer_config(config: &Config) -> ClientConfig {
     let mut c = base(config);
-    c.set("enable.idempotence", "true")
+    c.set("message.max.bytes", config.max_message_bytes.to_string())
+        .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4");

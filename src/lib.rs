@@ -12,8 +12,9 @@
 //! | deliver | [`deliver`] | SMS through Twilio, failing over to Vonage; FCM push; each provider guarded by a rate cap and a circuit breaker; classifies provider errors |
 //! | outcome | [`outcome`] | `decide` (the one retry / dead-letter / drop decision), status events, retry and dead-letter records |
 //!
-//! [`pipeline`] strings the stages together per record; [`run`] wires
-//! everything up from a [`Config`] and runs until `shutdown` completes.
+//! [`pipeline`] strings the stages together per record; [`record`] is the
+//! consumed record they share. [`App::build`] checks a [`Config`] and
+//! connects; [`App::run`] runs until `shutdown` completes. [`run`] does both.
 
 pub mod codec;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod outcome;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod receipts;
+pub mod record;
 pub mod registry;
 pub mod route;
 pub mod suppression;
@@ -34,34 +36,42 @@ pub mod telemetry;
 pub mod topics;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 
 pub use config::Config;
 
-use crate::deliver::{Fcm, Gateway, Guarded, Sender, Twilio, TwilioAuth, Vonage};
+use crate::deliver::{Calls, Fcm, Gateway, Guarded, Sender, ServiceAccount, Twilio, TwilioAuth, Vonage};
+use crate::mask::Secret;
 use crate::model::Channel;
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{Limiter, Store};
 use crate::route::{Lane, Router};
 use crate::topics::Topics;
 
+/// Every request herald makes says who it is.
+pub const USER_AGENT: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
+
 /// Why herald could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("configuration: {0}")]
     Config(#[from] config::ConfigError),
+    #[error("--brokers {brokers}: {reason}")]
+    Brokers { brokers: String, reason: String },
     #[error("kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("topics: {0}")]
     Topics(#[from] topics::TopicError),
-    #[error("FCM credentials: {0}")]
-    Credentials(#[from] deliver::push::CredentialsError),
+    #[error("--fcm-credentials {path}: {source}")]
+    Credentials { path: String, source: deliver::push::CredentialsError },
     #[error("schema registry: {0}")]
     Registry(#[from] registry::RegistryError),
-    #[error("cannot listen for delivery receipts: {0}")]
-    Receipts(std::io::Error),
+    #[error("--receipts-listen {addr}: cannot listen: {source}")]
+    Receipts { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Suppressions(#[from] suppression::SuppressionError),
     #[error("rate-limit store: {0}")]
@@ -70,81 +80,136 @@ pub enum Error {
     Ingest(#[from] ingest::IngestError),
 }
 
+/// Listeners bound by the caller instead of from configuration: a test
+/// binds port 0, learns the port, and hands the listener over.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub receipts: Option<std::net::TcpListener>,
+}
+
+/// herald, built: configuration checked, credentials loaded, listeners
+/// bound, topics in place, the suppression list read. [`App::run`] starts
+/// consuming.
+pub struct App {
+    config: Config,
+    pipeline: Arc<Pipeline>,
+    topics: Arc<Topics>,
+    suppressions: Arc<suppression::Suppressions>,
+    /// Positioned at the suppression topic's end, to follow it.
+    suppression_reader: kafka::Reader,
+    receipts: Option<(tokio::net::TcpListener, receipts::Endpoint, Secret)>,
+}
+
 /// Runs herald until `shutdown` completes, then drains in-flight work
 /// within the configured deadline, flushes, commits and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    config.validate()?;
-    // Before any connection: a template that does not parse is a configuration error.
-    let sms = deliver::SmsRules::new(config.sms_max_chars, config.sms_over_length, config.sms_template.clone())
-        .map_err(config::ConfigError::SmsTemplate)?;
-    let topics = Arc::new(Topics::from_config(&config));
-    topics::ensure(&kafka::admin(&config)?, &topics, &config).await?;
+    App::build(config, Listeners::default()).await?.run(shutdown).await
+}
 
-    let bundled = codec::Bundled::load();
-    let registry = config
-        .schema_registry_url
-        .clone()
-        .map(|url| Arc::new(registry::Registry::new(url, config.http_timeout)));
-    // Without a registry, status events carry schema id 0: readers use
-    // schemas/notification.status.avsc.
-    let status_schema_id = match &registry {
-        Some(r) => r.register(&format!("{}-value", topics.status), codec::STATUS_SCHEMA).await?,
-        None => 0,
-    };
+impl App {
+    /// Checks everything that needs no connection first (flags, the SMS
+    /// template, provider credentials, listeners), so a mistake there is
+    /// reported at once and names its flag; then connects.
+    pub async fn build(config: Config, listeners: Listeners) -> Result<App, Error> {
+        config.validate()?;
+        let sms = deliver::SmsRules::new(config.sms_max_chars, config.sms_over_length, config.sms_template.clone())
+            .map_err(config::ConfigError::SmsTemplate)?;
+        let fcm = match (&config.fcm_credentials, config.delivery) {
+            (Some(path), config::DeliveryMode::Providers) => {
+                let credentials = |source| Error::Credentials { path: path.display().to_string(), source };
+                let account = Fcm::load_credentials(path).map_err(credentials)?;
+                Fcm::check_key(&account).map_err(credentials)?;
+                Some(account)
+            }
+            _ => None,
+        };
+        let receipts = match (config.receipts(), &config.twilio_auth_token, config.receipts_listen) {
+            (Some(endpoint), Some(token), Some(addr)) => {
+                let bound = match listeners.receipts {
+                    Some(listener) => listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener)),
+                    None => tokio::net::TcpListener::bind(addr).await,
+                };
+                Some((bound.map_err(|source| Error::Receipts { addr, source })?, endpoint, token.clone()))
+            }
+            _ => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(config.http_timeout)
+            .user_agent(USER_AGENT)
+            .build()
+            .expect("static HTTP client settings");
+        let calls = Calls::default();
+        let mut senders = senders(&config, &http, fcm, &calls)?;
 
-    let http = reqwest::Client::builder()
-        .timeout(config.http_timeout)
-        .build()
-        .expect("static HTTP client settings");
-    let mut senders = senders(&config, &http)?;
-    let router = Router::new(
-        |channel| {
-            let sender = std::mem::replace(&mut senders[channel.index()], Sender::Disabled);
-            Lane::new(sender, config.channel_queue, config.concurrency(channel))
-        },
-        config.channel_queue,
-    );
-    let suppressions = Arc::new(suppression::Suppressions::default());
-    let reader = suppression::load(kafka::reader(&config)?, &topics.suppressions, &suppressions).await?;
-    // Dropping the set, however `run` returns, stops following.
-    let mut following = tokio::task::JoinSet::new();
-    following.spawn(suppression::follow(reader, topics.suppressions.clone(), suppressions.clone()));
-    let pipeline = Arc::new(Pipeline {
-        decoder: decode::Decoder::new(bundled.clone(), registry),
-        limiter: Limiter::new(|c| config.rate_limit(c).clone(), rate_limit_store(&config).await?),
-        router,
-        publisher: Arc::new(outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id)),
-        topics: topics.clone(),
-        sms,
-        suppressions: suppressions.clone(),
-        over_limit: Channel::ALL.map(|c| config.over_limit(c)),
-    });
+        reachable(&config.brokers).await?;
+        let topics = Arc::new(Topics::from_config(&config));
+        topics::ensure(&kafka::admin(&config)?, &topics, &config).await?;
+        let registry = config.schema_registry_url.clone().map(|url| Arc::new(registry::Registry::new(url, config.http_timeout)));
+        // Without a registry, status events carry schema id 0: readers use
+        // schemas/notification.status.avsc.
+        let status_schema_id = match &registry {
+            Some(r) => r.register(&format!("{}-value", topics.status), codec::STATUS_SCHEMA).await?,
+            None => 0,
+        };
+        let suppressions = Arc::new(suppression::Suppressions::default());
+        let suppression_reader = suppression::load(kafka::reader(&config)?, &topics.suppressions, &suppressions).await?;
+        let router = Router::new(
+            |channel| {
+                let sender = std::mem::replace(&mut senders[channel.index()], Sender::Disabled);
+                Lane::new(sender, config.channel_queue, config.concurrency(channel))
+            },
+            config.channel_queue,
+            calls,
+        );
+        let publisher = outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id, kafka::max_message_bytes(&config));
+        let pipeline = Arc::new(Pipeline {
+            decoder: decode::Decoder::new(codec::Bundled::load(), registry),
+            limiter: Limiter::new(|c| config.rate_limit(c).clone(), rate_limit_store(&config).await?),
+            router,
+            publisher: Arc::new(publisher),
+            topics: topics.clone(),
+            sms,
+            suppressions: suppressions.clone(),
+            over_limit: Channel::ALL.map(|c| config.over_limit(c)),
+            postpone_spread: config.breaker_cooldown,
+        });
+        Ok(App { config, pipeline, topics, suppressions, suppression_reader, receipts })
+    }
 
-    let consumer = kafka::consumer(&config)?;
-    consumer.subscribe(&topics.inputs())?;
-    tracing::info!(message = "Consuming.", topics = ?topics.inputs(), group = config.group_id);
-    let (stop_receipts, receipts_stopped) = tokio::sync::oneshot::channel::<()>();
-    let receipts = match (config.receipts(), &config.twilio_auth_token) {
-        (Some(endpoint), Some(token)) => {
-            let listener = tokio::net::TcpListener::bind(endpoint.listen).await.map_err(Error::Receipts)?;
+    /// Where delivery receipts are accepted, when they are on.
+    pub fn receipts_addr(&self) -> Option<SocketAddr> {
+        self.receipts.as_ref().and_then(|(listener, ..)| listener.local_addr().ok())
+    }
+
+    /// Consumes until `shutdown` completes, then drains within the
+    /// shutdown deadline.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let App { config, pipeline, topics, suppressions, suppression_reader, receipts } = self;
+        // Dropping the set, however `run` returns, stops following.
+        let mut following = tokio::task::JoinSet::new();
+        following.spawn(suppression::follow(suppression_reader, topics.suppressions.clone(), suppressions.clone()));
+        let consumer = kafka::consumer(&config)?;
+        consumer.subscribe(&topics.inputs())?;
+        tracing::info!(message = "Consuming.", topics = ?topics.inputs(), group = config.group_id);
+        let (stop_receipts, receipts_stopped) = tokio::sync::oneshot::channel::<()>();
+        let receipts = receipts.map(|(listener, endpoint, token)| {
             let stopped = async {
                 let _ = receipts_stopped.await;
             };
-            let publisher = pipeline.publisher.clone();
-            Some(tokio::spawn(receipts::serve(listener, endpoint, token.clone(), publisher, suppressions, stopped)))
+            let limits = receipts::Limits::new(config.receipts_max_connections);
+            tokio::spawn(receipts::serve(listener, endpoint, token, limits, pipeline.publisher.clone(), suppressions, stopped))
+        });
+        let consumed = ingest::consume(consumer, pipeline, shutdown, config.shutdown_deadline).await;
+        let _ = stop_receipts.send(());
+        if let Some(server) = receipts {
+            if let Ok(Err(error)) = server.await {
+                tracing::warn!(message = "The delivery receipt server failed.", %error);
+            }
         }
-        _ => None,
-    };
-    let consumed = ingest::consume(consumer, pipeline, shutdown, config.shutdown_deadline).await;
-    let _ = stop_receipts.send(());
-    if let Some(server) = receipts {
-        if let Ok(Err(error)) = server.await {
-            tracing::warn!(message = "The delivery receipt server failed.", %error);
-        }
+        following.shutdown().await;
+        consumed?;
+        Ok(())
     }
-    following.shutdown().await;
-    consumed?;
-    Ok(())
 }
 
 /// Applies the CQL schema to `SCYLLA_URI` (`herald migrate`).
@@ -153,6 +218,36 @@ pub async fn migrate(config: &Config) -> Result<(), Error> {
     let session = ratelimit::connect(config).await?;
     ratelimit::migrate(&session, &config.scylla_keyspace, &config.scylla_replication).await?;
     Ok(())
+}
+
+/// Whether any bootstrap server accepts a connection, tried at once
+/// rather than after the Kafka client's own retries: a wrong address is a
+/// configuration mistake, and the error should say so and name it.
+async fn reachable(brokers: &str) -> Result<(), Error> {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let failed = |reason: String| Error::Brokers { brokers: brokers.to_owned(), reason };
+    let addresses: Vec<String> = brokers
+        .split(',')
+        .map(|b| b.trim().rsplit_once("://").map_or(b.trim(), |(_, a)| a).to_owned())
+        .filter(|b| !b.is_empty())
+        .map(|b| if b.contains(':') { b } else { format!("{b}:9092") })
+        .collect();
+    if addresses.is_empty() {
+        return Err(failed("no bootstrap server given".into()));
+    }
+    let attempts = addresses.iter().map(|address| async move {
+        match tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(address.as_str())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("{address}: {error}")),
+            Err(_) => Err(format!("{address}: no answer within {TIMEOUT:?}")),
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    if results.iter().any(Result::is_ok) {
+        return Ok(());
+    }
+    let reasons: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    Err(failed(format!("no bootstrap server accepts connections ({})", reasons.join("; "))))
 }
 
 async fn rate_limit_store(config: &Config) -> Result<Store, Error> {
@@ -168,12 +263,17 @@ async fn rate_limit_store(config: &Config) -> Result<Store, Error> {
     Ok(Store::ScyllaDb(table))
 }
 
-fn senders(config: &Config, http: &reqwest::Client) -> Result<[Sender; Channel::ALL.len()], Error> {
+fn senders(
+    config: &Config,
+    http: &reqwest::Client,
+    fcm: Option<ServiceAccount>,
+    calls: &Calls,
+) -> Result<[Sender; Channel::ALL.len()], Error> {
     use config::DeliveryMode;
     let guarded = |gateway: Gateway| {
         let breaker = deliver::breaker::Breaker::new(config.breaker_failures, config.breaker_cooldown);
         let max_rps = config.max_rps(gateway.provider());
-        Guarded::new(gateway, max_rps, breaker)
+        Guarded::new(gateway, max_rps, breaker, calls.clone())
     };
     let providers = |gateways: Vec<Gateway>| match gateways.is_empty() {
         true => Sender::Disabled,
@@ -183,10 +283,12 @@ fn senders(config: &Config, http: &reqwest::Client) -> Result<[Sender; Channel::
         DeliveryMode::DryRun => (Sender::DryRun, Sender::DryRun),
         DeliveryMode::Providers => {
             let sms = config.sms_providers.iter().filter_map(|p| sms_gateway(config, http, *p)).collect();
-            let push = match &config.fcm_credentials {
-                Some(path) => {
-                    let account = Fcm::load_credentials(path)?;
-                    vec![Gateway::Fcm(Fcm::new(http.clone(), &config.fcm_base_url, account, config.fcm_project_id.clone())?)]
+            let push = match fcm {
+                Some(account) => {
+                    let path = config.fcm_credentials.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                    let fcm = Fcm::new(http.clone(), &config.fcm_base_url, account, config.fcm_project_id.clone())
+                        .map_err(|source| Error::Credentials { path, source })?;
+                    vec![Gateway::Fcm(fcm)]
                 }
                 None => vec![],
             };

@@ -1,5 +1,3 @@
-use clap::Parser;
-
 // Every record allocates short-lived strings and buffers on one thread and
 // frees them on another; glibc malloc spent a third of herald's CPU on that
 // and held on to freed memory per thread.
@@ -8,7 +6,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = herald::Config::parse();
+    let config = herald::Config::from_env();
     herald::telemetry::init(config.log_format);
     let result = match config.command {
         Some(herald::config::Command::Migrate) => herald::migrate(&config).await,

@@ -34,10 +34,25 @@ impl Channel {
     }
 }
 
+impl Request {
+    pub fn ids(&self) -> Ids {
+        Ids { event_id: self.event_id.clone(), user_id: self.user_id.clone(), channel: Some(self.channel) }
+    }
+}
+
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.symbol())
     }
+}
+
+/// Whom a status event is about. The channel is `None` only when the
+/// request named one herald does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    pub event_id: String,
+    pub user_id: String,
+    pub channel: Option<Channel>,
 }
 
 /// A decoded `notification.requested` event.
@@ -160,8 +175,25 @@ impl Status {
     /// No further status follows a terminal one from herald's pipeline for
     /// the same event; a delivery receipt may still follow SENT.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Status::RetryScheduled | Status::Scheduled | Status::Deferred)
+        self.stage() != Stage::Pending
     }
+
+    pub fn stage(self) -> Stage {
+        match self {
+            Status::RetryScheduled | Status::Scheduled | Status::Deferred => Stage::Pending,
+            Status::Delivered | Status::Undelivered => Stage::Receipt,
+            _ => Stage::Outcome,
+        }
+    }
+}
+
+/// Where a status stands in a notification's life, in order: waiting for
+/// an attempt, decided, and (SMS with receipts) reported by the carrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Pending,
+    Outcome,
+    Receipt,
 }
 
 /// How an error was classified; this alone decides what happens next.
@@ -195,6 +227,17 @@ impl ErrorClass {
 }
 
 /// One `notification.status` event.
+///
+/// Delivery is at least once, so a subscriber may read an event twice, and
+/// an event's statuses may interleave with a redelivered copy's. The rule
+/// for subscribers, implemented by [`StatusEvent::is_duplicate_of`] and
+/// [`StatusEvent::supersedes`]:
+/// - two statuses with the same event id, attempt and status are the same
+///   outcome: keep one;
+/// - the current state of a notification is its status with the highest
+///   attempt; at the same attempt a decided status replaces a pending one
+///   and a carrier receipt replaces the decision; what is still tied goes
+///   to the later `occurred_at`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusEvent {
     pub event_id: String,
@@ -210,6 +253,18 @@ pub struct StatusEvent {
     pub error_message: Option<String>,
     pub occurred_at: DateTime<Utc>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl StatusEvent {
+    pub fn is_duplicate_of(&self, other: &StatusEvent) -> bool {
+        (&self.event_id, self.attempt, self.status) == (&other.event_id, other.attempt, other.status)
+    }
+
+    /// Whether this status replaces `other`, of the same notification, as
+    /// its current state.
+    pub fn supersedes(&self, other: &StatusEvent) -> bool {
+        (self.attempt, self.status.stage(), self.occurred_at) > (other.attempt, other.status.stage(), other.occurred_at)
+    }
 }
 
 /// Why a request can never be delivered as written. One enum for every
@@ -234,6 +289,9 @@ pub enum InvalidReason {
     PayloadTooLarge { bytes: usize, max: usize },
     /// An Android or APNs override out of its range; names the field.
     InvalidOverride(&'static str),
+    /// Key, value and headers together are too large for herald to copy to
+    /// a retry or dead-letter topic with its own headers.
+    RecordTooLarge { bytes: usize, max: usize },
 }
 
 impl InvalidReason {
@@ -252,6 +310,7 @@ impl InvalidReason {
             InvalidReason::EmptyPushToken => "empty-push-token",
             InvalidReason::PayloadTooLarge { .. } => "payload-too-large",
             InvalidReason::InvalidOverride(_) => "invalid-override",
+            InvalidReason::RecordTooLarge { .. } => "record-too-large",
         }
     }
 }
@@ -273,6 +332,95 @@ impl fmt::Display for InvalidReason {
             InvalidReason::EmptyPushToken => f.write_str("push token is empty"),
             InvalidReason::PayloadTooLarge { bytes, max } => write!(f, "push payload is {bytes} bytes; FCM takes at most {max}"),
             InvalidReason::InvalidOverride(field) => write!(f, "push override {field} is out of range"),
+            InvalidReason::RecordTooLarge { bytes, max } => {
+                write!(f, "the record is {bytes} bytes; herald forwards records of at most {max}")
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn status(event_id: &str, status: Status, attempt: u32, at: i64) -> StatusEvent {
+        StatusEvent {
+            event_id: event_id.into(),
+            user_id: "u".into(),
+            channel: Some(Channel::Sms),
+            status,
+            attempt,
+            provider: None,
+            provider_message_id: None,
+            error_code: None,
+            error_class: None,
+            error_message: None,
+            occurred_at: Utc.timestamp_opt(1_700_000_000 + at, 0).unwrap(),
+            next_attempt_at: None,
+        }
+    }
+
+    /// The subscriber's fold: duplicates dropped, then the current status.
+    fn follow(stream: &[StatusEvent]) -> (Vec<StatusEvent>, HashMap<String, Status>) {
+        let mut kept: Vec<StatusEvent> = vec![];
+        let mut current: HashMap<String, StatusEvent> = HashMap::new();
+        for e in stream {
+            if kept.iter().any(|k| e.is_duplicate_of(k)) {
+                continue;
+            }
+            kept.push(e.clone());
+            if current.get(&e.event_id).is_none_or(|c| e.supersedes(c)) {
+                current.insert(e.event_id.clone(), e.clone());
+            }
+        }
+        (kept, current.into_iter().map(|(id, e)| (id, e.status)).collect())
+    }
+
+    #[test]
+    fn the_subscriber_rule_keeps_every_outcome_and_finds_the_current_one() {
+        use Status::*;
+        // Every pair that "deduplicate on event id and attempt" got wrong,
+        // each followed by a redelivered duplicate, some out of order.
+        let stream = [
+            status("scheduled-invalid", Scheduled, 0, 0),
+            status("scheduled-invalid", Invalid, 0, 5),
+            status("scheduled-limited", Scheduled, 0, 0),
+            status("scheduled-limited", RateLimited, 0, 5),
+            status("scheduled-limited", Scheduled, 0, 6),
+            status("sent-delivered", Sent, 1, 0),
+            status("sent-delivered", Delivered, 1, 9),
+            status("sent-delivered", Sent, 1, 10),
+            status("sent-undelivered", Undelivered, 1, 9),
+            status("sent-undelivered", Sent, 1, 0),
+            status("retried", RetryScheduled, 1, 0),
+            status("retried", RetryScheduled, 2, 600),
+            status("retried", Sent, 3, 1800),
+            status("retried", RetryScheduled, 2, 601),
+            status("suppressed-on-retry", RetryScheduled, 1, 0),
+            status("suppressed-on-retry", Suppressed, 1, 600),
+            // A crash: the first attempt's outcome was lost, the redelivery succeeded.
+            status("redelivered", RetryScheduled, 1, 0),
+            status("redelivered", Sent, 1, 3),
+        ];
+        let (kept, current) = follow(&stream);
+        assert_eq!(kept.len(), stream.len() - 3, "the three exact duplicates, and nothing else, dropped");
+        let expected = [
+            ("scheduled-invalid", Invalid),
+            ("scheduled-limited", RateLimited),
+            ("sent-delivered", Delivered),
+            ("sent-undelivered", Undelivered),
+            ("retried", Sent),
+            ("suppressed-on-retry", Suppressed),
+            ("redelivered", Sent),
+        ];
+        assert_eq!(current, expected.into_iter().map(|(id, s)| (id.to_owned(), s)).collect::<HashMap<_, _>>());
+        // The old rule, the first status per (event id, attempt), loses these.
+        let mut first: HashMap<(&str, u32), Status> = HashMap::new();
+        for e in &stream {
+            first.entry((&e.event_id, e.attempt)).or_insert(e.status);
+        }
+        assert_eq!(first[&("scheduled-invalid", 0)], Scheduled);
+        assert_eq!(first[&("sent-delivered", 1)], Sent);
     }
 }

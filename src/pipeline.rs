@@ -6,19 +6,33 @@
 //! written. Most records then resolve at once (`resolve_now`); those that
 //! call a provider `deliver` concurrently, bounded by their lane. `publish`
 //! hands the outcome to the producer.
+//!
+//! The checks run in this order, each for a reason:
+//! 1. size: a record herald cannot copy with its headers can go nowhere
+//!    but the dead letters, stripped;
+//! 2. a parked record that is not due yet goes back to wait, unchecked;
+//! 3. validation, so that a request that can never be sent is reported
+//!    INVALID at once (a scheduled one too), and never uses up a window;
+//! 4. a request scheduled for later is parked;
+//! 5. suppression, at every attempt, since a number may opt out while its
+//!    retry waits, and before the rate limit, so a skipped send uses no
+//!    window;
+//! 6. the rate limit, on the first attempt only.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::config::OverLimit;
 use crate::decode::{DecodeError, Decoder};
-use crate::deliver::{Delivered, DeliveryError, Payload, Prepared, SmsRules};
+use crate::deliver::{Attempt, Delivered, DeliveryError, Payload, SmsRules};
 use crate::mask::Masked;
-use crate::model::{Channel, Request};
-use crate::outcome::{self, Consumed, Ids, Outcome, Publisher};
+use crate::model::{Channel, Ids, InvalidReason, Request};
+use crate::outcome::{self, Outcome, ProduceError, Publisher};
 use crate::ratelimit::{Decision, Limiter, Pending, StoreError, Subject};
+use crate::record::Consumed;
 use crate::registry::RegistryError;
 use crate::route::Router;
 use crate::suppression::{Change, Suppressions};
@@ -34,6 +48,9 @@ pub struct Pipeline {
     pub suppressions: Arc<Suppressions>,
     /// Per channel, what happens to an event over its limit.
     pub over_limit: [OverLimit; Channel::ALL.len()],
+    /// Records refused by an open circuit come back spread over this long
+    /// after it is due to close, not all at once.
+    pub postpone_spread: Duration,
 }
 
 /// Why a record could not be judged at all; nothing must happen to it.
@@ -45,10 +62,13 @@ pub enum AdmitError {
     RateLimit(#[from] StoreError),
 }
 
-/// A record after the in-order steps.
+/// A record after the in-order steps. Moved, never copied: boxing the
+/// request would cost an allocation per record.
+#[allow(clippy::large_enum_variant)]
 pub enum Admitted {
-    /// Ready for its channel's delivery stage, as delivery attempt `attempt`.
-    Deliver { request: Request, attempt: u32 },
+    /// Ready for its channel's delivery stage; `made` attempts were made
+    /// before this one.
+    Deliver { request: Request, payload: Payload, made: u32 },
     /// Its outcome is already known.
     Settled { ids: Option<Ids>, outcome: Outcome },
 }
@@ -63,10 +83,10 @@ impl Admitted {
 }
 
 impl Pipeline {
-    /// Decode, hold if not yet due, rate-limit. A counted event comes with
-    /// its pending rate-limit write, which the record's offset must wait
-    /// for. Errors only when the record cannot be judged at all (the schema
-    /// registry or the rate-limit store is down).
+    /// Runs the checks in order. A counted event comes with its pending
+    /// rate-limit write, which the record's offset must wait for. Errors
+    /// only when the record cannot be judged at all (the schema registry or
+    /// the rate-limit store is down).
     pub async fn admit(
         &self,
         record: &Consumed,
@@ -78,32 +98,31 @@ impl Pipeline {
             Ok(request) => request,
             Err(DecodeError::Unavailable(e)) => return Err(e.into()),
             Err(DecodeError::Undecodable(reason)) => return settled(None, Outcome::Undecodable(reason)),
-            Err(DecodeError::Invalid { event_id, user_id, reason }) => {
-                return settled(Some(Ids { event_id, user_id, channel: None }), Outcome::Invalid(reason));
-            }
+            Err(DecodeError::Invalid { ids, reason }) => return settled(Some(ids), Outcome::Invalid(reason)),
         };
-        let ids = || Some(ids_of(&request));
-        let attempt = record.envelope.attempts + 1;
-        let due = match source {
-            Source::Requested => request.scheduled_at,
-            Source::Retry(_) => record.envelope.not_before,
-        };
-        if let Some(not_before) = due.filter(|t| *t > now) {
-            let hold = self.topics.hold_for((not_before - now).to_std().unwrap_or_default());
-            let outcome = match source {
-                Source::Requested => Outcome::Scheduled { hold, not_before },
-                Source::Retry(_) => Outcome::Held { hold, not_before },
-            };
-            return settled(ids(), outcome);
+        let ids = || Some(request.ids());
+        if !self.publisher.fits(record) {
+            let reason = InvalidReason::RecordTooLarge { bytes: record.size(), max: self.publisher.max_record_bytes() };
+            return settled(ids(), Outcome::Invalid(reason));
         }
-        // Checked at every attempt: a number may opt out while its retry waits.
-        // Before the rate limit, so a skipped send does not use the window.
+        if let (Source::Retry(_), Some(not_before)) = (source, record.envelope.not_before.filter(|t| *t > now)) {
+            return settled(None, Outcome::Held { hold: self.hold_for(not_before, now), not_before });
+        }
+        let lane = self.router.lane(request.channel);
+        let payload = match lane.validate(request.channel, &request, &self.sms) {
+            Ok(payload) => payload,
+            Err(reason) => return settled(ids(), Outcome::Invalid(reason)),
+        };
+        if let (Source::Requested, Some(not_before)) = (source, request.scheduled_at.filter(|t| *t > now)) {
+            return settled(ids(), Outcome::Scheduled { hold: self.hold_for(not_before, now), not_before });
+        }
         if let Some(reason) = self.suppressions.check(request.channel, &request.recipient) {
             return settled(ids(), Outcome::Suppressed(reason));
         }
+        let made = record.envelope.attempts;
         // Only the first attempt counts: a retry was counted when it was new.
         let mut count = None;
-        if attempt == 1 {
+        if made == 0 {
             let subject = Subject {
                 user_id: &request.user_id,
                 channel: request.channel,
@@ -115,46 +134,51 @@ impl Pipeline {
                 (Decision::Deny { until }, _) => {
                     let outcome = match self.over_limit[request.channel.index()] {
                         OverLimit::Reject => Outcome::RateLimited { until },
-                        OverLimit::Defer => {
-                            let hold = self.topics.hold_for((until - now).to_std().unwrap_or_default());
-                            Outcome::Deferred { hold, not_before: until }
-                        }
+                        OverLimit::Defer => Outcome::Deferred { hold: self.hold_for(until, now), not_before: until },
                     };
                     return settled(ids(), outcome);
                 }
             }
         }
-        Ok((Admitted::Deliver { request, attempt }, count))
+        Ok((Admitted::Deliver { request, payload, made }, count))
+    }
+
+    fn hold_for(&self, not_before: DateTime<Utc>, now: DateTime<Utc>) -> usize {
+        self.topics.hold_for((not_before - now).to_std().unwrap_or_default())
     }
 
     /// The outcome, when it needs no waiting: a settled record, or a
     /// delivery its lane answers without a provider call. Otherwise the
-    /// validated request, for [`Pipeline::deliver`].
+    /// request, for [`Pipeline::deliver`].
+    #[allow(clippy::result_large_err)]
     pub fn resolve_now(&self, record: &Consumed, admitted: Admitted) -> Result<Resolved, ToDeliver> {
         match admitted {
             Admitted::Settled { ids, outcome } => {
-                Ok(Resolved { ids, outcome, attempt: record.envelope.attempts, now: Utc::now(), suppress: None })
-            }
-            Admitted::Deliver { request, attempt } => {
-                match self.router.lane(request.channel).prepare(request.channel, &request, &self.sms) {
-                    Prepared::Answered(result) => Ok(self.decided(request, attempt, result)),
-                    Prepared::Call(payload) => Err(ToDeliver { payload, request, attempt }),
+                if let (Some(ids), Outcome::Invalid(reason)) = (&ids, &outcome) {
+                    tracing::warn!(message = "Invalid request.", event_id = ids.event_id, channel = ids.channel.map(Channel::symbol), %reason);
                 }
+                Ok(Resolved { ids, outcome, attempts: record.envelope.attempts, now: Utc::now(), suppress: None })
             }
+            Admitted::Deliver { request, payload, made } => match self.router.lane(request.channel).answer_now() {
+                Some(delivered) => Ok(self.decided(request, made + 1, Ok(delivered))),
+                None => Err(ToDeliver { request, payload, attempt: Attempt { number: made + 1, partition: record.partition } }),
+            },
         }
     }
 
-    /// Calls the provider, and decides.
+    /// Calls the provider, and decides. The caller holds the lane's slot.
     pub async fn deliver(&self, to: ToDeliver) -> Resolved {
-        let ToDeliver { request, attempt, payload } = to;
+        let ToDeliver { request, payload, attempt } = to;
         let result = self.router.lane(request.channel).call(&payload, &request, attempt).await;
-        self.decided(request, attempt, result)
+        self.decided(request, attempt.number, result)
     }
 
     fn decided(&self, request: Request, attempt: u32, result: Result<Delivered, DeliveryError>) -> Resolved {
         // One clock reading, so a status's next attempt is exactly its delay after it.
         let now = Utc::now();
-        let outcome = outcome::decide(result, attempt, &self.topics, now);
+        let jitter = self.postpone_spread.mul_f64(fastrand::f64());
+        let outcome = outcome::decide(result, attempt, &self.topics, now, jitter);
+        let attempts = if outcome.called_provider() { attempt } else { attempt - 1 };
         log(&request, &outcome, attempt);
         let suppress = outcome.suppresses().map(|entry| {
             let change = Change { channel: request.channel, recipient: request.recipient.clone(), entry: Some(entry) };
@@ -163,40 +187,43 @@ impl Pipeline {
             self.suppressions.apply(&change);
             change
         });
-        Resolved { ids: Some(ids_of(&request)), outcome, attempt, now, suppress }
+        Resolved { ids: Some(request.ids()), outcome, attempts, now, suppress }
     }
 
     /// Hands the outcome to the producer now; the future completes once it
-    /// is durable.
-    pub fn publish(&self, record: &Consumed, resolved: Resolved) -> impl Future<Output = ()> + Send + 'static {
-        let Resolved { ids, outcome, attempt, now, suppress } = resolved;
+    /// is durable, or fails when nothing can be written any more.
+    pub fn publish(&self, record: &Consumed, resolved: Resolved) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
+        let Resolved { ids, outcome, attempts, now, suppress } = resolved;
         if let (None, Outcome::Undecodable(reason)) = (&ids, &outcome) {
             tracing::warn!(message = "Undecodable record dead-lettered.", topic = record.topic, partition = record.partition, offset = record.offset, %reason);
         }
-        self.publisher.publish(record, ids.as_ref(), &outcome, attempt, now, suppress.as_ref())
+        self.publisher.publish(record, ids.as_ref(), &outcome, attempts, now, suppress.as_ref())
     }
 }
 
 /// A validated request whose provider call is still to be made.
 pub struct ToDeliver {
     request: Request,
-    attempt: u32,
     payload: Payload,
+    attempt: Attempt,
+}
+
+impl ToDeliver {
+    pub fn channel(&self) -> Channel {
+        self.request.channel
+    }
 }
 
 /// What a record came to: its outcome, ready to publish.
 pub struct Resolved {
     ids: Option<Ids>,
     outcome: Outcome,
-    /// The attempt the outcome belongs to (from 1).
-    attempt: u32,
+    /// Delivery attempts made once the outcome was reached: the status's
+    /// `attempt`, and the next copy's `herald-attempts`.
+    attempts: u32,
     now: DateTime<Utc>,
     /// A recipient to add to the suppression list, durably with the outcome.
     suppress: Option<Change>,
-}
-
-fn ids_of(request: &Request) -> Ids {
-    Ids { event_id: request.event_id.clone(), user_id: request.user_id.clone(), channel: Some(request.channel) }
 }
 
 fn log(request: &Request, outcome: &Outcome, attempt: u32) {
@@ -207,10 +234,12 @@ fn log(request: &Request, outcome: &Outcome, attempt: u32) {
         Outcome::RetryScheduled { error, not_before, .. } => {
             tracing::info!(message = "Delivery failed; retry scheduled.", event_id, channel, %recipient, attempt, %error, next_attempt_at = %not_before)
         }
+        Outcome::Postponed { error, not_before, .. } => {
+            tracing::debug!(message = "Provider not called; postponed.", event_id, channel, %recipient, %error, next_attempt_at = %not_before)
+        }
         Outcome::Failed(error) | Outcome::DeadLettered(error) => {
             tracing::warn!(message = "Delivery failed for good.", event_id, channel, %recipient, attempt, %error)
         }
-        Outcome::Invalid(reason) => tracing::warn!(message = "Invalid request.", event_id, channel, %recipient, %reason),
         _ => {}
     }
 }

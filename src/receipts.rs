@@ -3,11 +3,13 @@
 //! events, and incoming STOP and START replies change the suppression list.
 //!
 //! Each SMS is sent with a `StatusCallback` URL that carries the event's
-//! ids in its query. Twilio signs the URL together with the parameters it
-//! posts, so the ids cannot be forged either. A forged or unsigned callback
-//! gets 403 and emits nothing. A genuine one gets 200 only once its status
-//! event is acknowledged by the broker. Otherwise it gets 503, and Twilio
-//! tries again.
+//! ids in its query, with herald's own signature of them (`sig`, an HMAC
+//! keyed by `--receipts-key`), so a callback can only name a send herald
+//! made. Twilio signs the URL together with the parameters it posts. A
+//! callback whose Twilio signature fails gets 403; one whose ids are
+//! malformed, repeated or not signed by herald gets 400 or 403. Either way
+//! nothing is emitted. A genuine one gets 200 only once its status event is
+//! acknowledged by the broker, else 503, and Twilio tries again.
 //!
 //! Incoming messages are served beside the callback path, at `inbound`
 //! (`https://herald.example.com/twilio/status` → `.../twilio/inbound`): the
@@ -15,12 +17,19 @@
 //! webhook. Twilio itself answers STOP and START and stops sending to an
 //! opted-out number; herald records the change so that it skips those
 //! sends and reports them SUPPRESSED.
+//!
+//! Anyone on the internet can reach this listener, so everything a client
+//! can make it hold is bounded: connections ([`Limits`]), the time to send
+//! headers (which also closes idle keep-alive connections), the body's size
+//! (checked before it is read) and the time to send it, and a connection's
+//! whole lifetime.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -29,8 +38,14 @@ use axum::Router;
 use base64::Engine;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use reqwest::Url;
 use sha1::Sha1;
+use sha2::Sha256;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::deliver::Provider;
 use crate::mask::{Masked, Secret};
@@ -44,34 +59,124 @@ pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
 /// before asking Twilio to try again.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where Twilio sends callbacks: the public URL (as Twilio sees it, behind
-/// any proxy), and the address herald listens on.
+/// What one client can make the listener hold. Twilio's callbacks and
+/// incoming messages are a few KB: the largest, an incoming message of 1,600
+/// characters of a non-Latin script, is about 15 KB percent-encoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once; past it, new ones wait to be accepted.
+    pub max_connections: usize,
+    /// To send a request's headers, and to start the next one on a
+    /// keep-alive connection.
+    pub header_timeout: Duration,
+    /// To send a request's body.
+    pub body_timeout: Duration,
+    pub max_body: usize,
+    /// A connection's whole life, however busy.
+    pub connection_lifetime: Duration,
+}
+
+impl Limits {
+    pub fn new(max_connections: usize) -> Self {
+        Limits {
+            max_connections,
+            header_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(5),
+            max_body: 32 * 1024,
+            connection_lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where Twilio sends callbacks (the public URL, as Twilio sees it behind
+/// any proxy), and the key herald signs its callback ids with.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub public_url: Url,
-    pub listen: SocketAddr,
+    key: Secret,
+}
+
+/// The ids a status callback reports on, as herald put them in its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackIds {
+    pub event_id: String,
+    pub user_id: String,
+    pub attempt: u32,
+    /// The requests partition the send came from; its status goes there.
+    pub partition: i32,
 }
 
 impl Endpoint {
+    /// `key` signs the ids in callback URLs. Without one of its own, herald
+    /// derives it from the Twilio auth token.
+    pub fn new(public_url: Url, key: Option<Secret>, auth_token: &Secret) -> Self {
+        let key = key.unwrap_or_else(|| {
+            let mut mac = Hmac::<Sha256>::new_from_slice(auth_token.expose().as_bytes()).expect("HMAC takes keys of any length");
+            mac.update(b"herald receipts key v1");
+            Secret::new(base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+        });
+        Endpoint { public_url, key }
+    }
+
     /// Where Twilio posts incoming messages.
     pub fn inbound_url(&self) -> Url {
         self.public_url.join("inbound").expect("a relative path joins any base")
     }
 
     /// The `StatusCallback` for one attempt of one event.
-    pub fn callback_url(&self, event_id: &str, user_id: &str, attempt: u32) -> Url {
+    pub fn callback_url(&self, ids: &CallbackIds) -> Url {
         let mut url = self.public_url.clone();
         url.query_pairs_mut()
-            .append_pair("event_id", event_id)
-            .append_pair("user_id", user_id)
-            .append_pair("attempt", &attempt.to_string());
+            .append_pair("event_id", &ids.event_id)
+            .append_pair("user_id", &ids.user_id)
+            .append_pair("attempt", &ids.attempt.to_string())
+            .append_pair("partition", &ids.partition.to_string())
+            .append_pair("sig", &self.sign(ids));
         url
+    }
+
+    fn sign(&self, ids: &CallbackIds) -> String {
+        let mac = self.ids_mac(ids);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    fn ids_mac(&self, ids: &CallbackIds) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose().as_bytes()).expect("HMAC takes keys of any length");
+        // Each field prefixed with its length, so no two tuples of ids
+        // produce the same input.
+        for field in [ids.event_id.as_bytes(), ids.user_id.as_bytes(), &ids.attempt.to_be_bytes(), &ids.partition.to_be_bytes()] {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field);
+        }
+        mac
+    }
+
+    /// The ids of a callback's query, if it is exactly what herald wrote:
+    /// each parameter once, nothing else, well-formed, and signed.
+    pub fn callback_ids(&self, query: &str) -> Result<CallbackIds, StatusCode> {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        const NAMES: [&str; 5] = ["event_id", "user_id", "attempt", "partition", "sig"];
+        if pairs.len() != NAMES.len() || NAMES.iter().any(|n| pairs.iter().filter(|(k, _)| k == n).count() != 1) {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        let value = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
+        let attempt = value("attempt").parse::<u32>().ok().filter(|a| *a >= 1);
+        let partition = value("partition").parse::<i32>().ok().filter(|p| *p >= 0);
+        let (Some(attempt), Some(partition)) = (attempt, partition) else { return Err(StatusCode::BAD_REQUEST) };
+        if value("event_id").is_empty() || value("user_id").is_empty() {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        let ids = CallbackIds { event_id: value("event_id").to_owned(), user_id: value("user_id").to_owned(), attempt, partition };
+        let claimed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value("sig")).map_err(|_| StatusCode::FORBIDDEN)?;
+        self.ids_mac(&ids).verify_slice(&claimed).map_err(|_| StatusCode::FORBIDDEN)?;
+        Ok(ids)
     }
 }
 
 /// Twilio's signature: base64 of HMAC-SHA1, keyed by the auth token, over
 /// the full URL followed by every posted parameter, sorted by name, each
-/// name immediately followed by its value.
+/// name immediately followed by its value. As Twilio's own validators do,
+/// a parameter repeated with the same value counts once.
 pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac(auth_token, url, params).finalize().into_bytes())
 }
@@ -86,20 +191,37 @@ pub fn verify(auth_token: &str, url: &str, params: &[(String, String)], header: 
 fn mac(auth_token: &str, url: &str, params: &[(String, String)]) -> Hmac<Sha1> {
     let mut mac = Hmac::<Sha1>::new_from_slice(auth_token.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(url.as_bytes());
-    let mut sorted: Vec<&(String, String)> = params.iter().collect();
-    sorted.sort();
-    for (name, value) in sorted {
-        mac.update(name.as_bytes());
-        mac.update(value.as_bytes());
+    let mut sorted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (name, value) in params {
+        sorted.entry(name).or_default().insert(value);
+    }
+    for (name, values) in sorted {
+        for value in values {
+            mac.update(name.as_bytes());
+            mac.update(value.as_bytes());
+        }
     }
     mac
 }
 
+/// The public URL's scheme and host, with the port and without it: Twilio
+/// signs either, depending on the product, and its validators accept both.
+fn origins(public_url: &Url) -> [String; 2] {
+    let (scheme, host) = (public_url.scheme(), public_url.host_str().unwrap_or_default());
+    let host = match public_url.host() {
+        Some(url::Host::Ipv6(_)) if !host.starts_with('[') => format!("[{host}]"),
+        _ => host.to_owned(),
+    };
+    let port = public_url.port_or_known_default().unwrap_or(443);
+    [format!("{scheme}://{host}:{port}"), format!("{scheme}://{host}")]
+}
+
 struct Receiver {
-    /// Scheme, host and port of the public URL: with the path and query
-    /// of the request, the URL Twilio signed.
-    origin: String,
+    /// With the path and query of the request, the URL Twilio signed.
+    origins: [String; 2],
     auth_token: Secret,
+    endpoint: Endpoint,
+    limits: Limits,
     publisher: Arc<Publisher>,
     suppressions: Arc<Suppressions>,
 }
@@ -107,64 +229,144 @@ struct Receiver {
 impl Receiver {
     /// Whether the request carries Twilio's signature of its URL and form.
     fn signed(&self, uri: &Uri, headers: &HeaderMap, params: &[(String, String)]) -> bool {
-        let url = format!("{}{}", self.origin, uri.path_and_query().map_or("", |p| p.as_str()));
-        let signed = headers
-            .get(SIGNATURE_HEADER)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|claimed| verify(self.auth_token.expose(), &url, params, claimed));
+        let path = uri.path_and_query().map_or("", |p| p.as_str());
+        let claimed = headers.get(SIGNATURE_HEADER).and_then(|h| h.to_str().ok());
+        let signed = claimed.is_some_and(|claimed| {
+            self.origins.iter().any(|origin| verify(self.auth_token.expose(), &format!("{origin}{path}"), params, claimed))
+        });
         if !signed {
             tracing::warn!(message = "Rejected a webhook without a valid X-Twilio-Signature.", path = uri.path());
         }
         signed
     }
+
+    /// The posted form, read within the limits: refused before reading
+    /// when it announces more, cut off when it sends more or too slowly.
+    async fn form(&self, headers: &HeaderMap, body: Body) -> Result<Vec<(String, String)>, StatusCode> {
+        let announced = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > self.limits.max_body as u64) {
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let bytes: Bytes = match tokio::time::timeout(self.limits.body_timeout, axum::body::to_bytes(body, self.limits.max_body)).await {
+            Err(_) => return Err(StatusCode::REQUEST_TIMEOUT),
+            Ok(Err(_)) => return Err(StatusCode::PAYLOAD_TOO_LARGE),
+            Ok(Ok(bytes)) => bytes,
+        };
+        Ok(form_urlencoded::parse(&bytes).into_owned().collect())
+    }
 }
 
-/// Serves callbacks on `listener` until `shutdown` completes.
+/// Serves Twilio's webhooks on `listener` until `shutdown` completes.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     endpoint: Endpoint,
     auth_token: Secret,
+    limits: Limits,
     publisher: Arc<Publisher>,
     suppressions: Arc<Suppressions>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let origin = endpoint.public_url.origin().ascii_serialization();
-    let receiver = Arc::new(Receiver { origin, auth_token, publisher, suppressions });
     let inbound_url = endpoint.inbound_url();
-    let app = Router::new()
-        .route(endpoint.public_url.path(), post(callback))
-        .route(inbound_url.path(), post(inbound))
-        .with_state(receiver);
-    tracing::info!(message = "Accepting Twilio webhooks.", listen = %endpoint.listen, status_callback = %endpoint.public_url, incoming_messages = %inbound_url);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let callback_path = endpoint.public_url.path().to_owned();
+    tracing::info!(message = "Accepting Twilio webhooks.", listen = %listener.local_addr()?, status_callback = %endpoint.public_url, incoming_messages = %inbound_url);
+    let receiver = Arc::new(Receiver { origins: origins(&endpoint.public_url), auth_token, endpoint, limits, publisher, suppressions });
+    let app = Router::new().route(&callback_path, post(callback)).route(inbound_url.path(), post(inbound)).with_state(receiver);
+    accept(listener, app, limits, shutdown).await
 }
 
-async fn callback(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+/// Accepts connections, at most `limits.max_connections` at once, each
+/// served over HTTP/1 within the limits.
+async fn accept(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    let mut warned: Option<tokio::time::Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = match open.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Said at most once a minute: the cap is holding, not failing.
+                if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!(message = "Webhook connection limit reached; new connections wait.", max = limits.max_connections);
+                    warned = Some(tokio::time::Instant::now());
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    permit = open.clone().acquire_owned() => permit.expect("never closed"),
+                }
+            }
+        };
+        let (stream, _peer): (_, SocketAddr) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors, say: wait, and try again.
+                Err(error) => {
+                    tracing::warn!(message = "Accepting a webhook connection failed.", %error);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+        });
+    }
+    // Requests under way get a moment to answer; Twilio retries the rest.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while connections.join_next().await.is_some() {} }).await;
+    connections.shutdown().await;
+    Ok(())
+}
+
+async fn callback(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, body: Body) -> StatusCode {
+    let params = match r.form(&headers, body).await {
+        Ok(params) => params,
+        Err(status) => return status,
+    };
     if !r.signed(&uri, &headers, &params) {
         return StatusCode::FORBIDDEN;
     }
-    let query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
-    let (Some(event_id), Some(user_id)) = (param(&query, "event_id"), param(&query, "user_id")) else {
-        // Signed, so from Twilio, but not for a message herald sent.
-        return StatusCode::BAD_REQUEST;
+    // Signed by Twilio, but the ids must be herald's, as herald wrote them.
+    let ids = match r.endpoint.callback_ids(uri.query().unwrap_or("")) {
+        Ok(ids) => ids,
+        Err(status) => {
+            tracing::warn!(message = "Rejected a status callback whose ids herald did not write.", status = status.as_u16());
+            return status;
+        }
     };
-    let Some(event) = receipt(&params, event_id, user_id, param(&query, "attempt").and_then(|a| a.parse().ok())) else {
+    let partition = ids.partition;
+    let Some(event) = receipt(&params, ids) else {
         // queued, sent, and the other steps before the outcome.
         return StatusCode::NO_CONTENT;
     };
     tracing::debug!(message = "Delivery receipt.", event_id = event.event_id, status = event.status.symbol());
-    match tokio::time::timeout(PUBLISH_TIMEOUT, r.publisher.publish_status(event)).await {
-        Ok(()) => StatusCode::OK,
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    match tokio::time::timeout(PUBLISH_TIMEOUT, r.publisher.publish_status(event, Some(partition))).await {
+        Ok(Ok(())) => StatusCode::OK,
+        Ok(Err(_)) | Err(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
 /// An incoming message: a STOP or START reply changes the suppression list;
 /// anything else is left to whoever else handles replies. The answer is
 /// empty TwiML, so Twilio sends nothing on herald's behalf.
-async fn inbound(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+async fn inbound(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+    let params = match r.form(&headers, body).await {
+        Ok(params) => params,
+        Err(status) => return status.into_response(),
+    };
     if !r.signed(&uri, &headers, &params) {
         return StatusCode::FORBIDDEN.into_response();
     }
@@ -179,8 +381,8 @@ async fn inbound(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, b
     tracing::info!(message = "Opt-out changed by a reply.", recipient = %Masked(&change.recipient), opted_out = change.entry.is_some());
     r.suppressions.apply(&change);
     match tokio::time::timeout(PUBLISH_TIMEOUT, r.publisher.publish_change(&change)).await {
-        Ok(()) => twiml().into_response(),
-        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Ok(Ok(())) => twiml().into_response(),
+        Ok(Err(_)) | Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
 
@@ -214,7 +416,7 @@ fn param(list: &[(String, String)], name: &str) -> Option<String> {
 }
 
 /// The status event a callback reports, if it reports an outcome.
-fn receipt(params: &[(String, String)], event_id: String, user_id: String, attempt: Option<u32>) -> Option<StatusEvent> {
+fn receipt(params: &[(String, String)], ids: CallbackIds) -> Option<StatusEvent> {
     let param = |name: &str| param(params, name);
     let status = match param("MessageStatus")?.as_str() {
         "delivered" => Status::Delivered,
@@ -223,11 +425,11 @@ fn receipt(params: &[(String, String)], event_id: String, user_id: String, attem
     };
     let error_code = param("ErrorCode").filter(|c| !c.is_empty()).map(|c| format!("twilio:{c}"));
     Some(StatusEvent {
-        event_id,
-        user_id,
+        event_id: ids.event_id,
+        user_id: ids.user_id,
         channel: Some(Channel::Sms),
         status,
-        attempt: attempt.unwrap_or(0),
+        attempt: ids.attempt,
         provider: Some(Provider::Twilio.name().to_owned()),
         provider_message_id: param("MessageSid"),
         error_class: error_code.as_ref().map(|_| ErrorClass::Permanent),
@@ -274,6 +476,9 @@ mod tests {
         ]);
         assert_eq!(signature("12345", url, &p), "0/KCTR6DLpKmkAf8muzZqo1nDgQ=");
         assert!(verify("12345", url, &p, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="));
+        let mut repeated = p.clone();
+        repeated.push(("To".into(), "+18005551212".into()));
+        assert!(verify("12345", url, &repeated, "0/KCTR6DLpKmkAf8muzZqo1nDgQ="), "an identical pair counts once");
     }
 
     #[test]
@@ -293,12 +498,60 @@ mod tests {
     }
 
     #[test]
+    fn the_signed_url_may_carry_the_default_port_or_not() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert_eq!(origins(&url("https://h.example/x")), ["https://h.example:443", "https://h.example"]);
+        assert_eq!(origins(&url("https://h.example:443/x")), ["https://h.example:443", "https://h.example"]);
+        assert_eq!(origins(&url("http://127.0.0.1:8080/x")), ["http://127.0.0.1:8080", "http://127.0.0.1"]);
+    }
+
+    fn endpoint() -> Endpoint {
+        Endpoint::new(Url::parse("https://h.example/twilio/status").unwrap(), None, &Secret::new("token"))
+    }
+
+    fn ids() -> CallbackIds {
+        CallbackIds { event_id: "e 1&x".into(), user_id: "u/1".into(), attempt: 2, partition: 5 }
+    }
+
+    #[test]
+    fn the_callback_url_carries_the_ids_signed() {
+        let e = endpoint();
+        let url = e.callback_url(&ids());
+        assert!(url.as_str().starts_with("https://h.example/twilio/status?event_id=e+1%26x&user_id=u%2F1&attempt=2&partition=5&sig="), "{url}");
+        assert_eq!(e.callback_ids(url.query().unwrap()), Ok(ids()));
+        let other_key = Endpoint::new(e.public_url.clone(), Some(Secret::new("another key")), &Secret::new("token"));
+        assert_eq!(other_key.callback_ids(url.query().unwrap()), Err(StatusCode::FORBIDDEN), "signed with another key");
+    }
+
+    #[test]
+    fn callback_ids_are_exactly_what_herald_wrote() {
+        let e = endpoint();
+        let query = e.callback_url(&ids()).query().unwrap().to_owned();
+        let sig = query.rsplit_once("sig=").unwrap().1.to_owned();
+        let rows = [
+            // The attack: the attempt's digits shifted into a body parameter's name.
+            (query.replace("attempt=2", "attempt="), StatusCode::BAD_REQUEST),
+            (query.replace("attempt=2", "attempt=0"), StatusCode::BAD_REQUEST),
+            (query.replace("attempt=2", "attempt=two"), StatusCode::BAD_REQUEST),
+            (query.replace("partition=5", "partition=-1"), StatusCode::BAD_REQUEST),
+            (query.replace("event_id=e+1%26x", "event_id="), StatusCode::BAD_REQUEST),
+            (format!("{query}&attempt=3"), StatusCode::BAD_REQUEST),
+            (format!("{query}&extra=1"), StatusCode::BAD_REQUEST),
+            (query.replace(&format!("&sig={sig}"), ""), StatusCode::BAD_REQUEST),
+            (query.replace("attempt=2", "attempt=3"), StatusCode::FORBIDDEN),
+            (query.replace("event_id=e+1%26x", "event_id=never-sent"), StatusCode::FORBIDDEN),
+            (query.replace(&sig, "AAAA"), StatusCode::FORBIDDEN),
+        ];
+        for (query, expected) in rows {
+            assert_eq!(e.callback_ids(&query), Err(expected), "{query}");
+        }
+    }
+
+    #[test]
     fn only_outcomes_become_status_events() {
-        let receipt = |status: &str, code: &str| {
-            receipt(&params(&[("MessageSid", "SM1"), ("MessageStatus", status), ("ErrorCode", code)]), "e".into(), "u".into(), Some(1))
-        };
+        let receipt = |status: &str, code: &str| receipt(&params(&[("MessageSid", "SM1"), ("MessageStatus", status), ("ErrorCode", code)]), ids());
         let delivered = receipt("delivered", "").unwrap();
-        assert_eq!((delivered.status, delivered.error_code), (Status::Delivered, None));
+        assert_eq!((delivered.status, delivered.error_code, delivered.attempt), (Status::Delivered, None, 2));
         assert_eq!(delivered.provider_message_id.as_deref(), Some("SM1"));
         let undelivered = receipt("undelivered", "30003").unwrap();
         assert_eq!((undelivered.status, undelivered.error_code.as_deref()), (Status::Undelivered, Some("twilio:30003")));
@@ -306,14 +559,5 @@ mod tests {
         for step in ["queued", "sending", "sent", "accepted", "scheduled", "read", "canceled"] {
             assert!(receipt(step, "").is_none(), "{step}");
         }
-    }
-
-    #[test]
-    fn the_callback_url_carries_the_ids() {
-        let endpoint = Endpoint { public_url: Url::parse("https://h.example/twilio/status").unwrap(), listen: "127.0.0.1:0".parse().unwrap() };
-        assert_eq!(
-            endpoint.callback_url("e 1&x", "u/1", 2).as_str(),
-            "https://h.example/twilio/status?event_id=e+1%26x&user_id=u%2F1&attempt=2"
-        );
     }
 }

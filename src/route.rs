@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::deliver::{Delivered, DeliveryError, Payload, Prepared, Sender, SmsRules};
-use crate::model::{Channel, Request};
+use crate::deliver::{Attempt, Calls, Delivered, DeliveryError, Payload, Sender, SmsRules};
+use crate::model::{Channel, InvalidReason, Request};
 
 pub struct Lane {
     sender: Sender,
@@ -15,24 +15,46 @@ pub struct Lane {
     /// full, the consume loop waits: that is the backpressure that keeps
     /// memory bounded whatever the backlog.
     admission: Arc<Semaphore>,
-    /// Provider requests in flight at once.
-    concurrency: Semaphore,
+    capacity: usize,
+    /// Provider calls whose outcome is not yet durable. A slot is held from
+    /// before the call until its status is acknowledged, so a crash can
+    /// repeat at most this many sends.
+    concurrency: Arc<Semaphore>,
 }
 
 impl Lane {
     pub fn new(sender: Sender, queue: usize, concurrency: usize) -> Self {
-        Lane { sender, admission: Arc::new(Semaphore::new(queue)), concurrency: Semaphore::new(concurrency) }
+        Lane {
+            sender,
+            admission: Arc::new(Semaphore::new(queue)),
+            capacity: queue,
+            concurrency: Arc::new(Semaphore::new(concurrency)),
+        }
     }
 
-    /// Validates the request and, when it needs no provider call, answers.
-    pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared {
-        self.sender.prepare(channel, request, sms)
+    /// The payload to send for `request`, or why it never can be.
+    pub fn validate(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Result<Payload, InvalidReason> {
+        self.sender.validate(channel, request, sms)
     }
 
-    /// Sends a payload this lane's [`Lane::prepare`] returned, within the
-    /// lane's concurrency.
-    pub async fn call(&self, payload: &Payload, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
-        let _slot = self.concurrency.acquire().await.expect("lane semaphores are never closed");
+    /// The answer of a lane that calls nobody (a dry run).
+    pub fn answer_now(&self) -> Option<Delivered> {
+        self.sender.answer_now()
+    }
+
+    /// Waits for a provider slot. Once calls are stopped (shutdown's
+    /// deadline), it never completes: the task waiting is being aborted,
+    /// and must not call anyone.
+    pub async fn slot(&self) -> OwnedSemaphorePermit {
+        match self.concurrency.clone().acquire_owned().await {
+            Ok(slot) => slot,
+            Err(_closed) => std::future::pending().await,
+        }
+    }
+
+    /// Sends a payload this lane's [`Lane::validate`] returned; the caller
+    /// holds a [`Lane::slot`].
+    pub async fn call(&self, payload: &Payload, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
         self.sender.send(payload, request, attempt).await
     }
 }
@@ -42,24 +64,50 @@ pub struct Router {
     /// Bounds records whose outcome needs no delivery (invalid, rate
     /// limited, scheduled) while their outcome is published.
     settled: Arc<Semaphore>,
+    settled_capacity: usize,
+    calls: Calls,
 }
 
 impl Router {
-    pub fn new(lane_for: impl FnMut(Channel) -> Lane, settled: usize) -> Self {
-        Router { lanes: Channel::ALL.map(lane_for), settled: Arc::new(Semaphore::new(settled)) }
+    pub fn new(lane_for: impl FnMut(Channel) -> Lane, settled: usize, calls: Calls) -> Self {
+        Router {
+            lanes: Channel::ALL.map(lane_for),
+            settled: Arc::new(Semaphore::new(settled)),
+            settled_capacity: settled,
+            calls,
+        }
     }
 
     pub fn lane(&self, channel: Channel) -> &Lane {
         &self.lanes[channel.index()]
     }
 
+    fn admission(&self, channel: Option<Channel>) -> (&Arc<Semaphore>, usize) {
+        match channel {
+            Some(c) => (&self.lane(c).admission, self.lane(c).capacity),
+            None => (&self.settled, self.settled_capacity),
+        }
+    }
+
     /// Waits for room for one record: in `channel`'s lane, or among the
     /// settled ones when `None`.
     pub async fn admit(&self, channel: Option<Channel>) -> OwnedSemaphorePermit {
-        let semaphore = match channel {
-            Some(c) => &self.lane(c).admission,
-            None => &self.settled,
-        };
-        semaphore.clone().acquire_owned().await.expect("lane semaphores are never closed")
+        let (semaphore, _) = self.admission(channel);
+        semaphore.clone().acquire_owned().await.expect("admission semaphores are never closed")
+    }
+
+    /// Whether at least a quarter of the lane is free again.
+    pub fn has_room(&self, channel: Option<Channel>) -> bool {
+        let (semaphore, capacity) = self.admission(channel);
+        semaphore.available_permits() * 4 >= capacity.max(1)
+    }
+
+    /// Shutdown's deadline has passed: no provider call may start from now
+    /// on, even in a slot that an aborted call frees.
+    pub fn stop_calls(&self) {
+        self.calls.stop();
+        for lane in &self.lanes {
+            lane.concurrency.close();
+        }
     }
 }

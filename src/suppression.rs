@@ -10,6 +10,10 @@
 //! system may write one to opt a recipient back in. The topic has one
 //! partition, so every writer's changes are applied in one order whatever
 //! its partitioner.
+//!
+//! Startup reads the topic to its end before any request is judged. The
+//! end is where each partition's fetch reports it (librdkafka's partition
+//! EOF), not the broker's ListOffsets answer, which some brokers get wrong.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,15 +21,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use crate::kafka::Reader;
+use crate::mask::Masked;
 use crate::model::Channel;
 
-/// How long startup may take to read the list before herald gives up.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long startup may take to read the list before herald gives up: a
+/// safety net for a broker that stops answering, not a wait.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a recipient is suppressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +95,8 @@ impl Change {
     pub fn from_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, String> {
         let key = std::str::from_utf8(key.ok_or("no key")?).map_err(|_| "key is not UTF-8")?;
         let (symbol, recipient) = key.split_once(':').ok_or("key is not CHANNEL:recipient")?;
-        let channel = Channel::from_symbol(symbol).ok_or_else(|| format!("unknown channel {symbol:?}"))?;
+        // The key may be a number with its separator misplaced: never quote it.
+        let channel = Channel::from_symbol(symbol).ok_or_else(|| format!("unknown channel {}", Masked(symbol)))?;
         let entry = match value {
             None => None,
             Some(v) => Some(serde_json::from_slice(v).map_err(|e| format!("value is not an entry: {e}"))?),
@@ -135,30 +144,26 @@ pub enum SuppressionError {
 }
 
 /// Reads `topic` to its end into `list`, so no request is judged against a
-/// partial list; returns the consumer, positioned to follow it.
-pub async fn load(consumer: StreamConsumer, topic: &str, list: &Suppressions) -> Result<StreamConsumer, SuppressionError> {
+/// partial list; returns the consumer, positioned to follow it. The
+/// consumer must have `enable.partition.eof` on (`kafka::reader` does).
+pub async fn load(consumer: Reader, topic: &str, list: &Suppressions) -> Result<Reader, SuppressionError> {
     let kafka = |error| SuppressionError::Kafka { topic: topic.to_owned(), error };
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(kafka)?;
-    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let mut reading: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
     let mut assignment = TopicPartitionList::new();
-    // The next offset to read in each partition, and where it ends now.
-    let mut remaining = Vec::new();
-    for p in partitions {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).map_err(kafka)?;
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map_err(kafka)?;
-        if high > low {
-            remaining.push((p, high));
-        }
+    for p in &reading {
+        assignment.add_partition_offset(topic, *p, Offset::Beginning).map_err(kafka)?;
     }
     consumer.assign(&assignment).map_err(kafka)?;
     let read = async {
         let mut stream = consumer.stream();
-        while !remaining.is_empty() {
+        while !reading.is_empty() {
             let Some(message) = stream.next().await else { break };
-            let message = message.map_err(kafka)?;
-            apply_record(list, topic, &message);
-            let (p, next) = (message.partition(), message.offset() + 1);
-            remaining.retain(|(partition, high)| *partition != p || next < *high);
+            match message {
+                Ok(message) => apply_record(list, topic, &message),
+                Err(KafkaError::PartitionEOF(p)) => reading.retain(|partition| *partition != p),
+                Err(error) => return Err(kafka(error)),
+            }
         }
         Ok::<(), SuppressionError>(())
     };
@@ -168,11 +173,12 @@ pub async fn load(consumer: StreamConsumer, topic: &str, list: &Suppressions) ->
 }
 
 /// Applies every later change to `list`, until the task is dropped.
-pub async fn follow(consumer: StreamConsumer, topic: String, list: Arc<Suppressions>) {
+pub async fn follow(consumer: Reader, topic: String, list: Arc<Suppressions>) {
     let mut stream = consumer.stream();
     while let Some(message) = stream.next().await {
         match message {
             Ok(message) => apply_record(&list, &topic, &message),
+            Err(KafkaError::PartitionEOF(_)) => {}
             Err(error) => tracing::warn!(message = "Error following the suppression topic.", %error),
         }
     }
@@ -204,7 +210,9 @@ mod tests {
         let lift = change(Channel::Push, "tok:with:colons", None);
         assert_eq!(Change::from_record(Some(&lift.key()), None), Ok(lift));
         assert!(Change::from_record(None, None).unwrap_err().contains("no key"));
-        assert!(Change::from_record(Some(b"FAX:123"), None).unwrap_err().contains("FAX"));
+        assert!(Change::from_record(Some(b"FAXES:123"), None).unwrap_err().contains("…"));
+        let error = Change::from_record(Some(b"+14155550177:SMS"), None).unwrap_err();
+        assert!(!error.contains("4155550177"), "no phone number in {error:?}");
         assert!(Change::from_record(Some(b"SMS:+1"), Some(b"{}")).unwrap_err().contains("not an entry"));
     }
 

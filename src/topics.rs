@@ -28,7 +28,7 @@ pub struct Topics {
 }
 
 /// Where a consumed record came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
     Requested,
     Retry(usize),
@@ -59,6 +59,13 @@ impl Topics {
         let mut all = self.inputs();
         all.extend([self.status.as_str(), self.dead_letter.as_str(), self.suppressions.as_str()]);
         all
+    }
+
+    pub fn name(&self, source: Source) -> &str {
+        match source {
+            Source::Requested => &self.requested,
+            Source::Retry(i) => &self.retries[i].name,
+        }
     }
 
     pub fn source(&self, topic: &str) -> Option<Source> {
@@ -97,13 +104,13 @@ impl Topics {
 pub enum TopicError {
     #[error("topic {0:?} does not exist and topic creation is off (--create-topics false)")]
     Missing(String),
-    #[error("cannot read cluster metadata: {0}")]
-    Metadata(rdkafka::error::KafkaError),
+    #[error("cannot read cluster metadata from --brokers {brokers}: {error}")]
+    Metadata { brokers: String, error: rdkafka::error::KafkaError },
     #[error("cannot create topic {topic:?}: {error}")]
     Create { topic: String, error: String },
     #[error(
-        "the topics herald consumes must have the same number of partitions, so that a user's retries stay with the \
-         instance that owns the user; found {0}"
+        "the topics herald consumes, and the status topic, must have the same number of partitions, so that a \
+         user's retries and statuses stay with the instance that owns the user; found {0}"
     )]
     NotCoPartitioned(String),
 }
@@ -117,7 +124,7 @@ pub async fn ensure(
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(TopicError::Metadata)?;
+        .map_err(|error| TopicError::Metadata { brokers: config.brokers.clone(), error })?;
     let existing: Vec<(&str, i32)> = metadata
         .topics()
         .iter()
@@ -125,8 +132,13 @@ pub async fn ensure(
         .map(|t| (t.name(), t.partitions().len() as i32))
         .collect();
     let partitions = |topic: &str| existing.iter().find(|(name, _)| *name == topic).map(|(_, n)| *n);
-    let inputs: Vec<(&str, i32)> =
-        topics.inputs().into_iter().map(|t| (t, partitions(t).unwrap_or(config.topic_partitions))).collect();
+    // Status events go to their request's partition number (see `outcome`).
+    let inputs: Vec<(&str, i32)> = topics
+        .inputs()
+        .into_iter()
+        .chain([topics.status.as_str()])
+        .map(|t| (t, partitions(t).unwrap_or(config.topic_partitions)))
+        .collect();
     if inputs.iter().any(|(_, n)| *n != inputs[0].1) {
         let found = inputs.iter().map(|(t, n)| format!("{t}: {n}")).collect::<Vec<_>>().join(", ");
         return Err(TopicError::NotCoPartitioned(found));

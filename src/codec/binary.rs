@@ -70,6 +70,13 @@ impl<'a> Reader<'a> {
         usize::try_from(n).ok().filter(|i| *i < count).ok_or(ReadError::Index(n))
     }
 
+    /// An enum symbol's index, whatever the count: a writer may know
+    /// symbols this reader does not (see `codec::read_request`).
+    pub fn enum_index(&mut self) -> Result<usize, ReadError> {
+        let n = self.long()?;
+        usize::try_from(n).map_err(|_| ReadError::Index(n))
+    }
+
     pub fn string(&mut self) -> Result<String, ReadError> {
         let n = self.long()?;
         let len = usize::try_from(n).ok().filter(|l| *l <= self.buf.len()).ok_or(ReadError::Length(n))?;

@@ -1,7 +1,9 @@
 //! A circuit breaker per provider. After `failures` transient failures in
 //! a row, the provider is left alone for `cooldown`: calls fail at once as
 //! transient, so their records go to the retry topics instead of adding to
-//! an outage. Then a single trial call decides whether it closes again.
+//! an outage. Then a single trial call decides whether it closes again. A
+//! trial whose result never comes (its call was dropped) is given up after
+//! another cooldown, and the next call is the trial.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -12,8 +14,9 @@ use tokio::time::Instant;
 enum State {
     Closed { failures: u32 },
     Open { until: Instant },
-    /// One trial call is out; everyone else waits for its result.
-    Trial,
+    /// One trial call is out; everyone else waits for its result, until
+    /// `until`, when another trial may go.
+    Trial { until: Instant },
 }
 
 #[derive(Debug)]
@@ -49,12 +52,11 @@ impl Breaker {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match *state {
             State::Closed { .. } => Admission::Go,
-            State::Open { until } if now >= until => {
-                *state = State::Trial;
+            State::Open { until } | State::Trial { until } if now >= until => {
+                *state = State::Trial { until: now + self.cooldown };
                 Admission::Go
             }
-            State::Open { until } => Admission::Refused { retry_after: until - now },
-            State::Trial => Admission::Refused { retry_after: self.cooldown },
+            State::Open { until } | State::Trial { until } => Admission::Refused { retry_after: until - now },
         }
     }
 
@@ -65,7 +67,7 @@ impl Breaker {
             (State::Closed { failures }, Result::Failed) if failures + 1 < self.failures => {
                 State::Closed { failures: failures + 1 }
             }
-            (State::Closed { .. } | State::Trial, Result::Failed) => {
+            (State::Closed { .. } | State::Trial { .. }, Result::Failed) => {
                 tracing::warn!(message = "Provider failing; circuit open.", cooldown_ms = self.cooldown.as_millis() as u64);
                 State::Open { until: now + self.cooldown }
             }
@@ -96,9 +98,22 @@ mod tests {
         b.record(Result::Failed, t0);
         assert_eq!(b.admit(t0 + s(10)), Admission::Refused { retry_after: s(20) }, "open");
         assert_eq!(b.admit(t0 + s(30)), Admission::Go, "the trial");
-        assert_eq!(b.admit(t0 + s(31)), Admission::Refused { retry_after: s(30) }, "one trial at a time");
+        assert_eq!(b.admit(t0 + s(31)), Admission::Refused { retry_after: s(29) }, "one trial at a time");
         b.record(Result::Answered, t0 + s(31));
         assert_eq!(b.admit(t0 + s(31)), Admission::Go, "closed again");
+    }
+
+    #[test]
+    fn a_trial_that_never_reports_back_is_given_up_after_a_cooldown() {
+        let b = Breaker::new(1, Duration::from_secs(5));
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        b.record(Result::Failed, t0);
+        assert_eq!(b.admit(t0 + s(5)), Admission::Go, "the trial, whose call is then dropped");
+        assert_eq!(b.admit(t0 + s(9)), Admission::Refused { retry_after: s(1) });
+        assert_eq!(b.admit(t0 + s(10)), Admission::Go, "another trial");
+        b.record(Result::Answered, t0 + s(10));
+        assert_eq!(b.admit(t0 + s(10)), Admission::Go, "closed");
     }
 
     #[test]

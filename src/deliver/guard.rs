@@ -3,24 +3,42 @@
 //! provider turns into retries (or failover), not a storm.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::breaker::{self, Admission, Breaker};
-use super::{Delivered, DeliveryError, Gateway, Payload};
+use super::{Attempt, Delivered, DeliveryError, Gateway, Payload};
 use crate::model::Request;
+
+/// Shared by every provider: once shutdown's deadline has passed, no call
+/// may start, whatever frees a slot or a token meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct Calls(Arc<AtomicBool>);
+
+impl Calls {
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 /// A provider behind its guard.
 pub struct Guarded {
     gateway: Gateway,
     rate: Option<DefaultDirectRateLimiter>,
     breaker: Breaker,
+    calls: Calls,
 }
 
 impl Guarded {
-    pub fn new(gateway: Gateway, max_per_second: Option<NonZeroU32>, breaker: Breaker) -> Self {
-        Guarded { gateway, rate: max_per_second.map(|n| RateLimiter::direct(Quota::per_second(n))), breaker }
+    pub fn new(gateway: Gateway, max_per_second: Option<NonZeroU32>, breaker: Breaker, calls: Calls) -> Self {
+        Guarded { gateway, rate: max_per_second.map(|n| RateLimiter::direct(Quota::per_second(n))), breaker, calls }
     }
 
     pub fn gateway(&self) -> &Gateway {
@@ -28,19 +46,17 @@ impl Guarded {
     }
 
     /// Calls the provider within its rate, unless its circuit is open:
-    /// then the call fails at once, as transient, with `retry_after` the
-    /// time until the circuit closes.
-    pub async fn call(&self, payload: &Payload, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
+    /// then the call fails at once, with the time until the circuit closes.
+    /// Once calls are stopped, it never returns: its task is being aborted.
+    pub async fn call(&self, payload: &Payload, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
         if let Admission::Refused { retry_after } = self.breaker.admit(Instant::now()) {
-            return Err(DeliveryError::Unavailable {
-                provider: self.gateway.provider(),
-                code: "circuit-open".to_owned(),
-                message: "the provider failed repeatedly; not called until its circuit closes".to_owned(),
-                retry_after: Some(retry_after),
-            });
+            return Err(DeliveryError::CircuitOpen { provider: self.gateway.provider(), retry_after });
         }
         if let Some(rate) = &self.rate {
             rate.until_ready().await;
+        }
+        if self.calls.stopped() {
+            std::future::pending::<()>().await;
         }
         let result = self.gateway.send(payload, request, attempt).await;
         let counted = match &result {

@@ -11,8 +11,8 @@ use std::fmt;
 use std::time::Duration;
 
 pub use push::{Fcm, ServiceAccount};
-pub use guard::Guarded;
-pub use sms::{SmsRules, Text, Twilio, TwilioAuth, Vonage};
+pub use guard::{Calls, Guarded};
+pub use sms::{SmsRules, Text, Twilio, TwilioAuth, TwilioSender, Vonage};
 
 use crate::model::{Channel, ErrorClass, InvalidReason, Request};
 use crate::suppression::Reason;
@@ -43,6 +43,16 @@ impl fmt::Display for Provider {
     }
 }
 
+/// Which attempt a call is, and where its request came from: a provider
+/// that reports back (Twilio's callbacks) is told both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// From 1.
+    pub number: u32,
+    /// The requests partition the record was read from.
+    pub partition: i32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivered {
     pub provider: Provider,
@@ -64,6 +74,10 @@ pub enum DeliveryError {
     /// The provider could not take it now; it may later.
     #[error("{provider} unavailable ({code}): {message}")]
     Unavailable { provider: Provider, code: String, message: String, retry_after: Option<Duration> },
+    /// The provider was not called: it failed repeatedly, and its circuit
+    /// is open for `retry_after` more.
+    #[error("{provider} was not called: it failed repeatedly, and its circuit is open")]
+    CircuitOpen { provider: Provider, retry_after: Duration },
 }
 
 impl DeliveryError {
@@ -71,7 +85,7 @@ impl DeliveryError {
         match self {
             DeliveryError::Invalid(_) => ErrorClass::Invalid,
             DeliveryError::Rejected { .. } | DeliveryError::RecipientGone { .. } => ErrorClass::Permanent,
-            DeliveryError::Unavailable { .. } => ErrorClass::Transient,
+            DeliveryError::Unavailable { .. } | DeliveryError::CircuitOpen { .. } => ErrorClass::Transient,
         }
     }
 
@@ -81,6 +95,7 @@ impl DeliveryError {
             DeliveryError::Rejected { code, .. }
             | DeliveryError::RecipientGone { code, .. }
             | DeliveryError::Unavailable { code, .. } => code.clone(),
+            DeliveryError::CircuitOpen { .. } => "circuit-open".to_owned(),
         }
     }
 
@@ -89,27 +104,32 @@ impl DeliveryError {
             DeliveryError::Invalid(_) => None,
             DeliveryError::Rejected { provider, .. }
             | DeliveryError::RecipientGone { provider, .. }
-            | DeliveryError::Unavailable { provider, .. } => Some(*provider),
+            | DeliveryError::Unavailable { provider, .. }
+            | DeliveryError::CircuitOpen { provider, .. } => Some(*provider),
         }
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             DeliveryError::Unavailable { retry_after, .. } => *retry_after,
+            DeliveryError::CircuitOpen { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
 
     /// Transport failures (timeouts, refused connections) are transient.
+    /// The message is herald's: reqwest's would name the URL.
     fn transport(provider: Provider, error: &reqwest::Error) -> Self {
-        let code = if error.is_timeout() { "timeout" } else { "transport" };
-        DeliveryError::Unavailable {
-            provider,
-            code: code.to_owned(),
-            // reqwest's Display includes the URL, which holds no personal data here.
-            message: error.to_string(),
-            retry_after: None,
-        }
+        let (code, message) = if error.is_timeout() {
+            ("timeout", "no answer within the HTTP timeout")
+        } else if error.is_connect() {
+            ("transport", "cannot connect")
+        } else if error.is_decode() || error.is_body() {
+            ("transport", "the answer was cut short or is not the provider's format")
+        } else {
+            ("transport", "the connection failed before an answer")
+        };
+        DeliveryError::Unavailable { provider, code: code.to_owned(), message: message.to_owned(), retry_after: None }
     }
 }
 
@@ -129,12 +149,11 @@ impl Gateway {
         }
     }
 
-    /// `attempt` (from 1) is passed on to the provider where it reports back.
-    async fn send(&self, payload: &Payload, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
+    async fn send(&self, payload: &Payload, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
         match (self, payload) {
             (Gateway::Twilio(twilio), Payload::Sms(text)) => twilio.send(request, text, attempt).await,
             (Gateway::Vonage(vonage), Payload::Sms(text)) => vonage.send(request, text).await,
-            (Gateway::Fcm(fcm), Payload::Push) => fcm.send(request).await,
+            (Gateway::Fcm(fcm), Payload::Push(body)) => fcm.send(body).await,
             (gateway, _) => unreachable!("{} was given another channel's payload", gateway.provider()),
         }
     }
@@ -151,72 +170,77 @@ pub enum Sender {
     Disabled,
 }
 
-/// A request's validation done: the answer, or the provider call to make.
-pub enum Prepared {
-    Answered(Result<Delivered, DeliveryError>),
-    Call(Payload),
-}
-
 /// What validation produced for a call, owned, so that it can travel to
 /// the task that makes the call without validating again.
 pub enum Payload {
     Sms(Text),
-    Push,
+    /// FCM's JSON body.
+    Push(Vec<u8>),
 }
 
 impl Payload {
     fn channel(&self) -> Channel {
         match self {
             Payload::Sms(_) => Channel::Sms,
-            Payload::Push => Channel::Push,
+            Payload::Push(_) => Channel::Push,
         }
     }
 }
 
 impl Sender {
-    /// Validates `request` for `channel`. Invalid requests, dry runs and
-    /// disabled channels are answered at once, without waiting.
-    pub fn prepare(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Prepared {
-        let valid = match channel {
+    /// Checks `request` against `channel`'s rules: the payload to send, or
+    /// why it can never be sent in this deployment.
+    pub fn validate(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Result<Payload, InvalidReason> {
+        if let Sender::Disabled = self {
+            return Err(InvalidReason::ChannelDisabled(channel));
+        }
+        match channel {
             Channel::Sms => sms.prepare(request).map(Payload::Sms),
-            Channel::Push => push::validate(request).map(|()| Payload::Push),
-        };
-        match valid {
-            Err(reason) => Prepared::Answered(Err(DeliveryError::Invalid(reason))),
-            Ok(payload) => self.without_call(channel).map_or(Prepared::Call(payload), Prepared::Answered),
+            Channel::Push => push::validate(request).map(Payload::Push),
         }
     }
 
-    /// Sends a payload [`Sender::prepare`] returned, failing over from one
+    /// What a sender that calls nobody answers; `None` when a provider
+    /// must be called.
+    pub fn answer_now(&self) -> Option<Delivered> {
+        match self {
+            Sender::DryRun => Some(Delivered { provider: Provider::DryRun, message_id: None }),
+            Sender::Providers(_) | Sender::Disabled => None,
+        }
+    }
+
+    /// Sends a payload [`Sender::validate`] returned, failing over from one
     /// provider to the next on transient failures. A permanent refusal is
     /// final: another provider would refuse it too, or should not be asked
     /// (an opted-out number). The error returned is the last provider's.
-    pub async fn send(&self, payload: &Payload, request: &Request, attempt: u32) -> Result<Delivered, DeliveryError> {
-        let Sender::Providers(providers) = self else {
-            return self.without_call(payload.channel()).expect("a sender without providers answers without a call");
+    ///
+    /// When no provider was called at all (each circuit open), the error
+    /// says so, with the soonest time one closes: the attempt is not used.
+    /// When some were, the last real failure is returned.
+    pub async fn send(&self, payload: &Payload, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
+        let providers = match self {
+            Sender::Providers(providers) => providers,
+            Sender::DryRun => return Ok(Delivered { provider: Provider::DryRun, message_id: None }),
+            Sender::Disabled => return Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(payload.channel()))),
         };
-        let mut failed = None;
+        let (mut failed, mut refused) = (None, None::<DeliveryError>);
         for (i, provider) in providers.iter().enumerate() {
             match provider.call(payload, request, attempt).await {
+                Err(error @ DeliveryError::CircuitOpen { .. }) => {
+                    if refused.as_ref().is_none_or(|r| error.retry_after() < r.retry_after()) {
+                        refused = Some(error);
+                    }
+                }
                 Err(error @ DeliveryError::Unavailable { .. }) => {
                     if let Some(next) = providers.get(i + 1) {
-                        tracing::info!(message = "Provider unavailable; failing over.", event_id = request.event_id, from = %provider.gateway().provider(), to = %next.gateway().provider(), %error);
+                        tracing::debug!(message = "Provider unavailable; failing over.", event_id = request.event_id, from = %provider.gateway().provider(), to = %next.gateway().provider(), %error);
                     }
                     failed = Some(error);
                 }
                 result => return result,
             }
         }
-        Err(failed.expect("a provider sender has at least one provider"))
-    }
-
-    /// The answer of a sender that calls no provider; `None` for one that does.
-    fn without_call(&self, channel: Channel) -> Option<Result<Delivered, DeliveryError>> {
-        match self {
-            Sender::Providers(_) => None,
-            Sender::DryRun => Some(Ok(Delivered { provider: Provider::DryRun, message_id: None })),
-            Sender::Disabled => Some(Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(channel)))),
-        }
+        Err(failed.or(refused).expect("a provider sender has at least one provider"))
     }
 }
 

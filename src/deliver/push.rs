@@ -22,6 +22,8 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 #[derive(Clone, Deserialize)]
 pub struct ServiceAccount {
     pub client_email: String,
+    /// Named in the JWT's `kid`, so Google picks the key without trying each.
+    pub private_key_id: Option<String>,
     private_key: Secret,
     pub token_uri: String,
     pub project_id: Option<String>,
@@ -39,15 +41,16 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// What is wrong with the key file; the caller names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
-    #[error("{path} is not a service-account key: {source}")]
-    Parse { path: String, source: serde_json::Error },
-    #[error("the private key in {0} is not an RSA PEM key")]
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    #[error("it is not a service-account key: {0}")]
+    Parse(serde_json::Error),
+    #[error("its private key ({0}) is not an RSA key in PEM")]
     Key(String),
-    #[error("no Firebase project: set --fcm-project-id or use a key file with project_id")]
+    #[error("it names no Firebase project: set --fcm-project-id or use a key file with project_id")]
     NoProject,
 }
 
@@ -107,9 +110,15 @@ struct ErrorDetail {
 
 impl Fcm {
     pub fn load_credentials(path: &Path) -> Result<ServiceAccount, CredentialsError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read { path: shown.clone(), source })?;
-        serde_json::from_str(&text).map_err(|source| CredentialsError::Parse { path: shown, source })
+        let text = std::fs::read_to_string(path).map_err(CredentialsError::Read)?;
+        serde_json::from_str(&text).map_err(CredentialsError::Parse)
+    }
+
+    /// Whether the key signs: checked at startup, before any connection.
+    pub fn check_key(account: &ServiceAccount) -> Result<(), CredentialsError> {
+        EncodingKey::from_rsa_pem(account.private_key.expose().as_bytes())
+            .map(|_| ())
+            .map_err(|_| CredentialsError::Key(account.client_email.clone()))
     }
 
     pub fn new(
@@ -125,9 +134,18 @@ impl Fcm {
         Ok(Fcm { http, send_url, account, key, token: Mutex::new(None) })
     }
 
-    pub async fn send(&self, request: &Request) -> Result<Delivered, DeliveryError> {
+    /// Sends `body`, the message [`validate`] built.
+    pub async fn send(&self, body: &[u8]) -> Result<Delivered, DeliveryError> {
         let token = self.access_token().await?;
-        let request = self.http.post(self.send_url.clone()).bearer_auth(token.expose()).json(&message(request));
+        let request = self
+            .http
+            .post(self.send_url.clone())
+            .bearer_auth(token.expose())
+            // Without it FCM may leave out `details[].errorCode`, by which
+            // herald tells UNREGISTERED (suppress the token) from NOT_FOUND.
+            .header("X-GOOG-API-FORMAT-VERSION", "2")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
         let answer = Answer::of(Provider::Fcm, request).await?;
         let (status, retry_after) = (answer.status, answer.retry_after);
         if status.is_success() {
@@ -161,7 +179,8 @@ impl Fcm {
             iat: now,
             exp: now + 3600,
         };
-        let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+        let header = Header { kid: self.account.private_key_id.clone(), ..Header::new(Algorithm::RS256) };
+        let assertion = jsonwebtoken::encode(&header, &claims, &self.key)
             .map_err(|e| unavailable("oauth:sign", e.to_string()))?;
         let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)];
         let answer = Answer::of(Provider::Fcm, self.http.post(&self.account.token_uri).form(&form)).await?;
@@ -264,7 +283,8 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// FCM keeps a message at most 28 days.
 const MAX_TTL_SECONDS: i64 = 28 * 24 * 3600;
 
-pub(super) fn validate(request: &Request) -> Result<(), InvalidReason> {
+/// Checks a push request and builds the body FCM will be sent.
+pub(super) fn validate(request: &Request) -> Result<Vec<u8>, InvalidReason> {
     if request.recipient.trim().is_empty() {
         return Err(InvalidReason::EmptyPushToken);
     }
@@ -288,7 +308,7 @@ pub(super) fn validate(request: &Request) -> Result<(), InvalidReason> {
     if payload > MAX_PAYLOAD_BYTES {
         return Err(InvalidReason::PayloadTooLarge { bytes: payload, max: MAX_PAYLOAD_BYTES });
     }
-    Ok(())
+    Ok(serde_json::to_vec(&message).expect("a JSON value serializes"))
 }
 
 
@@ -309,10 +329,10 @@ mod tests {
             scheduled_at: None,
             created_at: chrono::Utc::now(),
         };
-        assert_eq!(validate(&r), Ok(()));
+        assert_eq!(validate(&r), Ok(serde_json::to_vec(&message(&r)).unwrap()), "the body that is sent");
         // {"body":"…","title":"t"} is 23 bytes around the body.
         r.content.body = "x".repeat(MAX_PAYLOAD_BYTES - 23);
-        assert_eq!(validate(&r), Ok(()), "exactly at the limit");
+        assert!(validate(&r).is_ok(), "exactly at the limit");
         r.content.data.insert("k".into(), "v".into());
         assert_eq!(validate(&r), Err(InvalidReason::PayloadTooLarge { bytes: MAX_PAYLOAD_BYTES + 9, max: MAX_PAYLOAD_BYTES }), "data counts too");
         r.content.data.clear();

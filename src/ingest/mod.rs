@@ -2,6 +2,10 @@
 //! topics with one consumer-group member, hands records to the pipeline,
 //! and stores an offset only once the outcome of that record and of every
 //! record before it in the partition is durable.
+//!
+//! The loop never waits on anything unbounded: not on a provider (a lane
+//! that stays full pauses its partitions instead), and never without
+//! racing shutdown.
 
 mod context;
 mod offsets;
@@ -16,28 +20,44 @@ use chrono::{TimeZone, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::Producer;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use context::{Assignment, IngestContext};
 use offsets::{Offsets, Ticket};
-use pauses::Pauses;
+use pauses::{Pauses, Until};
 
 use crate::decode::Undecodable;
-use crate::outcome::{Consumed, Envelope, Outcome};
+use crate::model::Channel;
+use crate::outcome::{Outcome, ProduceError};
 use crate::pipeline::{AdmitError, Admitted, Pipeline};
+use crate::record::{Consumed, Envelope};
 use crate::topics::Source;
 
 pub type HeraldConsumer = StreamConsumer<IngestContext>;
+
+/// How long a record waits for room in a full lane before its partition
+/// is paused instead. Room usually comes within a provider call; a lane
+/// that stays full this long has a provider that hangs, and the loop must
+/// go back to polling.
+const LANE_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("cannot judge records: {0}")]
     Admit(#[from] AdmitError),
+    #[error(transparent)]
+    Produce(#[from] ProduceError),
 }
+
+/// A record's ticket once its outcome is durable, or why it never will be.
+type Finished = (Ticket, Result<(), ProduceError>);
+type Acked = Pin<Box<dyn Future<Output = Finished> + Send>>;
 
 struct Loop {
     consumer: Arc<HeraldConsumer>,
@@ -46,16 +66,18 @@ struct Loop {
     pauses: Pauses,
     /// Records whose delivery waits on a provider, each a task that yields
     /// its ticket once the record's outcome is durable.
-    tasks: JoinSet<Ticket>,
+    tasks: JoinSet<Finished>,
     /// Records settled without waiting (rate limited, invalid, a sender
     /// that answers at once): only their produce acks are awaited, here,
     /// which costs far less than a task per record.
     acks: FuturesUnordered<Acked>,
+    /// A produce error no retry can fix, seen while waiting for room; the
+    /// loop stops on it at its next turn.
+    failed: Option<ProduceError>,
 }
 
-/// Completes with a record's ticket once its outcome is durable.
-type Acked = Pin<Box<dyn Future<Output = Ticket> + Send>>;
-
+/// Consumes until `shutdown` completes (or a produce error that no retry
+/// can fix), then drains within `deadline`.
 pub async fn consume(
     consumer: HeraldConsumer,
     pipeline: Arc<Pipeline>,
@@ -69,9 +91,15 @@ pub async fn consume(
         pauses: Pauses::default(),
         tasks: JoinSet::new(),
         acks: FuturesUnordered::new(),
+        failed: None,
     };
     let result = l.run(shutdown).await;
-    l.drain(deadline).await;
+    let until = l.drain(deadline).await;
+    // Closing the consumer leaves the group, which waits on the broker.
+    let closed = tokio::task::spawn_blocking(move || drop(l));
+    if tokio::time::timeout_at(until.max(Instant::now() + Duration::from_millis(500)), closed).await.is_err() {
+        tracing::warn!(message = "The consumer did not close within the shutdown deadline.");
+    }
     result
 }
 
@@ -79,6 +107,9 @@ impl Loop {
     async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), IngestError> {
         tokio::pin!(shutdown);
         loop {
+            if let Some(error) = self.failed.take() {
+                return Err(error.into());
+            }
             let resume_at = self.pauses.next_due();
             // The message borrows the consumer; a local handle keeps `self` free.
             let consumer = self.consumer.clone();
@@ -86,37 +117,40 @@ impl Loop {
                 biased;
                 () = &mut shutdown => return Ok(()),
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    self.finished(joined);
+                    self.joined(joined)?;
                     while let Some(joined) = self.tasks.try_join_next() {
-                        self.finished(joined);
+                        self.joined(joined)?;
                     }
-                    self.store_offsets();
+                    self.progress();
                 }
-                Some(ticket) = self.acks.next(), if !self.acks.is_empty() => {
-                    self.offsets.finish(ticket);
-                    while let Some(Some(ticket)) = self.acks.next().now_or_never() {
-                        self.offsets.finish(ticket);
+                Some(finished) = self.acks.next(), if !self.acks.is_empty() => {
+                    self.finish(finished)?;
+                    while let Some(Some(finished)) = self.acks.next().now_or_never() {
+                        self.finish(finished)?;
                     }
-                    self.store_offsets();
+                    self.progress();
                 }
                 () = tokio::time::sleep_until(resume_at.unwrap_or_else(Instant::now)), if resume_at.is_some() => {
-                    self.pauses.resume_due(&*self.consumer, Instant::now());
+                    self.pauses.resume_due(&self.consumer, &self.pipeline.topics, Instant::now());
                 }
-                message = consumer.recv() => {
-                    match message {
-                        Ok(message) => self.handle(&consumer, &message).await?,
-                        Err(error) => tracing::warn!(message = "Consumer error.", %error),
-                    }
-                }
+                message = consumer.recv() => match message {
+                    Ok(message) => tokio::select! {
+                        biased;
+                        () = &mut shutdown => return Ok(()),
+                        handled = self.handle(&consumer, &message) => handled?,
+                    },
+                    Err(KafkaError::PartitionEOF(_)) => {}
+                    Err(error) => tracing::warn!(message = "Consumer error.", %error),
+                },
             }
         }
     }
 
     async fn handle(&mut self, consumer: &HeraldConsumer, message: &BorrowedMessage<'_>) -> Result<(), IngestError> {
         self.apply_rebalances();
-        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        let Some(source) = self.pipeline.topics.source(topic) else { return Ok(()) };
-        if self.pauses.is_paused(topic, partition) {
+        let (partition, offset) = (message.partition(), message.offset());
+        let Some(source) = self.pipeline.topics.source(message.topic()) else { return Ok(()) };
+        if self.pauses.is_paused(source, partition) {
             // Fetched before the pause took effect; the seek brings it back.
             return Ok(());
         }
@@ -131,19 +165,16 @@ impl Loop {
             let release = appended.map_or(*not_before, |t| (*not_before).min(t + delay));
             if release > now {
                 let until = Instant::now() + (release - now).to_std().unwrap_or_default();
-                if let Err(error) = self.pauses.pause(consumer, topic, partition, offset, until) {
-                    tracing::warn!(message = "Pausing a partition failed.", topic, partition, %error);
-                }
+                self.pause(consumer, (source, partition), offset, Until::Due(until));
                 return Ok(());
             }
         }
-        let ticket = self.offsets.register(topic, partition, offset);
         let (envelope, bad_envelope) = match envelope {
             Ok(e) => (e, None),
             Err(e) => (Envelope::default(), Some(e)),
         };
         let record = Consumed {
-            topic: topic.to_owned(),
+            topic: message.topic().to_owned(),
             partition,
             offset,
             key: message.key().map(<[u8]>::to_vec),
@@ -155,6 +186,14 @@ impl Loop {
             Some(e) => (Admitted::Settled { ids: None, outcome: Outcome::Undecodable(Undecodable::Envelope(e)) }, None),
             None => self.pipeline.admit(&record, source, now).await?,
         };
+        let lane = admitted.channel();
+        let Some(permit) = self.room(lane).await else {
+            // Its rate-limit count, if any, is kept: the record comes back,
+            // and finds its event id already counted.
+            self.pause(consumer, (source, partition), offset, Until::Room(lane));
+            return Ok(());
+        };
+        let ticket = self.offsets.register(source, partition, offset);
         // The record is finished only once its rate-limit count, if any, is
         // durable too.
         let counted = async move {
@@ -163,61 +202,103 @@ impl Loop {
             }
         };
         let pipeline = self.pipeline.clone();
-        let mut finished = false;
-        let permit = loop {
-            tokio::select! {
-                biased;
-                permit = pipeline.router.admit(admitted.channel()) => break permit,
-                // Records settled in the loop give their permits back only
-                // as their acks are polled, so waiting must poll them too.
-                Some(ticket) = self.acks.next(), if !self.acks.is_empty() => {
-                    self.offsets.finish(ticket);
-                    finished = true;
-                }
-            }
-        };
-        if finished {
-            self.store_offsets();
-        }
         match pipeline.resolve_now(&record, admitted) {
             // Most records: only their produce acks are awaited, in the loop.
             Ok(resolved) => {
                 let durable = pipeline.publish(&record, resolved);
                 self.acks.push(Box::pin(async move {
-                    tokio::join!(durable, counted);
+                    let (published, ()) = tokio::join!(durable, counted);
                     drop(permit);
-                    ticket
+                    (ticket, published)
                 }));
             }
             Err(to_deliver) => {
                 // Boxed: a provider call's future is kilobytes, and the
                 // runtime would otherwise copy it several times.
                 self.tasks.spawn(Box::pin(async move {
+                    let lane = pipeline.router.lane(to_deliver.channel());
+                    let slot = lane.slot().await;
                     let resolved = pipeline.deliver(to_deliver).await;
-                    tokio::join!(pipeline.publish(&record, resolved), counted);
-                    drop(permit);
-                    ticket
+                    let (published, ()) = tokio::join!(pipeline.publish(&record, resolved), counted);
+                    drop((slot, permit));
+                    (ticket, published)
                 }));
             }
         }
         Ok(())
     }
 
-    fn finished(&mut self, joined: Result<Ticket, tokio::task::JoinError>) {
+    /// Room for one record in `lane`, waiting at most [`LANE_WAIT`]; `None`
+    /// when the lane is already known to be full, or stays full.
+    async fn room(&mut self, lane: Option<Channel>) -> Option<OwnedSemaphorePermit> {
+        if self.pauses.waiting_for(lane) {
+            return None;
+        }
+        let pipeline = self.pipeline.clone();
+        let admit = pipeline.router.admit(lane);
+        let give_up = tokio::time::sleep(LANE_WAIT);
+        tokio::pin!(admit, give_up);
+        loop {
+            tokio::select! {
+                biased;
+                permit = &mut admit => return Some(permit),
+                // Records settled in the loop give their permits back only
+                // as their acks are polled, so waiting must poll them too.
+                Some((ticket, published)) = self.acks.next(), if !self.acks.is_empty() => match published {
+                    Ok(()) => self.offsets.finish(ticket),
+                    Err(error) => self.failed = Some(error),
+                },
+                () = &mut give_up => return None,
+            }
+        }
+    }
+
+    fn pause(&mut self, consumer: &HeraldConsumer, at: (Source, i32), offset: i64, until: Until) {
+        if let Err(error) = self.pauses.pause(consumer, &self.pipeline.topics, at, offset, until) {
+            tracing::warn!(message = "Pausing a partition failed.", topic = self.pipeline.topics.name(at.0), partition = at.1, %error);
+        }
+        if let Until::Room(lane) = until {
+            tracing::debug!(message = "Lane full; partition paused until it has room.", lane = lane.map(Channel::symbol), partition = at.1);
+        }
+    }
+
+    fn joined(&mut self, joined: Result<Finished, tokio::task::JoinError>) -> Result<(), IngestError> {
         match joined {
-            Ok(ticket) => self.offsets.finish(ticket),
+            Ok(finished) => self.finish(finished),
             // Its offset is never stored, so the record is redelivered.
-            Err(error) => tracing::error!(message = "A record's task failed.", %error),
+            Err(error) => {
+                tracing::error!(message = "A record's task failed.", %error);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, (ticket, published): Finished) -> Result<(), IngestError> {
+        published?;
+        self.offsets.finish(ticket);
+        Ok(())
+    }
+
+    /// After records finished: store what can be stored, and resume
+    /// partitions waiting for lanes that have room again.
+    fn progress(&mut self) {
+        self.store_offsets();
+        for lane in Channel::ALL.map(Some).into_iter().chain([None]) {
+            if self.pauses.waiting_for(lane) && self.pipeline.router.has_room(lane) {
+                self.pauses.resume_room(&self.consumer, &self.pipeline.topics, lane);
+            }
         }
     }
 
     fn apply_rebalances(&mut self) {
+        let topics = &self.pipeline.topics;
         for change in self.consumer.context().take_changes() {
             match change {
                 Assignment::Revoked(partitions) => {
                     for (topic, partition) in partitions {
-                        self.offsets.revoke(&topic, partition);
-                        self.pauses.forget(&topic, partition);
+                        let Some(source) = topics.source(&topic) else { continue };
+                        self.offsets.revoke(source, partition);
+                        self.pauses.forget(source, partition);
                         self.pipeline.limiter.forget_partition(partition);
                     }
                 }
@@ -238,26 +319,34 @@ impl Loop {
 
     fn store_offsets(&mut self) {
         self.apply_rebalances();
-        if let Some(list) = self.offsets.take_storable() {
-            if let Err(error) = self.consumer.store_offsets(&list) {
-                // Typically a partition revoked meanwhile: its new owner
-                // re-reads from the last commit. Duplicates, never loss.
-                tracing::debug!(message = "Storing offsets failed.", %error);
-            }
+        let storable = self.offsets.take_storable();
+        if storable.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (source, partition, next) in storable {
+            list.add_partition_offset(self.pipeline.topics.name(source), partition, Offset::Offset(next)).expect("offset is valid");
+        }
+        if let Err(error) = self.consumer.store_offsets(&list) {
+            // Typically a partition revoked meanwhile: its new owner
+            // re-reads from the last commit. Duplicates, never loss.
+            tracing::debug!(message = "Storing offsets failed.", %error);
         }
     }
 
     /// Stop fetching, let in-flight records finish within `deadline`, flush
-    /// and commit what finished.
-    async fn drain(&mut self, deadline: Duration) {
+    /// and commit what finished. Whatever the queues hold, this returns
+    /// within about `deadline`; it returns when that deadline is.
+    async fn drain(&mut self, deadline: Duration) -> Instant {
+        let until = Instant::now() + deadline;
         let in_flight = self.tasks.len() + self.acks.len();
         tracing::info!(message = "Shutting down: finishing in-flight records.", in_flight);
-        let drained = tokio::time::timeout(deadline, async {
+        let drained = tokio::time::timeout_at(until, async {
             while let Some(joined) = self.tasks.join_next().await {
-                self.finished(joined);
+                let _ = self.joined(joined);
             }
-            while let Some(ticket) = self.acks.next().await {
-                self.offsets.finish(ticket);
+            while let Some(finished) = self.acks.next().await {
+                let _ = self.finish(finished);
             }
         })
         .await;
@@ -266,18 +355,29 @@ impl Loop {
                 message = "Shutdown deadline passed; unfinished records will be redelivered.",
                 unfinished = self.tasks.len() + self.acks.len()
             );
+            // First, so that no call starts in a slot an aborted call frees.
+            self.pipeline.router.stop_calls();
             self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
             self.acks.clear();
         }
         self.store_offsets();
-        if let Err(error) = self.pipeline.publisher.producer().flush(deadline) {
+        let remaining = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+        if let Err(error) = self.pipeline.publisher.producer().flush(remaining) {
             tracing::warn!(message = "Producer flush failed.", %error);
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => {}
-            Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        // Synchronous commits and the consumer's close wait on the broker;
+        // off the runtime, and for no longer than the deadline allows.
+        let consumer = self.consumer.clone();
+        let commit = tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(message = "Final commit failed.", %error),
+        });
+        let remaining = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+        if tokio::time::timeout(remaining, commit).await.is_err() {
+            tracing::warn!(message = "Final commit did not finish within the shutdown deadline; the broker will see the last automatic commit.");
         }
         tracing::info!(message = "Stopped.", uncommitted = self.offsets.in_flight());
+        until
     }
 }

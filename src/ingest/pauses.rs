@@ -1,6 +1,13 @@
-//! Delay topics are read by pausing a partition whose head record is not
-//! yet due and resuming it when it is: the poll loop never sleeps, so it
-//! never exceeds `max.poll.interval.ms`, and other partitions keep flowing.
+//! Partitions the loop has paused, and why. A partition is paused instead
+//! of the loop waiting, so the loop keeps polling (it never comes near
+//! `max.poll.interval.ms`) and other partitions keep flowing:
+//! - a delay topic's partition whose head record is not due yet, until it is;
+//! - a partition whose next record needs a lane that stayed full, until the
+//!   lane has room again.
+//!
+//! Pausing rewinds the partition to the record that could not go ahead, so
+//! it is fetched again on resume; records already fetched behind it are
+//! discarded by the seek, and skipped by the loop meanwhile.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -12,41 +19,54 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::time::Instant;
 
 use super::HeraldConsumer;
+use crate::model::Channel;
+use crate::topics::{Source, Topics};
+
+/// What a paused partition waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Due(Instant),
+    /// Room in a channel's lane (`None`: among records that settle without
+    /// a provider).
+    Room(Option<Channel>),
+}
 
 #[derive(Default)]
 pub struct Pauses {
-    /// Paused partitions, each with the id of its pause.
-    paused: HashMap<(String, i32), u64>,
-    /// When each pause ends; stale entries (the partition was revoked or
-    /// paused again) are skipped by id.
-    due: BinaryHeap<Reverse<(Instant, u64, String, i32)>>,
+    /// Paused partitions, each with the id of its pause and what it waits for.
+    paused: HashMap<(Source, i32), (u64, Until)>,
+    /// When each timed pause ends; stale entries (the partition was revoked
+    /// or paused again) are skipped by id.
+    due: BinaryHeap<Reverse<(Instant, u64, Source, i32)>>,
     next_id: u64,
 }
 
 impl Pauses {
-    pub fn is_paused(&self, topic: &str, partition: i32) -> bool {
-        self.paused.contains_key(&(topic.to_owned(), partition))
+    pub fn is_paused(&self, source: Source, partition: i32) -> bool {
+        self.paused.contains_key(&(source, partition))
     }
 
-    /// Pauses the partition and rewinds it to `offset`, the head record,
-    /// so the record is fetched again on resume. Records already fetched
-    /// behind it are discarded by the seek.
+    /// Pauses the partition and rewinds it to `offset`, the record that
+    /// cannot go ahead yet.
     pub fn pause(
         &mut self,
         consumer: &HeraldConsumer,
-        topic: &str,
-        partition: i32,
+        topics: &Topics,
+        (source, partition): (Source, i32),
         offset: i64,
-        until: Instant,
+        until: Until,
     ) -> KafkaResult<()> {
+        let topic = topics.name(source);
         let mut list = TopicPartitionList::new();
         list.add_partition(topic, partition);
         consumer.pause(&list)?;
         // A zero timeout makes the seek asynchronous: the loop must not block.
         consumer.seek(topic, partition, Offset::Offset(offset), Duration::ZERO)?;
         self.next_id += 1;
-        self.paused.insert((topic.to_owned(), partition), self.next_id);
-        self.due.push(Reverse((until, self.next_id, topic.to_owned(), partition)));
+        self.paused.insert((source, partition), (self.next_id, until));
+        if let Until::Due(at) = until {
+            self.due.push(Reverse((at, self.next_id, source, partition)));
+        }
         Ok(())
     }
 
@@ -54,27 +74,44 @@ impl Pauses {
         self.due.peek().map(|Reverse((at, ..))| *at)
     }
 
-    pub fn resume_due(&mut self, consumer: &HeraldConsumer, now: Instant) {
+    pub fn resume_due(&mut self, consumer: &HeraldConsumer, topics: &Topics, now: Instant) {
         while let Some(Reverse((at, ..))) = self.due.peek() {
             if *at > now {
                 break;
             }
-            let Reverse((_, id, topic, partition)) = self.due.pop().expect("peeked");
-            let key = (topic, partition);
-            if self.paused.get(&key) != Some(&id) {
-                continue;
-            }
-            self.paused.remove(&key);
-            let mut list = TopicPartitionList::new();
-            list.add_partition(&key.0, key.1);
-            if let Err(error) = consumer.resume(&list) {
-                tracing::warn!(message = "Resuming a partition failed.", topic = key.0, partition = key.1, %error);
+            let Reverse((_, id, source, partition)) = self.due.pop().expect("peeked");
+            if self.paused.get(&(source, partition)).is_some_and(|(current, _)| *current == id) {
+                self.resume(consumer, topics, source, partition);
             }
         }
     }
 
+    /// Whether any partition waits for room in `lane`.
+    pub fn waiting_for(&self, lane: Option<Channel>) -> bool {
+        self.paused.values().any(|(_, until)| *until == Until::Room(lane))
+    }
+
+    /// Resumes every partition that waits for room in `lane`.
+    pub fn resume_room(&mut self, consumer: &HeraldConsumer, topics: &Topics, lane: Option<Channel>) {
+        let waiting: Vec<(Source, i32)> =
+            self.paused.iter().filter(|(_, (_, until))| *until == Until::Room(lane)).map(|(key, _)| *key).collect();
+        for (source, partition) in waiting {
+            self.resume(consumer, topics, source, partition);
+        }
+    }
+
+    fn resume(&mut self, consumer: &HeraldConsumer, topics: &Topics, source: Source, partition: i32) {
+        self.paused.remove(&(source, partition));
+        let topic = topics.name(source);
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition);
+        if let Err(error) = consumer.resume(&list) {
+            tracing::warn!(message = "Resuming a partition failed.", topic, partition, %error);
+        }
+    }
+
     /// A revoked partition is no longer ours to resume.
-    pub fn forget(&mut self, topic: &str, partition: i32) {
-        self.paused.remove(&(topic.to_owned(), partition));
+    pub fn forget(&mut self, source: Source, partition: i32) {
+        self.paused.remove(&(source, partition));
     }
 }

@@ -1,7 +1,6 @@
 //! Stage 5: what happens to a record once its fate is known, and making
 //! that durable in Kafka (status event, retry, dead letter).
 
-pub mod envelope;
 mod publish;
 mod status;
 
@@ -9,13 +8,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use envelope::{Envelope, EnvelopeError, Origin};
-pub use publish::{Consumed, Ids, Publisher};
+pub use publish::{ProduceError, Publisher};
 pub use status::status_event;
 
 use crate::decode::Undecodable;
 use crate::deliver::{Delivered, DeliveryError};
 use crate::model::{ErrorClass, InvalidReason, Status};
+use crate::record::ErrorHeaders;
 use crate::suppression::{Entry, Reason};
 use crate::topics::Topics;
 
@@ -28,6 +27,10 @@ pub enum Outcome {
     Failed(DeliveryError),
     /// Transient failure: to retry topic `retry`, due at `not_before`.
     RetryScheduled { retry: usize, not_before: DateTime<Utc>, error: DeliveryError },
+    /// No provider was called (each one's circuit was open), so no attempt
+    /// was used: parked in delay topic `hold` until `not_before`, spread
+    /// out after the circuit is due to close.
+    Postponed { hold: usize, not_before: DateTime<Utc>, error: DeliveryError },
     /// Transient failure with the schedule exhausted.
     DeadLettered(DeliveryError),
     /// Never deliverable as written: reported, and kept on the dead-letter topic.
@@ -58,13 +61,24 @@ pub enum Destination {
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The one place that turns a delivery result into retry, dead letter or
-/// drop.
-pub fn decide(result: Result<Delivered, DeliveryError>, attempt: u32, topics: &Topics, now: DateTime<Utc>) -> Outcome {
+/// drop. `attempt` is the attempt that produced `result` (from 1);
+/// `jitter` spreads out records that wait for a circuit to close.
+pub fn decide(
+    result: Result<Delivered, DeliveryError>,
+    attempt: u32,
+    topics: &Topics,
+    now: DateTime<Utc>,
+    jitter: Duration,
+) -> Outcome {
     let error = match result {
         Ok(delivered) => return Outcome::Sent(delivered),
         Err(DeliveryError::Invalid(reason)) => return Outcome::Invalid(reason),
         Err(error) => error,
     };
+    if let DeliveryError::CircuitOpen { retry_after, .. } = &error {
+        let wait = *retry_after + jitter;
+        return Outcome::Postponed { hold: topics.hold_for(wait), not_before: now + wait, error };
+    }
     match (error.class(), topics.retry_after_attempt(attempt)) {
         (ErrorClass::Transient, Some(retry)) => {
             let wait = topics.retries[retry].delay.max(error.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER));
@@ -80,7 +94,7 @@ impl Outcome {
         Some(match self {
             Outcome::Sent(_) => Status::Sent,
             Outcome::Failed(_) => Status::Failed,
-            Outcome::RetryScheduled { .. } => Status::RetryScheduled,
+            Outcome::RetryScheduled { .. } | Outcome::Postponed { .. } => Status::RetryScheduled,
             Outcome::DeadLettered(_) => Status::DeadLettered,
             Outcome::Invalid(_) => Status::Invalid,
             Outcome::RateLimited { .. } => Status::RateLimited,
@@ -94,9 +108,10 @@ impl Outcome {
     pub fn destination(&self) -> Option<Destination> {
         match self {
             Outcome::RetryScheduled { retry, .. } => Some(Destination::Retry(*retry)),
-            Outcome::Scheduled { hold, .. } | Outcome::Deferred { hold, .. } | Outcome::Held { hold, .. } => {
-                Some(Destination::Retry(*hold))
-            }
+            Outcome::Postponed { hold, .. }
+            | Outcome::Scheduled { hold, .. }
+            | Outcome::Deferred { hold, .. }
+            | Outcome::Held { hold, .. } => Some(Destination::Retry(*hold)),
             Outcome::DeadLettered(_) | Outcome::Invalid(_) | Outcome::Undecodable(_) => Some(Destination::DeadLetter),
             Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } | Outcome::Suppressed(_) => None,
         }
@@ -105,11 +120,18 @@ impl Outcome {
     pub fn not_before(&self) -> Option<DateTime<Utc>> {
         match self {
             Outcome::RetryScheduled { not_before, .. }
+            | Outcome::Postponed { not_before, .. }
             | Outcome::Scheduled { not_before, .. }
             | Outcome::Deferred { not_before, .. }
             | Outcome::Held { not_before, .. } => Some(*not_before),
             _ => None,
         }
+    }
+
+    /// Whether a provider was called to reach this outcome, which uses up
+    /// one delivery attempt.
+    pub fn called_provider(&self) -> bool {
+        matches!(self, Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RetryScheduled { .. } | Outcome::DeadLettered(_))
     }
 
     /// The suppression this outcome records: the provider said the
@@ -121,23 +143,24 @@ impl Outcome {
         }
     }
 
-    /// Class, code and message of the error behind this outcome, free of
-    /// personal data.
-    pub fn error(&self) -> Option<(ErrorClass, String, String)> {
-        match self {
-            Outcome::Failed(e) | Outcome::RetryScheduled { error: e, .. } | Outcome::DeadLettered(e) => {
-                Some((e.class(), e.code(), e.to_string()))
-            }
-            Outcome::Invalid(reason) => Some((ErrorClass::Invalid, reason.code().to_owned(), reason.to_string())),
-            Outcome::RateLimited { until } | Outcome::Deferred { not_before: until, .. } => Some((
+    /// The error behind this outcome, free of personal data.
+    pub fn error(&self) -> Option<ErrorHeaders> {
+        let (class, code, message) = match self {
+            Outcome::Failed(e)
+            | Outcome::RetryScheduled { error: e, .. }
+            | Outcome::Postponed { error: e, .. }
+            | Outcome::DeadLettered(e) => (e.class(), e.code(), e.to_string()),
+            Outcome::Invalid(reason) => (ErrorClass::Invalid, reason.code().to_owned(), reason.to_string()),
+            Outcome::RateLimited { until } | Outcome::Deferred { not_before: until, .. } => (
                 ErrorClass::RateLimited,
                 "rate-limit-exceeded".to_owned(),
                 format!("window full until {}", until.to_rfc3339()),
-            )),
-            Outcome::Suppressed(reason) => Some((ErrorClass::Permanent, reason.code().to_owned(), reason.to_string())),
-            Outcome::Undecodable(u) => Some((ErrorClass::Invalid, u.code().to_owned(), u.to_string())),
-            Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } => None,
-        }
+            ),
+            Outcome::Suppressed(reason) => (ErrorClass::Permanent, reason.code().to_owned(), reason.to_string()),
+            Outcome::Undecodable(u) => (ErrorClass::Invalid, u.code().to_owned(), u.to_string()),
+            Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } => return None,
+        };
+        Some(ErrorHeaders { class, code, message })
     }
 }
 
@@ -178,6 +201,10 @@ mod tests {
         }
     }
 
+    fn circuit_open(secs: u64) -> DeliveryError {
+        DeliveryError::CircuitOpen { provider: Provider::Twilio, retry_after: Duration::from_secs(secs) }
+    }
+
     #[test]
     fn only_a_recipient_gone_for_good_is_suppressed() {
         let entry = Entry { reason: Reason::OptedOut, cause: "twilio:21610".into() };
@@ -190,6 +217,7 @@ mod tests {
     fn decision_table() {
         let t = topics();
         let mins = |m: i64| now() + chrono::Duration::minutes(m);
+        let secs = |s: i64| now() + chrono::Duration::seconds(s);
         let sent = Delivered { provider: Provider::Fcm, message_id: Some("m".into()) };
         let rows: Vec<(Result<Delivered, DeliveryError>, u32, Outcome)> = vec![
             (Ok(sent.clone()), 1, Outcome::Sent(sent)),
@@ -222,9 +250,15 @@ mod tests {
                 1,
                 Outcome::RetryScheduled { retry: 0, not_before: mins(10), error: unavailable(Some(5)) },
             ),
+            // An open circuit called nobody: no attempt is used, and even the
+            // last attempt waits for the circuit rather than dead-lettering.
+            // The jitter (2 s here) is added to when the circuit closes.
+            (Err(circuit_open(30)), 1, Outcome::Postponed { hold: 0, not_before: secs(32), error: circuit_open(30) }),
+            (Err(circuit_open(30)), 4, Outcome::Postponed { hold: 0, not_before: secs(32), error: circuit_open(30) }),
         ];
         for (result, attempt, expected) in rows {
-            assert_eq!(decide(result.clone(), attempt, &t, now()), expected, "{result:?} on attempt {attempt}");
+            let outcome = decide(result.clone(), attempt, &t, now(), Duration::from_secs(2));
+            assert_eq!(outcome, expected, "{result:?} on attempt {attempt}");
         }
     }
 
@@ -238,6 +272,11 @@ mod tests {
             (Outcome::Scheduled { hold: 2, not_before: now() }, Some(Status::Scheduled), Some(Destination::Retry(2))),
             (Outcome::Deferred { hold: 0, not_before: now() }, Some(Status::Deferred), Some(Destination::Retry(0))),
             (Outcome::Held { hold: 1, not_before: now() }, None, Some(Destination::Retry(1))),
+            (
+                Outcome::Postponed { hold: 1, not_before: now(), error: circuit_open(1) },
+                Some(Status::RetryScheduled),
+                Some(Destination::Retry(1)),
+            ),
             (Outcome::Suppressed(Reason::OptedOut), Some(Status::Suppressed), None),
         ];
         for (outcome, status, destination) in rows {

@@ -2,6 +2,14 @@
 //! change to the suppression list are produced, and the future `publish`
 //! returns completes only once the broker has acknowledged all of them.
 //! The caller stores the offset after that, never before.
+//!
+//! A produce error is one of three kinds. Most are transient, and the
+//! record is sent again with backoff. Some concern the record and would
+//! fail the same way forever (too large, refused by a topic policy): the
+//! copy falls back to one without the producer's bytes, on the dead-letter
+//! topic. The rest mean no record can be written at all (a topic deleted,
+//! access revoked, the idempotent producer fenced): herald stops, and the
+//! record is delivered again after the operator has fixed it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,175 +17,325 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::OptionFuture;
-use rdkafka::message::OwnedHeaders;
 use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::{status_event, Destination, Envelope, Origin, Outcome};
+use super::{status_event, Destination, Outcome};
 use crate::codec;
-use crate::model::{Channel, StatusEvent};
+use crate::model::{ErrorClass, Ids, Status, StatusEvent};
+use crate::record::{Consumed, Envelope, ErrorHeaders, Origin};
 use crate::suppression::Change;
 use crate::topics::Topics;
 
-/// A consumed record, owned so it can outlive the poll that returned it.
-#[derive(Debug, Clone)]
-pub struct Consumed {
+/// What herald's own headers may add to a copy (see `record::envelope`,
+/// which keeps them within it). A record fits when its own bytes leave
+/// this much room under the producer's limit.
+pub const HEADER_ROOM: usize = 2048;
+/// A copy without the producer's bytes still keeps a key this short: it
+/// is the user id, which tells an operator whose request it was.
+const MAX_STRIPPED_KEY: usize = 1024;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
+
+/// A produce that can never succeed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot produce to topic {topic:?}: {error}")]
+pub struct ProduceError {
     pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Option<OwnedHeaders>,
-    pub envelope: Envelope,
+    pub error: KafkaError,
 }
 
-impl Consumed {
-    /// Where the record first entered herald: kept across every hop.
-    pub fn origin(&self) -> Origin {
-        self.envelope.origin.clone().unwrap_or_else(|| Origin {
-            topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offset,
-        })
-    }
-}
-
-/// What a status event says about whom.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ids {
-    pub event_id: String,
-    pub user_id: String,
-    pub channel: Option<Channel>,
+/// Why a produce gave up.
+enum Failure {
+    /// This record can never be written; others can.
+    Record(ProduceError),
+    /// Nothing can be written until an operator acts.
+    Fatal(ProduceError),
 }
 
 pub struct Publisher {
     producer: FutureProducer,
     topics: Arc<Topics>,
     status_schema_id: u32,
+    /// The producer's `message.max.bytes`.
+    max_message_bytes: usize,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-const QUEUE_FULL_WAIT: Duration = Duration::from_millis(10);
-
 impl Publisher {
-    pub fn new(producer: FutureProducer, topics: Arc<Topics>, status_schema_id: u32) -> Self {
-        Publisher { producer, topics, status_schema_id }
+    pub fn new(producer: FutureProducer, topics: Arc<Topics>, status_schema_id: u32, max_message_bytes: usize) -> Self {
+        Publisher { producer, topics, status_schema_id, max_message_bytes }
     }
 
     pub fn producer(&self) -> &FutureProducer {
         &self.producer
     }
 
+    /// The largest record (key, value and headers) herald copies whole.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_message_bytes.saturating_sub(HEADER_ROOM)
+    }
+
+    /// Whether `record` can be copied whole with herald's headers added.
+    pub fn fits(&self, record: &Consumed) -> bool {
+        record.size() <= self.max_record_bytes()
+    }
+
     /// Hands what `outcome` requires to the producer now, and returns a
     /// future that completes once the broker has acknowledged all of it.
     /// Enqueueing here rather than when the future is first polled keeps
-    /// outcomes in the order the loop settled them.
+    /// outcomes in the order the loop settled them. `attempts` is the
+    /// number of delivery attempts made once the outcome was reached.
     pub fn publish(
         &self,
         record: &Consumed,
         ids: Option<&Ids>,
         outcome: &Outcome,
-        attempt: u32,
+        attempts: u32,
         now: DateTime<Utc>,
         suppress: Option<&Change>,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let status = ids.and_then(|ids| status_event(ids, outcome, attempt, now)).map(|event| self.status_record(event));
+    ) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
+        let status = ids.and_then(|ids| status_event(ids, outcome, attempts, now));
         let reroute = outcome.destination().map(|destination| {
-            // A delay topic record keeps its partition number, so a user's
-            // records stay with the one consumer that owns that partition of
-            // every input topic (see `ratelimit`).
-            let (topic, partition) = match destination {
-                Destination::Retry(i) => (&self.topics.retries[i].name, Some(record.partition)),
-                Destination::DeadLetter => (&self.topics.dead_letter, None),
+            // A parked record keeps the error that parked it.
+            let error = outcome.error().or_else(|| record.envelope.error.clone());
+            let envelope = Envelope { attempts, not_before: outcome.not_before(), origin: None, error };
+            let copy = self.copy(record, destination, &envelope);
+            // If the copy can never be written, a stripped copy goes to the
+            // dead letters instead, and a record that was to be retried says so.
+            let retried = matches!(destination, Destination::Retry(_));
+            let dead = status.as_ref().filter(|_| retried).map(|s| StatusEvent { status: Status::DeadLettered, ..s.clone() });
+            let fallback = Fallback {
+                producer: self.producer.clone(),
+                status: dead.map(|event| (self.topics.status.clone(), self.status_schema_id, event, record.partition)),
+                dead_letter: self.topics.dead_letter.clone(),
+                key: stripped_key(record),
+                envelope,
+                origin: record.origin(),
+                size: record.size(),
             };
-            let attempts = match outcome {
-                // Parking or rejecting a record is not a delivery attempt.
-                Outcome::Scheduled { .. }
-                | Outcome::Deferred { .. }
-                | Outcome::Held { .. }
-                | Outcome::Invalid(_)
-                | Outcome::Undecodable(_) => {
-                    record.envelope.attempts
+            (copy, fallback)
+        });
+        let status = status.map(|event| self.durable(self.status_record(event, Some(record.partition))));
+        let suppress = suppress.map(|change| self.durable(self.change_record(change)));
+        let reroute = reroute.map(|(copy, fallback)| {
+            let copy = self.durable(copy);
+            async move {
+                match copy.await {
+                    Err(Failure::Record(error)) => fallback.dead_letter(error).await,
+                    other => other,
                 }
-                _ => attempt,
-            };
-            let envelope = Envelope { attempts, not_before: outcome.not_before(), origin: None };
-            let headers = envelope.write(record.headers.as_ref(), &record.origin(), outcome.error().as_ref());
-            Outgoing {
-                topic: topic.clone(),
-                key: record.key.clone(),
-                partition,
-                payload: record.payload.clone(),
-                headers: Some(headers),
             }
         });
-        let status = status.map(|out| self.durable(out));
-        let reroute = reroute.map(|out| self.durable(out));
-        let suppress = suppress.map(|change| self.publish_change(change));
         async move {
-            tokio::join!(OptionFuture::from(status), OptionFuture::from(reroute), OptionFuture::from(suppress));
+            let (status, reroute, suppress) =
+                tokio::join!(OptionFuture::from(status), OptionFuture::from(reroute), OptionFuture::from(suppress));
+            for result in [status, reroute, suppress].into_iter().flatten() {
+                settle(result)?;
+            }
+            Ok(())
         }
     }
 
     /// Publishes one status event that comes from outside the pipeline (a
-    /// delivery receipt); the future completes once it is acknowledged.
-    pub fn publish_status(&self, event: StatusEvent) -> impl Future<Output = ()> + Send + 'static {
-        self.durable(self.status_record(event))
+    /// delivery receipt), to `partition`, the one the request was read
+    /// from, when known; the future completes once it is acknowledged.
+    pub fn publish_status(&self, event: StatusEvent, partition: Option<i32>) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
+        let ack = self.durable(self.status_record(event, partition));
+        async move { settle(ack.await) }
     }
 
     /// Records a change to the suppression list; the future completes once
     /// it is acknowledged.
-    pub fn publish_change(&self, change: &Change) -> impl Future<Output = ()> + Send + 'static {
-        self.durable(Outgoing {
+    pub fn publish_change(&self, change: &Change) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
+        let ack = self.durable(self.change_record(change));
+        async move { settle(ack.await) }
+    }
+
+    fn change_record(&self, change: &Change) -> Outgoing {
+        Outgoing {
             topic: self.topics.suppressions.clone(),
             key: Some(change.key()),
             partition: None,
             payload: change.value(),
             headers: None,
-        })
+        }
     }
 
-    fn status_record(&self, event: StatusEvent) -> Outgoing {
+    /// Status events go to the partition number their request came from,
+    /// whatever partitioner the request's producer used, so that each
+    /// status partition belongs to the instance that owns those requests.
+    fn status_record(&self, event: StatusEvent, partition: Option<i32>) -> Outgoing {
         Outgoing {
             topic: self.topics.status.clone(),
             payload: Some(codec::encode_status(self.status_schema_id, &event)),
             key: Some(event.user_id.into_bytes()),
-            partition: None,
+            partition,
             headers: None,
         }
     }
 
-    /// Sends `out` now; the future completes when the broker acknowledges
-    /// it. The idempotent producer already retries internally; an error
-    /// means its delivery timeout passed, and giving up would lose the
-    /// outcome, so this sends again (the offset stays unstored meanwhile,
-    /// and shutdown abandons it safely).
-    fn durable(&self, out: Outgoing) -> impl Future<Output = ()> + Send + 'static {
-        let producer = self.producer.clone();
-        let first = out.send(&producer);
-        async move {
-            let mut ack = first;
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                let error = match ack {
-                    Ok(delivery) => match delivery.await {
-                        Ok(Ok(_)) => return,
-                        Ok(Err((error, _))) => error,
-                        Err(_canceled) => KafkaError::Canceled,
-                    },
-                    Err(error) => error,
-                };
-                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
-                    // Backpressure, not failure: wait for the queue to drain.
-                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                } else {
-                    tracing::error!(message = "Produce failed; retrying.", topic = out.topic, %error, backoff_ms = backoff.as_millis() as u64);
+    /// The record's copy for `destination`: whole when it fits, else
+    /// stripped.
+    fn copy(&self, record: &Consumed, destination: Destination, envelope: &Envelope) -> Outgoing {
+        // A delay topic record keeps its partition number, so a user's
+        // records stay with the one consumer that owns that partition of
+        // every input topic (see `ratelimit`).
+        let (topic, partition) = match destination {
+            Destination::Retry(i) => (&self.topics.retries[i].name, Some(record.partition)),
+            Destination::DeadLetter => (&self.topics.dead_letter, None),
+        };
+        if !self.fits(record) {
+            return self.stripped(record, envelope);
+        }
+        Outgoing {
+            topic: topic.clone(),
+            key: record.key.clone(),
+            partition,
+            payload: record.payload.clone(),
+            headers: Some(envelope.write(record.headers.as_ref(), &record.origin(), None)),
+        }
+    }
+
+    /// A dead-letter copy with none of the producer's value or headers:
+    /// herald's headers, the original size, and the key if it is short.
+    fn stripped(&self, record: &Consumed, envelope: &Envelope) -> Outgoing {
+        stripped(self.topics.dead_letter.clone(), stripped_key(record), envelope, &record.origin(), record.size())
+    }
+
+    fn durable(&self, out: Outgoing) -> impl Future<Output = Result<(), Failure>> + Send + 'static {
+        durable(self.producer.clone(), out)
+    }
+}
+
+fn stripped_key(record: &Consumed) -> Option<Vec<u8>> {
+    record.key.clone().filter(|k| k.len() <= MAX_STRIPPED_KEY)
+}
+
+fn stripped(topic: String, key: Option<Vec<u8>>, envelope: &Envelope, origin: &Origin, size: usize) -> Outgoing {
+    Outgoing { topic, key, partition: None, payload: None, headers: Some(envelope.write(None, origin, Some(size))) }
+}
+
+/// What a rerouted copy becomes when it can never be written: a stripped
+/// copy on the dead-letter topic, and, if the record was to be retried, a
+/// DEAD_LETTERED status that says it will not be.
+struct Fallback {
+    producer: FutureProducer,
+    /// Topic, schema id, event and partition of that status.
+    status: Option<(String, u32, StatusEvent, i32)>,
+    dead_letter: String,
+    key: Option<Vec<u8>>,
+    envelope: Envelope,
+    origin: Origin,
+    size: usize,
+}
+
+impl Fallback {
+    async fn dead_letter(self, error: ProduceError) -> Result<(), Failure> {
+        tracing::error!(message = "A copy can never be written; dead-lettering it without the producer's bytes.", topic = error.topic, %error.error);
+        let code = format!("produce:{}", error.error.rdkafka_error_code().map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}")));
+        let reason = ErrorHeaders { class: ErrorClass::Permanent, code: code.clone(), message: format!("herald cannot write the record to {}", error.topic) };
+        let envelope = Envelope { error: Some(reason), ..self.envelope };
+        let copy = durable(self.producer.clone(), stripped(self.dead_letter, self.key, &envelope, &self.origin, self.size));
+        let status = self.status.map(|(topic, schema_id, event, partition)| {
+            let event = StatusEvent { error_class: Some(ErrorClass::Permanent), error_code: Some(code), ..event };
+            durable(self.producer.clone(), Outgoing {
+                topic,
+                key: Some(event.user_id.clone().into_bytes()),
+                partition: Some(partition),
+                payload: Some(codec::encode_status(schema_id, &event)),
+                headers: None,
+            })
+        });
+        let (copy, status) = tokio::join!(copy, OptionFuture::from(status));
+        settle(copy).map_err(Failure::Fatal)?;
+        status.map_or(Ok(()), |s| settle(s).map_err(Failure::Fatal))
+    }
+}
+
+/// A record failure is logged and the record finishes: retrying could
+/// never succeed, and holding its offset would stall the partition.
+fn settle(result: Result<(), Failure>) -> Result<(), ProduceError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(Failure::Record(error)) => {
+            tracing::error!(message = "A record can never be written; given up.", topic = error.topic, %error.error);
+            Ok(())
+        }
+        Err(Failure::Fatal(error)) => Err(error),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disposition {
+    /// The producer's queue is full: wait for it to drain.
+    Backpressure,
+    Retry,
+    Record,
+    Fatal,
+}
+
+fn disposition(error: &KafkaError) -> Disposition {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(C::QueueFull) => Disposition::Backpressure,
+        Some(
+            C::MessageSizeTooLarge
+            | C::MessageBatchTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTimestamp
+            | C::UnsupportedForMessageFormat
+            | C::PolicyViolation,
+        ) => Disposition::Record,
+        // herald checked at startup that its topics exist with the right
+        // partitions; now missing, they were deleted or shrunk.
+        Some(
+            C::UnknownTopic
+            | C::UnknownPartition
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::Fatal,
+        ) => Disposition::Fatal,
+        _ => Disposition::Retry,
+    }
+}
+
+/// Sends `out` now; the future completes when the broker acknowledges it.
+/// The idempotent producer already retries internally; a transient error
+/// means its delivery timeout passed, and giving up would lose the
+/// outcome, so this sends again (the offset stays unstored meanwhile, and
+/// shutdown abandons it safely).
+fn durable(producer: FutureProducer, out: Outgoing) -> impl Future<Output = Result<(), Failure>> + Send + 'static {
+    let first = out.send(&producer);
+    async move {
+        let mut ack = first;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let error = match ack {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err((error, _))) => error,
+                    Err(_canceled) => KafkaError::Canceled,
+                },
+                Err(error) => error,
+            };
+            let failed = || ProduceError { topic: out.topic.clone(), error: error.clone() };
+            match disposition(&error) {
+                Disposition::Backpressure => tokio::time::sleep(QUEUE_FULL_WAIT).await,
+                Disposition::Retry => {
+                    tracing::warn!(message = "Produce failed; retrying.", topic = out.topic, %error, backoff_ms = backoff.as_millis() as u64);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                ack = out.send(&producer);
+                Disposition::Record => return Err(Failure::Record(failed())),
+                Disposition::Fatal => return Err(Failure::Fatal(failed())),
             }
+            ack = out.send(&producer);
         }
     }
 }
@@ -201,5 +359,32 @@ impl Outgoing {
         record.payload = self.payload.as_deref();
         record.headers = self.headers.clone();
         producer.send_result(record).map_err(|(error, _)| error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_that_can_never_succeed_are_not_retried() {
+        use RDKafkaErrorCode as C;
+        let rows = [
+            (C::QueueFull, Disposition::Backpressure),
+            (C::MessageSizeTooLarge, Disposition::Record),
+            (C::MessageBatchTooLarge, Disposition::Record),
+            (C::InvalidRecord, Disposition::Record),
+            (C::PolicyViolation, Disposition::Record),
+            (C::TopicAuthorizationFailed, Disposition::Fatal),
+            (C::UnknownTopic, Disposition::Fatal),
+            (C::Fatal, Disposition::Fatal),
+            (C::MessageTimedOut, Disposition::Retry),
+            (C::NotEnoughReplicas, Disposition::Retry),
+            (C::UnknownTopicOrPartition, Disposition::Retry),
+            (C::AllBrokersDown, Disposition::Retry),
+        ];
+        for (code, expected) in rows {
+            assert_eq!(disposition(&KafkaError::MessageProduction(code)), expected, "{code:?}");
+        }
     }
 }

@@ -2,17 +2,20 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Ids, Outcome};
-use crate::model::StatusEvent;
+use super::Outcome;
+use crate::model::{Ids, StatusEvent};
 
-/// The status event for `outcome`, if it has one. `attempt` is the delivery
-/// attempt the outcome belongs to; it is reported as 0 when nothing was sent.
-pub fn status_event(ids: &Ids, outcome: &Outcome, attempt: u32, now: DateTime<Utc>) -> Option<StatusEvent> {
+/// The status event for `outcome`, if it has one. `attempts` is the number
+/// of delivery attempts made once the outcome was reached: the attempt a
+/// provider's answer belongs to, or 0 when nothing was attempted yet.
+pub fn status_event(ids: &Ids, outcome: &Outcome, attempts: u32, now: DateTime<Utc>) -> Option<StatusEvent> {
     let status = outcome.status()?;
-    let (provider, provider_message_id, attempted) = match outcome {
-        Outcome::Sent(d) => (Some(d.provider), d.message_id.clone(), true),
-        Outcome::Failed(e) | Outcome::RetryScheduled { error: e, .. } | Outcome::DeadLettered(e) => (e.provider(), None, true),
-        _ => (None, None, false),
+    let (provider, provider_message_id) = match outcome {
+        Outcome::Sent(d) => (Some(d.provider), d.message_id.clone()),
+        Outcome::Failed(e) | Outcome::RetryScheduled { error: e, .. } | Outcome::Postponed { error: e, .. } | Outcome::DeadLettered(e) => {
+            (e.provider(), None)
+        }
+        _ => (None, None),
     };
     let error = outcome.error();
     Some(StatusEvent {
@@ -20,12 +23,12 @@ pub fn status_event(ids: &Ids, outcome: &Outcome, attempt: u32, now: DateTime<Ut
         user_id: ids.user_id.clone(),
         channel: ids.channel,
         status,
-        attempt: if attempted { attempt } else { 0 },
+        attempt: attempts,
         provider: provider.map(|p| p.name().to_owned()),
         provider_message_id,
-        error_class: error.as_ref().map(|(class, _, _)| *class),
-        error_code: error.as_ref().map(|(_, code, _)| code.clone()),
-        error_message: error.map(|(_, _, message)| message),
+        error_class: error.as_ref().map(|e| e.class),
+        error_code: error.as_ref().map(|e| e.code.clone()),
+        error_message: error.map(|e| e.message),
         occurred_at: now,
         next_attempt_at: outcome.not_before(),
     })

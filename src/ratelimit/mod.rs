@@ -33,7 +33,8 @@ pub enum Decision {
     Deny { until: DateTime<Utc> },
 }
 
-/// Where counts live besides this process's memory.
+/// Where counts live besides this process's memory. One per process.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     /// Nowhere: limits reset when herald restarts or a partition moves.
     Memory,

@@ -20,25 +20,36 @@ impl Broker {
         if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
             return Broker { bootstrap, child: None };
         }
-        let port = crate::free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("tansu-{port}.log"));
-        let child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
-            .spawn()
-            .expect("starting tansu");
-        let bootstrap = format!("127.0.0.1:{port}");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(&bootstrap).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "tansu did not listen on {bootstrap}; see {}", log.display());
-            std::thread::sleep(Duration::from_millis(20));
+        let binary = tansu_binary();
+        // tansu cannot be handed a listener, so a port can still be taken
+        // by someone else first: then it exits, and another port is tried.
+        for _ in 0..5 {
+            let port = crate::free_port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let log = std::env::temp_dir().join(format!("tansu-{port}.log"));
+            let mut child = Command::new(&binary)
+                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "memory://tansu/"])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+                .spawn()
+                .expect("starting tansu");
+            let bootstrap = format!("127.0.0.1:{port}");
+            let started = Instant::now();
+            loop {
+                if std::net::TcpStream::connect(&bootstrap).is_ok() {
+                    return Broker { bootstrap, child: Some(child) };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                assert!(started.elapsed() < Duration::from_secs(20), "tansu did not listen on {bootstrap}; see {}", log.display());
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        Broker { bootstrap, child: Some(child) }
+        panic!("tansu exited five times at start; see its logs in {}", std::env::temp_dir().display())
     }
 
     /// True when this broker is a tansu this process started.

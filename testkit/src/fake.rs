@@ -27,11 +27,16 @@ pub struct Recorded {
     pub form: Vec<(String, String)>,
     /// JSON body (FCM).
     pub json: Option<Value>,
+    pub headers: HeaderMap,
 }
 
 impl Recorded {
     pub fn field(&self, name: &str) -> Option<&str> {
         self.form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
@@ -57,11 +62,18 @@ struct Shared {
     script: Mutex<HashMap<String, VecDeque<Reply>>>,
     /// Applied to every message request before answering.
     latency: Mutex<Duration>,
+    /// Until then, every message request gets this reply: an outage.
+    outage: Mutex<Option<(Instant, Reply)>>,
     counter: Mutex<u64>,
 }
 
 impl Shared {
     fn next_reply(&self, recipient: &str) -> Reply {
+        if let Some((until, reply)) = self.outage.lock().unwrap().clone() {
+            if Instant::now() < until {
+                return reply;
+            }
+        }
         self.script.lock().unwrap().get_mut(recipient).and_then(VecDeque::pop_front).unwrap_or(Reply::Accept)
     }
 
@@ -113,6 +125,12 @@ impl<S> Fake<S> {
     pub fn set_latency(&self, latency: Duration) {
         *self.shared.latency.lock().unwrap() = latency;
     }
+
+    /// Answers every message request with `reply` until `until`, whatever
+    /// the scripts say.
+    pub fn fail_until(&self, until: Instant, reply: Reply) {
+        *self.shared.outage.lock().unwrap() = Some((until, reply));
+    }
 }
 
 type Handler = Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
@@ -152,6 +170,7 @@ impl Request {
             content_type: self.header(header::CONTENT_TYPE),
             form,
             json,
+            headers: self.headers.clone(),
         }
     }
 }
@@ -304,6 +323,7 @@ pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging"
 pub struct FcmProject {
     pub project: String,
     pub client_email: String,
+    pub private_key_id: String,
     issued: Mutex<Vec<String>>,
     exchanges: Mutex<Vec<Recorded>>,
 }
@@ -325,6 +345,7 @@ impl FakeFcm {
         let project = FcmProject {
             project: key["project_id"].as_str().unwrap().to_owned(),
             client_email: key["client_email"].as_str().unwrap().to_owned(),
+            private_key_id: key["private_key_id"].as_str().unwrap().to_owned(),
             issued: Mutex::default(),
             exchanges: Mutex::default(),
         };
@@ -380,6 +401,9 @@ async fn fcm(project: Arc<FcmProject>, shared: Arc<Shared>, r: Request) -> Respo
     let Some(token) = body["message"]["token"].as_str().map(str::to_owned) else {
         return google_error(400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"), None);
     };
+    // As herald fears of FCM: without this header, errors lose the details
+    // that tell UNREGISTERED from a mere NOT_FOUND.
+    let detailed = r.header(header::HeaderName::from_static("x-goog-api-format-version")).as_deref() == Some("2");
     shared.requests.lock().unwrap().push(r.record(vec![], Some(body)));
     let latency = *shared.latency.lock().unwrap();
     tokio::time::sleep(latency).await;
@@ -393,7 +417,7 @@ async fn fcm(project: Arc<FcmProject>, shared: Arc<Shared>, r: Request) -> Respo
                 503 => "UNAVAILABLE",
                 _ => "INTERNAL",
             };
-            google_error(status, grpc, code.as_deref(), retry_after)
+            google_error(status, grpc, code.as_deref().filter(|_| detailed), retry_after)
         }
     }
 }
@@ -406,6 +430,11 @@ fn fcm_token(project: &FcmProject, r: &Request) -> Response {
         return reply(400, json!({"error": "unsupported_grant_type"}), None);
     }
     let Some(assertion) = field("assertion") else { return invalid() };
+    // Google finds the key by `kid`; google-auth always sends it.
+    let kid = jsonwebtoken::decode_header(&assertion).ok().and_then(|h| h.kid);
+    if kid.as_deref() != Some(project.private_key_id.as_str()) {
+        return invalid();
+    }
     let key = jsonwebtoken::DecodingKey::from_rsa_pem(PUBLIC_KEY.as_bytes()).unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.set_audience(&[format!("http://{}/token", r.header(header::HOST).unwrap_or_default())]);

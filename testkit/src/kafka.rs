@@ -28,18 +28,28 @@ fn config(bootstrap: &str) -> ClientConfig {
     c
 }
 
-pub fn producer(bootstrap: &str) -> FutureProducer {
+/// A producer whose records may be as large as `max_bytes`, as an
+/// ordinary producer of a broker with that limit can write them.
+pub fn producer_up_to(bootstrap: &str, max_bytes: usize) -> FutureProducer {
     config(bootstrap)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
+        .set("message.max.bytes", max_bytes.to_string())
         .create()
         .expect("creating a producer")
 }
 
-pub async fn produce(producer: &FutureProducer, topic: &str, key: &[u8], payload: &[u8], headers: Option<OwnedHeaders>) {
+/// A producer with librdkafka's limits.
+pub fn producer(bootstrap: &str) -> FutureProducer {
+    producer_up_to(bootstrap, 1_000_000)
+}
+
+/// Produces a record; returns its partition and offset.
+pub async fn produce(producer: &FutureProducer, topic: &str, key: &[u8], payload: &[u8], headers: Option<OwnedHeaders>) -> (i32, i64) {
     let mut record = FutureRecord::to(topic).key(key).payload(payload);
     record.headers = headers;
-    producer.send(record, Timeout::Never).await.map_err(|(e, _)| e).expect("producing a record");
+    let delivered = producer.send(record, Timeout::Never).await.map_err(|(e, _)| e).expect("producing a record");
+    (delivered.partition, delivered.offset)
 }
 
 /// Produces a record with no value: on a compacted topic, a deletion.
@@ -93,6 +103,10 @@ impl Reader {
         let consumer: StreamConsumer = config(bootstrap)
             .set("group.id", format!("reader-{topic}-{}", std::process::id()))
             .set("enable.auto.commit", "false")
+            // tansu answers a fetch only when this wait runs out, even when
+            // records are there: with its default of 500 ms, a read that
+            // stops after a quiet spell of that length would see nothing.
+            .set("fetch.wait.max.ms", "10")
             .create()
             .expect("creating a reader");
         let mut list = TopicPartitionList::new();

@@ -15,7 +15,24 @@ pub use broker::Broker;
 pub use cql::Cql;
 pub use providers::Providers;
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a server that must be told its port
+/// before it starts (tansu). It is below the kernel's ephemeral range
+/// (32768 and up), so no outgoing connection takes it between now and its
+/// use, as a port from binding port 0 could be; and one process never gets
+/// the same port twice. Servers that can take a bound listener, or bind
+/// port 0 and report it, should do that instead.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding 127.0.0.1:0").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Processes start apart, so concurrent test binaries rarely meet.
+    let start = (std::process::id() % 600) as u16 * 20;
+    for _ in 0..SPAN {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + SPAN)
 }

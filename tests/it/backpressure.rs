@@ -28,3 +28,29 @@ async fn a_queue_of_one_drains_settled_and_delivered_records_alike() {
     assert_eq!((h.twilio.requests().len(), h.fcm.requests().len()), (5, 30));
     herald.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_slower_than_the_poll_interval_does_not_cost_the_group() {
+    let h = Harness::new().await;
+    // Calls take 12 s; the consumer must poll every 10 s (FAST_GROUP).
+    h.twilio.set_latency(Duration::from_secs(12));
+    let log = std::env::temp_dir().join(format!("herald-maxpoll-{}.log", std::process::id()));
+    let args = ["--sms-rate-limit", "off", "--sms-concurrency", "4", "--channel-queue", "4", "--http-timeout", "90s"];
+    let mut herald = h.spawn_logging(&args, &log);
+    let mut statuses = h.statuses();
+    h.send(&push("joined", "user-0", "tok", "t", "herald has joined")).await;
+    statuses.terminal(Duration::from_secs(60), &["joined".into()]).await;
+    // Twice the lane: the second half must wait a whole call, 12 s.
+    let ids: Vec<String> = (0..8).map(|i| format!("slow-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        h.send(&sms(id, &format!("user-{i}"), "+14155550100", id)).await;
+    }
+    let terminal = statuses.terminal(Duration::from_secs(90), &ids).await;
+    assert!(ids.iter().all(|id| terminal[id].status == Status::Sent));
+    let (_, status) = herald.terminate();
+    assert!(status.success());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains("MAXPOLL") && !logged.contains("max.poll.interval"), "left the group: {logged}");
+    assert_eq!(logged.matches("Rebalance.").count(), 2, "one assignment, one revocation at shutdown: {logged}");
+    assert_eq!(h.twilio.requests().len(), ids.len(), "each sent once");
+}

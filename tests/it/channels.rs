@@ -30,6 +30,7 @@ async fn sms_goes_to_twilio_as_a_form_post_with_basic_auth() {
         r.form,
         [("To", "+14155550100"), ("From", FROM), ("Body", "Your code is 123456")].map(|(k, v)| (k.to_owned(), v.to_owned()))
     );
+    assert_eq!(r.header("user-agent"), Some(herald::USER_AGENT), "herald says who it is");
     herald.stop().await.unwrap();
 }
 
@@ -107,8 +108,10 @@ async fn push_goes_to_fcm_v1_with_a_cached_oauth_token() {
         assert!(e.provider_message_id.as_deref().is_some_and(|m| m.starts_with("projects/herald-test/messages/")));
     }
 
+    // The fake refuses an assertion without the key's id as `kid`.
     let exchanges = h.fcm.token_exchanges();
     assert_eq!(exchanges.len(), 1, "the access token is reused");
+    assert_eq!(exchanges[0].header("user-agent"), Some(herald::USER_AGENT));
     assert_eq!(exchanges[0].field("grant_type"), Some("urn:ietf:params:oauth:grant-type:jwt-bearer"));
 
     let mut requests = h.fcm.requests();
@@ -118,6 +121,8 @@ async fn push_goes_to_fcm_v1_with_a_cached_oauth_token() {
     assert_eq!(r.path, format!("/v1/projects/{}/messages:send", h.fcm.project()));
     assert_eq!(r.authorization.as_deref(), Some("Bearer ya29.fake-1"));
     assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    assert_eq!(r.header("user-agent"), Some(herald::USER_AGENT));
+    assert_eq!(r.header("x-goog-api-format-version"), Some("2"), "as firebase-admin sends it");
     assert_eq!(
         r.json.as_ref().unwrap(),
         &serde_json::json!({"message": {

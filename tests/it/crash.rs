@@ -35,7 +35,16 @@ async fn sigkill_mid_stream_then_restart_every_event_reaches_a_terminal_status()
     let before_kill: HashSet<String> = delivered_ids(&h).into_iter().collect();
     assert!(before_kill.len() < ids.len(), "killed mid-stream, not after the end");
 
+    let calls_before = h.twilio.requests().len();
+    let restarted = std::time::Instant::now();
     let second = spawn_herald(&h);
+    // Its first call waits only for the group to notice the dead member
+    // (session.timeout.ms is 6 s here) and for a join; not on a timeout.
+    while h.twilio.requests().len() == calls_before {
+        assert!(restarted.elapsed() < Duration::from_secs(20), "no provider call 20 s after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("first provider call {:?} after the restart", restarted.elapsed());
     let terminal = statuses.terminal(Duration::from_secs(90), &ids).await;
     assert!(ids.iter().all(|id| terminal[id].status == Status::Sent));
 

@@ -45,6 +45,7 @@ async fn sms_fails_over_to_vonage_on_transient_failures_only() {
         ("client-ref", "over"),
     ];
     assert_eq!(r.form, fields.map(|(k, v)| (k.to_owned(), v.to_owned())));
+    assert_eq!(r.header("user-agent"), Some(herald::USER_AGENT));
 
     // A permanent refusal is final: Vonage is not asked.
     let refused = &terminal["refused"];

@@ -60,3 +60,37 @@ async fn requests_per_second_are_capped() {
         assert!(window[10] - window[0] >= Duration::from_millis(950), "11 requests within {:?}", window[10] - window[0]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_refused_by_an_open_circuit_keep_their_attempts_and_come_back_spread_out() {
+    let h = Harness::new().await;
+    let herald = h.start(&["--sms-rate-limit", "off", "--sms-concurrency", "4", "--breaker-failures", "2", "--breaker-cooldown", "2s"]);
+    let mut statuses = h.statuses();
+    h.send(&push("joined", "user-j", "tok", "t", "herald has joined")).await;
+    statuses.terminal(Duration::from_secs(60), &["joined".into()]).await;
+    // Twilio is down for 3 s, then healthy.
+    let recovered = std::time::Instant::now() + Duration::from_secs(3);
+    h.twilio.fail_until(recovered, Reply::fail(503, "20503"));
+    let ids: Vec<String> = (0..40).map(|i| format!("storm-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        h.send(&sms(id, &format!("user-{i}"), "+14155550100", id)).await;
+    }
+    let terminal = statuses.terminal(Duration::from_secs(60), &ids).await;
+    herald.stop().await.unwrap();
+
+    let calls = h.twilio.requests();
+    for id in &ids {
+        let sent = &terminal[id];
+        assert_eq!(sent.status, Status::Sent, "{id}");
+        // An attempt is a call: refusals by the open circuit used none.
+        let made = calls.iter().filter(|r| r.field("Body") == Some(id)).count();
+        assert_eq!(sent.attempt as usize, made, "{id}: attempt {} after {made} calls", sent.attempt);
+    }
+    let refused = statuses.events.iter().filter(|e| e.error_code.as_deref() == Some("circuit-open")).count();
+    assert!(refused >= 30, "most were refused without a call ({refused})");
+    // After the recovery, calls came spread over the cooldown, not at once.
+    let mut after: Vec<_> = calls.iter().map(|r| r.at).filter(|at| *at >= recovered).collect();
+    after.sort();
+    let spread = *after.last().unwrap() - after[0];
+    assert!(spread >= Duration::from_millis(800), "{} calls within {spread:?}", after.len());
+}

@@ -3,6 +3,7 @@
 
 mod backpressure;
 mod channels;
+mod configuration;
 mod crash;
 mod failover;
 mod guard;

@@ -55,3 +55,40 @@ async fn a_retry_is_not_counted_again() {
     assert_eq!(terminal["c"].status, Status::RateLimited);
     herald.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_requests_do_not_use_the_window() {
+    let h = Harness::new().await;
+    let herald = h.start(&["--sms-rate-limit", "2/1h"]);
+    let dead = h.reader(&h.topics.dead_letter);
+    h.send(&sms("bad-1", "u", "not-a-number", "hi")).await;
+    h.send(&sms("bad-2", "u", "+14155550100", &"x".repeat(481))).await;
+    h.send(&sms("good-1", "u", "+14155550100", "one")).await;
+    h.send(&sms("good-2", "u", "+14155550100", "two")).await;
+    // The window is full now; an invalid request is still invalid.
+    h.send(&sms("bad-3", "u", "", "hi")).await;
+    h.send(&sms("good-3", "u", "+14155550100", "three")).await;
+    let ids = ["bad-1", "bad-2", "good-1", "good-2", "bad-3", "good-3"].map(String::from);
+    let terminal = h.statuses().terminal(Duration::from_secs(30), &ids).await;
+    herald.stop().await.unwrap();
+    let got: Vec<_> = ids.iter().map(|id| (id.as_str(), terminal[id].status)).collect();
+    assert_eq!(
+        got,
+        [
+            ("bad-1", Status::Invalid),
+            ("bad-2", Status::Invalid),
+            ("good-1", Status::Sent),
+            ("good-2", Status::Sent),
+            ("bad-3", Status::Invalid),
+            ("good-3", Status::RateLimited),
+        ]
+    );
+    let mut dead = dead;
+    let codes: Vec<String> = dead
+        .read_until(Duration::from_secs(10), |m| m.len() >= 3)
+        .await
+        .iter()
+        .map(|m| header(m, herald::record::envelope::ERROR_CODE).unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(codes, ["invalid-phone-number", "body-too-long", "invalid-phone-number"], "every invalid one is dead-lettered");
+}

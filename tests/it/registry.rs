@@ -5,7 +5,7 @@ use std::time::Duration;
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use herald::model::Status;
-use herald::outcome::envelope as h_;
+use herald::record::envelope as h_;
 use herald_testkit::fake::FakeRegistry;
 use rdkafka::message::Message;
 
@@ -104,4 +104,74 @@ async fn reads_newer_writer_schemas_and_registers_its_own() {
     let id = u32::from_be_bytes(raw[0].payload().unwrap()[1..5].try_into().unwrap());
     assert_eq!(id, 100, "the fake registry's first assigned id");
     herald.stop().await.unwrap();
+}
+
+/// The request schema as a newer producer might have it, with these
+/// channel and Android priority symbols.
+fn with_symbols(channels: &[&str], priorities: &[&str]) -> Schema {
+    let mut schema: serde_json::Value = serde_json::from_str(herald::codec::REQUEST_SCHEMA).unwrap();
+    let fields = schema["fields"].as_array_mut().unwrap();
+    fields[2]["type"]["symbols"] = serde_json::json!(channels);
+    let content = fields.iter_mut().find(|f| f["name"] == "content").unwrap();
+    let android = content["type"]["fields"].as_array_mut().unwrap().iter_mut().find(|f| f["name"] == "android").unwrap();
+    android["type"][1]["fields"][0]["type"][1]["symbols"] = serde_json::json!(priorities);
+    Schema::parse_str(&schema.to_string()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_registry_symbols_a_newer_writer_added_read_as_unknown() {
+    let h = Harness::new().await;
+    let herald = h.start(&[]);
+    let null = || Value::Union(0, Box::new(Value::Null));
+    let request = |schema: &Schema, event_id: &str, channel: (u32, &str), recipient: &str, priority: Option<(u32, &str)>| {
+        let android = match priority {
+            None => null(),
+            Some((i, symbol)) => Value::Union(1, Box::new(Value::Record(vec![
+                ("priority".into(), Value::Union(1, Box::new(Value::Enum(i, symbol.into())))),
+                ("ttl_seconds".into(), null()),
+                ("collapse_key".into(), null()),
+                ("channel_id".into(), null()),
+                ("sound".into(), null()),
+                ("click_action".into(), null()),
+            ]))),
+        };
+        let content = Value::Record(vec![
+            ("title".into(), null()),
+            ("body".into(), Value::String("from a newer producer".into())),
+            ("template_vars".into(), Value::Map(Default::default())),
+            ("data".into(), Value::Map(Default::default())),
+            ("android".into(), android),
+            ("apns".into(), null()),
+        ]);
+        let value = Value::Record(vec![
+            ("event_id".into(), Value::String(event_id.into())),
+            ("user_id".into(), Value::String("u1".into())),
+            ("channel".into(), Value::Enum(channel.0, channel.1.into())),
+            ("recipient".into(), Value::String(recipient.into())),
+            ("content".into(), content),
+            ("scheduled_at".into(), null()),
+            ("created_at".into(), Value::TimestampMillis(1_700_000_000_000)),
+        ]);
+        // Schema id 0: no registry knows it; herald reads with its own schema.
+        let mut bytes = vec![0, 0, 0, 0, 0];
+        bytes.extend(apache_avro::to_avro_datum(schema, value).unwrap());
+        bytes
+    };
+    let inserted = with_symbols(&["SMS", "PUSH", "EMAIL", "UNKNOWN"], &["NORMAL", "HIGH", "UNKNOWN"]);
+    let appended = with_symbols(&["SMS", "PUSH", "UNKNOWN", "EMAIL"], &["NORMAL", "HIGH", "UNKNOWN", "MAX"]);
+    h.send_raw(b"u1", &request(&inserted, "email-before-unknown", (2, "EMAIL"), "ada@example.com", None)).await;
+    h.send_raw(b"u1", &request(&appended, "email-after-unknown", (3, "EMAIL"), "ada@example.com", None)).await;
+    h.send_raw(b"u1", &request(&appended, "push-max-priority", (1, "PUSH"), "tok", Some((3, "MAX")))).await;
+    let ids = ["email-before-unknown", "email-after-unknown", "push-max-priority"].map(String::from);
+    let terminal = h.statuses().terminal(Duration::from_secs(30), &ids).await;
+    herald.stop().await.unwrap();
+    for id in &ids[..2] {
+        let e = &terminal[id];
+        assert_eq!((e.status, e.error_code.as_deref(), e.channel), (Status::Invalid, Some("unknown-channel"), None), "{id}");
+    }
+    assert_eq!(terminal["push-max-priority"].status, Status::Sent);
+    let sent = h.fcm.requests();
+    assert_eq!(sent[0].json.as_ref().unwrap()["message"].get("android"), None, "an unknown priority leaves FCM's default");
+    let dead = h.reader(&h.topics.dead_letter).read_until(Duration::from_secs(10), |m| m.len() >= 2).await.to_vec();
+    assert!(dead.iter().all(|m| header(m, h_::ERROR_CODE) == Some("unknown-channel")), "not avro-decode");
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use herald::model::{ErrorClass, Status};
-use herald::outcome::envelope as h_;
+use herald::record::envelope as h_;
 use herald_testkit::fake::Reply;
 use rdkafka::message::Message;
 
@@ -28,6 +28,9 @@ async fn transient_failures_walk_10m_20m_40m_then_dead_letter() {
         let next = e.next_attempt_at.expect("retry has a next attempt time");
         assert_eq!(next - e.occurred_at, chrono::Duration::from_std(delay).unwrap());
         assert_eq!((e.error_class, e.error_code.as_deref()), (Some(ErrorClass::Transient), Some("twilio:20503")));
+        // herald's sentence, not the provider's text (which quotes a number).
+        let message = e.error_message.as_deref().unwrap();
+        assert!(message.starts_with("twilio unavailable (twilio:20503): Twilio answered HTTP 503") && !message.contains("Scripted"), "{message}");
     }
 
     // One record on each retry topic, carrying the attempts made so far.
@@ -121,4 +124,29 @@ async fn a_scheduled_send_waits_for_its_time_without_blocking_others() {
     assert!(sent_later.occurred_at >= due, "sent at {} before {}", sent_later.occurred_at, due);
     assert!(terminal["now"].occurred_at < due, "the unscheduled event did not wait behind the scheduled one");
     herald.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_parked_again_keeps_the_error_that_parked_it() {
+    let h = Harness::new().await;
+    let herald = h.start(&[]);
+    // A Retry-After of 3 s outlasts the 300 ms and 1.2 s topics: the
+    // record is released early, and parked again, more than once.
+    h.twilio.script("+14155550100", [Reply::Fail { status: 429, code: Some("20429".into()), retry_after: Some(3) }]);
+    h.send(&sms("later", "u1", "+14155550100", "after the Retry-After")).await;
+    let mut statuses = h.statuses();
+    let terminal = statuses.terminal(Duration::from_secs(30), &["later".into()]).await;
+    herald.stop().await.unwrap();
+    assert_eq!((terminal["later"].status, terminal["later"].attempt), (Status::Sent, 2));
+    let mut copies = vec![];
+    for topic in &h.topics.retries {
+        copies.extend(h.reader(topic).read_until_idle(Duration::from_millis(500)).await.to_vec());
+    }
+    assert!(copies.len() >= 2, "parked, then parked again: {} copies", copies.len());
+    for copy in &copies {
+        assert_eq!(header(copy, h_::ERROR_CODE), Some("twilio:20429"));
+        assert_eq!(header(copy, h_::ERROR_CLASS), Some("TRANSIENT"));
+        assert!(header(copy, h_::ERROR_MESSAGE).is_some_and(|m| m.contains("too many requests")));
+        assert_eq!(header(copy, h_::ATTEMPTS), Some("1"));
+    }
 }

@@ -1,4 +1,5 @@
-//! Graceful shutdown drains in-flight work and commits it.
+//! Graceful shutdown drains in-flight work and commits it, and keeps to
+//! its deadline whatever the queues hold.
 
 use std::time::{Duration, Instant};
 
@@ -35,10 +36,87 @@ async fn shutdown_finishes_in_flight_deliveries_then_commits() {
         }
     }
 
-    // A restart finds nothing left to do: no event is delivered twice.
+    // A restart finds nothing left to do. A sentinel on every partition
+    // marks the point: once each is committed, everything before it was
+    // handled, and nothing was delivered twice.
+    h.twilio.set_latency(Duration::ZERO);
     let again = h.start(&[]);
-    statuses.settle(Duration::from_secs(6)).await;
-    assert_eq!(statuses.events.len(), ids.len());
-    assert_eq!(h.twilio.requests().len(), ids.len());
+    let sentinels = sentinels(&h, "sentinel").await;
+    let ids: Vec<String> = sentinels.iter().map(|(id, ..)| id.clone()).collect();
+    statuses.terminal(Duration::from_secs(30), &ids).await;
+    committed_past(&h, &sentinels).await;
     again.stop().await.unwrap();
+    assert_eq!(h.twilio.requests().len(), 6 + sentinels.len(), "the first six, and the sentinels");
+    assert_eq!(statuses.events.len(), 6 + sentinels.len());
+}
+
+/// Sends SMS until every partition of the requests topic has one; returns
+/// each event id with its partition and offset.
+pub async fn sentinels(h: &Harness, name: &str) -> Vec<(String, i32, i64)> {
+    let mut sent = vec![];
+    let mut covered = std::collections::HashSet::new();
+    for i in 0..1000 {
+        if covered.len() == PARTITIONS as usize {
+            return sent;
+        }
+        let (id, user) = (format!("{name}-{i}"), format!("{name}-user-{i}"));
+        let bytes = herald::codec::encode_request(&h.bundled.request, 1, &sms(&id, &user, "+14155550100", "sentinel")).unwrap();
+        let (partition, offset) = h.send_raw(user.as_bytes(), &bytes).await;
+        covered.insert(partition);
+        sent.push((id, partition, offset));
+    }
+    panic!("hashing never reached every partition")
+}
+
+/// Waits until the group's commits have passed each sentinel.
+pub async fn committed_past(h: &Harness, sentinels: &[(String, i32, i64)]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let committed = kafka::committed(&h.broker.bootstrap, &h.group, &h.topics.requested);
+        if sentinels.iter().all(|(_, p, o)| committed.get(p).is_some_and(|c| c > o)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "commits never passed the sentinels: {committed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_deadline_whatever_the_queues_hold() {
+    let h = Harness::new().await;
+    // A provider that answers after an hour: calls hang until the timeout.
+    h.twilio.set_latency(Duration::from_secs(3600));
+    let requests: Vec<_> = (0..6000).map(|i| sms(&format!("q-{i}"), &format!("user-{}", i % 500), "+14155550100", "queued")).collect();
+    h.send_many(&requests).await;
+    let log = std::env::temp_dir().join(format!("herald-sigterm-{}.log", std::process::id()));
+    let mut herald = h.spawn_logging(&["--sms-rate-limit", "off", "--http-timeout", "90s", "--shutdown-deadline", "3s"], &log);
+    // Until the calls hang and the lane behind them is full.
+    let started = Instant::now();
+    while h.twilio.requests().len() < 32 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the provider was never called");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (took, status) = herald.terminate();
+    println!("exited {took:?} after SIGTERM, with a 3 s deadline");
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap());
+    assert!(took < Duration::from_millis(4500), "exited {took:?} after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_starts_after_the_deadline() {
+    let h = Harness::new().await;
+    h.twilio.set_latency(Duration::from_secs(3600));
+    let herald = h.start(&["--sms-rate-limit", "off", "--sms-concurrency", "8", "--shutdown-deadline", "2s", "--http-timeout", "90s"]);
+    let requests: Vec<_> = (0..200).map(|i| sms(&format!("d-{i}"), &format!("user-{i}"), "+14155550100", "hangs")).collect();
+    h.send_many(&requests).await;
+    let started = Instant::now();
+    while h.twilio.requests().len() < 8 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the provider was never called");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    herald.stop().await.unwrap();
+    // Aborting the eight hanging calls freed their slots; nothing took them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.twilio.requests().len(), 8, "the calls that were in flight, and no other");
 }

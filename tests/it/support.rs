@@ -82,36 +82,30 @@ impl Harness {
         }
     }
 
-    /// herald's command line for this harness; `extra` goes last and wins.
+    /// herald's command line for this harness; a flag in `extra` replaces
+    /// the harness's own.
     pub fn args(&self, extra: &[&str]) -> Vec<String> {
         let delays: Vec<String> = RETRY_DELAYS.iter().map(|d| format!("{}ms", d.as_millis())).collect();
-        let mut args: Vec<String> = [
-            "herald",
-            "--brokers",
-            &self.broker.bootstrap,
-            "--group-id",
-            &self.group,
-            "--topic-requested",
-            &self.topics.requested,
-            "--topic-status",
-            &self.topics.status,
-            "--topic-dead-letter",
-            &self.topics.dead_letter,
-            "--topic-suppressions",
-            &self.topics.suppressions,
-            "--retry-topics",
-            &self.topics.retries.join(","),
-            "--retry-delays",
-            &delays.join(","),
-            "--topic-partitions",
-            &PARTITIONS.to_string(),
-            "--http-timeout",
-            "5s",
-            "--shutdown-deadline",
-            "10s",
-        ]
-        .map(str::to_owned)
-        .into();
+        let partitions = PARTITIONS.to_string();
+        let retries = self.topics.retries.join(",");
+        let delays = delays.join(",");
+        let defaults = [
+            ("--brokers", self.broker.bootstrap.as_str()),
+            ("--group-id", &self.group),
+            ("--topic-requested", &self.topics.requested),
+            ("--topic-status", &self.topics.status),
+            ("--topic-dead-letter", &self.topics.dead_letter),
+            ("--topic-suppressions", &self.topics.suppressions),
+            ("--retry-topics", &retries),
+            ("--retry-delays", &delays),
+            ("--topic-partitions", &partitions),
+            ("--http-timeout", "5s"),
+            ("--shutdown-deadline", "10s"),
+        ];
+        let mut args = vec!["herald".to_owned()];
+        for (flag, value) in defaults.into_iter().filter(|(flag, _)| !extra.contains(flag)) {
+            args.extend([flag.to_owned(), value.to_owned()]);
+        }
         args.extend(self.provider_args.iter().cloned());
         args.extend(kafka::fast_group_args());
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -129,11 +123,30 @@ impl Harness {
 
     /// Runs herald in this process until the returned handle is stopped.
     pub fn start(&self, extra: &[&str]) -> Running {
+        self.start_with(extra, herald::Listeners::default())
+    }
+
+    /// Runs herald with delivery receipts on, on a listener bound here, and
+    /// returns the public URL of its status callbacks.
+    pub fn start_with_receipts(&self, extra: &[&str]) -> (Running, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a receipts listener");
+        let addr = listener.local_addr().unwrap().to_string();
+        let public = format!("http://{addr}/twilio/status");
+        let mut args = vec!["--receipts-listen", &addr, "--receipts-public-url", &public];
+        args.extend(extra);
+        (self.start_with(&args, herald::Listeners { receipts: Some(listener) }), public)
+    }
+
+    fn start_with(&self, extra: &[&str], listeners: herald::Listeners) -> Running {
         let config = self.config(extra);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(herald::run(config, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(async move {
+            let app = herald::App::build(config, listeners).await?;
+            app.run(async {
+                let _ = stopped.await;
+            })
+            .await
+        });
         Running { stop: Some(stop), task }
     }
 
@@ -149,14 +162,41 @@ impl Harness {
         Process(child)
     }
 
+    /// Runs the herald binary with its log (at info) in `log`.
+    pub fn spawn_logging(&self, extra: &[&str], log: &std::path::Path) -> Process {
+        let args = self.args(extra);
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(&args[1..])
+            .env("RUST_LOG", "info,scylla=warn")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("a log file"))
+            .spawn()
+            .expect("starting the herald binary");
+        Process(child)
+    }
+
     pub async fn send(&self, request: &Request) -> Vec<u8> {
         let bytes = codec::encode_request(&self.bundled.request, 1, request).unwrap();
         self.send_raw(request.user_id.as_bytes(), &bytes).await;
         bytes
     }
 
-    pub async fn send_raw(&self, key: &[u8], payload: &[u8]) {
-        kafka::produce(&self.producer, &self.topics.requested, key, payload, None).await;
+    /// Sends many requests at once, without waiting for each ack in turn.
+    pub async fn send_many(&self, requests: &[Request]) {
+        use futures::stream::{self, StreamExt};
+        stream::iter(requests)
+            .map(|r| async move {
+                let bytes = codec::encode_request(&self.bundled.request, 1, r).unwrap();
+                self.send_raw(r.user_id.as_bytes(), &bytes).await;
+            })
+            .buffer_unordered(1000)
+            .collect::<()>()
+            .await;
+    }
+
+    /// Produces a record to the requests topic; returns its partition and offset.
+    pub async fn send_raw(&self, key: &[u8], payload: &[u8]) -> (i32, i64) {
+        kafka::produce(&self.producer, &self.topics.requested, key, payload, None).await
     }
 
     pub fn statuses(&self) -> Statuses {
@@ -170,6 +210,26 @@ impl Harness {
 
 /// The herald binary, killed if the test ends early so it never outlives it.
 pub struct Process(pub Child);
+
+impl Process {
+    /// SIGTERM, then waits; returns how long it took to exit, and how.
+    pub fn terminate(&mut self) -> (Duration, std::process::ExitStatus) {
+        let asked = std::time::Instant::now();
+        Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().expect("kill");
+        let status = self.0.wait().expect("waiting for herald");
+        (asked.elapsed(), status)
+    }
+}
+
+/// Installs a PyPI package the tests use, as `.ci/run` does, when python3
+/// cannot import `module`.
+pub fn ensure_python_package(module: &str, spec: &str) {
+    let importable = |m: &str| Command::new("python3").args(["-c", &format!("import {m}")]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !importable(module) {
+        let installed = Command::new("python3").args(["-m", "pip", "install", "--quiet", spec]).status().expect("running pip");
+        assert!(installed.success() && importable(module), "pip install {spec} failed");
+    }
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -233,6 +293,18 @@ impl Statuses {
         self.events.iter().filter(|e| e.status.is_terminal()).map(|e| (e.event_id.clone(), e.clone())).collect()
     }
 
+    /// Each event's current status, by the rule subscribers follow
+    /// (`StatusEvent::supersedes`), whatever order they arrived in.
+    pub fn current(&self) -> HashMap<String, StatusEvent> {
+        let mut current: HashMap<String, StatusEvent> = HashMap::new();
+        for e in &self.events {
+            if current.get(&e.event_id).is_none_or(|c| e.supersedes(c)) {
+                current.insert(e.event_id.clone(), e.clone());
+            }
+        }
+        current
+    }
+
     /// All statuses of one event, in order.
     pub fn of(&self, event_id: &str) -> Vec<StatusEvent> {
         self.events.iter().filter(|e| e.event_id == event_id).cloned().collect()
@@ -276,7 +348,7 @@ pub fn statuses_of(events: &[StatusEvent], event_id: &str) -> Vec<(Status, u32)>
 }
 
 pub fn header<'a>(message: &'a OwnedMessage, key: &str) -> Option<&'a str> {
-    message.headers().and_then(|h| herald::outcome::envelope::header(h, key))
+    message.headers().and_then(|h| herald::record::envelope::header(h, key))
 }
 
 pub fn millis(t: DateTime<Utc>) -> i64 {

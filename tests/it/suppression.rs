@@ -141,7 +141,9 @@ async fn startup_reads_the_whole_list_before_it_returns() {
     ];
     for change in &changes {
         match change.value() {
-            Some(value) => kafka::produce(&h.producer, topic, &change.key(), &value, None).await,
+            Some(value) => {
+                kafka::produce(&h.producer, topic, &change.key(), &value, None).await;
+            }
             None => kafka::tombstone(&h.producer, topic, &change.key()).await,
         }
     }
@@ -151,4 +153,28 @@ async fn startup_reads_the_whole_list_before_it_returns() {
     // Checked as soon as it returns: nothing follows the topic here.
     assert_eq!((list.check(Channel::Sms, "+14155550107"), list.check(Channel::Sms, "+14155550108")), (None, Some(Reason::OptedOut)));
     assert_eq!(list.len(), 1, "a bad record is skipped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_reads_a_batched_list_to_its_end_without_listoffsets() {
+    use herald::model::Channel;
+    use herald::suppression::{self, Change, Entry, Reason, Suppressions};
+    let h = Harness::new().await;
+    let config = h.config(&[]);
+    let topic = &h.topics.suppressions;
+    kafka::create_topics(&h.broker.bootstrap, &[topic], 1).await;
+    // Produced together, so the producer batches them: a broker may then
+    // answer ListOffsets with less than the true end (tansu does).
+    let numbers: Vec<String> = (0..200).map(|i| format!("+1415555{i:04}")).collect();
+    let changes: Vec<Change> = numbers
+        .iter()
+        .map(|n| Change { channel: Channel::Sms, recipient: n.clone(), entry: Some(Entry { reason: Reason::OptedOut, cause: "sms:STOP".into() }) })
+        .collect();
+    let records: Vec<(Vec<u8>, Vec<u8>)> = changes.iter().map(|c| (c.key(), c.value().unwrap())).collect();
+    futures::future::join_all(records.iter().map(|(k, v)| kafka::produce(&h.producer, topic, k, v, None))).await;
+    let list = Suppressions::default();
+    let started = std::time::Instant::now();
+    let _ = suppression::load(herald::kafka::reader(&config).unwrap(), topic, &list).await.expect("the list loads");
+    assert_eq!(list.len(), numbers.len(), "every change, the last included");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }

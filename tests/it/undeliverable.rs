@@ -1,9 +1,10 @@
 //! Records that can never be delivered: poison bytes and invalid requests.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use herald::model::{ErrorClass, Status};
-use herald::outcome::envelope as h_;
+use herald::record::envelope as h_;
 use herald_testkit::kafka;
 use rdkafka::message::Message;
 
@@ -67,4 +68,135 @@ async fn invalid_requests_are_reported_and_kept_on_the_dead_letter_topic() {
     let dead = h.reader(&h.topics.dead_letter).read_until(Duration::from_secs(10), |m| m.len() >= 4).await.to_vec();
     assert!(dead.iter().any(|m| m.payload() == Some(&bad_phone[..]) && header(m, h_::ERROR_CODE) == Some("invalid-phone-number")));
     herald.stop().await.unwrap();
+}
+
+/// An SMS request whose wire bytes (key and value) come to exactly `size`.
+fn request_of_size(h: &Harness, event_id: &str, user: &str, size: usize) -> Vec<u8> {
+    let mut request = sms(event_id, user, "+14155550100", "");
+    let base = herald::codec::encode_request(&h.bundled.request, 1, &request).unwrap().len() + user.len();
+    // The body's length prefix grows with it, so aim and correct.
+    let mut body = size.saturating_sub(base);
+    loop {
+        request.content.body = "x".repeat(body);
+        let bytes = herald::codec::encode_request(&h.bundled.request, 1, &request).unwrap();
+        match (bytes.len() + user.len()).cmp(&size) {
+            std::cmp::Ordering::Equal => return bytes,
+            std::cmp::Ordering::Greater => body -= 1,
+            std::cmp::Ordering::Less => body += 1,
+        }
+    }
+}
+
+/// Sends `records` and then a good request behind each, on one partition;
+/// returns the statuses and whether herald stopped promptly.
+async fn behind_big_records(h: &Harness, records: &[(&str, Vec<u8>)]) -> HashMap<String, herald::model::StatusEvent> {
+    let big = kafka::producer_up_to(&h.broker.bootstrap, 3_000_000);
+    let mut ids = vec![];
+    for (i, (id, bytes)) in records.iter().enumerate() {
+        kafka::produce(&big, &h.topics.requested, b"big-user", bytes, None).await;
+        let after = format!("after-{i}");
+        h.send(&sms(&after, "big-user", "+14155550100", "still delivered")).await;
+        ids.extend([id.to_string(), after]);
+    }
+    let terminal = h.statuses().terminal(Duration::from_secs(60), &ids).await;
+    for i in 0..records.len() {
+        assert_eq!(terminal[&format!("after-{i}")].status, Status::Sent, "the good record behind record {i}");
+    }
+    terminal
+}
+
+/// Everything produced to the requests topic is committed, and herald
+/// stopped well within its 10 s shutdown deadline.
+async fn stops_promptly_with_everything_committed(h: &Harness, herald: Running) {
+    let stopping = std::time::Instant::now();
+    herald.stop().await.unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5), "stopping took {:?}", stopping.elapsed());
+    let committed = kafka::committed(&h.broker.bootstrap, &h.group, &h.topics.requested);
+    for (partition, end) in kafka::end_offsets(&h.broker.bootstrap, &h.topics.requested).await {
+        if end > 0 {
+            assert_eq!(committed.get(&partition), Some(&end), "partition {partition} committed past every record");
+        }
+    }
+    // A restart finds nothing to do: no good record is sent again.
+    let sent = h.twilio.requests().len();
+    let again = h.start(&[]);
+    let mut statuses = h.statuses();
+    h.send(&sms("sentinel", "big-user", "+14155550100", "last")).await;
+    statuses.terminal(Duration::from_secs(30), &["sentinel".into()]).await;
+    again.stop().await.unwrap();
+    assert_eq!(h.twilio.requests().len(), sent + 1, "only the sentinel was sent after the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_under_kafkas_limit_but_over_librdkafkas_default_is_dead_lettered_whole() {
+    // About 1,000,099 bytes: under the broker's default 1,048,588, over
+    // the 1,000,000 a default librdkafka producer writes.
+    let h = Harness::new().await;
+    let herald = h.start(&[]);
+    let bytes = request_of_size(&h, "megabyte", "big-user", 1_000_099);
+    let terminal = behind_big_records(&h, &[("megabyte", bytes.clone())]).await;
+    let invalid = &terminal["megabyte"];
+    assert_eq!((invalid.status, invalid.error_code.as_deref()), (Status::Invalid, Some("body-too-long")));
+    let dead = h.reader(&h.topics.dead_letter).read_until(Duration::from_secs(10), |m| !m.is_empty()).await.to_vec();
+    assert_eq!(dead[0].payload(), Some(&bytes[..]), "the whole record is kept");
+    assert_eq!(header(&dead[0], h_::ORIGINAL_SIZE), None);
+    stops_promptly_with_everything_committed(&h, herald).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_too_large_to_copy_are_dead_lettered_without_their_bytes() {
+    let h = Harness::new().await;
+    let herald = h.start(&[]);
+    // herald copies whole a record of up to --max-message-bytes (Kafka's
+    // default, 1,048,588) less the 2,048 bytes its headers may need.
+    let limit = 1_048_588 - 2_048;
+    let records = [
+        ("at-limit", request_of_size(&h, "at-limit", "big-user", limit)),
+        ("over-limit", request_of_size(&h, "over-limit", "big-user", limit + 1)),
+        ("two-mb", request_of_size(&h, "two-mb", "big-user", 2_000_000)),
+    ];
+    let terminal = behind_big_records(&h, &records).await;
+    assert_eq!(terminal["at-limit"].error_code.as_deref(), Some("body-too-long"));
+    for id in ["over-limit", "two-mb"] {
+        let e = &terminal[id];
+        assert_eq!((e.status, e.error_code.as_deref(), e.channel), (Status::Invalid, Some("record-too-large"), Some(herald::model::Channel::Sms)), "{id}");
+    }
+    let dead = h.reader(&h.topics.dead_letter).read_until(Duration::from_secs(10), |m| m.len() >= 3).await.to_vec();
+    assert_eq!(dead[0].payload().map(<[u8]>::len), Some(records[0].1.len()), "at the limit: whole");
+    for (m, size) in dead[1..].iter().zip([limit + 1, 2_000_000]) {
+        assert_eq!(m.payload(), None, "none of the producer's bytes");
+        assert_eq!(m.key(), Some(&b"big-user"[..]), "the key is short, so it is kept");
+        assert_eq!(header(m, h_::ORIGINAL_SIZE), Some(size.to_string().as_str()));
+        assert_eq!(header(m, h_::ERROR_CODE), Some("record-too-large"));
+        assert_eq!(header(m, h_::ORIGINAL_TOPIC), Some(h.topics.requested.as_str()));
+    }
+    stops_promptly_with_everything_committed(&h, herald).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_status_names_the_channel_whenever_the_request_decoded() {
+    let h = Harness::new().await;
+    let herald = h.start(&[]);
+    let encode = |r: &herald::model::Request| herald::codec::encode_request(&h.bundled.request, 1, r).unwrap();
+    let wrong_key = encode(&push("wrong-key", "u1", "tok", "t", "hi"));
+    h.send_raw(b"someone-else", &wrong_key).await;
+    h.producer
+        .send(rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&h.topics.requested).payload(&encode(&sms("null-key", "u1", "+14155550100", "hi"))), rdkafka::util::Timeout::Never)
+        .await
+        .unwrap();
+    h.send(&sms("", "u1", "+14155550100", "no event id")).await;
+    h.send(&push("no-user", "", "tok", "t", "hi")).await;
+    let mut statuses = h.statuses();
+    statuses.until(Duration::from_secs(30), |e| e.len() >= 4).await;
+    herald.stop().await.unwrap();
+    use herald::model::Channel;
+    let mut got: Vec<_> = statuses.events.iter().map(|e| (e.error_code.clone().unwrap_or_default(), e.event_id.clone(), e.status, e.channel)).collect();
+    got.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let expected = [
+        ("empty-event-id", "", Channel::Sms),
+        ("empty-user-id", "no-user", Channel::Push),
+        ("key-mismatch", "null-key", Channel::Sms),
+        ("key-mismatch", "wrong-key", Channel::Push),
+    ];
+    assert_eq!(got, expected.map(|(code, id, channel)| (code.to_owned(), id.to_owned(), Status::Invalid, Some(channel))));
 }

@@ -9,8 +9,8 @@ mod vonage;
 use std::collections::HashMap;
 
 pub use self::text::{segments, truncate, Encoding, Segments};
-pub use self::twilio::{Twilio, TwilioAuth};
-pub use self::vonage::Vonage;
+pub use self::twilio::{Twilio, TwilioAuth, TwilioSender};
+pub use self::vonage::{check_sender as check_vonage_sender, Vonage};
 use crate::config::OverLength;
 use crate::model::{InvalidReason, Request};
 
@@ -78,14 +78,9 @@ fn render(template: &str, request: &Request) -> Result<String, InvalidReason> {
     tt.render("sms", &context).map_err(|e| InvalidReason::Template(e.to_string()))
 }
 
-/// Provider messages can quote the number; keep only their meaning.
-fn redact_digits(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect()
-}
-
 /// A number in E.164 form exactly (`+`, country code, subscriber number,
 /// no spaces), and valid for its country by libphonenumber's metadata.
-fn is_e164(number: &str) -> bool {
+pub fn is_e164(number: &str) -> bool {
     let Ok(parsed) = phonenumber::parse(None, number) else { return false };
     phonenumber::is_valid(&parsed) && parsed.format().mode(phonenumber::Mode::E164).to_string() == number
 }

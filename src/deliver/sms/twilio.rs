@@ -3,11 +3,11 @@
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
-use super::{redact_digits, Text};
-use crate::deliver::{http_is_transient, Answer, Delivered, DeliveryError, Provider};
+use super::Text;
+use crate::deliver::{http_is_transient, Answer, Attempt, Delivered, DeliveryError, Provider};
 use crate::mask::Secret;
 use crate::model::Request;
-use crate::receipts::Endpoint;
+use crate::receipts::{CallbackIds, Endpoint};
 use crate::suppression::Reason;
 
 /// How requests to Twilio authenticate: HTTP Basic with the account SID
@@ -34,6 +34,31 @@ impl TwilioAuth {
     }
 }
 
+/// Who a message is from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwilioSender {
+    /// A number of the account, in E.164.
+    Number(String),
+    /// A Messaging Service (`MG` and 32 hex digits), which picks the
+    /// number, or an alphanumeric sender where the country allows one.
+    Service(String),
+}
+
+impl std::str::FromStr for TwilioSender {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let service = s.len() == 34 && s.starts_with("MG") && s[2..].chars().all(|c| c.is_ascii_hexdigit());
+        if service {
+            Ok(TwilioSender::Service(s.to_owned()))
+        } else if super::is_e164(s) {
+            Ok(TwilioSender::Number(s.to_owned()))
+        } else {
+            Err(format!("{s:?} is neither an E.164 number (+14155550100) nor a Messaging Service SID (MG and 32 hex digits)"))
+        }
+    }
+}
+
 /// Twilio error codes that no retry can fix: bad or non-mobile numbers,
 /// unsupported regions, a body too long, a recipient who opted out.
 /// The recipient opted out (replied STOP) of messages from this sender.
@@ -47,7 +72,7 @@ pub struct Twilio {
     messages_url: Url,
     account_sid: String,
     auth: TwilioAuth,
-    from: String,
+    from: TwilioSender,
     /// Where Twilio reports delivery, when receipts are on.
     receipts: Option<Endpoint>,
 }
@@ -60,7 +85,6 @@ struct Created {
 #[derive(Deserialize)]
 struct TwilioError {
     code: Option<u32>,
-    message: Option<String>,
 }
 
 impl Twilio {
@@ -69,7 +93,7 @@ impl Twilio {
         base: &Url,
         account_sid: String,
         auth: TwilioAuth,
-        from: String,
+        from: TwilioSender,
         receipts: Option<Endpoint>,
     ) -> Self {
         let messages_url = base
@@ -78,11 +102,21 @@ impl Twilio {
         Twilio { http, messages_url, account_sid, auth, from, receipts }
     }
 
-    pub async fn send(&self, request: &Request, text: &Text, attempt: u32) -> Result<Delivered, DeliveryError> {
-        // A Messaging Service SID lets Twilio pick the sender number.
-        let from_field = if self.from.starts_with("MG") { "MessagingServiceSid" } else { "From" };
-        let callback = self.receipts.as_ref().map(|r| r.callback_url(&request.event_id, &request.user_id, attempt));
-        let mut form = vec![("To", request.recipient.as_str()), (from_field, self.from.as_str()), ("Body", text.body.as_str())];
+    pub async fn send(&self, request: &Request, text: &Text, attempt: Attempt) -> Result<Delivered, DeliveryError> {
+        let from = match &self.from {
+            TwilioSender::Number(number) => ("From", number.as_str()),
+            TwilioSender::Service(sid) => ("MessagingServiceSid", sid.as_str()),
+        };
+        let callback = self.receipts.as_ref().map(|r| {
+            let ids = CallbackIds {
+                event_id: request.event_id.clone(),
+                user_id: request.user_id.clone(),
+                attempt: attempt.number,
+                partition: attempt.partition,
+            };
+            r.callback_url(&ids)
+        });
+        let mut form = vec![("To", request.recipient.as_str()), from, ("Body", text.body.as_str())];
         if let Some(callback) = &callback {
             form.push(("StatusCallback", callback.as_str()));
         }
@@ -98,22 +132,38 @@ impl Twilio {
         }
         let (status, retry_after) = (answer.status, answer.retry_after);
         let body: Option<TwilioError> = answer.error().await;
-        Err(classify(status, body.as_ref().and_then(|b| b.code), body.and_then(|b| b.message), retry_after))
+        Err(classify(status, body.and_then(|b| b.code), retry_after))
     }
 }
 
-fn classify(
-    status: StatusCode,
-    code: Option<u32>,
-    message: Option<String>,
-    retry_after: Option<std::time::Duration>,
-) -> DeliveryError {
+/// herald's sentence for a Twilio error. Twilio's own message is not kept:
+/// it can quote the number or the text, and it ends up in status events
+/// that many systems read.
+fn describe(status: StatusCode, code: Option<u32>) -> String {
+    let meaning = match code {
+        Some(21211) => "the To number is not a valid phone number",
+        Some(21408) => "the account may not send to this region",
+        Some(21610) => "the recipient replied STOP to this sender",
+        Some(21612) => "Twilio cannot route a message to this number",
+        Some(21614) => "the To number is not a mobile number",
+        Some(21617) => "the body is longer than Twilio accepts",
+        Some(20003) => "authentication failed: check the account SID and credentials",
+        Some(20429) => "too many requests",
+        _ => "",
+    };
+    match (code, meaning) {
+        (Some(code), "") => format!("Twilio answered HTTP {} with error {code}", status.as_u16()),
+        (_, "") => format!("Twilio answered HTTP {}", status.as_u16()),
+        (_, meaning) => format!("Twilio: {meaning}"),
+    }
+}
+
+fn classify(status: StatusCode, code: Option<u32>, retry_after: Option<std::time::Duration>) -> DeliveryError {
     let code_str = match code {
         Some(c) => format!("twilio:{c}"),
         None => format!("http:{}", status.as_u16()),
     };
-    // Twilio's messages can quote the number; keep only the code's meaning.
-    let message = message.map(|m| redact_digits(&m)).unwrap_or_else(|| status.to_string());
+    let message = describe(status, code);
     let transient = !code.is_some_and(|c| PERMANENT_CODES.contains(&c)) && http_is_transient(status);
     if code == Some(OPTED_OUT) {
         return DeliveryError::RecipientGone { provider: Provider::Twilio, code: code_str, message, reason: Reason::OptedOut };
@@ -129,6 +179,24 @@ fn classify(
 mod tests {
     use super::*;
     use crate::model::ErrorClass;
+
+    #[test]
+    fn senders_are_numbers_or_messaging_services() {
+        let service = format!("MG{}", "0123456789abcdef".repeat(2));
+        assert_eq!(service.parse(), Ok(TwilioSender::Service(service.clone())));
+        assert_eq!("+14155550100".parse(), Ok(TwilioSender::Number("+14155550100".into())));
+        assert!("+15005550006".parse::<TwilioSender>().is_ok(), "Twilio's test number");
+        for bad in ["abc", "14155550100", "+1415", "", "MG123", &format!("MG{}", "x".repeat(32))] {
+            assert!(bad.parse::<TwilioSender>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn messages_are_herald_s_own() {
+        assert_eq!(describe(StatusCode::BAD_REQUEST, Some(21614)), "Twilio: the To number is not a mobile number");
+        assert_eq!(describe(StatusCode::BAD_REQUEST, Some(21999)), "Twilio answered HTTP 400 with error 21999");
+        assert_eq!(describe(StatusCode::BAD_GATEWAY, None), "Twilio answered HTTP 502");
+    }
 
     #[test]
     fn classification_table() {
@@ -147,10 +215,9 @@ mod tests {
             (S::UNAUTHORIZED, Some(20003), ErrorClass::Transient, "twilio:20003"),
         ];
         for (status, code, class, code_str) in rows {
-            let e = classify(*status, *code, Some("To +14155550100 is bad".into()), None);
+            let e = classify(*status, *code, None);
             assert_eq!(e.class(), *class, "{status} {code:?}");
             assert_eq!(e.code(), *code_str);
-            assert!(!e.to_string().contains("4155550100"), "no number in {e}");
             let gone = matches!(e, DeliveryError::RecipientGone { reason: Reason::OptedOut, .. });
             assert_eq!(gone, *code == Some(21610), "only an opt-out suppresses the number: {e:?}");
         }

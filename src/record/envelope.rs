@@ -1,6 +1,7 @@
 //! Headers herald puts on records it moves to a retry or dead-letter topic,
-//! and reads back when it consumes them. The payload is never touched, so a
-//! dead letter holds the producer's bytes exactly.
+//! and reads back when it consumes them. The payload is never changed: a
+//! copy holds the producer's bytes exactly, or, when the record is too
+//! large to copy, none of them (`herald-original-size` says how many).
 
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -15,8 +16,15 @@ pub const ORIGINAL_OFFSET: &str = "herald-original-offset";
 pub const ERROR_CLASS: &str = "herald-error-class";
 pub const ERROR_CODE: &str = "herald-error-code";
 pub const ERROR_MESSAGE: &str = "herald-error-message";
+/// On a copy that carries none of the producer's bytes: how many bytes of
+/// key, value and headers the record had.
+pub const ORIGINAL_SIZE: &str = "herald-original-size";
 
 const PREFIX: &str = "herald-";
+
+/// herald's error message headers are cut to this many bytes, so the
+/// headers herald adds stay within a fixed room (see `Publisher`).
+const MAX_MESSAGE_BYTES: usize = 256;
 
 /// Where a record first entered herald.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +32,15 @@ pub struct Origin {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+}
+
+/// Why the record is where it is: the error behind its last move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorHeaders {
+    pub class: ErrorClass,
+    pub code: String,
+    /// herald's own sentence, free of personal data.
+    pub message: String,
 }
 
 /// herald's headers on a consumed record. A record from the requests topic
@@ -34,6 +51,8 @@ pub struct Envelope {
     pub attempts: u32,
     pub not_before: Option<DateTime<Utc>>,
     pub origin: Option<Origin>,
+    /// The error that sent it here, so a copy parked again keeps it.
+    pub error: Option<ErrorHeaders>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -47,7 +66,11 @@ impl Envelope {
         let mut envelope = Envelope::default();
         let Some(headers) = headers else { return Ok(envelope) };
         let (mut topic, mut partition, mut offset) = (None, None, None);
+        let (mut class, mut code, mut message) = (None, None, None);
         for h in headers.iter() {
+            if !h.key.starts_with(PREFIX) {
+                continue;
+            }
             let value = h.value.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
             match h.key {
                 ATTEMPTS => envelope.attempts = number(ATTEMPTS, value)?,
@@ -58,25 +81,28 @@ impl Envelope {
                 ORIGINAL_TOPIC => topic = Some(value.to_owned()),
                 ORIGINAL_PARTITION => partition = Some(number(ORIGINAL_PARTITION, value)?),
                 ORIGINAL_OFFSET => offset = Some(number(ORIGINAL_OFFSET, value)?),
+                // Informational: a class this build does not know is dropped.
+                ERROR_CLASS => class = ErrorClass::from_symbol(value),
+                ERROR_CODE => code = Some(value.to_owned()),
+                ERROR_MESSAGE => message = Some(value.to_owned()),
                 _ => {}
             }
         }
         if let (Some(topic), Some(partition), Some(offset)) = (topic, partition, offset) {
             envelope.origin = Some(Origin { topic, partition, offset });
         }
+        if let (Some(class), Some(code)) = (class, code) {
+            envelope.error = Some(ErrorHeaders { class, code, message: message.unwrap_or_default() });
+        }
         Ok(envelope)
     }
 
     /// Headers for the record's next hop: the producer's own headers are
-    /// kept, herald's are replaced.
-    pub fn write(
-        &self,
-        original: Option<&OwnedHeaders>,
-        origin: &Origin,
-        error: Option<&(ErrorClass, String, String)>,
-    ) -> OwnedHeaders {
+    /// kept (unless `original_size` says the copy carries nothing of the
+    /// producer's), herald's are replaced.
+    pub fn write(&self, original: Option<&OwnedHeaders>, origin: &Origin, original_size: Option<usize>) -> OwnedHeaders {
         let mut out = OwnedHeaders::new();
-        if let Some(original) = original {
+        if let (Some(original), None) = (original, original_size) {
             for h in original.iter().filter(|h| !h.key.starts_with(PREFIX)) {
                 out = out.insert(Header { key: h.key, value: h.value });
             }
@@ -91,13 +117,25 @@ impl Envelope {
         add(ORIGINAL_TOPIC, &origin.topic);
         add(ORIGINAL_PARTITION, &origin.partition.to_string());
         add(ORIGINAL_OFFSET, &origin.offset.to_string());
-        if let Some((class, code, message)) = error {
-            add(ERROR_CLASS, class.symbol());
-            add(ERROR_CODE, code);
-            add(ERROR_MESSAGE, message);
+        if let Some(error) = &self.error {
+            add(ERROR_CLASS, error.class.symbol());
+            add(ERROR_CODE, &error.code);
+            add(ERROR_MESSAGE, cut(&error.message, MAX_MESSAGE_BYTES));
+        }
+        if let Some(size) = original_size {
+            add(ORIGINAL_SIZE, &size.to_string());
         }
         out
     }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn number<T: std::str::FromStr>(header: &'static str, value: &str) -> Result<T, EnvelopeError> {
@@ -113,6 +151,10 @@ pub fn header<'a>(headers: &'a OwnedHeaders, key: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
 
+    fn transient() -> ErrorHeaders {
+        ErrorHeaders { class: ErrorClass::Transient, code: "http:503".into(), message: "down".into() }
+    }
+
     #[test]
     fn round_trips_and_keeps_the_producers_headers() {
         let original = OwnedHeaders::new()
@@ -123,12 +165,33 @@ mod tests {
             attempts: 2,
             not_before: Some(Utc.timestamp_millis_opt(1_700_000_000_123).unwrap()),
             origin: Some(origin.clone()),
+            error: Some(transient()),
         };
-        let written = envelope.write(Some(&original), &origin, Some(&(ErrorClass::Transient, "http:503".into(), "down".into())));
+        let written = envelope.write(Some(&original), &origin, None);
         assert_eq!(Envelope::read(Some(&written)), Ok(envelope));
         assert_eq!(header(&written, "traceparent"), Some("00-abc"));
         assert_eq!(header(&written, ERROR_CLASS), Some("TRANSIENT"));
+        assert_eq!(header(&written, ORIGINAL_SIZE), None);
         assert_eq!(written.iter().filter(|h| h.key == ATTEMPTS).count(), 1, "old herald headers replaced");
+    }
+
+    #[test]
+    fn a_copy_without_the_producers_bytes_says_how_large_it_was() {
+        let original = OwnedHeaders::new().insert(Header { key: "big", value: Some(&[0u8; 64][..]) });
+        let origin = Origin { topic: "t".into(), partition: 0, offset: 0 };
+        let written = Envelope::default().write(Some(&original), &origin, Some(2_000_000));
+        assert_eq!(header(&written, ORIGINAL_SIZE), Some("2000000"));
+        assert!(written.iter().all(|h| h.key.starts_with(PREFIX)), "none of the producer's headers");
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_at_a_character_boundary() {
+        let origin = Origin { topic: "t".into(), partition: 0, offset: 0 };
+        let error = ErrorHeaders { message: "é".repeat(200), ..transient() };
+        let written = Envelope { error: Some(error), ..Envelope::default() }.write(None, &origin, None);
+        let message = header(&written, ERROR_MESSAGE).unwrap();
+        assert_eq!(message.len(), MAX_MESSAGE_BYTES);
+        assert_eq!(message, "é".repeat(128));
     }
 
     #[test]

@@ -1,0 +1,40 @@
+//! The consumed record and the headers herald keeps on it as it moves
+//! between topics. Every stage reads it; it depends on no stage.
+
+pub mod envelope;
+
+use rdkafka::message::{Headers, OwnedHeaders};
+
+pub use envelope::{Envelope, EnvelopeError, ErrorHeaders, Origin};
+
+/// A consumed record, owned so it can outlive the poll that returned it.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
+    pub envelope: Envelope,
+}
+
+impl Consumed {
+    /// Where the record first entered herald: kept across every hop.
+    pub fn origin(&self) -> Origin {
+        self.envelope.origin.clone().unwrap_or_else(|| Origin {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+        })
+    }
+
+    /// Key, value and headers, in bytes: what a producer's
+    /// `message.max.bytes` is checked against, less the batch framing.
+    pub fn size(&self) -> usize {
+        let headers = self.headers.as_ref().map_or(0, |h| {
+            h.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum::<usize>()
+        });
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len) + headers
+    }
+}
