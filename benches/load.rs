@@ -1,25 +1,48 @@
-//! Load benchmark: herald against the bare Kafka limit, side by side in one run.
+//! Load benchmark: herald against the limits of this machine, side by side
+//! in one run.
 //!
-//!     cargo bench --bench load [-- --records 500000 --latency-secs 10 --latency-rate N]
+//!     cargo bench --bench load [-- --records 500000 --latency-secs 10]
+//!         [--check] [--smoke] [--charts DIR]
 //!
 //! One tansu broker and one backlog of requests (about 300 bytes each, half
 //! SMS, half push, over 50,000 users) are shared by every phase; each phase
 //! is its own consumer group reading the same partitions, in its own child
-//! process, so CPU time (`wait4`) and peak RSS (`VmHWM`) are its alone.
+//! process, so CPU time (`wait4`) and peak RSS (`VmHWM`) are its alone. The
+//! fake providers run in a child of their own too, so their CPU is counted
+//! apart from herald's.
 //!
 //! 1. passthrough: consume, produce the same bytes elsewhere with herald's
-//!    producer settings, store the offset after the ack. The physical limit.
+//!    producer settings, store the offset after the ack. The Kafka limit.
 //! 2. herald with `--delivery dry-run`: the pipeline's own cost.
-//! 3. herald delivering over HTTP to the local fake Twilio and FCM.
-//! 4. The passthrough and herald (no-op sink) again, each fed live at a
-//!    fixed load of half of (2)'s rate: latency from each request record's
+//! 3. the same with `--commit-interval 5s` (librdkafka's old default), to
+//!    show what committing every 500 ms costs.
+//! 4. bare HTTP: the passthrough, plus the provider's HTTP request for each
+//!    record (Twilio's form for SMS, FCM's JSON for push) to the same fakes,
+//!    with herald's concurrency (32 per channel) and HTTP client settings.
+//!    The HTTP limit.
+//! 5. herald delivering over HTTP to the same fakes.
+//! 6. The passthrough and herald (no-op sink) again, each fed live at half
+//!    of (2)'s rate, and at 1,000 msgs/s: latency from each request record's
 //!    timestamp to its output record's.
 //!
 //! Rates are taken from the output records' timestamps, over the middle 90%
 //! of them, so group joins, start-up and the tail are not counted.
+//!
+//! `--phases noop,latency` runs some of them (names: passthrough, noop,
+//! noop-5s, bare-http, http, latency); the ratios need their limit's phase.
+//!
+//! `--check` compares herald's ratios (2 against 1, 5 against 4) with the
+//! floors in `benches/floors.json` and exits non-zero below them.
+//! `--smoke` is the small run CI makes (50,000 records, 2 s of latency), and
+//! checks against the smoke floors. `--charts DIR` writes the throughput
+//! over time of each phase and the latency distributions there, as SVG
+//! (default `target/bench`).
 
 use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -38,44 +61,131 @@ const PARTITIONS: i32 = 6;
 const REQUESTED: &str = "bench.requested";
 /// Records the passthrough keeps in flight, like herald's two lanes' queues.
 const PASSTHROUGH_IN_FLIGHT: usize = 4096;
+/// herald's provider calls per channel, by default.
+const CONCURRENCY: usize = 32;
 
 struct Args {
     records: usize,
     latency_secs: u64,
-    /// Offered load for the latency phase; half the no-op rate by default.
+    /// Offered load for the first latency phase; half the no-op rate by default.
     latency_rate: Option<f64>,
+    check: bool,
+    smoke: bool,
+    charts: PathBuf,
+    phases: Vec<String>,
 }
 
 fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if argv.first().map(String::as_str) == Some("passthrough") {
-        runtime.block_on(passthrough(&argv[1], &argv[2], &argv[3], &argv[4]));
-        return std::process::ExitCode::SUCCESS;
+    match argv.first().map(String::as_str) {
+        Some("passthrough") => {
+            runtime.block_on(passthrough(&argv[1], &argv[2], &argv[3], &argv[4], None));
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some("http-loop") => {
+            let fakes: FakeUrls = serde_json::from_str(&argv[5]).expect("fake provider addresses");
+            runtime.block_on(passthrough(&argv[1], &argv[2], &argv[3], &argv[4], Some(fakes)));
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some("fakes") => {
+            runtime.block_on(fakes());
+            return std::process::ExitCode::SUCCESS;
+        }
+        _ => {}
     }
-    let mut args = Args { records: 500_000, latency_secs: 10, latency_rate: None };
+    let mut args = Args {
+        records: 500_000,
+        latency_secs: 10,
+        latency_rate: None,
+        check: false,
+        smoke: false,
+        charts: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"),
+        phases: ["passthrough", "noop", "noop-5s", "bare-http", "http", "latency"].map(str::to_owned).into(),
+    };
+    let (mut records, mut latency_secs) = (None, None);
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{flag} needs a number"));
+        let mut value = || it.next().cloned().unwrap_or_else(|| panic!("{flag} needs a value"));
         match flag.as_str() {
-            "--records" => args.records = value() as usize,
-            "--latency-secs" => args.latency_secs = value(),
-            "--latency-rate" => args.latency_rate = Some(value() as f64),
+            "--records" => records = Some(value().parse().expect("a count")),
+            "--latency-secs" => latency_secs = Some(value().parse().expect("seconds")),
+            "--latency-rate" => args.latency_rate = Some(value().parse().expect("msgs/s")),
+            "--charts" => args.charts = PathBuf::from(value()),
+            "--phases" => args.phases = value().split(',').map(str::to_owned).collect(),
+            "--check" => args.check = true,
+            "--smoke" => args.smoke = true,
             // cargo bench passes --bench; filters do not apply here.
             _ => {}
         }
     }
+    args.records = records.unwrap_or(if args.smoke { 50_000 } else { 500_000 });
+    args.latency_secs = latency_secs.unwrap_or(if args.smoke { 2 } else { 10 });
     runtime.block_on(bench(args))
+}
+
+/// The phases whose throughput is compared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Passthrough,
+    Noop,
+    NoopSlowCommits,
+    BareHttp,
+    Http,
+}
+
+impl Phase {
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Passthrough => "passthrough (consume → produce → store offset)",
+            Phase::Noop => "herald, no-op sink (--delivery dry-run)",
+            Phase::NoopSlowCommits => "herald, no-op sink, --commit-interval 5s",
+            Phase::BareHttp => "bare HTTP (consume → POST → produce → store)",
+            Phase::Http => "herald, HTTP to the fake Twilio and FCM",
+        }
+    }
+
+    /// Its name for `--phases`.
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Passthrough => "passthrough",
+            Phase::Noop => "noop",
+            Phase::NoopSlowCommits => "noop-5s",
+            Phase::BareHttp => "bare-http",
+            Phase::Http => "http",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Phase::Passthrough => "passthrough",
+            Phase::Noop => "herald no-op",
+            Phase::NoopSlowCommits => "herald no-op, 5 s commits",
+            Phase::BareHttp => "bare HTTP",
+            Phase::Http => "herald HTTP",
+        }
+    }
+}
+
+/// Where the fake providers listen, as the child that runs them says.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct FakeUrls {
+    twilio: String,
+    fcm: String,
+    credentials: PathBuf,
+    /// herald's flags for these fakes.
+    args: Vec<String>,
 }
 
 async fn bench(args: Args) -> std::process::ExitCode {
     let broker = Broker::start();
-    let providers = Providers::start().await;
+    let (mut fakes_child, fakes) = start_fakes();
+    let fakes_pid = fakes_child.id() as i32;
     let bootstrap = broker.bootstrap.clone();
     let run = format!("{}", std::process::id());
     let topic = |name: &str| if broker.is_local() { name.to_owned() } else { format!("{name}.{run}") };
     let requested = topic(REQUESTED);
-    kafka::create_topics(&bootstrap, &[&requested, &topic("bench.passthrough")], PARTITIONS).await;
+    kafka::create_topics(&bootstrap, &[&requested], PARTITIONS).await;
 
     let started = Instant::now();
     let bytes = backlog(&bootstrap, &requested, args.records).await;
@@ -87,54 +197,112 @@ async fn bench(args: Args) -> std::process::ExitCode {
     );
 
     let mut rows = Vec::new();
-    let (group, output) = (format!("bench-passthrough-{run}"), topic("bench.passthrough"));
-    let passthrough = passthrough_command(&bootstrap, &requested, &output, &group);
-    let label = "passthrough (rdkafka consume → produce → store offset)";
-    rows.push(measure(label, &bootstrap, &group, &requested, &output, args.records, Check::Copies, passthrough).await);
-    for (label, phase, provider_args) in [
-        ("herald, no-op sink (--delivery dry-run)", "dry-run", vec!["--delivery".to_owned(), "dry-run".to_owned()]),
-        ("herald, HTTP to local fake Twilio/FCM", "http", providers.args()),
-    ] {
-        let status = topic(&format!("bench.status.{phase}"));
-        let group = format!("bench-{phase}-{run}");
-        let command = herald(&bootstrap, &group, &requested, &status, &provider_args);
-        rows.push(measure(label, &bootstrap, &group, &requested, &status, args.records, Check::AllSent, command).await);
-    }
-
-    // Both at half of herald's no-op rate, each on a topic of its own.
-    let rate = args.latency_rate.unwrap_or(rows[1].rate / 2.0);
-    let mut latencies = Vec::new();
-    for (label, name, check) in [("passthrough", "passthrough", Check::Copies), ("herald, no-op sink", "herald", Check::AllSent)] {
-        let requested = topic(&format!("bench.latency.{name}"));
-        let output = format!("{requested}.out");
-        kafka::create_topics(&bootstrap, &[&requested, &output], PARTITIONS).await;
-        let group = format!("bench-latency-{name}-{run}");
-        let command = match check {
-            Check::Copies => passthrough_command(&bootstrap, &requested, &output, &group),
-            Check::AllSent => herald(&bootstrap, &group, &requested, &output, &["--delivery".into(), "dry-run".into()]),
+    let phases = [Phase::Passthrough, Phase::Noop, Phase::NoopSlowCommits, Phase::BareHttp, Phase::Http];
+    for phase in phases.into_iter().filter(|p| args.phases.iter().any(|n| n == p.name())) {
+        let name = phase.name();
+        let output = topic(&format!("bench.out.{name}"));
+        let group = format!("bench-{name}-{run}");
+        let (command, check) = match phase {
+            Phase::Passthrough => (child("passthrough", &bootstrap, &requested, &output, &group, None), Check::Copies),
+            Phase::BareHttp => (child("http-loop", &bootstrap, &requested, &output, &group, Some(&fakes)), Check::Copies),
+            Phase::Noop => (herald(&bootstrap, &group, &requested, &output, &dry_run(&[])), Check::AllSent),
+            Phase::NoopSlowCommits => (herald(&bootstrap, &group, &requested, &output, &dry_run(&["--commit-interval", "5s"])), Check::AllSent),
+            Phase::Http => (herald(&bootstrap, &group, &requested, &output, &fakes.args), Check::AllSent),
         };
-        latencies.push((label, latency(&bootstrap, &requested, &output, check, command, rate, args.latency_secs).await));
+        let fakes_before = cpu_of(fakes_pid);
+        let mut row = measure(phase, &bootstrap, &group, &requested, &output, args.records, check, command).await;
+        if matches!(phase, Phase::BareHttp | Phase::Http) {
+            row.fakes_cpu = Some(cpu_of(fakes_pid) - fakes_before);
+        }
+        rows.push(row);
     }
 
-    println!("\n{:<56} {:>9} {:>10} {:>7} {:>11} {:>10}", "phase", "records", "msgs/s", "ratio", "CPU µs/msg", "peak RSS");
-    for r in &rows {
+    let noop_rate = rows.iter().find(|r| r.phase == Phase::Noop).map(|r| r.rate);
+    let half = args.latency_rate.or(noop_rate.map(|r| r / 2.0)).unwrap_or(1000.0);
+    let mut latencies = Vec::new();
+    let latency_phases = if args.phases.iter().any(|n| n == "latency") { vec![half, 1000.0] } else { vec![] };
+    for rate in latency_phases {
+        for (name, check) in [("passthrough", Check::Copies), ("herald", Check::AllSent)] {
+            let requested = topic(&format!("bench.latency.{name}.{}", rate as u64));
+            let output = format!("{requested}.out");
+            kafka::create_topics(&bootstrap, &[&requested, &output], PARTITIONS).await;
+            let group = format!("bench-latency-{name}-{}-{run}", rate as u64);
+            let command = match check {
+                Check::Copies => child("passthrough", &bootstrap, &requested, &output, &group, None),
+                Check::AllSent => herald(&bootstrap, &group, &requested, &output, &dry_run(&[])),
+            };
+            let measured = latency(&bootstrap, &requested, &output, check, command, rate, args.latency_secs).await;
+            latencies.push((name, rate, measured));
+        }
+    }
+    let _ = fakes_child.kill();
+    let _ = fakes_child.wait();
+
+    print_tables(&rows, &latencies, args.latency_secs);
+    if let Err(error) = charts(&args.charts, &rows, &latencies) {
+        println!("charts not written: {error}");
+    } else {
+        println!("\ncharts: {}", args.charts.display());
+    }
+    if args.check {
+        return check(&rows, args.smoke);
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn print_tables(rows: &[Row], latencies: &[(&str, f64, Latency)], latency_secs: u64) {
+    let rate_of = |phase: Phase| rows.iter().find(|r| r.phase == phase).map_or(f64::NAN, |r| r.rate);
+    println!(
+        "\n{:<48} {:>9} {:>9} {:>14} {:>11} {:>9} {:>12}",
+        "phase", "records", "msgs/s", "ratio", "CPU µs/msg", "peak RSS", "fakes µs/msg"
+    );
+    for r in rows {
+        let (limit, against) = match r.phase {
+            Phase::BareHttp | Phase::Http => (rate_of(Phase::BareHttp), "bare HTTP"),
+            _ => (rate_of(Phase::Passthrough), "passthrough"),
+        };
+        let ratio = format!("{:.2}× {}", r.rate / limit, if r.phase == Phase::Passthrough || r.phase == Phase::BareHttp { "" } else { against });
+        let fakes = r.fakes_cpu.map_or(String::new(), |c| format!("{:.1}", c.as_secs_f64() * 1e6 / r.records as f64));
         println!(
-            "{:<56} {:>9} {:>10.0} {:>6.2}× {:>11.1} {:>7.0} MB",
-            r.label,
+            "{:<48} {:>9} {:>9.0} {:>14} {:>11.1} {:>6.0} MB {:>12}",
+            r.phase.label(),
             r.records,
             r.rate,
-            r.rate / rows[0].rate,
+            ratio.trim_end(),
             r.cpu.as_secs_f64() * 1e6 / r.records as f64,
-            r.peak_rss_kb as f64 / 1024.0
+            r.peak_rss_kb as f64 / 1024.0,
+            fakes
         );
     }
-    let why = if args.latency_rate.is_some() { "as asked" } else { "half of herald's no-op rate" };
-    println!("\nrequest → output record latency at {rate:.0} msgs/s offered for {} s ({why}):", args.latency_secs);
-    for (label, l) in &latencies {
-        println!("{label:<56} p50 {:>4} ms   p99 {:>4} ms   max {:>4} ms   ({} records)", l.p50, l.p99, l.max, l.count);
+    println!("\nrequest → output record latency, each offered for {latency_secs} s:");
+    for (name, rate, l) in latencies {
+        println!("{:<12} at {:>7.0} msgs/s   p50 {:>4} ms   p99 {:>4} ms   max {:>4} ms   ({} records)", name, rate, l.p50, l.p99, l.max, l.count);
     }
-    drop(providers);
-    std::process::ExitCode::SUCCESS
+}
+
+/// The ratios herald must keep, as `benches/floors.json` has them.
+fn check(rows: &[Row], smoke: bool) -> std::process::ExitCode {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/floors.json");
+    let floors: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("benches/floors.json")).expect("floors parse");
+    let set = if smoke { "smoke" } else { "full" };
+    let floor = |name: &str| floors[set][name].as_f64().unwrap_or_else(|| panic!("{set}.{name} in {}", path.display()));
+    let rate = |phase: Phase| rows.iter().find(|r| r.phase == phase).map_or(0.0, |r| r.rate);
+    let measured = [
+        ("noop", "herald no-op against the passthrough", rate(Phase::Noop) / rate(Phase::Passthrough)),
+        ("http", "herald HTTP against bare HTTP", rate(Phase::Http) / rate(Phase::BareHttp)),
+    ];
+    let mut failed = false;
+    println!("\ncheck against the {set} floors in benches/floors.json:");
+    for (name, what, ratio) in measured {
+        let ok = ratio >= floor(name);
+        failed |= !ok;
+        println!("  {} {what}: {ratio:.2}× (floor {:.2}×)", if ok { "ok  " } else { "FAIL" }, floor(name));
+    }
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
 }
 
 /// What a phase writes, and what its output must show for its figures to
@@ -148,30 +316,34 @@ enum Check {
 }
 
 impl Check {
-    fn event_id(self, schemas: &Bundled, payload: &[u8]) -> String {
+    fn event_id(self, payload: &[u8]) -> String {
         match self {
             Check::Copies => {
                 let datum = codec::unframe(payload).expect("wire format").1;
                 codec::read_request(datum).expect("a copied request").event_id
             }
-            Check::AllSent => codec::decode_status(&schemas.status, payload).expect("a status event").event_id,
+            Check::AllSent => codec::read_status(payload).expect("a status event").event_id,
         }
     }
 }
 
 struct Row {
-    label: &'static str,
+    phase: Phase,
     records: usize,
     rate: f64,
     cpu: Duration,
     peak_rss_kb: i64,
+    /// CPU the fake providers used during the phase.
+    fakes_cpu: Option<Duration>,
+    /// Output records per 100 ms, from the phase's first output record.
+    timeline: Vec<u64>,
 }
 
 /// Runs one child until its group has committed the whole backlog, then
 /// reads its output to time it.
 #[allow(clippy::too_many_arguments)]
 async fn measure(
-    label: &'static str,
+    phase: Phase,
     bootstrap: &str,
     group: &str,
     input: &str,
@@ -180,10 +352,11 @@ async fn measure(
     check: Check,
     mut command: Command,
 ) -> Row {
+    let label = phase.label();
     println!("{label}: running");
     let log = std::env::temp_dir().join(format!("herald-bench-{}.log", output.replace('.', "-")));
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
-    let child = command.spawn().expect("starting the phase");
+    let mut child = command.spawn().expect("starting the phase");
     let pid = child.id() as i32;
     wait_committed(bootstrap, group, input, records, &log).await;
     // Read here, not from wait4: a child's ru_maxrss starts from its
@@ -192,17 +365,30 @@ async fn measure(
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let usage = tokio::task::spawn_blocking(move || wait4(pid)).await.expect("waiting for the phase");
+    // Reaped by wait4 above; this only tells std not to wait again.
+    let _ = child.try_wait();
     assert!(usage.success, "{label} failed; see {}", log.display());
     let messages = read_all(bootstrap, output, records).await;
-    let rate = rate_of(&messages, records, check);
+    let (rate, timeline) = rate_of(&messages, records, check);
     println!("{label}: {rate:.0} msgs/s");
-    Row { label, records, rate, cpu: usage.cpu, peak_rss_kb }
+    Row { phase, records, rate, cpu: usage.cpu, peak_rss_kb, fakes_cpu: None, timeline }
 }
 
 fn vm_hwm_kb(pid: i32) -> i64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading the phase's /proc status");
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc status");
     line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).expect("VmHWM in kB")
+}
+
+/// CPU time (user and system) a running process has used so far.
+fn cpu_of(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("reading /proc stat");
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("a stat line").1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
 /// Consumer settings for every phase, herald's and the passthrough's alike.
@@ -212,22 +398,67 @@ fn vm_hwm_kb(pid: i32) -> i64 {
 /// hundreds of milliseconds to every record's latency. And when its local
 /// queue is over `queued.max.messages.kbytes` librdkafka pauses fetching
 /// for `fetch.queue.backoff.ms` (1 s by default): longer than a fast
-/// consumer takes to drain 64 MB, so it would stall.
+/// consumer takes to drain 64 MB, so it would stall. Commits follow
+/// herald's `--commit-interval` for herald, 500 ms for the others.
 fn consumer_args() -> Vec<String> {
-    let options = ["auto.commit.interval.ms=500", "fetch.wait.max.ms=10", "fetch.queue.backoff.ms=20"];
+    let options = ["fetch.wait.max.ms=10", "fetch.queue.backoff.ms=20"];
     options.iter().flat_map(|o| ["--kafka-consumer-option".to_owned(), (*o).to_owned()]).chain(kafka::fast_group_args()).collect()
+}
+
+fn dry_run(extra: &[&str]) -> Vec<String> {
+    ["--delivery", "dry-run"].iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
 fn herald(bootstrap: &str, group: &str, requested: &str, status: &str, extra: &[String]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
     c.args(["--brokers", bootstrap, "--group-id", group, "--topic-requested", requested, "--topic-status", status])
+        .args(["--topic-dead-letter", &format!("{status}.dead-letter"), "--topic-suppressions", &format!("{status}.suppressions")])
+        .args(["--retry-topics", &format!("{status}.retry-10m,{status}.retry-20m,{status}.retry-40m")])
         .args(consumer_args())
         .args(extra)
         .env("RUST_LOG", "warn");
     c
 }
 
-async fn wait_committed(bootstrap: &str, group: &str, input: &str, records: usize, log: &std::path::Path) {
+/// This bench's own binary in one of its child roles.
+fn child(role: &str, bootstrap: &str, input: &str, output: &str, group: &str, fakes: Option<&FakeUrls>) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("own path"));
+    c.args([role, bootstrap, input, output, group]);
+    if let Some(fakes) = fakes {
+        c.arg(serde_json::to_string(fakes).unwrap());
+    }
+    c
+}
+
+/// Starts the fake providers in a child; returns it and their addresses.
+fn start_fakes() -> (std::process::Child, FakeUrls) {
+    let mut child = Command::new(std::env::current_exe().expect("own path"))
+        .arg("fakes")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the fake providers");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).expect("their addresses");
+    (child, serde_json::from_str(&line).expect("fake provider addresses"))
+}
+
+/// The fake providers' child: prints where they listen, then serves until
+/// killed.
+async fn fakes() {
+    let providers = Providers::start().await;
+    let urls = FakeUrls {
+        twilio: providers.twilio.base_url(),
+        fcm: providers.fcm.base_url(),
+        credentials: providers.credentials.clone(),
+        args: providers.args(),
+    };
+    println!("{}", serde_json::to_string(&urls).unwrap());
+    std::future::pending::<()>().await;
+}
+
+async fn wait_committed(bootstrap: &str, group: &str, input: &str, records: usize, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let (bootstrap, g, input) = (bootstrap.to_owned(), group.to_owned(), input.to_owned());
@@ -268,15 +499,15 @@ async fn read_all(bootstrap: &str, topic: &str, records: usize) -> Vec<OwnedMess
     reader.read_for(Duration::from_millis(500)).await.to_vec()
 }
 
-fn rate_of(messages: &[OwnedMessage], records: usize, check: Check) -> f64 {
+/// The rate over the middle 90% of the output, and the output per 100 ms.
+fn rate_of(messages: &[OwnedMessage], records: usize, check: Check) -> (f64, Vec<u64>) {
     let mut timestamps: Vec<i64> = messages.iter().filter_map(|m| m.timestamp().to_millis()).collect();
     match check {
         Check::Copies => assert_eq!(messages.len(), records, "one copy per request"),
         Check::AllSent => {
-            let schema = Bundled::load().status;
             let mut sent = std::collections::HashSet::new();
             for m in messages {
-                let event = codec::decode_status(&schema, m.payload().unwrap_or_default()).expect("status decodes");
+                let event = codec::read_status(m.payload().unwrap_or_default()).expect("status decodes");
                 assert_eq!(event.status, Status::Sent, "event {} was {:?}", event.event_id, event.status);
                 sent.insert(event.event_id);
             }
@@ -289,8 +520,11 @@ fn rate_of(messages: &[OwnedMessage], records: usize, check: Check) -> f64 {
     let (first, last) = (timestamps.len() / 20, timestamps.len() * 19 / 20);
     let span = timestamps[last] - timestamps[first];
     let t0 = timestamps[0];
-    println!("  output timestamps at every 5% of records, ms from the first: {:?}", (0..=20).map(|i| timestamps[(timestamps.len() - 1) * i / 20] - t0).collect::<Vec<_>>());
-    (last - first) as f64 / (span.max(1) as f64 / 1000.0)
+    let mut timeline = vec![0u64; ((timestamps[timestamps.len() - 1] - t0) / 100 + 1) as usize];
+    for t in &timestamps {
+        timeline[((t - t0) / 100) as usize] += 1;
+    }
+    ((last - first) as f64 / (span.max(1) as f64 / 1000.0), timeline)
 }
 
 fn request(i: usize) -> Request {
@@ -350,27 +584,28 @@ fn send(
     }
 }
 
-fn passthrough_command(bootstrap: &str, input: &str, output: &str, group: &str) -> Command {
-    let mut c = Command::new(std::env::current_exe().expect("own path"));
-    c.args(["passthrough", bootstrap, input, output, group]);
-    c
-}
-
-/// The physical limit, in a child process: herald's own client settings,
-/// no decoding, offsets stored once the copy is acknowledged. Runs until
-/// SIGTERM, like herald.
-async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str) {
+/// The limits, in a child process: herald's own client settings, no
+/// pipeline, offsets stored once the copy is acknowledged. With `fakes`,
+/// each record first makes its provider's HTTP request (bare HTTP). Runs
+/// until SIGTERM, like herald.
+async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str, fakes: Option<FakeUrls>) {
     use clap::Parser;
     let config = herald::Config::try_parse_from(
-        ["herald", "--brokers", bootstrap, "--group-id", group]
+        ["herald", "--brokers", bootstrap, "--group-id", group, "--kafka-consumer-option", "auto.commit.interval.ms=500"]
             .into_iter()
             .map(str::to_owned)
             .chain(consumer_args()),
     )
     .expect("passthrough config");
-    let consumer = herald::kafka::consumer(&config).expect("consumer");
     let producer = herald::kafka::producer(&config).expect("producer");
+    // herald's consumer context, with no status topic to keep paused.
+    let context = herald::ingest::IngestContext::new(String::new(), Default::default(), producer.clone(), Duration::from_secs(10));
+    let consumer = herald::kafka::consumer(&config, context).expect("consumer");
     consumer.subscribe(&[input]).expect("subscribe");
+    let http = match fakes {
+        Some(urls) => Some(Arc::new(Http::new(urls, config.http_timeout).await)),
+        None => None,
+    };
     let mut in_flight = FuturesOrdered::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
     loop {
@@ -393,9 +628,22 @@ async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str) {
             }
             message = consumer.recv(), if in_flight.len() < PASSTHROUGH_IN_FLIGHT => {
                 let m = message.expect("consume");
-                let ack = send(&producer, output, m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec(), None);
+                let (key, payload) = (m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec());
                 let at = (m.partition(), m.offset());
-                in_flight.push_back(ack.map(move |()| at));
+                let done: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match http.clone() {
+                    // The bare copy: nothing but the produce is awaited.
+                    None => Box::pin(send(&producer, output, key, payload, None)),
+                    // A task per provider call, as herald has.
+                    Some(http) => {
+                        let (producer, output) = (producer.clone(), output.to_owned());
+                        let task = tokio::spawn(async move {
+                            http.call(&payload).await;
+                            send(&producer, &output, key, payload, None).await;
+                        });
+                        Box::pin(task.map(|joined| joined.expect("a record's task")))
+                    }
+                };
+                in_flight.push_back(done.map(move |()| at));
             }
         }
     }
@@ -407,11 +655,68 @@ async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str) {
     }
 }
 
+/// The bare HTTP phase's provider requests: what herald sends, made with
+/// reqwest as herald makes them, and nothing else.
+struct Http {
+    client: reqwest::Client,
+    twilio: String,
+    fcm: String,
+    bearer: String,
+    slots: [tokio::sync::Semaphore; 2],
+}
+
+impl Http {
+    async fn new(urls: FakeUrls, timeout: Duration) -> Http {
+        let client = reqwest::Client::builder().timeout(timeout).user_agent(herald::USER_AGENT).build().expect("an HTTP client");
+        let key: serde_json::Value = serde_json::from_slice(&std::fs::read(&urls.credentials).expect("the key file")).expect("a key");
+        let project = key["project_id"].as_str().expect("project_id");
+        let now = Utc::now().timestamp();
+        let claims = serde_json::json!({
+            "iss": key["client_email"], "scope": herald_testkit::fake::FCM_SCOPE, "aud": key["token_uri"], "iat": now, "exp": now + 3600,
+        });
+        let header = jsonwebtoken::Header { kid: key["private_key_id"].as_str().map(str::to_owned), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256) };
+        let signer = jsonwebtoken::EncodingKey::from_rsa_pem(key["private_key"].as_str().expect("private_key").as_bytes()).expect("an RSA key");
+        let assertion = jsonwebtoken::encode(&header, &claims, &signer).expect("a JWT");
+        let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)];
+        let token: serde_json::Value =
+            client.post(key["token_uri"].as_str().unwrap()).form(&form).send().await.expect("token exchange").json().await.expect("a token");
+        let twilio = format!("{}2010-04-01/Accounts/{}/Messages.json", urls.twilio, herald_testkit::providers::ACCOUNT_SID);
+        let fcm = format!("{}v1/projects/{project}/messages:send", urls.fcm);
+        let bearer = token["access_token"].as_str().expect("access_token").to_owned();
+        Http { client, twilio, fcm, bearer, slots: [tokio::sync::Semaphore::new(CONCURRENCY), tokio::sync::Semaphore::new(CONCURRENCY)] }
+    }
+
+    async fn call(&self, payload: &[u8]) {
+        let request = codec::read_request(codec::unframe(payload).expect("wire format").1).expect("a request");
+        let _slot = self.slots[request.channel.index()].acquire().await.expect("open");
+        let sent = match request.channel {
+            Channel::Sms => {
+                let form = [("To", request.recipient.as_str()), ("From", herald_testkit::providers::FROM), ("Body", &request.content.body)];
+                self.client
+                    .post(&self.twilio)
+                    .basic_auth(herald_testkit::providers::ACCOUNT_SID, Some(herald_testkit::providers::AUTH_TOKEN))
+                    .form(&form)
+                    .send()
+                    .await
+            }
+            Channel::Push => {
+                let body = serde_json::json!({"message": {"token": request.recipient, "notification": {"title": request.content.title, "body": request.content.body}}});
+                self.client.post(&self.fcm).bearer_auth(&self.bearer).header("X-GOOG-API-FORMAT-VERSION", "2").json(&body).send().await
+            }
+        };
+        let response = sent.expect("the fake answers");
+        assert!(response.status().is_success(), "the fake refused: {}", response.status());
+        let _ = response.bytes().await;
+    }
+}
+
 struct Latency {
     count: usize,
     p50: i64,
     p99: i64,
     max: i64,
+    /// Every record's latency, sorted, for the distribution chart.
+    sorted: Vec<i64>,
 }
 
 /// A phase fed at `rate` requests/s on its own fresh topic; latency is each
@@ -435,11 +740,11 @@ async fn latency(bootstrap: &str, requested: &str, output: &str, check: Check, m
         let payload = codec::encode_request(&schema.request, 1, &r).expect("request encodes");
         send(&producer, requested, r.user_id.into_bytes(), payload, Some(at))
     };
-    // Warm up: herald has joined once the first status appears. That one
+    // Warm up: the phase has joined once the first output appears. That one
     // waited for the join, so it is not counted.
     let warm_up = usize::MAX / 2;
     produce(warm_up).await;
-    // The statuses are read after the load, so reading takes no CPU from it.
+    // The output is read after the load, so reading takes no CPU from it.
     Reader::new(bootstrap, output).read_until(Duration::from_secs(60), |m| !m.is_empty()).await;
 
     let total = (rate * secs as f64) as usize;
@@ -463,7 +768,7 @@ async fn latency(bootstrap: &str, requested: &str, output: &str, check: Check, m
     let mut latencies: Vec<i64> = messages
         .iter()
         .filter_map(|m| {
-            let event_id = check.event_id(&schema, m.payload()?);
+            let event_id = check.event_id(m.payload()?);
             let at = (event_id != format!("latency-{warm_up:09}")).then(|| sent_at.get(&event_id))??;
             Some(m.timestamp().to_millis()? - at)
         })
@@ -473,5 +778,60 @@ async fn latency(bootstrap: &str, requested: &str, output: &str, check: Check, m
     let _ = child.wait();
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    Latency { count: latencies.len(), p50: at(0.50), p99: at(0.99), max: *latencies.last().unwrap() }
+    Latency { count: latencies.len(), p50: at(0.50), p99: at(0.99), max: *latencies.last().unwrap(), sorted: latencies }
+}
+
+/// Throughput over time of each phase, and latency distributions, as SVG.
+fn charts(dir: &Path, rows: &[Row], latencies: &[(&str, f64, Latency)]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let colours = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189)];
+
+    let path = dir.join("throughput.svg");
+    let root = SVGBackend::new(&path, (960, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let seconds = rows.iter().map(|r| r.timeline.len() as f64 / 10.0).fold(1.0, f64::max);
+    let peak = rows.iter().flat_map(|r| r.timeline.iter()).copied().max().unwrap_or(1) as f64 * 10.0;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("throughput draining {} records (output records per 100 ms, as msgs/s)", rows[0].records), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..seconds, 0f64..peak * 1.05)?;
+    chart.configure_mesh().x_desc("seconds from the phase's first output").y_desc("msgs/s").draw()?;
+    for (row, colour) in rows.iter().zip(colours) {
+        let points = row.timeline.iter().enumerate().map(|(i, n)| (i as f64 / 10.0, *n as f64 * 10.0));
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(row.phase.short())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).position(SeriesLabelPosition::UpperRight).draw()?;
+    root.present()?;
+
+    let path = dir.join("latency.svg");
+    let root = SVGBackend::new(&path, (960, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let slowest = latencies.iter().map(|(_, _, l)| l.max).max().unwrap_or(1).max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("request → output latency, cumulative distribution", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d((1f64..slowest * 1.2).log_scale(), 0f64..1.0)?;
+    chart.configure_mesh().x_desc("ms (log scale)").y_desc("fraction of records").draw()?;
+    for ((name, rate, l), colour) in latencies.iter().zip(colours) {
+        let n = l.sorted.len().max(1) as f64;
+        let points = l.sorted.iter().enumerate().map(|(i, ms)| ((*ms).max(1) as f64, (i + 1) as f64 / n));
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(format!("{name} at {rate:.0} msgs/s"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.9)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw()?;
+    root.present()?;
+    Ok(())
 }

@@ -307,6 +307,47 @@ pub enum StatusDecodeError {
     Avro(#[from] apache_avro::Error),
     #[error(transparent)]
     Field(#[from] FieldError),
+    #[error(transparent)]
+    Binary(#[from] binary::ReadError),
+    /// A status symbol this build does not know: from a newer writer.
+    #[error("status symbol {0} is not one this build knows")]
+    UnknownStatus(usize),
+}
+
+/// Reads a framed status event by hand, as written with the bundled
+/// schema or a newer one that appended fields. Symbols a newer writer
+/// added read as unknown: a channel or error class as `None`, a status as
+/// an error the caller can skip.
+pub fn read_status(bytes: &[u8]) -> Result<StatusEvent, StatusDecodeError> {
+    let (_, datum) = unframe(bytes)?;
+    let mut r = binary::Reader::new(datum);
+    let event_id = r.string()?;
+    let user_id = r.string()?;
+    let channel = Channel::ALL.get(r.enum_index()?).copied();
+    let status = r.enum_index()?;
+    let status = Status::ALL.into_iter().find(|s| status_index(*s) == status).ok_or(StatusDecodeError::UnknownStatus(status))?;
+    let attempt = r.int()?.max(0) as u32;
+    let provider = r.optional(binary::Reader::string)?;
+    let provider_message_id = r.optional(binary::Reader::string)?;
+    let error_code = r.optional(binary::Reader::string)?;
+    let error_class = r.optional(binary::Reader::enum_index)?.and_then(|i| ErrorClass::ALL.into_iter().find(|c| error_class_index(*c) == i));
+    let error_message = r.optional(binary::Reader::string)?;
+    let occurred_at = millis(r.long()?).ok_or(FieldError::Missing("occurred_at"))?;
+    let next_attempt_at = r.optional(binary::Reader::long)?.and_then(millis);
+    Ok(StatusEvent {
+        event_id,
+        user_id,
+        channel,
+        status,
+        attempt,
+        provider,
+        provider_message_id,
+        error_code,
+        error_class,
+        error_message,
+        occurred_at,
+        next_attempt_at,
+    })
 }
 
 /// Decodes a status event with the bundled schema: for subscribers, the
@@ -514,6 +555,7 @@ mod tests {
         // Written by hand, read back by apache-avro.
         let bytes = encode_status(0, &event);
         assert_eq!(decode_status(&b.status, &bytes).unwrap(), event);
+        assert_eq!(read_status(&bytes).unwrap(), event, "and by the hand reader");
         let bare = StatusEvent {
             channel: Some(Channel::Sms),
             status: Status::Sent,
@@ -528,7 +570,34 @@ mod tests {
         for status in Status::ALL {
             let e = StatusEvent { status, ..bare.clone() };
             assert_eq!(decode_status(&b.status, &encode_status(7, &e)).unwrap(), e);
+            assert_eq!(read_status(&encode_status(7, &e)).unwrap(), e, "the hand reader too");
         }
+    }
+
+    #[test]
+    fn the_status_hand_reader_takes_symbols_and_fields_a_newer_writer_added() {
+        let event = StatusEvent {
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: Some(Channel::Push),
+            status: Status::Sent,
+            attempt: 1,
+            provider: None,
+            provider_message_id: None,
+            error_code: None,
+            error_class: Some(ErrorClass::Permanent),
+            error_message: None,
+            occurred_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
+            next_attempt_at: None,
+        };
+        let mut bytes = encode_status(0, &event);
+        bytes.extend([2, b'x']); // a field appended by a newer schema
+        assert_eq!(read_status(&bytes).unwrap(), event);
+        let at = 5 + 2 + 2; // header, then event_id and user_id of one byte each
+        bytes[at] = 10; // channel index 5: unknown
+        assert_eq!(read_status(&bytes).unwrap().channel, None);
+        bytes[at + 1] = 40; // status index 20: unknown
+        assert!(matches!(read_status(&bytes), Err(StatusDecodeError::UnknownStatus(20))));
     }
 
     #[test]

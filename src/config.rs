@@ -154,6 +154,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 1_048_588)]
     pub max_message_bytes: usize,
 
+    /// How often stored offsets are committed; what was finished but not committed is delivered again after a crash (and not sent again: see the send ledger).
+    #[arg(long, env = "HERALD_COMMIT_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+
+    /// How long the send ledger remembers a send after its status, or after the next attempt a status announced.
+    #[arg(long, env = "HERALD_LEDGER_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ledger_window: Duration,
+
     /// Records one channel may hold (waiting plus in flight) before the consumer waits for it.
     #[arg(long, env = "HERALD_CHANNEL_QUEUE", default_value_t = 2048)]
     pub channel_queue: usize,
@@ -427,6 +435,7 @@ impl Config {
             ("scylla-max-writes", self.scylla_max_writes),
             ("breaker-failures", self.breaker_failures as usize),
             ("receipts-max-connections", self.receipts_max_connections),
+            ("commit-interval", self.commit_interval.as_millis() as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

@@ -7,6 +7,8 @@ use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
 
+use std::time::Duration;
+
 use crate::config::Config;
 use crate::ingest::{HeraldConsumer, IngestContext};
 
@@ -27,16 +29,25 @@ fn with_overrides(mut c: ClientConfig, config: &Config, specific: &[(String, Str
     c
 }
 
-pub fn consumer(config: &Config) -> KafkaResult<HeraldConsumer> {
-    consumer_config(config).create_with_context(IngestContext::default())
+pub fn consumer(config: &Config, context: IngestContext) -> KafkaResult<HeraldConsumer> {
+    consumer_config(config).create_with_context(context)
+}
+
+/// The consumer's `max.poll.interval.ms`, as it will have it.
+pub fn max_poll_interval(config: &Config) -> Duration {
+    let ms = consumer_config(config).get("max.poll.interval.ms").and_then(|v| v.parse().ok()).unwrap_or(300_000);
+    Duration::from_millis(ms)
 }
 
 fn consumer_config(config: &Config) -> ClientConfig {
     let mut c = base(config);
     c.set("group.id", &config.group_id)
         // Offsets are stored by the loop once outcomes are durable, and
-        // committed in the background from what was stored.
+        // committed in the background from what was stored, often: what
+        // was finished but not committed is delivered again after a crash.
+        // librdkafka also commits them when partitions are revoked.
         .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", config.commit_interval.as_millis().to_string())
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         // Range gives one member the same partition number of every input
@@ -62,9 +73,8 @@ fn consumer_config(config: &Config) -> ClientConfig {
 /// to find where a topic ends, and librdkafka also reports each one as a
 /// client error, which here it is not.
 pub fn client_error(error: KafkaError, reason: &str) {
-    match error {
-        KafkaError::PartitionEOF(_) => {}
-        error => tracing::error!(message = "Kafka client error.", %error, reason),
+    if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+        tracing::error!(message = "Kafka client error.", %error, reason);
     }
 }
 
@@ -87,8 +97,13 @@ pub type Reader = StreamConsumer<ReaderContext>;
 /// consumer-specific options are for the group's consumer and its load,
 /// not for this one, which is idle most of the time.
 pub fn reader(config: &Config) -> KafkaResult<Reader> {
+    reader_config(config, "reader").create_with_context(ReaderContext)
+}
+
+/// A [`reader`]'s settings; `role` names its group id's suffix.
+pub fn reader_config(config: &Config, role: &str) -> ClientConfig {
     let mut c = base(config);
-    c.set("group.id", format!("{}.reader", config.group_id))
+    c.set("group.id", format!("{}.{role}", config.group_id))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         // The end of a partition is where a fetch finds it, which does not
@@ -97,7 +112,7 @@ pub fn reader(config: &Config) -> KafkaResult<Reader> {
         // The list is small; a short wait keeps a broker that answers a
         // fetch only when the wait runs out from slowing startup.
         .set("fetch.wait.max.ms", "100");
-    with_overrides(c, config, &[]).create_with_context(ReaderContext)
+    with_overrides(c, config, &[])
 }
 
 /// The producer's `message.max.bytes`, as the producer will have it: an

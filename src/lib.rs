@@ -22,6 +22,7 @@ pub mod decode;
 pub mod deliver;
 pub mod ingest;
 pub mod kafka;
+pub mod ledger;
 pub mod mask;
 pub mod model;
 pub mod outcome;
@@ -172,6 +173,7 @@ impl App {
             suppressions: suppressions.clone(),
             over_limit: Channel::ALL.map(|c| config.over_limit(c)),
             postpone_spread: config.breaker_cooldown,
+            ledger: Arc::new(ledger::Ledger::new(config.ledger_window)),
         });
         Ok(App { config, pipeline, topics, suppressions, suppression_reader, receipts })
     }
@@ -188,8 +190,16 @@ impl App {
         // Dropping the set, however `run` returns, stops following.
         let mut following = tokio::task::JoinSet::new();
         following.spawn(suppression::follow(suppression_reader, topics.suppressions.clone(), suppressions.clone()));
-        let consumer = kafka::consumer(&config)?;
-        consumer.subscribe(&topics.inputs())?;
+        // The status topic is in the subscription so that each instance is
+        // assigned the status partitions of its requests, and commits the
+        // send ledger's marks with its offsets (see `ledger`).
+        let handover = Arc::new(ingest::Handover::default());
+        let handover_wait = config.shutdown_deadline.min(kafka::max_poll_interval(&config) / 2);
+        let context = ingest::IngestContext::new(topics.status.clone(), handover.clone(), pipeline.publisher.producer().clone(), handover_wait);
+        let consumer = kafka::consumer(&config, context)?;
+        let mut subscription = topics.inputs();
+        subscription.push(&topics.status);
+        consumer.subscribe(&subscription)?;
         tracing::info!(message = "Consuming.", topics = ?topics.inputs(), group = config.group_id);
         let (stop_receipts, receipts_stopped) = tokio::sync::oneshot::channel::<()>();
         let receipts = receipts.map(|(listener, endpoint, token)| {
@@ -199,7 +209,8 @@ impl App {
             let limits = receipts::Limits::new(config.receipts_max_connections);
             tokio::spawn(receipts::serve(listener, endpoint, token, limits, pipeline.publisher.clone(), suppressions, stopped))
         });
-        let consumed = ingest::consume(consumer, pipeline, shutdown, config.shutdown_deadline).await;
+        let settings = ingest::Settings { deadline: config.shutdown_deadline, handover, ledger_reader: kafka::reader_config(&config, "ledger") };
+        let consumed = ingest::consume(consumer, pipeline, settings, shutdown).await;
         let _ = stop_receipts.send(());
         if let Some(server) = receipts {
             if let Ok(Err(error)) = server.await {

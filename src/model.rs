@@ -219,10 +219,10 @@ impl ErrorClass {
         }
     }
 
+    pub const ALL: [ErrorClass; 4] = [ErrorClass::Invalid, ErrorClass::Permanent, ErrorClass::Transient, ErrorClass::RateLimited];
+
     pub fn from_symbol(symbol: &str) -> Option<ErrorClass> {
-        [Self::Invalid, Self::Permanent, Self::Transient, Self::RateLimited]
-            .into_iter()
-            .find(|c| c.symbol() == symbol)
+        Self::ALL.into_iter().find(|c| c.symbol() == symbol)
     }
 }
 

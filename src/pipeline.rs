@@ -28,6 +28,7 @@ use chrono::{DateTime, Utc};
 use crate::config::OverLimit;
 use crate::decode::{DecodeError, Decoder};
 use crate::deliver::{Attempt, Delivered, DeliveryError, Payload, SmsRules};
+use crate::ledger::{Ledger, Sent};
 use crate::mask::Masked;
 use crate::model::{Channel, Ids, InvalidReason, Request};
 use crate::outcome::{self, Outcome, ProduceError, Publisher};
@@ -51,6 +52,8 @@ pub struct Pipeline {
     /// Records refused by an open circuit come back spread over this long
     /// after it is due to close, not all at once.
     pub postpone_spread: Duration,
+    /// Sends already made, read back from the status topic.
+    pub ledger: Arc<Ledger>,
 }
 
 /// Why a record could not be judged at all; nothing must happen to it.
@@ -159,10 +162,20 @@ impl Pipeline {
                 }
                 Ok(Resolved { ids, outcome, attempts: record.envelope.attempts, now: Utc::now(), suppress: None })
             }
-            Admitted::Deliver { request, payload, made } => match self.router.lane(request.channel).answer_now() {
-                Some(delivered) => Ok(self.decided(request, made + 1, Ok(delivered))),
-                None => Err(ToDeliver { request, payload, attempt: Attempt { number: made + 1, partition: record.partition } }),
-            },
+            Admitted::Deliver { request, payload, made } => {
+                let attempt = Attempt { number: made + 1, partition: record.partition };
+                if let Some(delivered) = self.router.lane(request.channel).answer_now() {
+                    return Ok(self.decided(request, attempt, Ok(delivered)));
+                }
+                // Sent already, before a crash or by this partition's last
+                // owner: the recorded SENT again, and no call.
+                if let Some(Sent { delivered, attempt }) = self.ledger.sent(record.partition, &request.event_id) {
+                    tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = request.event_id, attempt);
+                    let outcome = Outcome::Sent(delivered);
+                    return Ok(Resolved { ids: Some(request.ids()), outcome, attempts: attempt, now: Utc::now(), suppress: None });
+                }
+                Err(ToDeliver { request, payload, attempt })
+            }
         }
     }
 
@@ -170,16 +183,21 @@ impl Pipeline {
     pub async fn deliver(&self, to: ToDeliver) -> Resolved {
         let ToDeliver { request, payload, attempt } = to;
         let result = self.router.lane(request.channel).call(&payload, &request, attempt).await;
-        self.decided(request, attempt.number, result)
+        let resolved = self.decided(request, attempt, result);
+        if let (Outcome::Sent(delivered), Some(ids)) = (&resolved.outcome, &resolved.ids) {
+            let sent = Sent { delivered: delivered.clone(), attempt: resolved.attempts };
+            self.ledger.record(attempt.partition, &ids.event_id, sent, resolved.now);
+        }
+        resolved
     }
 
-    fn decided(&self, request: Request, attempt: u32, result: Result<Delivered, DeliveryError>) -> Resolved {
+    fn decided(&self, request: Request, attempt: Attempt, result: Result<Delivered, DeliveryError>) -> Resolved {
         // One clock reading, so a status's next attempt is exactly its delay after it.
         let now = Utc::now();
         let jitter = self.postpone_spread.mul_f64(fastrand::f64());
-        let outcome = outcome::decide(result, attempt, &self.topics, now, jitter);
-        let attempts = if outcome.called_provider() { attempt } else { attempt - 1 };
-        log(&request, &outcome, attempt);
+        let outcome = outcome::decide(result, attempt.number, &self.topics, now, jitter);
+        let attempts = if outcome.called_provider() { attempt.number } else { attempt.number - 1 };
+        log(&request, &outcome, attempt.number);
         let suppress = outcome.suppresses().map(|entry| {
             let change = Change { channel: request.channel, recipient: request.recipient.clone(), entry: Some(entry) };
             // At once, so this instance's next send to the recipient is
@@ -192,7 +210,7 @@ impl Pipeline {
 
     /// Hands the outcome to the producer now; the future completes once it
     /// is durable, or fails when nothing can be written any more.
-    pub fn publish(&self, record: &Consumed, resolved: Resolved) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
+    pub fn publish(&self, record: &Consumed, resolved: Resolved) -> impl Future<Output = Result<Option<i64>, ProduceError>> + Send + 'static {
         let Resolved { ids, outcome, attempts, now, suppress } = resolved;
         if let (None, Outcome::Undecodable(reason)) = (&ids, &outcome) {
             tracing::warn!(message = "Undecodable record dead-lettered.", topic = record.topic, partition = record.partition, offset = record.offset, %reason);
@@ -211,6 +229,10 @@ pub struct ToDeliver {
 impl ToDeliver {
     pub fn channel(&self) -> Channel {
         self.request.channel
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.attempt.partition
     }
 }
 

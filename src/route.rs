@@ -2,9 +2,12 @@
 //! so a slow provider fills its own lane before it slows anyone else. Each
 //! provider has its own guard (`deliver::Guarded`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use futures::FutureExt;
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use crate::deliver::{Attempt, Calls, Delivered, DeliveryError, Payload, Sender, SmsRules};
 use crate::model::{Channel, InvalidReason, Request};
@@ -42,13 +45,16 @@ impl Lane {
         self.sender.answer_now()
     }
 
-    /// Waits for a provider slot. Once calls are stopped (shutdown's
-    /// deadline), it never completes: the task waiting is being aborted,
-    /// and must not call anyone.
-    pub async fn slot(&self) -> OwnedSemaphorePermit {
-        match self.concurrency.clone().acquire_owned().await {
-            Ok(slot) => slot,
-            Err(_closed) => std::future::pending().await,
+    /// Joins the queue for a provider slot now. Slots are given in the
+    /// order records joined, which is their order in the partition, so a
+    /// partition's oldest record is not left behind later ones (and with it
+    /// the offsets that can be committed).
+    pub fn queue_for_slot(&self) -> SlotWait {
+        let mut acquire: Acquire = Box::pin(self.concurrency.clone().acquire_owned());
+        // Polling once takes a free slot, or joins the semaphore's queue.
+        match (&mut acquire).now_or_never() {
+            Some(result) => SlotWait::Ready(result),
+            None => SlotWait::Queued(acquire),
         }
     }
 
@@ -56,6 +62,30 @@ impl Lane {
     /// holds a [`Lane::slot`].
     pub async fn call(&self, payload: &Payload, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
         self.sender.send(payload, request, attempt).await
+    }
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// A place in a lane's queue for a provider slot.
+pub enum SlotWait {
+    Ready(Result<OwnedSemaphorePermit, AcquireError>),
+    Queued(Acquire),
+}
+
+impl SlotWait {
+    /// Waits for the slot. Once calls are stopped (shutdown's deadline), it
+    /// never completes: the task waiting is being aborted, and must not
+    /// call anyone.
+    pub async fn slot(self) -> OwnedSemaphorePermit {
+        let result = match self {
+            SlotWait::Ready(result) => result,
+            SlotWait::Queued(acquire) => acquire.await,
+        };
+        match result {
+            Ok(slot) => slot,
+            Err(_closed) => std::future::pending().await,
+        }
     }
 }
 

@@ -10,7 +10,9 @@
 mod context;
 mod offsets;
 mod pauses;
+mod restore;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,12 +25,12 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::Producer;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-pub use context::{Assignment, IngestContext};
+pub use context::{Assignment, Handover, IngestContext};
 use offsets::{Offsets, Ticket};
 use pauses::{Pauses, Until};
 
@@ -55,8 +57,9 @@ pub enum IngestError {
     Produce(#[from] ProduceError),
 }
 
-/// A record's ticket once its outcome is durable, or why it never will be.
-type Finished = (Ticket, Result<(), ProduceError>);
+/// A record's ticket once its outcome is durable, with the offset of its
+/// status event if it had one; or why it never will be.
+type Finished = (Ticket, Result<Option<i64>, ProduceError>);
 type Acked = Pin<Box<dyn Future<Output = Finished> + Send>>;
 
 struct Loop {
@@ -74,6 +77,28 @@ struct Loop {
     /// A produce error no retry can fix, seen while waiting for room; the
     /// loop stops on it at its next turn.
     failed: Option<ProduceError>,
+    /// Per partition number: where its status partition ends, as far as
+    /// this instance knows (its own statuses acknowledged, or the end the
+    /// ledger's restore found). Records are marked with it.
+    status_end: HashMap<i32, i64>,
+    /// Per partition number, the status offset last stored.
+    marks: HashMap<i32, i64>,
+    /// Partition numbers whose ledger is being restored, with the restore's
+    /// number: their records wait.
+    restoring: HashMap<i32, u64>,
+    restores: JoinSet<(u64, Vec<(i32, i64)>)>,
+    next_restore: u64,
+    handover: Arc<Handover>,
+    /// The settings of the reader that restores the ledger.
+    ledger_reader: ClientConfig,
+}
+
+/// What the loop needs besides the consumer and the pipeline.
+pub struct Settings {
+    /// How long in-flight work may take once shutdown is asked for.
+    pub deadline: Duration,
+    pub handover: Arc<Handover>,
+    pub ledger_reader: ClientConfig,
 }
 
 /// Consumes until `shutdown` completes (or a produce error that no retry
@@ -81,8 +106,8 @@ struct Loop {
 pub async fn consume(
     consumer: HeraldConsumer,
     pipeline: Arc<Pipeline>,
+    settings: Settings,
     shutdown: impl Future<Output = ()>,
-    deadline: Duration,
 ) -> Result<(), IngestError> {
     let mut l = Loop {
         consumer: Arc::new(consumer),
@@ -92,9 +117,16 @@ pub async fn consume(
         tasks: JoinSet::new(),
         acks: FuturesUnordered::new(),
         failed: None,
+        status_end: HashMap::new(),
+        marks: HashMap::new(),
+        restoring: HashMap::new(),
+        restores: JoinSet::new(),
+        next_restore: 0,
+        handover: settings.handover,
+        ledger_reader: settings.ledger_reader,
     };
     let result = l.run(shutdown).await;
-    let until = l.drain(deadline).await;
+    let until = l.drain(settings.deadline).await;
     // Closing the consumer leaves the group, which waits on the broker.
     let closed = tokio::task::spawn_blocking(move || drop(l));
     if tokio::time::timeout_at(until.max(Instant::now() + Duration::from_millis(500)), closed).await.is_err() {
@@ -133,6 +165,11 @@ impl Loop {
                 () = tokio::time::sleep_until(resume_at.unwrap_or_else(Instant::now)), if resume_at.is_some() => {
                     self.pauses.resume_due(&self.consumer, &self.pipeline.topics, Instant::now());
                 }
+                Some(restored) = self.restores.join_next(), if !self.restores.is_empty() => {
+                    if let Ok((number, ends)) = restored {
+                        self.restored(number, ends);
+                    }
+                }
                 message = consumer.recv() => match message {
                     Ok(message) => tokio::select! {
                         biased;
@@ -149,9 +186,15 @@ impl Loop {
     async fn handle(&mut self, consumer: &HeraldConsumer, message: &BorrowedMessage<'_>) -> Result<(), IngestError> {
         self.apply_rebalances();
         let (partition, offset) = (message.partition(), message.offset());
+        // A status record: its partition was fetched before the pause in
+        // the rebalance took effect. The ledger is read by its own reader.
         let Some(source) = self.pipeline.topics.source(message.topic()) else { return Ok(()) };
         if self.pauses.is_paused(source, partition) {
             // Fetched before the pause took effect; the seek brings it back.
+            return Ok(());
+        }
+        if self.restoring.contains_key(&partition) {
+            self.pause(consumer, (source, partition), offset, Until::Ledger(partition));
             return Ok(());
         }
         let headers = message.headers().map(|h| h.detach());
@@ -193,7 +236,8 @@ impl Loop {
             self.pause(consumer, (source, partition), offset, Until::Room(lane));
             return Ok(());
         };
-        let ticket = self.offsets.register(source, partition, offset);
+        let mark = self.status_end.get(&partition).copied().unwrap_or(0);
+        let ticket = self.offsets.register(source, partition, offset, mark);
         // The record is finished only once its rate-limit count, if any, is
         // durable too.
         let counted = async move {
@@ -213,13 +257,22 @@ impl Loop {
                 }));
             }
             Err(to_deliver) => {
+                let (handover, generation) = (self.handover.clone(), self.handover.generation(partition));
+                // In the loop, so in partition order: see `Lane::queue_for_slot`.
+                let slot = pipeline.router.lane(to_deliver.channel()).queue_for_slot();
                 // Boxed: a provider call's future is kilobytes, and the
                 // runtime would otherwise copy it several times.
                 self.tasks.spawn(Box::pin(async move {
-                    let lane = pipeline.router.lane(to_deliver.channel());
-                    let slot = lane.slot().await;
+                    let slot = slot.slot().await;
+                    // Revoked meanwhile: the partition's next owner sends it.
+                    let Some(calling) = handover.begin(to_deliver.partition(), generation) else {
+                        return (ticket, Ok(None));
+                    };
                     let resolved = pipeline.deliver(to_deliver).await;
-                    let (published, ()) = tokio::join!(pipeline.publish(&record, resolved), counted);
+                    let published = pipeline.publish(&record, resolved);
+                    // The outcome is with the producer: a revoke may go on.
+                    drop(calling);
+                    let (published, ()) = tokio::join!(published, counted);
                     drop((slot, permit));
                     (ticket, published)
                 }));
@@ -244,10 +297,11 @@ impl Loop {
                 permit = &mut admit => return Some(permit),
                 // Records settled in the loop give their permits back only
                 // as their acks are polled, so waiting must poll them too.
-                Some((ticket, published)) = self.acks.next(), if !self.acks.is_empty() => match published {
-                    Ok(()) => self.offsets.finish(ticket),
-                    Err(error) => self.failed = Some(error),
-                },
+                Some(finished) = self.acks.next(), if !self.acks.is_empty() => {
+                    if let Err(error) = self.finish(finished) {
+                        self.failed = Some(error);
+                    }
+                }
                 () = &mut give_up => return None,
             }
         }
@@ -262,7 +316,7 @@ impl Loop {
         }
     }
 
-    fn joined(&mut self, joined: Result<Finished, tokio::task::JoinError>) -> Result<(), IngestError> {
+    fn joined(&mut self, joined: Result<Finished, tokio::task::JoinError>) -> Result<(), ProduceError> {
         match joined {
             Ok(finished) => self.finish(finished),
             // Its offset is never stored, so the record is redelivered.
@@ -273,8 +327,11 @@ impl Loop {
         }
     }
 
-    fn finish(&mut self, (ticket, published): Finished) -> Result<(), IngestError> {
-        published?;
+    fn finish(&mut self, (ticket, published): Finished) -> Result<(), ProduceError> {
+        if let Some(offset) = published? {
+            let end = self.status_end.entry(ticket.partition()).or_default();
+            *end = (*end).max(offset + 1);
+        }
         self.offsets.finish(ticket);
         Ok(())
     }
@@ -291,11 +348,17 @@ impl Loop {
     }
 
     fn apply_rebalances(&mut self) {
-        let topics = &self.pipeline.topics;
+        let topics = self.pipeline.topics.clone();
         for change in self.consumer.context().take_changes() {
             match change {
                 Assignment::Revoked(partitions) => {
                     for (topic, partition) in partitions {
+                        if topic == topics.status {
+                            self.pipeline.ledger.forget(partition);
+                            self.restoring.remove(&partition);
+                            self.status_end.remove(&partition);
+                            self.marks.remove(&partition);
+                        }
                         let Some(source) = topics.source(&topic) else { continue };
                         self.offsets.revoke(source, partition);
                         self.pauses.forget(source, partition);
@@ -305,32 +368,80 @@ impl Loop {
                 Assignment::Assigned(partitions) => {
                     // A partition paused under an earlier assignment starts
                     // fresh: resume it so nothing stays paused by accident.
+                    // Status partitions stay paused: never fetched here.
                     let mut list = TopicPartitionList::new();
-                    for (topic, partition) in &partitions {
+                    for (topic, partition) in partitions.iter().filter(|(t, _)| topics.source(t).is_some()) {
                         list.add_partition(topic, *partition);
                     }
                     if let Err(error) = self.consumer.resume(&list) {
                         tracing::debug!(message = "Resume after assignment failed.", %error);
+                    }
+                    let status: Vec<i32> = partitions.iter().filter(|(t, _)| *t == topics.status).map(|(_, p)| *p).collect();
+                    if !status.is_empty() {
+                        self.restore(status);
                     }
                 }
             }
         }
     }
 
+    /// Starts reading `partitions` of the status topic into the ledger;
+    /// their records wait until it is done.
+    fn restore(&mut self, partitions: Vec<i32>) {
+        self.next_restore += 1;
+        for p in &partitions {
+            self.restoring.insert(*p, self.next_restore);
+        }
+        let (consumer, reader, topic, ledger) =
+            (self.consumer.clone(), self.ledger_reader.clone(), self.pipeline.topics.status.clone(), self.pipeline.ledger.clone());
+        let number = self.next_restore;
+        self.restores.spawn(async move { (number, restore::restore(consumer, reader, topic, partitions, ledger).await) });
+    }
+
+    /// The ledger of these partitions is read: their records go ahead.
+    fn restored(&mut self, number: u64, ends: Vec<(i32, i64)>) {
+        for (partition, end) in ends {
+            // Revoked, or assigned again, since it started: not this one's.
+            if self.restoring.get(&partition) != Some(&number) {
+                continue;
+            }
+            self.restoring.remove(&partition);
+            let known = self.status_end.entry(partition).or_default();
+            *known = (*known).max(end);
+            self.pauses.resume_ledger(&self.consumer, &self.pipeline.topics, partition);
+        }
+    }
+
+    /// Stores what finished, then each moved partition's ledger mark: the
+    /// status offset from which a new owner must read the statuses of the
+    /// records it may see again. The inputs first, so that a commit made
+    /// between the two holds an older mark, which only means reading more.
     fn store_offsets(&mut self) {
         self.apply_rebalances();
         let storable = self.offsets.take_storable();
         if storable.is_empty() {
             return;
         }
-        let mut list = TopicPartitionList::new();
+        let topics = &self.pipeline.topics;
+        let mut inputs = TopicPartitionList::new();
+        let mut marks = TopicPartitionList::new();
         for (source, partition, next) in storable {
-            list.add_partition_offset(self.pipeline.topics.name(source), partition, Offset::Offset(next)).expect("offset is valid");
+            inputs.add_partition_offset(topics.name(source), partition, Offset::Offset(next)).expect("offset is valid");
+            let end = self.status_end.get(&partition).copied().unwrap_or(0);
+            let mark = self.offsets.oldest_mark(partition).unwrap_or(end);
+            if self.marks.insert(partition, mark) != Some(mark) {
+                marks.add_partition_offset(&topics.status, partition, Offset::Offset(mark)).expect("offset is valid");
+            }
         }
-        if let Err(error) = self.consumer.store_offsets(&list) {
-            // Typically a partition revoked meanwhile: its new owner
-            // re-reads from the last commit. Duplicates, never loss.
-            tracing::debug!(message = "Storing offsets failed.", %error);
+        if marks.count() > 0 {
+            tracing::debug!(message = "Storing ledger marks.", marks = ?marks.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>());
+        }
+        for list in [inputs, marks].iter().filter(|l| l.count() > 0) {
+            if let Err(error) = self.consumer.store_offsets(list) {
+                // Typically a partition revoked meanwhile: its new owner
+                // re-reads from the last commit. Duplicates, never loss.
+                tracing::debug!(message = "Storing offsets failed.", %error);
+            }
         }
     }
 

@@ -1,6 +1,11 @@
 //! Which offsets may be stored. Records of one partition finish out of
 //! order; an offset is stored only when every record before it has
 //! finished too (the contiguous finished prefix).
+//!
+//! Each record also carries its mark: where its partition number's status
+//! partition ended when it was read. The oldest unfinished record's mark
+//! is where the statuses of every record that may be read again begin
+//! (see `ledger`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -26,20 +31,26 @@ pub struct Offsets {
 
 struct Partition {
     generation: u64,
-    /// Registered offsets, and whether each has finished.
-    pending: BTreeMap<i64, bool>,
+    /// Registered offsets: whether each has finished, and its mark.
+    pending: BTreeMap<i64, (bool, i64)>,
     /// Next offset to store, when it moved since it was last taken.
     to_store: Option<i64>,
 }
 
+impl Ticket {
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+}
+
 impl Offsets {
-    pub fn register(&mut self, source: Source, partition: i32, offset: i64) -> Ticket {
+    pub fn register(&mut self, source: Source, partition: i32, offset: i64, mark: i64) -> Ticket {
         let generations = &mut self.generations;
         let p = self.partitions.entry((source, partition)).or_insert_with(|| {
             *generations += 1;
             Partition { generation: *generations, pending: BTreeMap::new(), to_store: None }
         });
-        p.pending.insert(offset, false);
+        p.pending.insert(offset, (false, mark));
         Ticket { source, partition, offset, generation: p.generation }
     }
 
@@ -48,11 +59,11 @@ impl Offsets {
         if p.generation != ticket.generation {
             return;
         }
-        if let Some(done) = p.pending.get_mut(&ticket.offset) {
+        if let Some((done, _)) = p.pending.get_mut(&ticket.offset) {
             *done = true;
         }
         while let Some(entry) = p.pending.first_entry() {
-            if !*entry.get() {
+            if !entry.get().0 {
                 break;
             }
             p.to_store = Some(entry.key() + 1);
@@ -67,6 +78,16 @@ impl Offsets {
             .iter_mut()
             .filter_map(|(&(source, partition), p)| p.to_store.take().map(|next| (source, partition, next)))
             .collect()
+    }
+
+    /// The mark of the oldest unfinished record of partition number
+    /// `partition`, in any input topic.
+    pub fn oldest_mark(&self, partition: i32) -> Option<i64> {
+        self.partitions
+            .iter()
+            .filter(|((_, p), _)| *p == partition)
+            .filter_map(|(_, p)| p.pending.values().find(|(done, _)| !done).map(|(_, mark)| *mark))
+            .min()
     }
 
     /// Forgets a revoked partition; its in-flight records finish without
@@ -96,7 +117,7 @@ mod tests {
     #[test]
     fn only_the_contiguous_finished_prefix_is_stored() {
         let mut o = Offsets::default();
-        let t: Vec<Ticket> = (10..15).map(|off| o.register(T, 0, off)).collect();
+        let t: Vec<Ticket> = (10..15).map(|off| o.register(T, 0, off, 0)).collect();
         let mut t: Vec<Option<Ticket>> = t.into_iter().map(Some).collect();
         o.finish(t[2].take().unwrap());
         o.finish(t[1].take().unwrap());
@@ -114,20 +135,35 @@ mod tests {
     #[test]
     fn partitions_are_independent() {
         let mut o = Offsets::default();
-        let a = o.register(T, 0, 5);
-        let _b = o.register(T, 1, 7);
-        let c = o.register(U, 0, 1);
+        let a = o.register(T, 0, 5, 0);
+        let _b = o.register(T, 1, 7, 0);
+        let c = o.register(U, 0, 1, 0);
         o.finish(a);
         o.finish(c);
         assert_eq!(stored(&mut o), vec![(T, 0, 6), (U, 0, 2)]);
     }
 
     #[test]
+    fn the_oldest_unfinished_record_of_a_partition_number_gives_the_mark() {
+        let mut o = Offsets::default();
+        let a = o.register(T, 0, 10, 100);
+        let b = o.register(U, 0, 3, 105);
+        let _c = o.register(T, 0, 11, 110);
+        let _other = o.register(T, 1, 7, 50);
+        assert_eq!(o.oldest_mark(0), Some(100));
+        o.finish(a);
+        assert_eq!(o.oldest_mark(0), Some(105), "the retry topic's record is older now");
+        o.finish(b);
+        assert_eq!(o.oldest_mark(0), Some(110));
+        assert_eq!(o.oldest_mark(2), None, "nothing unfinished");
+    }
+
+    #[test]
     fn a_record_finishing_after_its_partition_moved_changes_nothing() {
         let mut o = Offsets::default();
-        let old = o.register(T, 0, 5);
+        let old = o.register(T, 0, 5, 0);
         o.revoke(T, 0);
-        let new = o.register(T, 0, 5);
+        let new = o.register(T, 0, 5, 0);
         o.finish(old);
         assert_eq!(stored(&mut o), vec![], "the old assignment's record");
         o.finish(new);

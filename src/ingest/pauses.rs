@@ -3,7 +3,8 @@
 //! `max.poll.interval.ms`) and other partitions keep flowing:
 //! - a delay topic's partition whose head record is not due yet, until it is;
 //! - a partition whose next record needs a lane that stayed full, until the
-//!   lane has room again.
+//!   lane has room again;
+//! - a newly assigned partition, until its send ledger is read.
 //!
 //! Pausing rewinds the partition to the record that could not go ahead, so
 //! it is fetched again on resume; records already fetched behind it are
@@ -29,6 +30,8 @@ pub enum Until {
     /// Room in a channel's lane (`None`: among records that settle without
     /// a provider).
     Room(Option<Channel>),
+    /// The restore of its partition number's send ledger.
+    Ledger(i32),
 }
 
 #[derive(Default)]
@@ -93,8 +96,16 @@ impl Pauses {
 
     /// Resumes every partition that waits for room in `lane`.
     pub fn resume_room(&mut self, consumer: &HeraldConsumer, topics: &Topics, lane: Option<Channel>) {
-        let waiting: Vec<(Source, i32)> =
-            self.paused.iter().filter(|(_, (_, until))| *until == Until::Room(lane)).map(|(key, _)| *key).collect();
+        self.resume_waiting(consumer, topics, Until::Room(lane));
+    }
+
+    /// Resumes the partitions of number `partition` that wait for its ledger.
+    pub fn resume_ledger(&mut self, consumer: &HeraldConsumer, topics: &Topics, partition: i32) {
+        self.resume_waiting(consumer, topics, Until::Ledger(partition));
+    }
+
+    fn resume_waiting(&mut self, consumer: &HeraldConsumer, topics: &Topics, what: Until) {
+        let waiting: Vec<(Source, i32)> = self.paused.iter().filter(|(_, (_, until))| *until == what).map(|(key, _)| *key).collect();
         for (source, partition) in waiting {
             self.resume(consumer, topics, source, partition);
         }

@@ -87,7 +87,8 @@ impl Publisher {
     /// future that completes once the broker has acknowledged all of it.
     /// Enqueueing here rather than when the future is first polled keeps
     /// outcomes in the order the loop settled them. `attempts` is the
-    /// number of delivery attempts made once the outcome was reached.
+    /// number of delivery attempts made once the outcome was reached. The
+    /// future yields the offset of the status event, if there was one.
     pub fn publish(
         &self,
         record: &Consumed,
@@ -96,7 +97,7 @@ impl Publisher {
         attempts: u32,
         now: DateTime<Utc>,
         suppress: Option<&Change>,
-    ) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<i64>, ProduceError>> + Send + 'static {
         let status = ids.and_then(|ids| status_event(ids, outcome, attempts, now));
         let reroute = outcome.destination().map(|destination| {
             // A parked record keeps the error that parked it.
@@ -132,10 +133,10 @@ impl Publisher {
         async move {
             let (status, reroute, suppress) =
                 tokio::join!(OptionFuture::from(status), OptionFuture::from(reroute), OptionFuture::from(suppress));
-            for result in [status, reroute, suppress].into_iter().flatten() {
+            for result in [reroute, suppress].into_iter().flatten() {
                 settle(result)?;
             }
-            Ok(())
+            status.map(settle).transpose().map(Option::flatten)
         }
     }
 
@@ -144,14 +145,14 @@ impl Publisher {
     /// from, when known; the future completes once it is acknowledged.
     pub fn publish_status(&self, event: StatusEvent, partition: Option<i32>) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
         let ack = self.durable(self.status_record(event, partition));
-        async move { settle(ack.await) }
+        async move { settle(ack.await).map(drop) }
     }
 
     /// Records a change to the suppression list; the future completes once
     /// it is acknowledged.
     pub fn publish_change(&self, change: &Change) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
         let ack = self.durable(self.change_record(change));
-        async move { settle(ack.await) }
+        async move { settle(ack.await).map(drop) }
     }
 
     fn change_record(&self, change: &Change) -> Outgoing {
@@ -205,7 +206,7 @@ impl Publisher {
         stripped(self.topics.dead_letter.clone(), stripped_key(record), envelope, &record.origin(), record.size())
     }
 
-    fn durable(&self, out: Outgoing) -> impl Future<Output = Result<(), Failure>> + Send + 'static {
+    fn durable(&self, out: Outgoing) -> impl Future<Output = Result<i64, Failure>> + Send + 'static {
         durable(self.producer.clone(), out)
     }
 }
@@ -233,7 +234,7 @@ struct Fallback {
 }
 
 impl Fallback {
-    async fn dead_letter(self, error: ProduceError) -> Result<(), Failure> {
+    async fn dead_letter(self, error: ProduceError) -> Result<i64, Failure> {
         tracing::error!(message = "A copy can never be written; dead-lettering it without the producer's bytes.", topic = error.topic, %error.error);
         let code = format!("produce:{}", error.error.rdkafka_error_code().map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}")));
         let reason = ErrorHeaders { class: ErrorClass::Permanent, code: code.clone(), message: format!("herald cannot write the record to {}", error.topic) };
@@ -250,19 +251,21 @@ impl Fallback {
             })
         });
         let (copy, status) = tokio::join!(copy, OptionFuture::from(status));
-        settle(copy).map_err(Failure::Fatal)?;
-        status.map_or(Ok(()), |s| settle(s).map_err(Failure::Fatal))
+        let offset = settle(copy).map_err(Failure::Fatal)?;
+        status.map_or(Ok(()), |s| settle(s).map(drop).map_err(Failure::Fatal))?;
+        Ok(offset.unwrap_or(-1))
     }
 }
 
 /// A record failure is logged and the record finishes: retrying could
-/// never succeed, and holding its offset would stall the partition.
-fn settle(result: Result<(), Failure>) -> Result<(), ProduceError> {
+/// never succeed, and holding its offset would stall the partition. The
+/// offset of what was written, if it was.
+fn settle(result: Result<i64, Failure>) -> Result<Option<i64>, ProduceError> {
     match result {
-        Ok(()) => Ok(()),
+        Ok(offset) => Ok(Some(offset)),
         Err(Failure::Record(error)) => {
             tracing::error!(message = "A record can never be written; given up.", topic = error.topic, %error.error);
-            Ok(())
+            Ok(None)
         }
         Err(Failure::Fatal(error)) => Err(error),
     }
@@ -310,7 +313,7 @@ fn disposition(error: &KafkaError) -> Disposition {
 /// means its delivery timeout passed, and giving up would lose the
 /// outcome, so this sends again (the offset stays unstored meanwhile, and
 /// shutdown abandons it safely).
-fn durable(producer: FutureProducer, out: Outgoing) -> impl Future<Output = Result<(), Failure>> + Send + 'static {
+fn durable(producer: FutureProducer, out: Outgoing) -> impl Future<Output = Result<i64, Failure>> + Send + 'static {
     let first = out.send(&producer);
     async move {
         let mut ack = first;
@@ -318,7 +321,7 @@ fn durable(producer: FutureProducer, out: Outgoing) -> impl Future<Output = Resu
         loop {
             let error = match ack {
                 Ok(delivery) => match delivery.await {
-                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Ok(delivered)) => return Ok(delivered.offset),
                     Ok(Err((error, _))) => error,
                     Err(_canceled) => KafkaError::Canceled,
                 },

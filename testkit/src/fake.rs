@@ -116,6 +116,11 @@ impl<S> Fake<S> {
         self.shared.requests.lock().unwrap().clone()
     }
 
+    /// How many message requests were received, without copying them.
+    pub fn count(&self) -> usize {
+        self.shared.requests.lock().unwrap().len()
+    }
+
     /// Answers the next requests for `recipient` with `replies`, in order.
     pub fn script(&self, recipient: &str, replies: impl IntoIterator<Item = Reply>) {
         self.shared.script.lock().unwrap().entry(recipient.to_owned()).or_default().extend(replies);

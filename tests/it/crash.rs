@@ -35,12 +35,12 @@ async fn sigkill_mid_stream_then_restart_every_event_reaches_a_terminal_status()
     let before_kill: HashSet<String> = delivered_ids(&h).into_iter().collect();
     assert!(before_kill.len() < ids.len(), "killed mid-stream, not after the end");
 
-    let calls_before = h.twilio.requests().len();
+    let calls_before = h.twilio.count();
     let restarted = std::time::Instant::now();
     let second = spawn_herald(&h);
     // Its first call waits only for the group to notice the dead member
     // (session.timeout.ms is 6 s here) and for a join; not on a timeout.
-    while h.twilio.requests().len() == calls_before {
+    while h.twilio.count() == calls_before {
         assert!(restarted.elapsed() < Duration::from_secs(20), "no provider call 20 s after the restart");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -67,4 +67,133 @@ async fn sigkill_mid_stream_then_restart_every_event_reaches_a_terminal_status()
         second.0.wait()
     }).await.unwrap().unwrap();
     assert!(status.success(), "herald exits 0 on SIGTERM, got {status}");
+}
+
+/// Provider calls so far, by event id (each request's body is its id).
+fn calls_per_event(h: &Harness) -> HashMap<String, usize> {
+    let mut per_event: HashMap<String, usize> = HashMap::new();
+    let twilio = h.twilio.requests().into_iter().filter_map(|r| r.field("Body").map(str::to_owned));
+    let fcm = h.fcm.requests().into_iter().filter_map(|r| r.json?["message"]["notification"]["body"].as_str().map(str::to_owned));
+    for id in twilio.chain(fcm) {
+        *per_event.entry(id).or_default() += 1;
+    }
+    per_event
+}
+
+fn mixed(count: usize, prefix: &str) -> Vec<herald::model::Request> {
+    (0..count)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            match i % 2 {
+                0 => sms(&id, &format!("user-{}", i % 200), "+14155550100", &id),
+                _ => push(&id, &format!("user-{}", i % 200), &format!("token-{i}"), "t", &id),
+            }
+        })
+        .collect()
+}
+
+/// Waits for every event to end SENT; returns the statuses read.
+async fn all_sent(h: &Harness, statuses: &mut Statuses, ids: &[String]) {
+    statuses.terminal(Duration::from_secs(180), ids).await;
+    let current = statuses.current();
+    let unsent: Vec<_> = ids.iter().filter(|id| current[*id].status != Status::Sent).collect();
+    assert!(unsent.is_empty(), "not sent: {unsent:?}");
+    let _ = h;
+}
+
+/// Calls beyond one per event, and the events that had them.
+fn extra_calls(h: &Harness) -> (usize, usize) {
+    let per_event = calls_per_event(h);
+    (per_event.values().map(|n| n - 1).sum(), per_event.values().copied().max().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_while_draining_repeats_at_most_the_calls_in_flight() {
+    let h = Harness::new().await;
+    h.twilio.set_latency(Duration::from_millis(50));
+    h.fcm.set_latency(Duration::from_millis(50));
+    let requests = mixed(3000, "drain");
+    let ids: Vec<String> = requests.iter().map(|r| r.event_id.clone()).collect();
+    h.send_many(&requests).await;
+    let mut first = h.spawn(&["--sms-rate-limit", "off"]);
+    let started = std::time::Instant::now();
+    while h.twilio.count() + h.fcm.count() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let before = calls_per_event(&h).len();
+    assert!(before > 200 && before < ids.len(), "killed mid-drain: {before} of {} called", ids.len());
+    let mut second = h.spawn(&["--sms-rate-limit", "off"]);
+    let mut statuses = h.statuses();
+    all_sent(&h, &mut statuses, &ids).await;
+    let (extra, most) = extra_calls(&h);
+    println!("{before} events called before the kill; {extra} called again after it; at most {most} calls for one");
+    // SMS and push lanes, 32 calls each by default: what can be in flight.
+    assert!(extra <= 64, "{extra} duplicate calls after one kill");
+    assert!(most <= 2);
+    // A record redelivered after its send reported the recorded send again.
+    let per_event = calls_per_event(&h);
+    let resent = ids.iter().filter(|id| statuses.of(id).iter().filter(|e| e.status == Status::Sent).count() > 1).filter(|id| per_event[*id] == 1);
+    for id in resent {
+        let sends: Vec<_> = statuses.of(id).into_iter().filter(|e| e.status == Status::Sent).collect();
+        assert!(sends.windows(2).all(|w| (&w[0].provider, &w[0].provider_message_id, w[0].attempt) == (&w[1].provider, &w[1].provider_message_id, w[1].attempt)), "{sends:#?}");
+    }
+    let _ = second.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_taking_over_a_killed_ones_partitions_does_not_resend_its_sends() {
+    let h = Harness::new().await;
+    h.twilio.set_latency(Duration::from_millis(50));
+    h.fcm.set_latency(Duration::from_millis(50));
+    let requests = mixed(3000, "takeover");
+    let ids: Vec<String> = requests.iter().map(|r| r.event_id.clone()).collect();
+    h.send_many(&requests).await;
+    let mut a = h.spawn(&["--sms-rate-limit", "off"]);
+    let started = std::time::Instant::now();
+    while h.twilio.count() + h.fcm.count() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no call");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // B joins: A hands half its partitions over, its calls finished first.
+    let mut b = h.spawn(&["--sms-rate-limit", "off"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (after_join, _) = extra_calls(&h);
+    // Then A dies, and B takes over the rest.
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    let mut statuses = h.statuses();
+    all_sent(&h, &mut statuses, &ids).await;
+    let (extra, most) = extra_calls(&h);
+    println!("duplicate calls: {after_join} after B joined, {extra} in all");
+    assert!(extra <= 64, "{extra} duplicate calls: at most A's calls in flight when it died");
+    assert!(most <= 2);
+    let _ = b.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_are_committed_within_the_commit_interval() {
+    let h = Harness::new().await;
+    let herald = h.start(&["--sms-rate-limit", "off", "--commit-interval", "200ms"]);
+    let requests = mixed(100, "commit");
+    let ids: Vec<String> = requests.iter().map(|r| r.event_id.clone()).collect();
+    let mut statuses = h.statuses();
+    h.send_many(&requests).await;
+    statuses.terminal(Duration::from_secs(60), &ids).await;
+    let done = std::time::Instant::now();
+    let end = herald_testkit::kafka::end_offsets(&h.broker.bootstrap, &h.topics.requested).await;
+    loop {
+        let committed = herald_testkit::kafka::committed(&h.broker.bootstrap, &h.group, &h.topics.requested);
+        if end.iter().all(|(p, e)| *e == 0 || committed.get(p) == Some(e)) {
+            break;
+        }
+        // Reading the end took about a second of quiet; the commit itself
+        // must come within the interval, not the old 5 s.
+        assert!(done.elapsed() < Duration::from_secs(4), "not committed: {committed:?} of {end:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    herald.stop().await.unwrap();
 }

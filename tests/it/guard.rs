@@ -29,7 +29,7 @@ async fn an_outage_opens_the_circuit_and_turns_calls_into_retries_until_it_close
     // event went through once.
     let refused: Vec<_> = statuses.events.iter().filter(|e| e.error_code.as_deref() == Some("circuit-open")).collect();
     assert_eq!(refused.len(), 5, "{refused:#?}");
-    assert_eq!(h.twilio.requests().len(), 2 + 5);
+    assert_eq!(h.twilio.count(), 2 + 5);
     let first_refusal = refused.iter().map(|e| e.occurred_at).min().unwrap();
     for e in &refused {
         let retry_at = e.next_attempt_at.expect("a retry time");

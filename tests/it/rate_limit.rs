@@ -33,7 +33,7 @@ async fn eleventh_and_twelfth_sms_in_an_hour_are_rate_limited() {
     }
     assert_eq!(terminal["other-user-1"].status, Status::Sent);
     assert_eq!(terminal["push-of-busy"].status, Status::Sent);
-    assert_eq!(h.twilio.requests().len(), 11);
+    assert_eq!(h.twilio.count(), 11);
     herald.stop().await.unwrap();
 }
 

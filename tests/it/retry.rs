@@ -72,7 +72,7 @@ async fn success_on_the_third_attempt_ends_the_retries() {
     statuses.terminal(Duration::from_secs(30), &["flaky".into()]).await;
     statuses.settle(Duration::from_millis(1500)).await;
     assert_eq!(statuses_of(&statuses.events, "flaky"), [(Status::RetryScheduled, 1), (Status::RetryScheduled, 2), (Status::Sent, 3)]);
-    assert_eq!(h.fcm.requests().len(), 3);
+    assert_eq!(h.fcm.count(), 3);
     assert!(h.reader(&h.topics.retries[2]).read_for(Duration::from_millis(500)).await.is_empty(), "never reached retry-40m");
     assert!(h.reader(&h.topics.dead_letter).read_for(Duration::from_millis(300)).await.is_empty());
     herald.stop().await.unwrap();
@@ -94,7 +94,7 @@ async fn permanent_failures_are_not_retried() {
     assert_eq!(terminal["gone"].error_class, Some(ErrorClass::Permanent));
     statuses.settle(Duration::from_millis(800)).await;
     assert_eq!(statuses.of("landline").len(), 1, "no retry after a permanent failure");
-    assert_eq!((h.twilio.requests().len(), h.fcm.requests().len()), (1, 1));
+    assert_eq!((h.twilio.count(), h.fcm.count()), (1, 1));
     herald.stop().await.unwrap();
 }
 

@@ -19,7 +19,7 @@ async fn shutdown_finishes_in_flight_deliveries_then_commits() {
     }
     // Wait until all six are at the provider, awaiting its answer.
     let started = Instant::now();
-    while h.twilio.requests().len() < ids.len() {
+    while h.twilio.count() < ids.len() {
         assert!(started.elapsed() < Duration::from_secs(30), "requests never reached the provider");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -46,7 +46,7 @@ async fn shutdown_finishes_in_flight_deliveries_then_commits() {
     statuses.terminal(Duration::from_secs(30), &ids).await;
     committed_past(&h, &sentinels).await;
     again.stop().await.unwrap();
-    assert_eq!(h.twilio.requests().len(), 6 + sentinels.len(), "the first six, and the sentinels");
+    assert_eq!(h.twilio.count(), 6 + sentinels.len(), "the first six, and the sentinels");
     assert_eq!(statuses.events.len(), 6 + sentinels.len());
 }
 
@@ -92,7 +92,7 @@ async fn sigterm_exits_within_the_deadline_whatever_the_queues_hold() {
     let mut herald = h.spawn_logging(&["--sms-rate-limit", "off", "--http-timeout", "90s", "--shutdown-deadline", "3s"], &log);
     // Until the calls hang and the lane behind them is full.
     let started = Instant::now();
-    while h.twilio.requests().len() < 32 {
+    while h.twilio.count() < 32 {
         assert!(started.elapsed() < Duration::from_secs(60), "the provider was never called");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -111,12 +111,12 @@ async fn no_call_starts_after_the_deadline() {
     let requests: Vec<_> = (0..200).map(|i| sms(&format!("d-{i}"), &format!("user-{i}"), "+14155550100", "hangs")).collect();
     h.send_many(&requests).await;
     let started = Instant::now();
-    while h.twilio.requests().len() < 8 {
+    while h.twilio.count() < 8 {
         assert!(started.elapsed() < Duration::from_secs(60), "the provider was never called");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     herald.stop().await.unwrap();
     // Aborting the eight hanging calls freed their slots; nothing took them.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(h.twilio.requests().len(), 8, "the calls that were in flight, and no other");
+    assert_eq!(h.twilio.count(), 8, "the calls that were in flight, and no other");
 }

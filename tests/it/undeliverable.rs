@@ -63,7 +63,7 @@ async fn invalid_requests_are_reported_and_kept_on_the_dead_letter_topic() {
         assert!(!e.error_message.as_deref().unwrap_or_default().contains("555"), "no phone number in {e:?}");
     }
     assert_eq!(terminal["ok"].status, Status::Sent);
-    assert_eq!(h.twilio.requests().len(), 1, "only the valid one reached Twilio");
+    assert_eq!(h.twilio.count(), 1, "only the valid one reached Twilio");
 
     let dead = h.reader(&h.topics.dead_letter).read_until(Duration::from_secs(10), |m| m.len() >= 4).await.to_vec();
     assert!(dead.iter().any(|m| m.payload() == Some(&bad_phone[..]) && header(m, h_::ERROR_CODE) == Some("invalid-phone-number")));
@@ -118,13 +118,13 @@ async fn stops_promptly_with_everything_committed(h: &Harness, herald: Running) 
         }
     }
     // A restart finds nothing to do: no good record is sent again.
-    let sent = h.twilio.requests().len();
+    let sent = h.twilio.count();
     let again = h.start(&[]);
     let mut statuses = h.statuses();
     h.send(&sms("sentinel", "big-user", "+14155550100", "last")).await;
     statuses.terminal(Duration::from_secs(30), &["sentinel".into()]).await;
     again.stop().await.unwrap();
-    assert_eq!(h.twilio.requests().len(), sent + 1, "only the sentinel was sent after the restart");
+    assert_eq!(h.twilio.count(), sent + 1, "only the sentinel was sent after the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

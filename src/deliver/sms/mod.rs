@@ -7,6 +7,7 @@ mod twilio;
 mod vonage;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub use self::text::{segments, truncate, Encoding, Segments};
 pub use self::twilio::{Twilio, TwilioAuth, TwilioSender};
@@ -23,6 +24,38 @@ pub struct SmsRules {
     /// Fills `{name}` from the request's template variables and `{message}`
     /// from its body. Checked once by [`SmsRules::new`].
     template: Option<String>,
+    numbers: Arc<Mutex<CheckedNumbers>>,
+}
+
+/// Numbers already checked, so that a recipient seen before is not parsed
+/// again: libphonenumber's parser is most of what checking an SMS costs.
+/// Two generations of at most [`CHECKED_PER_GENERATION`] numbers each: when
+/// the newer is full the older is dropped, so memory is bounded and
+/// numbers in use stay. Recipients come from producers, so the hasher is
+/// seeded at random, not predictable.
+#[derive(Debug, Default)]
+struct CheckedNumbers {
+    newer: HashMap<String, bool, foldhash::fast::RandomState>,
+    older: HashMap<String, bool, foldhash::fast::RandomState>,
+}
+
+const CHECKED_PER_GENERATION: usize = 50_000;
+
+impl CheckedNumbers {
+    fn is_e164(&mut self, number: &str) -> bool {
+        if let Some(valid) = self.newer.get(number) {
+            return *valid;
+        }
+        let valid = match self.older.remove(number) {
+            Some(valid) => valid,
+            None => is_e164(number),
+        };
+        if self.newer.len() >= CHECKED_PER_GENERATION {
+            self.older = std::mem::take(&mut self.newer);
+        }
+        self.newer.insert(number.to_owned(), valid);
+        valid
+    }
 }
 
 /// A body ready to send.
@@ -41,12 +74,13 @@ impl SmsRules {
         // libphonenumber's metadata loads on first use, in about a second:
         // at startup, not on the first SMS.
         is_e164("+14155550100");
-        Ok(SmsRules { max_chars, over_length, template })
+        Ok(SmsRules { max_chars, over_length, template, numbers: Arc::default() })
     }
 
     /// The body to send for `request`, or why it cannot be sent.
     pub fn prepare(&self, request: &Request) -> Result<Text, InvalidReason> {
-        if !is_e164(&request.recipient) {
+        let valid = self.numbers.lock().unwrap_or_else(|p| p.into_inner()).is_e164(&request.recipient);
+        if !valid {
             return Err(InvalidReason::InvalidPhoneNumber);
         }
         if request.content.body.trim().is_empty() {
@@ -107,6 +141,20 @@ mod tests {
         for bad in bad {
             assert!(!is_e164(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn checked_numbers_are_remembered_within_bounds() {
+        let mut checked = CheckedNumbers::default();
+        assert!(checked.is_e164("+14155550100"));
+        assert!(!checked.is_e164("+1415555"));
+        assert_eq!((checked.newer.get("+14155550100"), checked.newer.get("+1415555")), (Some(&true), Some(&false)));
+        for i in 0..CHECKED_PER_GENERATION * 2 {
+            checked.is_e164(&format!("+1415{i:07}"));
+        }
+        assert!(checked.newer.len() <= CHECKED_PER_GENERATION && checked.older.len() <= CHECKED_PER_GENERATION);
+        assert!(!checked.newer.contains_key("+14155550100") && !checked.older.contains_key("+14155550100"), "the oldest went");
+        assert!(checked.is_e164("+14155550100"), "and is checked again when it comes back");
     }
 
     fn request(body: &str, vars: &[(&str, &str)]) -> Request {

@@ -28,15 +28,49 @@ pub struct Segments {
     pub parts: usize,
 }
 
+/// GSM-7 units of each ASCII character, 0 where GSM-7 has none: built
+/// from the alphabets above, at compile time. Every SMS body is looked up
+/// character by character, so this is a table, not a search.
+const ASCII_UNITS: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let (basic, extension) = (GSM7_BASIC.as_bytes(), GSM7_EXTENSION.as_bytes());
+    // A byte below 0x80 is a whole ASCII character in UTF-8; the bytes of
+    // other characters are all 0x80 or above.
+    let mut i = 0;
+    while i < basic.len() {
+        if basic[i] < 0x80 {
+            table[basic[i] as usize] = 1;
+        }
+        i += 1;
+    }
+    let mut i = 0;
+    while i < extension.len() {
+        if extension[i] < 0x80 {
+            table[extension[i] as usize] = 2;
+        }
+        i += 1;
+    }
+    table
+};
+
+/// The GSM-7 characters outside ASCII, sorted, for a binary search.
+static NON_ASCII: std::sync::LazyLock<Vec<(char, usize)>> = std::sync::LazyLock::new(|| {
+    let basic = GSM7_BASIC.chars().filter(|c| !c.is_ascii()).map(|c| (c, 1));
+    let extension = GSM7_EXTENSION.chars().filter(|c| !c.is_ascii()).map(|c| (c, 2));
+    let mut all: Vec<(char, usize)> = basic.chain(extension).collect();
+    all.sort_unstable();
+    all
+});
+
 /// GSM-7 units of `c`, or `None` when GSM-7 cannot carry it.
 fn gsm7_units(c: char) -> Option<usize> {
-    if GSM7_BASIC.contains(c) {
-        Some(1)
-    } else if GSM7_EXTENSION.contains(c) {
-        Some(2)
-    } else {
-        None
+    if c.is_ascii() {
+        return match ASCII_UNITS[c as usize] {
+            0 => None,
+            units => Some(units as usize),
+        };
     }
+    NON_ASCII.binary_search_by_key(&c, |(k, _)| *k).ok().map(|i| NON_ASCII[i].1)
 }
 
 pub fn encoding(body: &str) -> Encoding {
@@ -134,6 +168,22 @@ mod tests {
         ];
         for (body, expected, why) in rows {
             assert_eq!(segments(&body), expected, "{why}: {body:?}");
+        }
+    }
+
+    #[test]
+    fn the_lookup_agrees_with_the_alphabets_for_every_character() {
+        // Every GSM-7 character is below U+2100 (€ is U+20AC); above, samples.
+        let beyond = ['\u{FFFD}', '\u{4E2D}', '\u{1F600}', '\u{10FFFF}'];
+        for c in (0..=0x24FF).filter_map(char::from_u32).chain(beyond) {
+            let expected = if GSM7_BASIC.contains(c) {
+                Some(1)
+            } else if GSM7_EXTENSION.contains(c) {
+                Some(2)
+            } else {
+                None
+            };
+            assert_eq!(gsm7_units(c), expected, "{c:?} (U+{:04X})", c as u32);
         }
     }
 
