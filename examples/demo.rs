@@ -192,7 +192,7 @@ async fn main() -> std::process::ExitCode {
     ok &= (twilio_to_stopped, fcm_to_dead) == (1, 1);
     let mut dead = Reader::new(&broker.bootstrap, &dead_letter);
     let codes: Vec<&str> = dead
-        .read_until_idle(Duration::from_secs(1))
+        .read_to_end(Duration::from_secs(30))
         .await
         .iter()
         .map(|m| m.headers().and_then(|h| herald::record::envelope::header(h, ERROR_CODE)).unwrap_or("?"))

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -90,37 +91,73 @@ pub fn partitions(bootstrap: &str, topic: &str, timeout: Duration) -> i32 {
     }
 }
 
+/// A reader's client context: reaching a partition's end is what a reader
+/// waits for, not an error to log.
+pub struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            eprintln!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 /// Reads every partition of a topic from the beginning, without a group.
 pub struct Reader {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<Quiet>,
     partitions: i32,
     pub messages: Vec<OwnedMessage>,
+    /// Partitions whose end the reader has reached, and read nothing since.
+    at_end: std::collections::HashSet<i32>,
 }
 
 impl Reader {
     pub fn new(bootstrap: &str, topic: &str) -> Reader {
         let count = partitions(bootstrap, topic, Duration::from_secs(30));
-        let consumer: StreamConsumer = config(bootstrap)
+        let consumer: StreamConsumer<Quiet> = config(bootstrap)
             .set("group.id", format!("reader-{topic}-{}", std::process::id()))
             .set("enable.auto.commit", "false")
             // tansu answers a fetch only when this wait runs out, even when
-            // records are there: with its default of 500 ms, a read that
-            // stops after a quiet spell of that length would see nothing.
+            // records are there: with its default of 500 ms, reads crawl.
             .set("fetch.wait.max.ms", "10")
-            .create()
+            // The end of a partition is known from a fetch's high watermark,
+            // which tansu reports correctly (its ListOffsets does not).
+            .set("enable.partition.eof", "true")
+            .create_with_context(Quiet)
             .expect("creating a reader");
         let mut list = TopicPartitionList::new();
         for p in 0..count {
             list.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
         consumer.assign(&list).expect("assigning partitions");
-        Reader { consumer, partitions: count, messages: Vec::new() }
+        Reader { consumer, partitions: count, messages: Vec::new(), at_end: Default::default() }
     }
 
     /// The next message, or `None` at `deadline`.
     pub async fn next(&mut self, deadline: tokio::time::Instant) -> Option<OwnedMessage> {
+        loop {
+            match self.step(deadline).await? {
+                Some(m) => return Some(m),
+                None => continue,
+            }
+        }
+    }
+
+    /// The next message, or `Some(None)` when a partition reached its end,
+    /// or `None` at `deadline`.
+    async fn step(&mut self, deadline: tokio::time::Instant) -> Option<Option<OwnedMessage>> {
         match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-            Ok(Ok(m)) => Some(m.detach()),
+            Ok(Ok(m)) => {
+                self.at_end.remove(&m.partition());
+                Some(Some(m.detach()))
+            }
+            Ok(Err(KafkaError::PartitionEOF(p))) => {
+                self.at_end.insert(p);
+                Some(None)
+            }
             Ok(Err(e)) => panic!("reading: {e}"),
             Err(_) => None,
         }
@@ -131,28 +168,36 @@ impl Reader {
     pub async fn read_until(&mut self, timeout: Duration, done: impl Fn(&[OwnedMessage]) -> bool) -> &[OwnedMessage] {
         let deadline = tokio::time::Instant::now() + timeout;
         while !done(&self.messages) {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => self.messages.push(m.detach()),
-                Ok(Err(e)) => panic!("reading: {e}"),
-                Err(_) => panic!("timed out after {timeout:?} with {} messages read", self.messages.len()),
+            match self.next(deadline).await {
+                Some(m) => self.messages.push(m),
+                None => panic!("timed out after {timeout:?} with {} messages read", self.messages.len()),
             }
         }
         &self.messages
     }
 
-    /// Reads until nothing arrives for `idle`.
-    pub async fn read_until_idle(&mut self, idle: Duration) -> &[OwnedMessage] {
-        while let Ok(Ok(m)) = tokio::time::timeout(idle, self.consumer.recv()).await {
-            self.messages.push(m.detach());
+    /// Reads every partition to the end the broker reports for it in a
+    /// fetch, or panics after `timeout`. For a reader created after the
+    /// records were acknowledged, that is all of them, and nothing waits on
+    /// a quiet spell: an empty topic reads as empty at once.
+    pub async fn read_to_end(&mut self, timeout: Duration) -> &[OwnedMessage] {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.at_end.len() < self.partitions as usize {
+            match self.step(deadline).await {
+                Some(Some(m)) => self.messages.push(m),
+                Some(None) => {}
+                None => panic!("did not reach the end of every partition within {timeout:?} ({} messages read; at the end: {:?} of {})", self.messages.len(), self.at_end, self.partitions),
+            }
         }
         &self.messages
     }
 
-    /// Reads whatever arrives within `window`; for asserting that nothing more comes.
+    /// Reads whatever arrives within `window`; for asserting that nothing
+    /// more comes of something that may still be under way.
     pub async fn read_for(&mut self, window: Duration) -> &[OwnedMessage] {
         let deadline = tokio::time::Instant::now() + window;
-        while let Ok(Ok(m)) = tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-            self.messages.push(m.detach());
+        while let Some(m) = self.next(deadline).await {
+            self.messages.push(m);
         }
         &self.messages
     }
@@ -176,29 +221,15 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str) -> HashMap<i32, i64>
 }
 
 /// The offset after the last record, per partition of `topic`, found by
-/// reading the topic to its end. tansu's ListOffsets answers with less than
-/// the true end once producers batch, so its watermark is only a floor: read
-/// at least that far, then until the topic goes quiet.
+/// reading the topic to the end its fetches report. tansu's ListOffsets
+/// answers with less than the true end once producers batch, so it is not
+/// asked.
 pub async fn end_offsets(bootstrap: &str, topic: &str) -> HashMap<i32, i64> {
-    let metadata: BaseConsumer = config(bootstrap).create().expect("creating a metadata client");
     let mut reader = Reader::new(bootstrap, topic);
-    let floor: HashMap<i32, i64> = (0..reader.partitions)
-        .map(|p| (p, metadata.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1))
-        .collect();
     let mut end: HashMap<i32, i64> = (0..reader.partitions).map(|p| (p, 0)).collect();
-    let reached = |end: &HashMap<i32, i64>| floor.iter().all(|(p, f)| end[p] >= *f);
-    let track = |end: &mut HashMap<i32, i64>, m: &OwnedMessage| {
+    for m in reader.read_to_end(Duration::from_secs(30)).await {
         let e = end.entry(m.partition()).or_default();
         *e = (*e).max(m.offset() + 1);
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !reached(&end) {
-        let m = reader.next(deadline).await.expect("reading up to the watermark in 30 s");
-        track(&mut end, &m);
-    }
-    for m in reader.read_until_idle(Duration::from_secs(1)).await {
-        track(&mut end, m);
     }
     end
 }
-
