@@ -154,25 +154,25 @@ impl Pipeline {
     /// delivery its lane answers without a provider call. Otherwise the
     /// request, for [`Pipeline::deliver`].
     #[allow(clippy::result_large_err)]
-    pub fn resolve_now(&self, record: &Consumed, admitted: Admitted) -> Result<Resolved, ToDeliver> {
+    pub fn resolve_now(&self, record: &Consumed, admitted: Admitted, now: DateTime<Utc>) -> Result<Resolved, ToDeliver> {
         match admitted {
             Admitted::Settled { ids, outcome } => {
                 if let (Some(ids), Outcome::Invalid(reason)) = (&ids, &outcome) {
                     tracing::warn!(message = "Invalid request.", event_id = ids.event_id, channel = ids.channel.map(Channel::symbol), %reason);
                 }
-                Ok(Resolved { ids, outcome, attempts: record.envelope.attempts, now: Utc::now(), suppress: None })
+                Ok(Resolved { ids, outcome, attempts: record.envelope.attempts, now, suppress: None })
             }
             Admitted::Deliver { request, payload, made } => {
                 let attempt = Attempt { number: made + 1, partition: record.partition };
                 if let Some(delivered) = self.router.lane(request.channel).answer_now() {
-                    return Ok(self.decided(request, attempt, Ok(delivered)));
+                    return Ok(self.decided(request, attempt, Ok(delivered), now));
                 }
                 // Sent already, before a crash or by this partition's last
                 // owner: the recorded SENT again, and no call.
                 if let Some(Sent { delivered, attempt }) = self.ledger.sent(record.partition, &request.event_id) {
                     tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = request.event_id, attempt);
                     let outcome = Outcome::Sent(delivered);
-                    return Ok(Resolved { ids: Some(request.ids()), outcome, attempts: attempt, now: Utc::now(), suppress: None });
+                    return Ok(Resolved { ids: Some(request.ids()), outcome, attempts: attempt, now, suppress: None });
                 }
                 Err(ToDeliver { request, payload, attempt })
             }
@@ -183,7 +183,7 @@ impl Pipeline {
     pub async fn deliver(&self, to: ToDeliver) -> Resolved {
         let ToDeliver { request, payload, attempt } = to;
         let result = self.router.lane(request.channel).call(&payload, &request, attempt).await;
-        let resolved = self.decided(request, attempt, result);
+        let resolved = self.decided(request, attempt, result, Utc::now());
         if let (Outcome::Sent(delivered), Some(ids)) = (&resolved.outcome, &resolved.ids) {
             let sent = Sent { delivered: delivered.clone(), attempt: resolved.attempts };
             self.ledger.record(attempt.partition, &ids.event_id, sent, resolved.now);
@@ -191,9 +191,9 @@ impl Pipeline {
         resolved
     }
 
-    fn decided(&self, request: Request, attempt: Attempt, result: Result<Delivered, DeliveryError>) -> Resolved {
-        // One clock reading, so a status's next attempt is exactly its delay after it.
-        let now = Utc::now();
+    /// `now` is the one clock reading, so a status's next attempt is
+    /// exactly its delay after it.
+    fn decided(&self, request: Request, attempt: Attempt, result: Result<Delivered, DeliveryError>, now: DateTime<Utc>) -> Resolved {
         let jitter = self.postpone_spread.mul_f64(fastrand::f64());
         let outcome = outcome::decide(result, attempt.number, &self.topics, now, jitter);
         let attempts = if outcome.called_provider() { attempt.number } else { attempt.number - 1 };
@@ -237,6 +237,7 @@ impl ToDeliver {
 }
 
 /// What a record came to: its outcome, ready to publish.
+#[derive(Debug)]
 pub struct Resolved {
     ids: Option<Ids>,
     outcome: Outcome,

@@ -126,6 +126,12 @@ impl Router {
         semaphore.clone().acquire_owned().await.expect("admission semaphores are never closed")
     }
 
+    /// Room for one record now, if there is some.
+    pub fn try_admit(&self, channel: Option<Channel>) -> Option<OwnedSemaphorePermit> {
+        let (semaphore, _) = self.admission(channel);
+        semaphore.clone().try_acquire_owned().ok()
+    }
+
     /// Whether at least a quarter of the lane is free again.
     pub fn has_room(&self, channel: Option<Channel>) -> bool {
         let (semaphore, capacity) = self.admission(channel);

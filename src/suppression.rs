@@ -106,15 +106,20 @@ impl Change {
 }
 
 /// The list in memory, per channel, so a check borrows the recipient
-/// instead of building a key.
+/// instead of building a key. Recipients come from producers: a fast
+/// hasher, seeded at random.
 #[derive(Debug, Default)]
 pub struct Suppressions {
-    by_channel: RwLock<[HashMap<String, Reason>; Channel::ALL.len()]>,
+    by_channel: RwLock<[HashMap<String, Reason, foldhash::fast::RandomState>; Channel::ALL.len()]>,
 }
 
 impl Suppressions {
     pub fn check(&self, channel: Channel, recipient: &str) -> Option<Reason> {
-        self.by_channel.read().expect("no panics under the lock")[channel.index()].get(recipient).copied()
+        let list = &self.by_channel.read().expect("no panics under the lock")[channel.index()];
+        if list.is_empty() {
+            return None;
+        }
+        list.get(recipient).copied()
     }
 
     pub fn apply(&self, change: &Change) {

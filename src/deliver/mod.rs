@@ -159,7 +159,7 @@ impl Gateway {
         match (self, payload) {
             (Gateway::Twilio(twilio), Payload::Sms(text)) => twilio.send(request, text, attempt).await,
             (Gateway::Vonage(vonage), Payload::Sms(text)) => vonage.send(request, text).await,
-            (Gateway::Fcm(fcm), Payload::Push(body)) => fcm.send(body).await,
+            (Gateway::Fcm(fcm), Payload::Push) => fcm.send(request).await,
             (gateway, _) => unreachable!("{} was given another channel's payload", gateway.provider()),
         }
     }
@@ -180,15 +180,15 @@ pub enum Sender {
 /// the task that makes the call without validating again.
 pub enum Payload {
     Sms(Text),
-    /// FCM's JSON body.
-    Push(Vec<u8>),
+    /// FCM's body is written from the request when it is sent.
+    Push,
 }
 
 impl Payload {
     fn channel(&self) -> Channel {
         match self {
             Payload::Sms(_) => Channel::Sms,
-            Payload::Push(_) => Channel::Push,
+            Payload::Push => Channel::Push,
         }
     }
 }
@@ -202,7 +202,7 @@ impl Sender {
         }
         match channel {
             Channel::Sms => sms.prepare(request).map(Payload::Sms),
-            Channel::Push => push::validate(request).map(Payload::Push),
+            Channel::Push => push::validate(request).map(|()| Payload::Push),
         }
     }
 

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{StatusCode, Url};
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -134,9 +136,10 @@ impl Fcm {
         Ok(Fcm { http, send_url, account, key, token: Mutex::new(None) })
     }
 
-    /// Sends `body`, the message [`validate`] built.
-    pub async fn send(&self, body: &[u8]) -> Result<Delivered, DeliveryError> {
+    /// Sends a request [`validate`] accepted.
+    pub async fn send(&self, request: &Request) -> Result<Delivered, DeliveryError> {
         let token = self.access_token().await?;
+        let body = serde_json::to_vec(&Message::of(request)).expect("a message serializes");
         let request = self
             .http
             .post(self.send_url.clone())
@@ -145,7 +148,7 @@ impl Fcm {
             // herald tells UNREGISTERED (suppress the token) from NOT_FOUND.
             .header("X-GOOG-API-FORMAT-VERSION", "2")
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_vec());
+            .body(body);
         let answer = Answer::of(Provider::Fcm, request).await?;
         let (status, retry_after) = (answer.status, answer.retry_after);
         if status.is_success() {
@@ -197,61 +200,145 @@ impl Fcm {
     }
 }
 
-fn message(request: &Request) -> serde_json::Value {
-    let mut notification = serde_json::Map::new();
-    if let Some(title) = &request.content.title {
-        notification.insert("title".into(), title.clone().into());
-    }
-    notification.insert("body".into(), request.content.body.clone().into());
-    let mut message = serde_json::json!({ "token": request.recipient, "notification": notification });
-    if !request.content.data.is_empty() {
-        message["data"] = serde_json::to_value(&request.content.data).expect("string map serializes");
-    }
-    if let Some(android) = request.content.android.as_ref().map(android).filter(|a| !a.is_empty()) {
-        message["android"] = android.into();
-    }
-    if let Some(apns) = request.content.apns.as_ref().map(apns).filter(|a| !a.is_empty()) {
-        message["apns"] = apns.into();
-    }
-    serde_json::json!({ "message": message })
+/// FCM's request body, borrowed from the request: counted when a request
+/// is validated, and written once, when it is sent.
+#[derive(Serialize)]
+struct Message<'a> {
+    message: Inner<'a>,
 }
 
-type Object = serde_json::Map<String, serde_json::Value>;
+#[derive(Serialize)]
+struct Inner<'a> {
+    token: &'a str,
+    notification: Notification<'a>,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    data: &'a HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    android: Option<Android<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apns: Option<Apns<'a>>,
+}
 
-/// Inserts the values that are set, so FCM's defaults apply to the rest.
-fn set<V: Into<serde_json::Value>>(object: &mut Object, fields: impl IntoIterator<Item = (&'static str, Option<V>)>) {
-    for (name, value) in fields {
-        if let Some(value) = value {
-            object.insert(name.to_owned(), value.into());
+#[derive(Serialize)]
+struct Notification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    body: &'a str,
+}
+
+/// FCM's `AndroidConfig`. Only what is set is sent, so FCM's defaults
+/// apply to the rest.
+#[derive(Serialize)]
+struct Android<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collapse_key: Option<&'a str>,
+    /// A protobuf Duration, in JSON: seconds with an "s".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<AndroidNotification<'a>>,
+}
+
+#[derive(Serialize)]
+struct AndroidNotification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    click_action: Option<&'a str>,
+}
+
+/// FCM's `ApnsConfig`: headers, and the `aps` dictionary of the payload.
+#[derive(Serialize)]
+struct Apns<'a> {
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    headers: &'a HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<ApnsPayload<'a>>,
+}
+
+#[derive(Serialize)]
+struct ApnsPayload<'a> {
+    aps: Aps<'a>,
+}
+
+#[derive(Serialize)]
+struct Aps<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<&'a str>,
+    #[serde(rename = "thread-id", skip_serializing_if = "Option::is_none")]
+    thread_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    badge: Option<i32>,
+    #[serde(rename = "content-available", skip_serializing_if = "Option::is_none")]
+    content_available: Option<u8>,
+}
+
+impl<'a> Message<'a> {
+    fn of(request: &'a Request) -> Self {
+        let content = &request.content;
+        Message {
+            message: Inner {
+                token: &request.recipient,
+                notification: Notification { title: content.title.as_deref(), body: &content.body },
+                data: &content.data,
+                android: content.android.as_ref().and_then(Android::of),
+                apns: content.apns.as_ref().and_then(Apns::of),
+            },
         }
     }
 }
 
-/// FCM's `AndroidConfig`.
-fn android(a: &AndroidOverrides) -> Object {
-    let mut notification = Object::new();
-    set(&mut notification, [("channel_id", a.channel_id.clone()), ("sound", a.sound.clone()), ("click_action", a.click_action.clone())]);
-    let mut config = Object::new();
-    set(&mut config, [("priority", a.priority.map(|p| p.symbol().to_owned())), ("collapse_key", a.collapse_key.clone())]);
-    // A protobuf Duration, in JSON: seconds with an "s".
-    set(&mut config, [("ttl", a.ttl_seconds.map(|s| format!("{s}s")))]);
-    set(&mut config, [("notification", Some(notification).filter(|n| !n.is_empty()))]);
-    config
+impl<'a> Android<'a> {
+    /// `None` when nothing is set: empty overrides add nothing.
+    fn of(a: &'a AndroidOverrides) -> Option<Self> {
+        let notification = AndroidNotification { channel_id: a.channel_id.as_deref(), sound: a.sound.as_deref(), click_action: a.click_action.as_deref() };
+        let notification = (notification.channel_id.is_some() || notification.sound.is_some() || notification.click_action.is_some()).then_some(notification);
+        let android = Android {
+            priority: a.priority.map(|p| p.symbol()),
+            collapse_key: a.collapse_key.as_deref(),
+            ttl: a.ttl_seconds.map(|s| format!("{s}s")),
+            notification,
+        };
+        (android.priority.is_some() || android.collapse_key.is_some() || android.ttl.is_some() || android.notification.is_some()).then_some(android)
+    }
 }
 
-/// FCM's `ApnsConfig`: headers, and the `aps` dictionary of the payload.
-fn apns(a: &ApnsOverrides) -> Object {
-    let mut aps = Object::new();
-    set(&mut aps, [("sound", a.sound.clone()), ("category", a.category.clone()), ("thread-id", a.thread_id.clone())]);
-    set(&mut aps, [("badge", a.badge), ("content-available", a.content_available.then_some(1))]);
-    let mut config = Object::new();
-    if !a.headers.is_empty() {
-        config.insert("headers".into(), serde_json::to_value(&a.headers).expect("string map serializes"));
+impl<'a> Apns<'a> {
+    fn of(a: &'a ApnsOverrides) -> Option<Self> {
+        let aps = Aps {
+            sound: a.sound.as_deref(),
+            category: a.category.as_deref(),
+            thread_id: a.thread_id.as_deref(),
+            badge: a.badge,
+            content_available: a.content_available.then_some(1),
+        };
+        let set = aps.sound.is_some() || aps.category.is_some() || aps.thread_id.is_some() || aps.badge.is_some() || aps.content_available.is_some();
+        let apns = Apns { headers: &a.headers, payload: set.then_some(ApnsPayload { aps }) };
+        (!apns.headers.is_empty() || apns.payload.is_some()).then_some(apns)
     }
-    if !aps.is_empty() {
-        config.insert("payload".into(), serde_json::json!({ "aps": aps }));
+}
+
+/// The length of `value` as JSON, without writing it anywhere.
+fn json_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    config
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("counting cannot fail");
+    count.0
 }
 
 const PERMANENT: &[&str] = &["UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"];
@@ -283,8 +370,9 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// FCM keeps a message at most 28 days.
 const MAX_TTL_SECONDS: i64 = 28 * 24 * 3600;
 
-/// Checks a push request and builds the body FCM will be sent.
-pub(super) fn validate(request: &Request) -> Result<Vec<u8>, InvalidReason> {
+/// Checks a push request against FCM's rules, the size of its payload
+/// among them.
+pub(super) fn validate(request: &Request) -> Result<(), InvalidReason> {
     if request.recipient.trim().is_empty() {
         return Err(InvalidReason::EmptyPushToken);
     }
@@ -299,16 +387,16 @@ pub(super) fn validate(request: &Request) -> Result<Vec<u8>, InvalidReason> {
     if request.content.apns.as_ref().and_then(|a| a.badge).is_some_and(|b| b < 0) {
         return Err(InvalidReason::InvalidOverride("apns.badge"));
     }
-    let message = message(request);
-    let payload = ["notification", "data", "android", "apns"]
-        .iter()
-        .filter_map(|part| message["message"].get(part))
-        .map(|v| v.to_string().len())
-        .sum::<usize>();
+    let message = Message::of(request).message;
+    let mut payload = json_len(&message.notification);
+    if !message.data.is_empty() {
+        payload += json_len(message.data);
+    }
+    payload += message.android.as_ref().map_or(0, json_len) + message.apns.as_ref().map_or(0, json_len);
     if payload > MAX_PAYLOAD_BYTES {
         return Err(InvalidReason::PayloadTooLarge { bytes: payload, max: MAX_PAYLOAD_BYTES });
     }
-    Ok(serde_json::to_vec(&message).expect("a JSON value serializes"))
+    Ok(())
 }
 
 
@@ -316,7 +404,10 @@ pub(super) fn validate(request: &Request) -> Result<Vec<u8>, InvalidReason> {
 mod tests {
     use super::*;
     use crate::model::ErrorClass;
-    use std::collections::HashMap;
+
+    fn message(request: &Request) -> serde_json::Value {
+        serde_json::to_value(Message::of(request)).unwrap()
+    }
 
     #[test]
     fn payloads_over_4096_bytes_are_refused_before_sending() {
@@ -329,7 +420,7 @@ mod tests {
             scheduled_at: None,
             created_at: chrono::Utc::now(),
         };
-        assert_eq!(validate(&r), Ok(serde_json::to_vec(&message(&r)).unwrap()), "the body that is sent");
+        assert_eq!(validate(&r), Ok(()));
         // {"body":"…","title":"t"} is 23 bytes around the body.
         r.content.body = "x".repeat(MAX_PAYLOAD_BYTES - 23);
         assert!(validate(&r).is_ok(), "exactly at the limit");

@@ -18,6 +18,8 @@ pub enum Assignment {
 
 pub struct IngestContext {
     changes: Mutex<Vec<Assignment>>,
+    /// Whether `changes` has any, so the loop can look without locking.
+    changed: std::sync::atomic::AtomicBool,
     /// Status partitions are in the assignment only so that their offsets
     /// (the ledger's marks) are committed with the inputs': never fetched.
     status_topic: String,
@@ -29,10 +31,14 @@ pub struct IngestContext {
 
 impl IngestContext {
     pub fn new(status_topic: String, handover: Arc<Handover>, producer: FutureProducer, handover_wait: Duration) -> Self {
-        IngestContext { changes: Mutex::default(), status_topic, handover, producer, handover_wait }
+        IngestContext { changes: Mutex::default(), changed: Default::default(), status_topic, handover, producer, handover_wait }
     }
 
     pub fn take_changes(&self) -> Vec<Assignment> {
+        use std::sync::atomic::Ordering;
+        if !self.changed.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 }
@@ -89,6 +95,7 @@ impl ConsumerContext for IngestContext {
         };
         tracing::info!(message = "Rebalance.", ?change);
         self.changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(change);
+        self.changed.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

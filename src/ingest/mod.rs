@@ -7,6 +7,7 @@
 //! that stays full pauses its partitions instead), and never without
 //! racing shutdown.
 
+mod acker;
 mod context;
 mod offsets;
 mod pauses;
@@ -14,19 +15,17 @@ mod restore;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -48,6 +47,10 @@ pub type HeraldConsumer = StreamConsumer<IngestContext>;
 /// that stays full this long has a provider that hangs, and the loop must
 /// go back to polling.
 const LANE_WAIT: Duration = Duration::from_secs(1);
+/// Records handled per turn of the loop at most, when that many are
+/// already fetched: enough to spread a turn's cost, few enough that timers
+/// and finished records are seen within a millisecond or so.
+const BURST: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -60,7 +63,6 @@ pub enum IngestError {
 /// A record's ticket once its outcome is durable, with the offset of its
 /// status event if it had one; or why it never will be.
 type Finished = (Ticket, Result<Option<i64>, ProduceError>);
-type Acked = Pin<Box<dyn Future<Output = Finished> + Send>>;
 
 struct Loop {
     consumer: Arc<HeraldConsumer>,
@@ -71,9 +73,15 @@ struct Loop {
     /// its ticket once the record's outcome is durable.
     tasks: JoinSet<Finished>,
     /// Records settled without waiting (rate limited, invalid, a sender
-    /// that answers at once): only their produce acks are awaited, here,
-    /// which costs far less than a task per record.
-    acks: FuturesUnordered<Acked>,
+    /// that answers at once) go to the acker, which publishes them and
+    /// sends their tickets back; far cheaper than a task per record.
+    settled: mpsc::UnboundedSender<Vec<acker::Settled>>,
+    /// Settled records of the current burst, handed over at its end.
+    batch: Vec<acker::Settled>,
+    acked: mpsc::UnboundedReceiver<Vec<Finished>>,
+    acker: tokio::task::JoinHandle<()>,
+    /// Records with the acker.
+    at_acker: usize,
     /// A produce error no retry can fix, seen while waiting for room; the
     /// loop stops on it at its next turn.
     failed: Option<ProduceError>,
@@ -109,13 +117,18 @@ pub async fn consume(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), IngestError> {
+    let (settled, acked, acker) = acker::spawn(pipeline.clone());
     let mut l = Loop {
         consumer: Arc::new(consumer),
         pipeline,
         offsets: Offsets::default(),
         pauses: Pauses::default(),
         tasks: JoinSet::new(),
-        acks: FuturesUnordered::new(),
+        settled,
+        batch: Vec::new(),
+        acked,
+        acker,
+        at_acker: 0,
         failed: None,
         status_end: HashMap::new(),
         marks: HashMap::new(),
@@ -138,11 +151,22 @@ pub async fn consume(
 impl Loop {
     async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), IngestError> {
         tokio::pin!(shutdown);
+        // One timer, moved when the next due pause changes: select!
+        // evaluates every branch's future on every turn, used or not.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut timer_at = None;
         loop {
             if let Some(error) = self.failed.take() {
                 return Err(error.into());
             }
             let resume_at = self.pauses.next_due();
+            if resume_at != timer_at {
+                if let Some(at) = resume_at {
+                    timer.as_mut().reset(at);
+                }
+                timer_at = resume_at;
+            }
             // The message borrows the consumer; a local handle keeps `self` free.
             let consumer = self.consumer.clone();
             tokio::select! {
@@ -155,14 +179,15 @@ impl Loop {
                     }
                     self.progress();
                 }
-                Some(finished) = self.acks.next(), if !self.acks.is_empty() => {
-                    self.finish(finished)?;
-                    while let Some(Some(finished)) = self.acks.next().now_or_never() {
-                        self.finish(finished)?;
+                Some(finished) = self.acked.recv(), if self.at_acker > 0 => {
+                    self.acknowledged(finished)?;
+                    while let Ok(finished) = self.acked.try_recv() {
+                        self.acknowledged(finished)?;
                     }
                     self.progress();
                 }
-                () = tokio::time::sleep_until(resume_at.unwrap_or_else(Instant::now)), if resume_at.is_some() => {
+                () = &mut timer, if resume_at.is_some() => {
+                    timer_at = None;
                     self.pauses.resume_due(&self.consumer, &self.pipeline.topics, Instant::now());
                 }
                 Some(restored) = self.restores.join_next(), if !self.restores.is_empty() => {
@@ -170,15 +195,28 @@ impl Loop {
                         self.restored(number, ends);
                     }
                 }
-                message = consumer.recv() => match message {
-                    Ok(message) => tokio::select! {
-                        biased;
-                        () = &mut shutdown => return Ok(()),
-                        handled = self.handle(&consumer, &message) => handled?,
-                    },
-                    Err(KafkaError::PartitionEOF(_)) => {}
-                    Err(error) => tracing::warn!(message = "Consumer error.", %error),
-                },
+                message = consumer.recv() => {
+                    // The records already fetched are handled in one go,
+                    // without a turn of this select for each.
+                    let mut next = Some(message);
+                    let mut handled = 0;
+                    while let Some(message) = next.take() {
+                        match message {
+                            Ok(message) => tokio::select! {
+                                biased;
+                                () = &mut shutdown => return Ok(()),
+                                result = self.handle(&consumer, &message) => result?,
+                            },
+                            Err(KafkaError::PartitionEOF(_)) => {}
+                            Err(error) => tracing::warn!(message = "Consumer error.", %error),
+                        }
+                        handled += 1;
+                        if handled < BURST {
+                            next = consumer.recv().now_or_never();
+                        }
+                    }
+                    self.hand_over();
+                }
             }
         }
     }
@@ -238,25 +276,20 @@ impl Loop {
         };
         let mark = self.status_end.get(&partition).copied().unwrap_or(0);
         let ticket = self.offsets.register(source, partition, offset, mark);
-        // The record is finished only once its rate-limit count, if any, is
-        // durable too.
-        let counted = async move {
-            if let Some(count) = count {
-                count.durable().await;
-            }
-        };
         let pipeline = self.pipeline.clone();
-        match pipeline.resolve_now(&record, admitted) {
-            // Most records: only their produce acks are awaited, in the loop.
+        match pipeline.resolve_now(&record, admitted, now) {
+            // Most records: published, and their acks awaited, by the acker.
             Ok(resolved) => {
-                let durable = pipeline.publish(&record, resolved);
-                self.acks.push(Box::pin(async move {
-                    let (published, ()) = tokio::join!(durable, counted);
-                    drop(permit);
-                    (ticket, published)
-                }));
+                self.batch.push(acker::Settled { record, resolved, ticket, permit, counted: count });
             }
             Err(to_deliver) => {
+                // The record is finished only once its rate-limit count, if
+                // any, is durable too.
+                let counted = async move {
+                    if let Some(count) = count {
+                        count.durable().await;
+                    }
+                };
                 let (handover, generation) = (self.handover.clone(), self.handover.generation(partition));
                 // In the loop, so in partition order: see `Lane::queue_for_slot`.
                 let slot = pipeline.router.lane(to_deliver.channel()).queue_for_slot();
@@ -287,6 +320,11 @@ impl Loop {
         if self.pauses.waiting_for(lane) {
             return None;
         }
+        if let Some(permit) = self.pipeline.router.try_admit(lane) {
+            return Some(permit);
+        }
+        // The records waiting to be handed over hold permits too.
+        self.hand_over();
         let pipeline = self.pipeline.clone();
         let admit = pipeline.router.admit(lane);
         let give_up = tokio::time::sleep(LANE_WAIT);
@@ -295,10 +333,9 @@ impl Loop {
             tokio::select! {
                 biased;
                 permit = &mut admit => return Some(permit),
-                // Records settled in the loop give their permits back only
-                // as their acks are polled, so waiting must poll them too.
-                Some(finished) = self.acks.next(), if !self.acks.is_empty() => {
-                    if let Err(error) = self.finish(finished) {
+                // Tickets keep coming back meanwhile; their offsets move on.
+                Some(finished) = self.acked.recv(), if self.at_acker > 0 => {
+                    if let Err(error) = self.acknowledged(finished) {
                         self.failed = Some(error);
                     }
                 }
@@ -325,6 +362,32 @@ impl Loop {
                 Ok(())
             }
         }
+    }
+
+    /// Gives the acker the records settled since it was last given some.
+    fn hand_over(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let records = batch.len();
+        // Only once the loop has stopped is the acker gone; the records'
+        // offsets are then never stored, and they are delivered again.
+        if self.settled.send(batch).is_ok() {
+            self.at_acker += records;
+        }
+    }
+
+    /// Tickets back from the acker.
+    fn acknowledged(&mut self, finished: Vec<Finished>) -> Result<(), ProduceError> {
+        self.at_acker -= finished.len();
+        let mut failed = Ok(());
+        for finished in finished {
+            if let Err(error) = self.finish(finished) {
+                failed = Err(error);
+            }
+        }
+        failed
     }
 
     fn finish(&mut self, (ticket, published): Finished) -> Result<(), ProduceError> {
@@ -450,28 +513,30 @@ impl Loop {
     /// within about `deadline`; it returns when that deadline is.
     async fn drain(&mut self, deadline: Duration) -> Instant {
         let until = Instant::now() + deadline;
-        let in_flight = self.tasks.len() + self.acks.len();
+        self.hand_over();
+        let in_flight = self.tasks.len() + self.at_acker;
         tracing::info!(message = "Shutting down: finishing in-flight records.", in_flight);
         let drained = tokio::time::timeout_at(until, async {
             while let Some(joined) = self.tasks.join_next().await {
                 let _ = self.joined(joined);
             }
-            while let Some(finished) = self.acks.next().await {
-                let _ = self.finish(finished);
+            while self.at_acker > 0 {
+                let Some(finished) = self.acked.recv().await else { break };
+                let _ = self.acknowledged(finished);
             }
         })
         .await;
         if drained.is_err() {
             tracing::warn!(
                 message = "Shutdown deadline passed; unfinished records will be redelivered.",
-                unfinished = self.tasks.len() + self.acks.len()
+                unfinished = self.tasks.len() + self.at_acker
             );
             // First, so that no call starts in a slot an aborted call frees.
             self.pipeline.router.stop_calls();
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
-            self.acks.clear();
         }
+        self.acker.abort();
         self.store_offsets();
         let remaining = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
         if let Err(error) = self.pipeline.publisher.producer().flush(remaining) {

@@ -7,7 +7,7 @@
 //! is where the statuses of every record that may be read again begin
 //! (see `ledger`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use crate::topics::Source;
 
@@ -31,10 +31,18 @@ pub struct Offsets {
 
 struct Partition {
     generation: u64,
-    /// Registered offsets: whether each has finished, and its mark.
-    pending: BTreeMap<i64, (bool, i64)>,
+    /// Registered records, in offset order (a partition's records are read
+    /// in order): the offset, whether it has finished, and its mark.
+    pending: VecDeque<Pending>,
     /// Next offset to store, when it moved since it was last taken.
     to_store: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    offset: i64,
+    done: bool,
+    mark: i64,
 }
 
 impl Ticket {
@@ -48,9 +56,21 @@ impl Offsets {
         let generations = &mut self.generations;
         let p = self.partitions.entry((source, partition)).or_insert_with(|| {
             *generations += 1;
-            Partition { generation: *generations, pending: BTreeMap::new(), to_store: None }
+            Partition { generation: *generations, pending: VecDeque::new(), to_store: None }
         });
-        p.pending.insert(offset, (false, mark));
+        let record = Pending { offset, done: false, mark };
+        match p.pending.back() {
+            Some(last) if last.offset >= offset => {
+                // Out of order: not expected, but kept sorted all the same.
+                let at = p.pending.partition_point(|r| r.offset < offset);
+                if p.pending.get(at).is_some_and(|r| r.offset == offset) {
+                    p.pending[at] = record;
+                } else {
+                    p.pending.insert(at, record);
+                }
+            }
+            _ => p.pending.push_back(record),
+        }
         Ticket { source, partition, offset, generation: p.generation }
     }
 
@@ -59,15 +79,13 @@ impl Offsets {
         if p.generation != ticket.generation {
             return;
         }
-        if let Some((done, _)) = p.pending.get_mut(&ticket.offset) {
-            *done = true;
+        let at = p.pending.partition_point(|r| r.offset < ticket.offset);
+        if let Some(record) = p.pending.get_mut(at).filter(|r| r.offset == ticket.offset) {
+            record.done = true;
         }
-        while let Some(entry) = p.pending.first_entry() {
-            if !entry.get().0 {
-                break;
-            }
-            p.to_store = Some(entry.key() + 1);
-            entry.remove();
+        while p.pending.front().is_some_and(|r| r.done) {
+            let finished = p.pending.pop_front().expect("a front record");
+            p.to_store = Some(finished.offset + 1);
         }
     }
 
@@ -86,7 +104,7 @@ impl Offsets {
         self.partitions
             .iter()
             .filter(|((_, p), _)| *p == partition)
-            .filter_map(|(_, p)| p.pending.values().find(|(done, _)| !done).map(|(_, mark)| *mark))
+            .filter_map(|(_, p)| p.pending.iter().find(|r| !r.done).map(|r| r.mark))
             .min()
     }
 

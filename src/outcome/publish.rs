@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::future::OptionFuture;
+use futures::future::{Either, OptionFuture};
+use futures::FutureExt;
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -47,6 +48,9 @@ pub struct ProduceError {
     pub topic: String,
     pub error: KafkaError,
 }
+
+/// A produce under way.
+type Pending = std::pin::Pin<Box<dyn Future<Output = Result<i64, Failure>> + Send>>;
 
 /// Why a produce gave up.
 enum Failure {
@@ -120,24 +124,30 @@ impl Publisher {
             (copy, fallback)
         });
         let status = status.map(|event| self.durable(self.status_record(event, Some(record.partition))));
-        let suppress = suppress.map(|change| self.durable(self.change_record(change)));
-        let reroute = reroute.map(|(copy, fallback)| {
+        if reroute.is_none() && suppress.is_none() {
+            // Most records: one status event, and a future a fraction of
+            // the size of the joins below (each record's is moved a few
+            // times on its way).
+            return Either::Left(OptionFuture::from(status).map(|acked| acked.map_or(Ok(None), settle)));
+        }
+        let suppress = suppress.map(|change| -> Pending { Box::pin(self.durable(self.change_record(change))) });
+        let reroute = reroute.map(|(copy, fallback)| -> Pending {
             let copy = self.durable(copy);
-            async move {
+            Box::pin(async move {
                 match copy.await {
                     Err(Failure::Record(error)) => fallback.dead_letter(error).await,
                     other => other,
                 }
-            }
+            })
         });
-        async move {
+        Either::Right(Box::pin(async move {
             let (status, reroute, suppress) =
                 tokio::join!(OptionFuture::from(status), OptionFuture::from(reroute), OptionFuture::from(suppress));
             for result in [reroute, suppress].into_iter().flatten() {
                 settle(result)?;
             }
             status.map(settle).transpose().map(Option::flatten)
-        }
+        }))
     }
 
     /// Publishes one status event that comes from outside the pipeline (a
@@ -316,30 +326,43 @@ fn disposition(error: &KafkaError) -> Disposition {
 fn durable(producer: FutureProducer, out: Outgoing) -> impl Future<Output = Result<i64, Failure>> + Send + 'static {
     let first = out.send(&producer);
     async move {
-        let mut ack = first;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let error = match ack {
-                Ok(delivery) => match delivery.await {
-                    Ok(Ok(delivered)) => return Ok(delivered.offset),
-                    Ok(Err((error, _))) => error,
-                    Err(_canceled) => KafkaError::Canceled,
-                },
-                Err(error) => error,
-            };
-            let failed = || ProduceError { topic: out.topic.clone(), error: error.clone() };
-            match disposition(&error) {
-                Disposition::Backpressure => tokio::time::sleep(QUEUE_FULL_WAIT).await,
-                Disposition::Retry => {
-                    tracing::warn!(message = "Produce failed; retrying.", topic = out.topic, %error, backoff_ms = backoff.as_millis() as u64);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Disposition::Record => return Err(Failure::Record(failed())),
-                Disposition::Fatal => return Err(Failure::Fatal(failed())),
+        let error = match acknowledged(first).await {
+            Ok(offset) => return Ok(offset),
+            Err(error) => error,
+        };
+        // Boxed: the retry loop's timers would make every produce's future
+        // several times larger, and each one is moved a few times.
+        Box::pin(resend(producer, out, error)).await
+    }
+}
+
+async fn resend(producer: FutureProducer, out: Outgoing, mut error: KafkaError) -> Result<i64, Failure> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let failed = || ProduceError { topic: out.topic.clone(), error: error.clone() };
+        match disposition(&error) {
+            Disposition::Backpressure => tokio::time::sleep(QUEUE_FULL_WAIT).await,
+            Disposition::Retry => {
+                tracing::warn!(message = "Produce failed; retrying.", topic = out.topic, %error, backoff_ms = backoff.as_millis() as u64);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
-            ack = out.send(&producer);
+            Disposition::Record => return Err(Failure::Record(failed())),
+            Disposition::Fatal => return Err(Failure::Fatal(failed())),
         }
+        match acknowledged(out.send(&producer)).await {
+            Ok(offset) => return Ok(offset),
+            Err(again) => error = again,
+        }
+    }
+}
+
+/// The offset the broker gave a record sent, or why it has none.
+async fn acknowledged(sent: Result<DeliveryFuture, KafkaError>) -> Result<i64, KafkaError> {
+    match sent?.await {
+        Ok(Ok(delivered)) => Ok(delivered.offset),
+        Ok(Err((error, _))) => Err(error),
+        Err(_canceled) => Err(KafkaError::Canceled),
     }
 }
 

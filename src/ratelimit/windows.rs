@@ -35,8 +35,9 @@ pub struct Windows {
     limits: [Vec<(usize, Duration)>; Channel::ALL.len()],
     /// Per channel, the longest window: events older than it count nowhere.
     horizon: [Option<Duration>; Channel::ALL.len()],
-    users: HashMap<String, User>,
-    checks_since_sweep: u32,
+    /// User ids come from producers: a fast hasher, seeded at random.
+    users: HashMap<String, User, foldhash::fast::RandomState>,
+    checks_since_sweep: usize,
 }
 
 struct User {
@@ -47,9 +48,11 @@ struct User {
     counted: [VecDeque<Counted>; Channel::ALL.len()],
 }
 
-/// Idle users are forgotten every this many checks, so memory follows the
-/// number of active users rather than every user ever seen.
-pub const SWEEP_EVERY: u32 = 10_000;
+/// Idle users are forgotten every this many checks, or every as many
+/// checks as there are users if that is more (so a sweep costs each check
+/// O(1)); memory follows the number of active users rather than every user
+/// ever seen.
+pub const SWEEP_EVERY: usize = 10_000;
 
 impl Windows {
     pub fn new(limit_for: impl Fn(Channel) -> RateLimit) -> Self {
@@ -61,7 +64,7 @@ impl Windows {
                 .collect::<Vec<_>>()
         });
         let horizon = Channel::ALL.map(|c| limits[c.index()].iter().map(|(_, length)| *length).max());
-        Windows { limits, horizon, users: HashMap::new(), checks_since_sweep: 0 }
+        Windows { limits, horizon, users: HashMap::default(), checks_since_sweep: 0 }
     }
 
     pub fn is_limited(&self, channel: Channel) -> bool {
@@ -90,14 +93,17 @@ impl Windows {
             return Checked::Unlimited;
         };
         self.checks_since_sweep += 1;
-        if self.checks_since_sweep >= SWEEP_EVERY {
+        if self.checks_since_sweep >= SWEEP_EVERY.max(self.users.len()) {
             self.checks_since_sweep = 0;
             self.sweep(now);
         }
-        if !self.users.contains_key(user_id) {
-            self.users.insert(user_id.to_owned(), User { partition, counted: Default::default() });
-        }
-        let counted = &mut self.users.get_mut(user_id).expect("inserted above").counted[channel.index()];
+        // One lookup for a known user; a new one is inserted with its key
+        // copied once.
+        let user = match self.users.get_mut(user_id) {
+            Some(user) => user,
+            None => self.users.entry(user_id.to_owned()).or_insert(User { partition, counted: Default::default() }),
+        };
+        let counted = &mut user.counted[channel.index()];
         while counted.front().is_some_and(|c| c.at + horizon <= now) {
             counted.pop_front();
         }
@@ -248,7 +254,7 @@ mod tests {
         for i in 0..SWEEP_EVERY - 1 {
             sms(&mut w, &format!("u{i}"), "e", 0);
         }
-        assert_eq!(w.users(), (SWEEP_EVERY - 1) as usize);
+        assert_eq!(w.users(), SWEEP_EVERY - 1);
         // This check is the one that sweeps; by now every earlier window is idle.
         sms(&mut w, "late", "e", 61);
         assert_eq!(w.users(), 1);

@@ -65,6 +65,11 @@ struct Shared {
     /// Until then, every message request gets this reply: an outage.
     outage: Mutex<Option<(Instant, Reply)>>,
     counter: Mutex<u64>,
+    /// Requests received, recorded or not.
+    received: std::sync::atomic::AtomicUsize,
+    /// Only counted, not recorded: a benchmark's millions of requests would
+    /// otherwise cost the fake more than answering them.
+    count_only: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -75,6 +80,14 @@ impl Shared {
             }
         }
         self.script.lock().unwrap().get_mut(recipient).and_then(VecDeque::pop_front).unwrap_or(Reply::Accept)
+    }
+
+    fn keep(&self, recorded: impl FnOnce() -> Recorded) {
+        use std::sync::atomic::Ordering;
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if !self.count_only.load(Ordering::Relaxed) {
+            self.requests.lock().unwrap().push(recorded());
+        }
     }
 
     fn next_id(&self) -> u64 {
@@ -118,7 +131,12 @@ impl<S> Fake<S> {
 
     /// How many message requests were received, without copying them.
     pub fn count(&self) -> usize {
-        self.shared.requests.lock().unwrap().len()
+        self.shared.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// From now on, requests are counted but not kept: for benchmarks.
+    pub fn count_only(&self) {
+        self.shared.count_only.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Answers the next requests for `recipient` with `replies`, in order.
@@ -246,7 +264,7 @@ async fn twilio(account: Arc<TwilioAccount>, shared: Arc<Shared>, r: Request) ->
     if !to.starts_with('+') {
         return twilio_error(400, 21211, "The 'To' number is not a valid phone number.");
     }
-    shared.requests.lock().unwrap().push(r.record(form, None));
+    shared.keep(|| r.record(form.clone(), None));
     let latency = *shared.latency.lock().unwrap();
     tokio::time::sleep(latency).await;
     match shared.next_reply(&to) {
@@ -304,7 +322,7 @@ async fn vonage(account: Arc<VonageAccount>, shared: Arc<Shared>, r: Request) ->
     if !matches!(field("type").as_deref(), None | Some("text") | Some("unicode")) {
         return refused("3", "Invalid message type");
     }
-    shared.requests.lock().unwrap().push(r.record(form, None));
+    shared.keep(|| r.record(form.clone(), None));
     let latency = *shared.latency.lock().unwrap();
     tokio::time::sleep(latency).await;
     match shared.next_reply(&format!("+{to}")) {
@@ -409,7 +427,7 @@ async fn fcm(project: Arc<FcmProject>, shared: Arc<Shared>, r: Request) -> Respo
     // As herald fears of FCM: without this header, errors lose the details
     // that tell UNREGISTERED from a mere NOT_FOUND.
     let detailed = r.header(header::HeaderName::from_static("x-goog-api-format-version")).as_deref() == Some("2");
-    shared.requests.lock().unwrap().push(r.record(vec![], Some(body)));
+    shared.keep(|| r.record(vec![], Some(body.clone())));
     let latency = *shared.latency.lock().unwrap();
     tokio::time::sleep(latency).await;
     match shared.next_reply(&token) {
@@ -477,7 +495,7 @@ impl FakeRegistry {
 
 async fn registry(schemas: Arc<Schemas>, shared: Arc<Shared>, r: Request) -> Response {
     let path = r.uri.path().to_owned();
-    shared.requests.lock().unwrap().push(r.record(vec![], serde_json::from_slice(&r.body).ok()));
+    shared.keep(|| r.record(vec![], serde_json::from_slice(&r.body).ok()));
     let not_found = || reply(404, json!({"error_code": 40403, "message": "Schema not found"}), None);
     if let Some(id) = path.strip_prefix("/schemas/ids/") {
         let Ok(id) = id.parse::<u32>() else { return not_found() };

@@ -33,15 +33,26 @@ pub struct SmsRules {
 /// the newer is full the older is dropped, so memory is bounded and
 /// numbers in use stay. Recipients come from producers, so the hasher is
 /// seeded at random, not predictable.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct CheckedNumbers {
     newer: HashMap<String, bool, foldhash::fast::RandomState>,
     older: HashMap<String, bool, foldhash::fast::RandomState>,
+    per_generation: usize,
 }
 
 const CHECKED_PER_GENERATION: usize = 50_000;
 
+impl Default for CheckedNumbers {
+    fn default() -> Self {
+        CheckedNumbers::new(CHECKED_PER_GENERATION)
+    }
+}
+
 impl CheckedNumbers {
+    fn new(per_generation: usize) -> Self {
+        CheckedNumbers { newer: HashMap::default(), older: HashMap::default(), per_generation }
+    }
+
     fn is_e164(&mut self, number: &str) -> bool {
         if let Some(valid) = self.newer.get(number) {
             return *valid;
@@ -50,7 +61,7 @@ impl CheckedNumbers {
             Some(valid) => valid,
             None => is_e164(number),
         };
-        if self.newer.len() >= CHECKED_PER_GENERATION {
+        if self.newer.len() >= self.per_generation {
             self.older = std::mem::take(&mut self.newer);
         }
         self.newer.insert(number.to_owned(), valid);
@@ -145,14 +156,14 @@ mod tests {
 
     #[test]
     fn checked_numbers_are_remembered_within_bounds() {
-        let mut checked = CheckedNumbers::default();
+        let mut checked = CheckedNumbers::new(10);
         assert!(checked.is_e164("+14155550100"));
         assert!(!checked.is_e164("+1415555"));
         assert_eq!((checked.newer.get("+14155550100"), checked.newer.get("+1415555")), (Some(&true), Some(&false)));
-        for i in 0..CHECKED_PER_GENERATION * 2 {
+        for i in 0..20 {
             checked.is_e164(&format!("+1415{i:07}"));
         }
-        assert!(checked.newer.len() <= CHECKED_PER_GENERATION && checked.older.len() <= CHECKED_PER_GENERATION);
+        assert!(checked.newer.len() <= 10 && checked.older.len() <= 10);
         assert!(!checked.newer.contains_key("+14155550100") && !checked.older.contains_key("+14155550100"), "the oldest went");
         assert!(checked.is_e164("+14155550100"), "and is checked again when it comes back");
     }

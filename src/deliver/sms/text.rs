@@ -82,21 +82,36 @@ pub fn encoding(body: &str) -> Encoding {
 }
 
 pub fn segments(body: &str) -> Segments {
-    let encoding = encoding(body);
-    let units = |c: char| match encoding {
-        Encoding::Gsm7 => gsm7_units(c).expect("GSM-7 body"),
-        Encoding::Ucs2 => c.len_utf16(),
+    // One pass for what most bodies need: the units in each encoding, and
+    // whether any character takes two (an escape, a surrogate pair).
+    let (mut gsm7, mut gsm7_doubles) = (Some(0usize), false);
+    let (mut utf16, mut chars) = (0usize, 0usize);
+    for c in body.chars() {
+        chars += 1;
+        utf16 += c.len_utf16();
+        if let Some(units) = gsm7 {
+            gsm7 = gsm7_units(c).map(|u| {
+                gsm7_doubles |= u == 2;
+                units + u
+            });
+        }
+    }
+    let (encoding, total, doubles, single, per_part) = match gsm7 {
+        Some(units) => (Encoding::Gsm7, units, gsm7_doubles, 160, 153),
+        None => (Encoding::Ucs2, utf16, utf16 != chars, 70, 67),
     };
-    let (single, per_part) = match encoding {
-        Encoding::Gsm7 => (160, 153),
-        Encoding::Ucs2 => (70, 67),
-    };
-    let total: usize = body.chars().map(units).sum();
     let parts = if total == 0 {
         0
     } else if total <= single {
         1
+    } else if !doubles {
+        total.div_ceil(per_part)
     } else {
+        // A two-unit character never straddles parts: walk them.
+        let units = |c: char| match encoding {
+            Encoding::Gsm7 => gsm7_units(c).expect("GSM-7 body"),
+            Encoding::Ucs2 => c.len_utf16(),
+        };
         let (mut parts, mut used) = (1, 0);
         for u in body.chars().map(units) {
             if used + u > per_part {
