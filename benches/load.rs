@@ -675,13 +675,14 @@ async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str, fa
             .chain(consumer_args()),
     )
     .expect("passthrough config");
-    let producer = herald::kafka::producer(&config).expect("producer");
+    let settings = config.settings().expect("passthrough settings");
+    let producer = herald::kafka::producer(&settings.kafka).expect("producer");
     // herald's consumer context, with no status topic to keep paused.
     let context = herald::ingest::IngestContext::new(String::new(), Default::default(), producer.clone(), Duration::from_secs(10));
-    let consumer = herald::kafka::consumer(&config, context).expect("consumer");
+    let consumer = herald::kafka::consumer(&settings.kafka, context).expect("consumer");
     consumer.subscribe(&[input]).expect("subscribe");
     let http = match fakes {
-        Some((urls, slot)) => Some((Arc::new(Http::new(urls, config.http_timeout).await), slot)),
+        Some((urls, slot)) => Some((Arc::new(Http::new(urls, settings.http_timeout).await), slot)),
         None => None,
     };
     let mut in_flight = FuturesOrdered::new();

@@ -9,10 +9,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use clap::Parser;
 use criterion::{criterion_group, criterion_main, Criterion};
 use herald::codec::{self, Bundled};
-use herald::config::RateLimit;
+use herald::ratelimit::RateLimit;
 use herald::deliver::{Delivered, DeliveryError, Provider};
 use herald::model::{Channel, Content, Request, Status, StatusEvent};
 use herald::outcome;
@@ -56,7 +55,7 @@ fn codec(c: &mut Criterion) {
         channel: Some(Channel::Sms),
         status: Status::Sent,
         attempt: 1,
-        provider: Some("twilio".into()),
+        provider: Some(herald::model::Provider::Twilio),
         provider_message_id: Some("SM0123456789abcdef0123456789abcdef".into()),
         error_code: None,
         error_class: None,
@@ -87,13 +86,13 @@ fn rate_limit(c: &mut Criterion) {
 }
 
 fn decide(c: &mut Criterion) {
-    let topics = Topics::from_config(&herald::Config::parse_from(["herald"]));
+    let topics = Topics::defaults();
     let now = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
     let sent = Delivered { provider: Provider::Twilio, message_id: Some("SM1".into()) };
     c.bench_function("outcome: decide (sent)", |b| b.iter(|| outcome::decide(Ok(black_box(sent.clone())), 1, &topics, now, Duration::ZERO)));
     let unavailable = DeliveryError::Unavailable {
         provider: Provider::Twilio,
-        code: "20503".into(),
+        code: herald::model::ErrorCode::provider(herald::model::Provider::Twilio, 20503),
         message: "service unavailable".into(),
         retry_after: None,
     };

@@ -22,9 +22,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clap::Parser;
-use herald::config::RateLimit;
 use herald::model::Channel;
-use herald::ratelimit::{self, Decision, Limiter, Pending, Store, Subject};
+use herald::ratelimit::{self, Decision, Limiter, Pending, RateLimit, Store, Subject};
 use herald_testkit::Cql;
 
 #[derive(Parser)]
@@ -60,10 +59,12 @@ async fn main() {
     let cql = Cql::start();
     let argv: Vec<String> = ["herald".to_owned()].into_iter().chain(cql.args()).collect();
     let config = herald::Config::try_parse_from(argv).expect("bench arguments parse");
-    let session = ratelimit::connect(&config).await.expect("connecting");
-    ratelimit::migrate(&session, &cql.keyspace, &config.scylla_replication).await.expect("migrating");
+    let settings = config.cql().expect("a CQL server");
+    let max_writes = config.scylla.scylla_max_writes;
+    let session = herald::cql::connect(&settings).await.expect("connecting");
+    herald::cql::migrate(&session, &cql.keyspace, &settings.replication).await.expect("migrating");
     let table = || async {
-        let table = ratelimit::Table::open(session.clone(), &cql.keyspace, limit.longest(), config.scylla_max_writes);
+        let table = ratelimit::Table::open(session.clone(), &cql.keyspace, limit.longest(), max_writes);
         Store::ScyllaDb(table.await.expect("opening the table"))
     };
 
@@ -96,7 +97,7 @@ async fn main() {
     println!(
         "\n{} users, limit 10/h, at most {} writes in flight; CQL server: {}",
         args.users,
-        config.scylla_max_writes,
+        max_writes,
         if cql.is_local() { "kassandra (in process, one thread)" } else { "SCYLLA_URI" }
     );
     println!("| workload | decisions | in memory, decisions/s | ScyllaDB cached, decisions/s | ratio |");

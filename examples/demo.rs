@@ -49,7 +49,7 @@ async fn main() -> std::process::ExitCode {
         // every metadata refresh; that is expected here, not news.
         std::env::set_var("RUST_LOG", "warn,scylla=off");
     }
-    herald::telemetry::init(herald::config::LogFormat::Text);
+    herald::telemetry::init(herald::telemetry::LogFormat::Text);
 
     let broker = Broker::start();
     let cql = Cql::start();
@@ -102,7 +102,7 @@ async fn main() -> std::process::ExitCode {
     let config = Config::try_parse_from(argv).expect("demo arguments parse");
     // The producers' topic exists before herald, with as many partitions as
     // the topics herald creates.
-    kafka::create_topics(&broker.bootstrap, &[&requested], config.topic_partitions).await;
+    kafka::create_topics(&broker.bootstrap, &[&requested], config.topics.topic_partitions).await;
     if let Err(e) = herald::migrate(&config).await {
         println!("herald migrate failed: {e}");
         return std::process::ExitCode::FAILURE;

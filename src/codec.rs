@@ -11,7 +11,7 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::model::{AndroidOverrides, AndroidPriority, ApnsOverrides, Channel, Content, ErrorClass, Request, Status, StatusEvent};
+use crate::model::{AndroidOverrides, AndroidPriority, ApnsOverrides, Channel, Content, ErrorClass, ErrorCode, Provider, Request, Status, StatusEvent};
 
 mod binary;
 
@@ -289,8 +289,9 @@ pub fn encode_status(schema_id: u32, e: &StatusEvent) -> Vec<u8> {
     w.index(e.channel.map_or(STATUS_CHANNEL_UNKNOWN, Channel::index));
     w.index(status_index(e.status));
     w.long(i64::from(e.attempt.min(i32::MAX as u32)));
-    for text in [&e.provider, &e.provider_message_id, &e.error_code] {
-        w.optional(text.as_deref(), |w, s| w.string(s));
+    let texts = [e.provider.map(Provider::name), e.provider_message_id.as_deref(), e.error_code.as_ref().map(ErrorCode::as_str)];
+    for text in texts {
+        w.optional(text, |w, s| w.string(s));
     }
     w.optional(e.error_class, |w, c| w.index(error_class_index(c)));
     w.optional(e.error_message.as_deref(), |w, s| w.string(s));
@@ -316,8 +317,8 @@ pub enum StatusDecodeError {
 
 /// Reads a framed status event by hand, as written with the bundled
 /// schema or a newer one that appended fields. Symbols a newer writer
-/// added read as unknown: a channel or error class as `None`, a status as
-/// an error the caller can skip.
+/// added read as unknown: a channel, provider or error class as `None`, a
+/// status as an error the caller can skip.
 pub fn read_status(bytes: &[u8]) -> Result<StatusEvent, StatusDecodeError> {
     let (_, datum) = unframe(bytes)?;
     let mut r = binary::Reader::new(datum);
@@ -327,9 +328,9 @@ pub fn read_status(bytes: &[u8]) -> Result<StatusEvent, StatusDecodeError> {
     let status = r.enum_index()?;
     let status = Status::ALL.into_iter().find(|s| status_index(*s) == status).ok_or(StatusDecodeError::UnknownStatus(status))?;
     let attempt = r.int()?.max(0) as u32;
-    let provider = r.optional(binary::Reader::string)?;
+    let provider = r.optional(binary::Reader::string)?.as_deref().and_then(Provider::from_name);
     let provider_message_id = r.optional(binary::Reader::string)?;
-    let error_code = r.optional(binary::Reader::string)?;
+    let error_code = r.optional(binary::Reader::string)?.map(ErrorCode::read);
     let error_class = r.optional(binary::Reader::enum_index)?.and_then(|i| ErrorClass::ALL.into_iter().find(|c| error_class_index(*c) == i));
     let error_message = r.optional(binary::Reader::string)?;
     let occurred_at = millis(r.long()?).ok_or(FieldError::Missing("occurred_at"))?;
@@ -366,9 +367,9 @@ pub fn decode_status(schema: &Schema, bytes: &[u8]) -> Result<StatusEvent, Statu
             Some(Value::Int(n)) => n.max(0) as u32,
             _ => return Err(FieldError::Missing("attempt").into()),
         },
-        provider: take_string(&mut f, "provider"),
+        provider: take_string(&mut f, "provider").as_deref().and_then(Provider::from_name),
         provider_message_id: take_string(&mut f, "provider_message_id"),
-        error_code: take_string(&mut f, "error_code"),
+        error_code: take_string(&mut f, "error_code").map(ErrorCode::read),
         error_class: match f.remove("error_class") {
             Some(Value::Union(_, v)) => match *v {
                 Value::Enum(_, s) => ErrorClass::from_symbol(&s),
@@ -544,9 +545,9 @@ mod tests {
             channel: None,
             status: Status::RetryScheduled,
             attempt: 2,
-            provider: Some("twilio".into()),
+            provider: Some(Provider::Twilio),
             provider_message_id: None,
-            error_code: Some("http:503".into()),
+            error_code: Some(ErrorCode::http(503)),
             error_class: Some(ErrorClass::Transient),
             error_message: Some("provider unavailable".into()),
             occurred_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),

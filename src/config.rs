@@ -1,19 +1,62 @@
-//! Configuration: parsed once from flags and environment at startup, then
-//! validated. Nothing below this module reads the environment.
+//! Configuration: parsed once from flags and environment at startup,
+//! checked, then turned into the settings each module owns
+//! ([`Config::settings`]). No module below reads the environment, or this
+//! module: each is handed its own settings.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Args, Parser};
 use reqwest::Url;
+use secrecy::SecretString;
 
-use crate::mask::Secret;
-use crate::model::Channel;
+use crate::cql::{self, Consistency};
+use crate::deliver::sms::{OverLength, SmsRules, StatusCallbacks};
+use crate::deliver::{self, BreakerSettings, DeliveryMode, SmsProvider, TwilioAuth, TwilioSender};
+use crate::kafka;
+use crate::ratelimit::{self, ChannelLimit, OverLimit, RateLimit};
+use crate::receipts;
+use crate::route::LaneSettings;
+use crate::telemetry::LogFormat;
+use crate::topics::{self, RetryTopic, Topics};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald", version, about = "Kafka notification pipeline: requests in, SMS and push out, every outcome on notification.status")]
 pub struct Config {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+    #[command(flatten)]
+    pub rate_limits: RateLimitArgs,
+    #[command(flatten)]
+    pub scylla: ScyllaArgs,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+    #[command(flatten)]
+    pub twilio: TwilioArgs,
+    #[command(flatten)]
+    pub vonage: VonageArgs,
+    #[command(flatten)]
+    pub fcm: FcmArgs,
+    #[command(flatten)]
+    pub receipts: ReceiptsArgs,
+
+    /// On shutdown, how long in-flight work may take before herald gives up on it.
+    #[arg(long, env = "HERALD_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_deadline: Duration,
+
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaArgs {
     /// Kafka bootstrap servers (host:port,...).
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
@@ -34,6 +77,18 @@ pub struct Config {
     #[arg(long = "kafka-producer-option", env = "HERALD_KAFKA_PRODUCER_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_producer_options: Vec<(String, String)>,
 
+    /// The largest record herald produces (librdkafka's message.max.bytes). Apache Kafka's default limit; a consumed record too large to copy with herald's headers within it is INVALID (record-too-large), and its dead letter carries none of its bytes.
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 1_048_588)]
+    pub max_message_bytes: usize,
+
+    /// How often stored offsets are committed; what was finished but not committed is delivered again after a crash (and not sent again: see the send ledger).
+    #[arg(long, env = "HERALD_COMMIT_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Topics")]
+pub struct TopicArgs {
     /// Topic herald consumes requests from.
     #[arg(long, env = "HERALD_TOPIC_REQUESTED", default_value = "notification.requested")]
     pub topic_requested: String,
@@ -73,7 +128,11 @@ pub struct Config {
     /// Confluent Schema Registry base URL. Without it, herald reads and writes with its bundled schemas.
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
     pub schema_registry_url: Option<Url>,
+}
 
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Rate limits")]
+pub struct RateLimitArgs {
     /// SMS rate limit per user: COUNT/WINDOW (10/1h), several comma-separated (10/1h,50/1d), or off.
     #[arg(long, env = "HERALD_SMS_RATE_LIMIT", default_value = "10/1h")]
     pub sms_rate_limit: RateLimit,
@@ -89,7 +148,11 @@ pub struct Config {
     /// What happens to a push over its limit: reject or defer.
     #[arg(long, env = "HERALD_PUSH_OVER_LIMIT", value_enum, default_value_t = OverLimit::Reject)]
     pub push_over_limit: OverLimit,
+}
 
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "ScyllaDB")]
+pub struct ScyllaArgs {
     /// ScyllaDB contact points (host:port, comma-separated). Without it, rate limits are kept in memory and reset on restart.
     #[arg(long, env = "SCYLLA_URI")]
     pub scylla_uri: Option<String>,
@@ -103,8 +166,8 @@ pub struct Config {
     pub scylla_replication: String,
 
     /// Consistency of rate-limit reads and writes.
-    #[arg(long, env = "HERALD_SCYLLA_CONSISTENCY", value_enum, default_value_t = CqlConsistency::LocalQuorum)]
-    pub scylla_consistency: CqlConsistency,
+    #[arg(long, env = "HERALD_SCYLLA_CONSISTENCY", value_enum, default_value_t = Consistency::LocalQuorum)]
+    pub scylla_consistency: Consistency,
 
     /// Timeout of one ScyllaDB request, and of connecting.
     #[arg(long, env = "HERALD_SCYLLA_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -121,6 +184,14 @@ pub struct Config {
     /// Fetch schema metadata on connect (turn off only for test servers that lack it).
     #[arg(long, env = "HERALD_SCYLLA_FETCH_SCHEMA_METADATA", default_value_t = true, action = ArgAction::Set)]
     pub scylla_fetch_schema_metadata: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Delivery")]
+pub struct DeliveryArgs {
+    /// `providers` calls Twilio and FCM; `dry-run` skips the call and reports SENT by provider dry-run.
+    #[arg(long, env = "HERALD_DELIVERY", value_enum, default_value_t = DeliveryMode::Providers)]
+    pub delivery: DeliveryMode,
 
     /// Concurrent SMS provider requests.
     #[arg(long, env = "HERALD_SMS_CONCURRENCY", default_value_t = 32)]
@@ -130,17 +201,13 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUSH_CONCURRENCY", default_value_t = 32)]
     pub push_concurrency: usize,
 
-    /// Most Twilio requests per second (a token bucket); unlimited without it.
-    #[arg(long, env = "HERALD_TWILIO_MAX_RPS")]
-    pub twilio_max_rps: Option<std::num::NonZeroU32>,
+    /// Records one channel may hold (waiting plus in flight) before the consumer waits for it.
+    #[arg(long, env = "HERALD_CHANNEL_QUEUE", default_value_t = 2048)]
+    pub channel_queue: usize,
 
-    /// Most Vonage requests per second; unlimited without it.
-    #[arg(long, env = "HERALD_VONAGE_MAX_RPS")]
-    pub vonage_max_rps: Option<std::num::NonZeroU32>,
-
-    /// Most FCM requests per second; unlimited without it.
-    #[arg(long, env = "HERALD_FCM_MAX_RPS")]
-    pub fcm_max_rps: Option<std::num::NonZeroU32>,
+    /// Timeout of one provider HTTP request; a timeout is a transient failure.
+    #[arg(long, env = "HERALD_HTTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_timeout: Duration,
 
     /// Transient failures in a row that open a provider's circuit: its calls then fail at once, to the retry topics.
     #[arg(long, env = "HERALD_BREAKER_FAILURES", default_value_t = 5)]
@@ -150,29 +217,9 @@ pub struct Config {
     #[arg(long, env = "HERALD_BREAKER_COOLDOWN", default_value = "30s", value_parser = humantime::parse_duration)]
     pub breaker_cooldown: Duration,
 
-    /// The largest record herald produces (librdkafka's message.max.bytes). Apache Kafka's default limit; a consumed record too large to copy with herald's headers within it is INVALID (record-too-large), and its dead letter carries none of its bytes.
-    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 1_048_588)]
-    pub max_message_bytes: usize,
-
-    /// How often stored offsets are committed; what was finished but not committed is delivered again after a crash (and not sent again: see the send ledger).
-    #[arg(long, env = "HERALD_COMMIT_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub commit_interval: Duration,
-
     /// How long the send ledger remembers a send after its status, or after the next attempt a status announced.
     #[arg(long, env = "HERALD_LEDGER_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
     pub ledger_window: Duration,
-
-    /// Records one channel may hold (waiting plus in flight) before the consumer waits for it.
-    #[arg(long, env = "HERALD_CHANNEL_QUEUE", default_value_t = 2048)]
-    pub channel_queue: usize,
-
-    /// Timeout of one provider HTTP request; a timeout is a transient failure.
-    #[arg(long, env = "HERALD_HTTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub http_timeout: Duration,
-
-    /// `providers` calls Twilio and FCM; `dry-run` skips the call and reports SENT by provider dry-run.
-    #[arg(long, env = "HERALD_DELIVERY", value_enum, default_value_t = DeliveryMode::Providers)]
-    pub delivery: DeliveryMode,
 
     /// Longest SMS body sent, in characters (after the template). Twilio's own limit is 1600.
     #[arg(long, env = "HERALD_SMS_MAX_CHARS", default_value_t = 480)]
@@ -186,6 +233,14 @@ pub struct Config {
     #[arg(long, env = "HERALD_SMS_TEMPLATE")]
     pub sms_template: Option<String>,
 
+    /// SMS providers in failover order: a transient failure (or an open circuit) of one moves the send to the next. Those without credentials are left out.
+    #[arg(long, env = "HERALD_SMS_PROVIDERS", value_enum, value_delimiter = ',', default_value = "twilio,vonage")]
+    pub sms_providers: Vec<SmsProvider>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Twilio")]
+pub struct TwilioArgs {
     /// Twilio API base URL.
     #[arg(long, env = "TWILIO_BASE_URL", default_value = "https://api.twilio.com")]
     pub twilio_base_url: Url,
@@ -196,7 +251,7 @@ pub struct Config {
 
     /// Twilio auth token.
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
-    pub twilio_auth_token: Option<Secret>,
+    pub twilio_auth_token: Option<SecretString>,
 
     /// Twilio API key SID (SK...): with its secret, authenticates requests instead of the auth token, which then only checks receipt signatures.
     #[arg(long, env = "TWILIO_API_KEY_SID", requires = "twilio_api_key_secret")]
@@ -204,16 +259,20 @@ pub struct Config {
 
     /// The API key's secret.
     #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true, requires = "twilio_api_key_sid")]
-    pub twilio_api_key_secret: Option<Secret>,
+    pub twilio_api_key_secret: Option<SecretString>,
 
     /// Sender: an E.164 number, or a Messaging Service SID (MG...).
     #[arg(long, env = "TWILIO_FROM")]
-    pub twilio_from: Option<crate::deliver::TwilioSender>,
+    pub twilio_from: Option<TwilioSender>,
 
-    /// SMS providers in failover order: a transient failure (or an open circuit) of one moves the send to the next. Those without credentials are left out.
-    #[arg(long, env = "HERALD_SMS_PROVIDERS", value_enum, value_delimiter = ',', default_value = "twilio,vonage")]
-    pub sms_providers: Vec<SmsProvider>,
+    /// Most Twilio requests per second (a token bucket); unlimited without it.
+    #[arg(long, env = "HERALD_TWILIO_MAX_RPS")]
+    pub twilio_max_rps: Option<std::num::NonZeroU32>,
+}
 
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Vonage")]
+pub struct VonageArgs {
     /// Vonage SMS API base URL.
     #[arg(long, env = "VONAGE_BASE_URL", default_value = "https://rest.nexmo.com")]
     pub vonage_base_url: Url,
@@ -224,28 +283,20 @@ pub struct Config {
 
     /// Vonage API secret.
     #[arg(long, env = "VONAGE_API_SECRET", hide_env_values = true, requires = "vonage_api_key")]
-    pub vonage_api_secret: Option<Secret>,
+    pub vonage_api_secret: Option<SecretString>,
 
     /// Vonage sender: a number (E.164) or an alphanumeric sender id.
     #[arg(long, env = "VONAGE_FROM", requires = "vonage_api_key", value_parser = parse_vonage_sender)]
     pub vonage_from: Option<String>,
 
-    /// Address to accept Twilio status callbacks (delivery receipts) on, e.g. 0.0.0.0:8080. Off without it.
-    #[arg(long, env = "HERALD_RECEIPTS_LISTEN", requires = "receipts_public_url")]
-    pub receipts_listen: Option<std::net::SocketAddr>,
+    /// Most Vonage requests per second; unlimited without it.
+    #[arg(long, env = "HERALD_VONAGE_MAX_RPS")]
+    pub vonage_max_rps: Option<std::num::NonZeroU32>,
+}
 
-    /// The callback URL as Twilio reaches it (behind any proxy), e.g. https://herald.example.com/twilio/status; its path is served.
-    #[arg(long, env = "HERALD_RECEIPTS_PUBLIC_URL", requires = "receipts_listen")]
-    pub receipts_public_url: Option<Url>,
-
-    /// Key that signs the ids in callback URLs, so a callback can only name a send herald made. Derived from the auth token when not given.
-    #[arg(long, env = "HERALD_RECEIPTS_KEY", requires = "receipts_listen")]
-    pub receipts_key: Option<Secret>,
-
-    /// Webhook connections open at once; more wait to be accepted.
-    #[arg(long, env = "HERALD_RECEIPTS_MAX_CONNECTIONS", default_value_t = 256)]
-    pub receipts_max_connections: usize,
-
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "FCM")]
+pub struct FcmArgs {
     /// FCM API base URL.
     #[arg(long, env = "FCM_BASE_URL", default_value = "https://fcm.googleapis.com")]
     pub fcm_base_url: Url,
@@ -258,16 +309,29 @@ pub struct Config {
     #[arg(long, env = "FCM_PROJECT_ID")]
     pub fcm_project_id: Option<String>,
 
-    /// On shutdown, how long in-flight work may take before herald gives up on it.
-    #[arg(long, env = "HERALD_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub shutdown_deadline: Duration,
+    /// Most FCM requests per second; unlimited without it.
+    #[arg(long, env = "HERALD_FCM_MAX_RPS")]
+    pub fcm_max_rps: Option<std::num::NonZeroU32>,
+}
 
-    /// Log format.
-    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Delivery receipts")]
+pub struct ReceiptsArgs {
+    /// Address to accept Twilio status callbacks (delivery receipts) on, e.g. 0.0.0.0:8080. Off without it.
+    #[arg(long, env = "HERALD_RECEIPTS_LISTEN", requires = "receipts_public_url")]
+    pub receipts_listen: Option<std::net::SocketAddr>,
 
-    #[command(subcommand)]
-    pub command: Option<Command>,
+    /// The callback URL as Twilio reaches it (behind any proxy), e.g. https://herald.example.com/twilio/status; its path is served.
+    #[arg(long, env = "HERALD_RECEIPTS_PUBLIC_URL", requires = "receipts_listen")]
+    pub receipts_public_url: Option<Url>,
+
+    /// Key that signs the ids in callback URLs, so a callback can only name a send herald made. Derived from the auth token when not given.
+    #[arg(long, env = "HERALD_RECEIPTS_KEY", requires = "receipts_listen")]
+    pub receipts_key: Option<SecretString>,
+
+    /// Webhook connections open at once; more wait to be accepted.
+    #[arg(long, env = "HERALD_RECEIPTS_MAX_CONNECTIONS", default_value_t = 256)]
+    pub receipts_max_connections: usize,
 }
 
 /// Without a subcommand, herald runs the pipeline.
@@ -275,98 +339,6 @@ pub struct Config {
 pub enum Command {
     /// Apply the CQL schema in schemas/scylla to SCYLLA_URI (idempotent), then exit.
     Migrate,
-}
-
-/// An SMS provider herald can send through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SmsProvider {
-    Twilio,
-    Vonage,
-}
-
-/// What happens to an SMS body longer than the limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OverLength {
-    /// Not sent; status INVALID (body-too-long).
-    Reject,
-    /// Cut at a character boundary, ending in "..." (or "…" when the body is not GSM-7 anyway).
-    Truncate,
-}
-
-/// What happens to an event its user's window has no room for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OverLimit {
-    /// Not sent; status RATE_LIMITED.
-    Reject,
-    /// Held in the delay topics and checked again when the window has room; status DEFERRED.
-    Defer,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CqlConsistency {
-    One,
-    LocalOne,
-    Quorum,
-    LocalQuorum,
-    All,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeliveryMode {
-    Providers,
-    DryRun,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Rolling-window limits on one channel: an event passes only if every
-/// window has room. No windows: the channel is not limited.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RateLimit {
-    pub windows: Vec<Window>,
-}
-
-/// At most `max` events in any span of `length`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub max: u32,
-    pub length: Duration,
-}
-
-impl RateLimit {
-    pub fn per(max: u32, length: Duration) -> Self {
-        RateLimit { windows: vec![Window { max, length }] }
-    }
-
-    pub fn longest(&self) -> Option<Duration> {
-        self.windows.iter().map(|w| w.length).max()
-    }
-}
-
-impl FromStr for RateLimit {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.trim().eq_ignore_ascii_case("off") {
-            return Ok(RateLimit::default());
-        }
-        let window = |w: &str| {
-            let (max, length) = w
-                .split_once('/')
-                .ok_or_else(|| format!("expected COUNT/WINDOW such as 10/1h, or off; got {w:?}"))?;
-            let max: u32 = max.trim().parse().map_err(|_| format!("{max:?} is not a count"))?;
-            let length = humantime::parse_duration(length.trim()).map_err(|e| format!("window {length:?}: {e}"))?;
-            if max == 0 || length.is_zero() {
-                return Err("count and window must be above zero; use off for no limit".to_owned());
-            }
-            Ok(Window { max, length })
-        };
-        Ok(RateLimit { windows: s.split(',').map(window).collect::<Result<_, _>>()? })
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -404,111 +376,29 @@ pub enum ConfigError {
 /// Room for a request of a few KB besides the headers herald adds.
 const MIN_MESSAGE_BYTES: usize = 16 * 1024;
 
+/// The settings of every module, converted from a checked [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kafka: kafka::Settings,
+    pub topics: Topics,
+    pub creation: topics::Creation,
+    pub schema_registry: Option<Url>,
+    pub rate_limits: ratelimit::Settings,
+    /// With the table's bound on writes in flight.
+    pub scylla: Option<(cql::Settings, usize)>,
+    pub sms_lane: LaneSettings,
+    pub push_lane: LaneSettings,
+    /// Records whose outcome needs no call, admitted at once.
+    pub settled_queue: usize,
+    /// Of one provider HTTP request, and of schema registry requests.
+    pub http_timeout: Duration,
+    pub delivery: deliver::Settings,
+    pub receipts: Option<receipts::Settings>,
+    pub ledger_window: Duration,
+    pub shutdown_deadline: Duration,
+}
+
 impl Config {
-    /// Checks what clap cannot: relations between values.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.retry_topics.is_empty() {
-            return Err(ConfigError::NoRetryTopics);
-        }
-        if self.retry_topics.len() != self.retry_delays.len() {
-            return Err(ConfigError::RetryScheduleMismatch {
-                topics: self.retry_topics.len(),
-                delays: self.retry_delays.len(),
-            });
-        }
-        let mut seen = std::collections::HashSet::new();
-        for topic in self.all_topics() {
-            if topic.is_empty() {
-                return Err(ConfigError::EmptyTopic);
-            }
-            if !seen.insert(topic) {
-                return Err(ConfigError::DuplicateTopic(topic.to_owned()));
-            }
-        }
-        for (name, value) in [
-            ("sms-concurrency", self.sms_concurrency),
-            ("push-concurrency", self.push_concurrency),
-            ("channel-queue", self.channel_queue),
-            ("sms-max-chars", self.sms_max_chars),
-            ("topic-partitions", self.topic_partitions.max(0) as usize),
-            ("topic-replication", self.topic_replication.max(0) as usize),
-            ("scylla-max-writes", self.scylla_max_writes),
-            ("breaker-failures", self.breaker_failures as usize),
-            ("receipts-max-connections", self.receipts_max_connections),
-            ("commit-interval", self.commit_interval.as_millis() as usize),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::Zero(name));
-            }
-        }
-        if self.max_message_bytes < MIN_MESSAGE_BYTES {
-            return Err(ConfigError::MaxMessageBytes(self.max_message_bytes));
-        }
-        if self.sms_max_chars > 1600 {
-            return Err(ConfigError::SmsTooLong(self.sms_max_chars));
-        }
-        let twilio = [
-            ("--twilio-account-sid", self.twilio_account_sid.is_some()),
-            ("--twilio-auth-token or --twilio-api-key-sid", self.twilio_auth_token.is_some() || self.twilio_api_key_sid.is_some()),
-            ("--twilio-from", self.twilio_from.is_some()),
-        ];
-        if twilio.iter().any(|(_, set)| *set) {
-            if let Some((missing, _)) = twilio.iter().find(|(_, set)| !set) {
-                return Err(ConfigError::TwilioIncomplete(missing));
-            }
-        }
-        if (1..self.sms_providers.len()).any(|i| self.sms_providers[..i].contains(&self.sms_providers[i])) {
-            return Err(ConfigError::DuplicateProvider);
-        }
-        if let Some(url) = self.receipts_public_url.as_ref().filter(|u| !matches!(u.scheme(), "http" | "https")) {
-            return Err(ConfigError::ReceiptsUrl(url.to_string()));
-        }
-        if self.receipts_listen.is_some() && self.twilio_auth_token.is_none() {
-            return Err(ConfigError::ReceiptsWithoutTwilio);
-        }
-        // Interpolated into CQL, so it must be an identifier and nothing more.
-        let ks = &self.scylla_keyspace;
-        let identifier = ks.len() <= 48
-            && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && ks.chars().next().is_some_and(|c| !c.is_ascii_digit());
-        if !identifier {
-            return Err(ConfigError::Keyspace(ks.clone()));
-        }
-        if self.command == Some(Command::Migrate) && self.scylla_uri.is_none() {
-            return Err(ConfigError::MigrateWithoutScylla);
-        }
-        Ok(())
-    }
-
-    pub fn all_topics(&self) -> impl Iterator<Item = &str> {
-        [&self.topic_requested, &self.topic_status, &self.topic_dead_letter, &self.topic_suppressions]
-            .into_iter()
-            .chain(&self.retry_topics)
-            .map(String::as_str)
-    }
-
-    pub fn rate_limit(&self, channel: Channel) -> &RateLimit {
-        match channel {
-            Channel::Sms => &self.sms_rate_limit,
-            Channel::Push => &self.push_rate_limit,
-        }
-    }
-
-    pub fn over_limit(&self, channel: Channel) -> OverLimit {
-        match channel {
-            Channel::Sms => self.sms_over_limit,
-            Channel::Push => self.push_over_limit,
-        }
-    }
-
-    /// The receipts endpoint, when receipts are on (they need Twilio's
-    /// auth token, which `validate` checks).
-    pub fn receipts(&self) -> Option<crate::receipts::Endpoint> {
-        let token = self.twilio_auth_token.as_ref()?;
-        self.receipts_listen?;
-        Some(crate::receipts::Endpoint::new(self.receipts_public_url.clone()?, self.receipts_key.clone(), token))
-    }
-
     /// Parses the command line and environment. Environment values are
     /// hidden from `--help` for every flag: any of them may hold a secret
     /// (a password in a URL, `sasl.password` in Kafka options).
@@ -518,26 +408,199 @@ impl Config {
         Config::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
     }
 
-    pub fn max_rps(&self, provider: crate::deliver::Provider) -> Option<std::num::NonZeroU32> {
-        use crate::deliver::Provider;
-        match provider {
-            Provider::Twilio => self.twilio_max_rps,
-            Provider::Vonage => self.vonage_max_rps,
-            Provider::Fcm => self.fcm_max_rps,
-            Provider::DryRun => None,
+    /// Checks what clap cannot (relations between values), then converts
+    /// each group of flags into its module's settings.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        self.validate()?;
+        let (k, t, d) = (&self.kafka, &self.topics, &self.delivery);
+        let sms = SmsRules::new(d.sms_max_chars, d.sms_over_length, d.sms_template.clone()).map_err(ConfigError::SmsTemplate)?;
+        let receipts = self.receipts_settings();
+        let lane = |concurrency| LaneSettings { queue: d.channel_queue, concurrency };
+        Ok(Settings {
+            kafka: kafka::Settings {
+                brokers: k.brokers.clone(),
+                group_id: k.group_id.clone(),
+                options: k.kafka_options.clone(),
+                consumer_options: k.kafka_consumer_options.clone(),
+                producer_options: k.kafka_producer_options.clone(),
+                max_message_bytes: k.max_message_bytes,
+                commit_interval: k.commit_interval,
+            },
+            topics: self.topic_roles(),
+            creation: topics::Creation { create: t.create_topics, partitions: t.topic_partitions, replication: t.topic_replication },
+            schema_registry: t.schema_registry_url.clone(),
+            rate_limits: ratelimit::Settings {
+                sms: ChannelLimit { limit: self.rate_limits.sms_rate_limit.clone(), over: self.rate_limits.sms_over_limit },
+                push: ChannelLimit { limit: self.rate_limits.push_rate_limit.clone(), over: self.rate_limits.push_over_limit },
+            },
+            scylla: self.cql().map(|cql| (cql, self.scylla.scylla_max_writes)),
+            sms_lane: lane(d.sms_concurrency),
+            push_lane: lane(d.push_concurrency),
+            settled_queue: d.channel_queue,
+            http_timeout: d.http_timeout,
+            delivery: deliver::Settings {
+                mode: d.delivery,
+                breaker: BreakerSettings { failures: d.breaker_failures, cooldown: d.breaker_cooldown },
+                sms,
+                sms_providers: d.sms_providers.clone(),
+                twilio: self.twilio_settings(receipts.as_ref().map(|r| r.callbacks.clone())),
+                vonage: self.vonage_settings(),
+                fcm: self.fcm.fcm_credentials.clone().map(|credentials| deliver::FcmSettings {
+                    base_url: self.fcm.fcm_base_url.clone(),
+                    credentials,
+                    project_id: self.fcm.fcm_project_id.clone(),
+                    max_rps: self.fcm.fcm_max_rps,
+                }),
+            },
+            receipts,
+            ledger_window: d.ledger_window,
+            shutdown_deadline: self.shutdown_deadline,
+        })
+    }
+
+    /// ScyllaDB's settings, when `SCYLLA_URI` is set.
+    pub fn cql(&self) -> Option<cql::Settings> {
+        let s = &self.scylla;
+        Some(cql::Settings {
+            nodes: s.scylla_uri.clone()?,
+            keyspace: s.scylla_keyspace.clone(),
+            replication: s.scylla_replication.clone(),
+            consistency: s.scylla_consistency,
+            timeout: s.scylla_timeout,
+            await_schema_agreement: s.scylla_await_schema_agreement,
+            fetch_schema_metadata: s.scylla_fetch_schema_metadata,
+        })
+    }
+
+    fn topic_roles(&self) -> Topics {
+        let t = &self.topics;
+        Topics {
+            requested: t.topic_requested.clone(),
+            status: t.topic_status.clone(),
+            dead_letter: t.topic_dead_letter.clone(),
+            suppressions: t.topic_suppressions.clone(),
+            retries: t.retry_topics.iter().zip(&t.retry_delays).map(|(name, delay)| RetryTopic { name: name.clone(), delay: *delay }).collect(),
         }
     }
 
-    pub fn concurrency(&self, channel: Channel) -> usize {
-        match channel {
-            Channel::Sms => self.sms_concurrency,
-            Channel::Push => self.push_concurrency,
+    fn twilio_settings(&self, callbacks: Option<StatusCallbacks>) -> Option<deliver::TwilioSettings> {
+        let t = &self.twilio;
+        let auth = match (&t.twilio_api_key_sid, &t.twilio_api_key_secret, &t.twilio_auth_token) {
+            (Some(sid), Some(secret), _) => TwilioAuth::ApiKey { sid: sid.clone(), secret: secret.clone() },
+            (_, _, Some(token)) => TwilioAuth::AuthToken(token.clone()),
+            _ => return None,
+        };
+        Some(deliver::TwilioSettings {
+            base_url: t.twilio_base_url.clone(),
+            account_sid: t.twilio_account_sid.clone()?,
+            auth,
+            from: t.twilio_from.clone()?,
+            callbacks,
+            max_rps: t.twilio_max_rps,
+        })
+    }
+
+    fn vonage_settings(&self) -> Option<deliver::VonageSettings> {
+        let v = &self.vonage;
+        Some(deliver::VonageSettings {
+            base_url: v.vonage_base_url.clone(),
+            api_key: v.vonage_api_key.clone()?,
+            api_secret: v.vonage_api_secret.clone()?,
+            from: v.vonage_from.clone()?,
+            max_rps: v.vonage_max_rps,
+        })
+    }
+
+    /// The receipts listener, when receipts are on (they need Twilio's
+    /// auth token, which `validate` checks).
+    fn receipts_settings(&self) -> Option<receipts::Settings> {
+        let r = &self.receipts;
+        let auth_token = self.twilio.twilio_auth_token.clone()?;
+        Some(receipts::Settings {
+            listen: r.receipts_listen?,
+            callbacks: StatusCallbacks::new(r.receipts_public_url.clone()?, r.receipts_key.clone(), &auth_token),
+            auth_token,
+            limits: receipts::Limits::new(r.receipts_max_connections),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let (t, d, tw) = (&self.topics, &self.delivery, &self.twilio);
+        if t.retry_topics.is_empty() {
+            return Err(ConfigError::NoRetryTopics);
         }
+        if t.retry_topics.len() != t.retry_delays.len() {
+            return Err(ConfigError::RetryScheduleMismatch { topics: t.retry_topics.len(), delays: t.retry_delays.len() });
+        }
+        let mut seen = std::collections::HashSet::new();
+        let all = [&t.topic_requested, &t.topic_status, &t.topic_dead_letter, &t.topic_suppressions].into_iter().chain(&t.retry_topics);
+        for topic in all {
+            if topic.is_empty() {
+                return Err(ConfigError::EmptyTopic);
+            }
+            if !seen.insert(topic) {
+                return Err(ConfigError::DuplicateTopic(topic.clone()));
+            }
+        }
+        for (name, value) in [
+            ("sms-concurrency", d.sms_concurrency),
+            ("push-concurrency", d.push_concurrency),
+            ("channel-queue", d.channel_queue),
+            ("sms-max-chars", d.sms_max_chars),
+            ("topic-partitions", t.topic_partitions.max(0) as usize),
+            ("topic-replication", t.topic_replication.max(0) as usize),
+            ("scylla-max-writes", self.scylla.scylla_max_writes),
+            ("breaker-failures", d.breaker_failures as usize),
+            ("receipts-max-connections", self.receipts.receipts_max_connections),
+            ("commit-interval", self.kafka.commit_interval.as_millis() as usize),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.kafka.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(ConfigError::MaxMessageBytes(self.kafka.max_message_bytes));
+        }
+        if d.sms_max_chars > 1600 {
+            return Err(ConfigError::SmsTooLong(d.sms_max_chars));
+        }
+        let twilio = [
+            ("--twilio-account-sid", tw.twilio_account_sid.is_some()),
+            ("--twilio-auth-token or --twilio-api-key-sid", tw.twilio_auth_token.is_some() || tw.twilio_api_key_sid.is_some()),
+            ("--twilio-from", tw.twilio_from.is_some()),
+        ];
+        if twilio.iter().any(|(_, set)| *set) {
+            if let Some((missing, _)) = twilio.iter().find(|(_, set)| !set) {
+                return Err(ConfigError::TwilioIncomplete(missing));
+            }
+        }
+        let providers = &d.sms_providers;
+        if (1..providers.len()).any(|i| providers[..i].contains(&providers[i])) {
+            return Err(ConfigError::DuplicateProvider);
+        }
+        if let Some(url) = self.receipts.receipts_public_url.as_ref().filter(|u| !matches!(u.scheme(), "http" | "https")) {
+            return Err(ConfigError::ReceiptsUrl(url.to_string()));
+        }
+        if self.receipts.receipts_listen.is_some() && tw.twilio_auth_token.is_none() {
+            return Err(ConfigError::ReceiptsWithoutTwilio);
+        }
+        // Interpolated into CQL, so it must be an identifier and nothing more.
+        let ks = &self.scylla.scylla_keyspace;
+        let identifier = ks.len() <= 48
+            && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && ks.chars().next().is_some_and(|c| !c.is_ascii_digit());
+        if !identifier {
+            return Err(ConfigError::Keyspace(ks.clone()));
+        }
+        if self.command == Some(Command::Migrate) && self.scylla.scylla_uri.is_none() {
+            return Err(ConfigError::MigrateWithoutScylla);
+        }
+        Ok(())
     }
 }
 
 fn parse_vonage_sender(s: &str) -> Result<String, String> {
-    crate::deliver::sms::check_vonage_sender(s).map(|()| s.to_owned())
+    deliver::sms::check_vonage_sender(s).map(|()| s.to_owned())
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -548,6 +611,8 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Channel;
+    use crate::ratelimit::Window;
 
     fn parse(args: &[&str]) -> Config {
         Config::try_parse_from(std::iter::once("herald").chain(args.iter().copied())).unwrap()
@@ -556,12 +621,22 @@ mod tests {
     #[test]
     fn defaults_match_the_service_herald_replaces() {
         let c = parse(&[]);
-        assert_eq!(c.sms_rate_limit, RateLimit::per(10, Duration::from_secs(3600)));
-        assert_eq!(c.sms_over_limit, OverLimit::Reject);
-        assert_eq!(c.retry_topics, ["retry-10m", "retry-20m", "retry-40m"]);
-        assert_eq!(c.retry_delays, [600, 1200, 2400].map(Duration::from_secs));
-        assert_eq!(c.sms_max_chars, 480);
-        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.rate_limits.sms_rate_limit, RateLimit::per(10, Duration::from_secs(3600)));
+        assert_eq!(c.rate_limits.sms_over_limit, OverLimit::Reject);
+        assert_eq!(c.topics.retry_topics, ["retry-10m", "retry-20m", "retry-40m"]);
+        assert_eq!(c.topics.retry_delays, [600, 1200, 2400].map(Duration::from_secs));
+        assert_eq!(c.delivery.sms_max_chars, 480);
+        assert_eq!(c.settings().map(drop), Ok(()));
+    }
+
+    #[test]
+    fn each_group_becomes_its_module_s_settings() {
+        let s = parse(&["--brokers", "k:9092", "--sms-concurrency", "7", "--retry-delays", "1s,2s,3s", "--push-rate-limit", "5/1m"]).settings().unwrap();
+        assert_eq!(s.kafka.brokers, "k:9092");
+        assert_eq!((s.sms_lane.concurrency, s.push_lane.concurrency, s.sms_lane.queue), (7, 32, 2048));
+        assert_eq!(s.topics.retries[2], RetryTopic { name: "retry-40m".into(), delay: Duration::from_secs(3) });
+        assert_eq!(s.rate_limits.of(Channel::Push).limit, RateLimit::per(5, Duration::from_secs(60)));
+        assert!(s.scylla.is_none() && s.receipts.is_none() && s.delivery.twilio.is_none() && s.delivery.fcm.is_none());
     }
 
     #[test]
@@ -581,21 +656,21 @@ mod tests {
     #[test]
     fn retry_schedule_must_pair_topics_with_delays() {
         let c = parse(&["--retry-delays", "1s,2s"]);
-        assert_eq!(c.validate(), Err(ConfigError::RetryScheduleMismatch { topics: 3, delays: 2 }));
+        assert_eq!(c.settings().map(drop), Err(ConfigError::RetryScheduleMismatch { topics: 3, delays: 2 }));
     }
 
     #[test]
     fn a_topic_cannot_serve_two_roles() {
         let c = parse(&["--topic-status", "retry-20m"]);
-        assert_eq!(c.validate(), Err(ConfigError::DuplicateTopic("retry-20m".into())));
+        assert_eq!(c.settings().map(drop), Err(ConfigError::DuplicateTopic("retry-20m".into())));
     }
 
     #[test]
     fn twilio_credentials_come_together() {
         let c = parse(&["--twilio-account-sid", "AC1"]);
-        assert_eq!(c.validate(), Err(ConfigError::TwilioIncomplete("--twilio-auth-token or --twilio-api-key-sid")));
+        assert_eq!(c.settings().map(drop), Err(ConfigError::TwilioIncomplete("--twilio-auth-token or --twilio-api-key-sid")));
         let key = parse(&["--twilio-account-sid", "AC1", "--twilio-from", "+14155550100", "--twilio-api-key-sid", "SK1", "--twilio-api-key-secret", "s"]);
-        assert_eq!(key.validate(), Ok(()), "an API key instead of the auth token");
+        assert_eq!(key.settings().map(drop), Ok(()), "an API key instead of the auth token");
         assert!(Config::try_parse_from(["herald", "--twilio-api-key-sid", "SK1"]).is_err(), "a key needs its secret");
     }
 
@@ -604,9 +679,9 @@ mod tests {
         assert!(Config::try_parse_from(["herald", "--vonage-api-key", "k", "--vonage-from", "herald"]).is_err(), "no secret");
         assert!(Config::try_parse_from(["herald", "--vonage-api-key", "k", "--vonage-api-secret", "s"]).is_err(), "no sender");
         assert!(Config::try_parse_from(["herald", "--vonage-api-secret", "s"]).is_err(), "a secret needs its key");
-        assert_eq!(parse(&[]).sms_providers, [SmsProvider::Twilio, SmsProvider::Vonage]);
-        assert_eq!(parse(&["--sms-providers", "vonage,twilio"]).sms_providers, [SmsProvider::Vonage, SmsProvider::Twilio]);
-        assert_eq!(parse(&["--sms-providers", "vonage,vonage"]).validate(), Err(ConfigError::DuplicateProvider));
+        assert_eq!(parse(&[]).delivery.sms_providers, [SmsProvider::Twilio, SmsProvider::Vonage]);
+        assert_eq!(parse(&["--sms-providers", "vonage,twilio"]).delivery.sms_providers, [SmsProvider::Vonage, SmsProvider::Twilio]);
+        assert_eq!(parse(&["--sms-providers", "vonage,vonage"]).settings().map(drop), Err(ConfigError::DuplicateProvider));
     }
 
     #[test]
@@ -632,21 +707,21 @@ mod tests {
     fn the_receipts_url_is_http() {
         let twilio = ["--twilio-account-sid", "AC1", "--twilio-auth-token", "t", "--twilio-from", "+14155550100"];
         let with = |url: &str| parse(&[&twilio[..], &["--receipts-listen", "127.0.0.1:8080", "--receipts-public-url", url]].concat());
-        assert_eq!(with("https://herald.example.com/twilio/status").validate(), Ok(()));
-        assert_eq!(with("mailto:ops@example.com").validate(), Err(ConfigError::ReceiptsUrl("mailto:ops@example.com".into())));
+        assert_eq!(with("https://herald.example.com/twilio/status").settings().map(drop), Ok(()));
+        assert_eq!(with("mailto:ops@example.com").settings().map(drop), Err(ConfigError::ReceiptsUrl("mailto:ops@example.com".into())));
     }
 
     #[test]
     fn the_keyspace_must_be_a_plain_identifier() {
         for bad in ["herald; DROP TABLE x", "1herald", "", "a-b"] {
-            assert_eq!(parse(&["--scylla-keyspace", bad]).validate(), Err(ConfigError::Keyspace(bad.into())), "{bad}");
+            assert_eq!(parse(&["--scylla-keyspace", bad]).settings().map(drop), Err(ConfigError::Keyspace(bad.into())), "{bad}");
         }
-        assert_eq!(parse(&["--scylla-keyspace", "herald_2"]).validate(), Ok(()));
+        assert_eq!(parse(&["--scylla-keyspace", "herald_2"]).settings().map(drop), Ok(()));
     }
 
     #[test]
     fn migrate_needs_a_scylla_uri() {
-        assert_eq!(parse(&["migrate"]).validate(), Err(ConfigError::MigrateWithoutScylla));
+        assert_eq!(parse(&["migrate"]).settings().map(drop), Err(ConfigError::MigrateWithoutScylla));
         assert_eq!(parse(&["--scylla-uri", "127.0.0.1:9042", "migrate"]).command, Some(Command::Migrate));
     }
 

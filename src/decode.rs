@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use apache_avro::Schema;
 
 use crate::codec::{self, Bundled, RequestError, WireError};
-use crate::model::{Ids, InvalidReason, Request};
+use crate::model::{ErrorCode, Ids, InvalidReason, Request};
 use crate::registry::{Registry, RegistryError};
 
 /// Why a record is not a usable request.
@@ -42,14 +42,14 @@ pub enum Undecodable {
 
 impl Undecodable {
     /// Stable code for the dead-letter header.
-    pub fn code(&self) -> &'static str {
-        match self {
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::herald(match self {
             Undecodable::Wire(_) => "not-wire-format",
             Undecodable::Schema(_) => "unknown-schema",
             Undecodable::Avro(_) => "avro-decode",
             Undecodable::Field(_) => "schema-mismatch",
             Undecodable::Envelope(_) => "bad-herald-header",
-        }
+        })
     }
 }
 

@@ -9,10 +9,24 @@ use rdkafka::producer::FutureProducer;
 
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::ingest::{HeraldConsumer, IngestContext};
+/// How herald's Kafka clients connect, and the operator's own settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub brokers: String,
+    pub group_id: String,
+    /// For every client.
+    pub options: Vec<(String, String)>,
+    /// For the group's consumer; these win over `options`.
+    pub consumer_options: Vec<(String, String)>,
+    /// For the producer; these win over `options`.
+    pub producer_options: Vec<(String, String)>,
+    /// The largest record herald produces.
+    pub max_message_bytes: usize,
+    /// How often stored offsets are committed.
+    pub commit_interval: Duration,
+}
 
-fn base(config: &Config) -> ClientConfig {
+fn base(config: &Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
         // Client telemetry push is not needed and not every broker wants it.
@@ -22,24 +36,24 @@ fn base(config: &Config) -> ClientConfig {
 
 /// Operator-supplied settings win over herald's defaults, and settings for
 /// one kind of client win over those for every client.
-fn with_overrides(mut c: ClientConfig, config: &Config, specific: &[(String, String)]) -> ClientConfig {
-    for (key, value) in config.kafka_options.iter().chain(specific) {
+fn with_overrides(mut c: ClientConfig, config: &Settings, specific: &[(String, String)]) -> ClientConfig {
+    for (key, value) in config.options.iter().chain(specific) {
         c.set(key, value);
     }
     c
 }
 
-pub fn consumer(config: &Config, context: IngestContext) -> KafkaResult<HeraldConsumer> {
+pub fn consumer<C: ConsumerContext + 'static>(config: &Settings, context: C) -> KafkaResult<StreamConsumer<C>> {
     consumer_config(config).create_with_context(context)
 }
 
 /// The consumer's `max.poll.interval.ms`, as it will have it.
-pub fn max_poll_interval(config: &Config) -> Duration {
+pub fn max_poll_interval(config: &Settings) -> Duration {
     let ms = consumer_config(config).get("max.poll.interval.ms").and_then(|v| v.parse().ok()).unwrap_or(300_000);
     Duration::from_millis(ms)
 }
 
-fn consumer_config(config: &Config) -> ClientConfig {
+fn consumer_config(config: &Settings) -> ClientConfig {
     let mut c = base(config);
     c.set("group.id", &config.group_id)
         // Offsets are stored by the loop once outcomes are durable, and
@@ -66,7 +80,7 @@ fn consumer_config(config: &Config) -> ClientConfig {
         // long enough for the queue to run dry).
         .set("queued.max.messages.kbytes", "16384")
         .set("fetch.queue.backoff.ms", "100");
-    with_overrides(c, config, &config.kafka_consumer_options)
+    with_overrides(c, config, &config.consumer_options)
 }
 
 /// Reports librdkafka's errors, except partition EOF: herald turns EOF on
@@ -96,12 +110,12 @@ pub type Reader = StreamConsumer<ReaderContext>;
 /// suppression list) by assignment; it commits nothing. The
 /// consumer-specific options are for the group's consumer and its load,
 /// not for this one, which is idle most of the time.
-pub fn reader(config: &Config) -> KafkaResult<Reader> {
+pub fn reader(config: &Settings) -> KafkaResult<Reader> {
     reader_config(config, "reader").create_with_context(ReaderContext)
 }
 
 /// A [`reader`]'s settings; `role` names its group id's suffix.
-pub fn reader_config(config: &Config, role: &str) -> ClientConfig {
+pub fn reader_config(config: &Settings, role: &str) -> ClientConfig {
     let mut c = base(config);
     c.set("group.id", format!("{}.{role}", config.group_id))
         .set("enable.auto.commit", "false")
@@ -117,15 +131,15 @@ pub fn reader_config(config: &Config, role: &str) -> ClientConfig {
 
 /// The producer's `message.max.bytes`, as the producer will have it: an
 /// operator's `--kafka-producer-option` wins over `--max-message-bytes`.
-pub fn max_message_bytes(config: &Config) -> usize {
+pub fn max_message_bytes(config: &Settings) -> usize {
     producer_config(config).get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(config.max_message_bytes)
 }
 
-pub fn producer(config: &Config) -> KafkaResult<FutureProducer> {
+pub fn producer(config: &Settings) -> KafkaResult<FutureProducer> {
     producer_config(config).create()
 }
 
-fn producer_config(config: &Config) -> ClientConfig {
+fn producer_config(config: &Settings) -> ClientConfig {
     let mut c = base(config);
     c.set("message.max.bytes", config.max_message_bytes.to_string())
         .set("enable.idempotence", "true")
@@ -136,31 +150,29 @@ fn producer_config(config: &Config) -> ClientConfig {
         // rates, 1 ms still fills batches of hundreds.
         .set("linger.ms", "1")
         .set("compression.type", "lz4");
-    with_overrides(c, config, &config.kafka_producer_options)
+    with_overrides(c, config, &config.producer_options)
 }
 
-pub fn admin(config: &Config) -> KafkaResult<AdminClient<DefaultClientContext>> {
+pub fn admin(config: &Settings) -> KafkaResult<AdminClient<DefaultClientContext>> {
     with_overrides(base(config), config, &[]).create()
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
     #[test]
     fn client_specific_options_apply_to_their_client_only_and_win() {
-        let config = Config::try_parse_from([
-            "herald",
-            "--kafka-option",
-            "client.id=all,session.timeout.ms=7000",
-            "--kafka-consumer-option",
-            "session.timeout.ms=6000",
-            "--kafka-producer-option",
-            "linger.ms=20",
-        ])
-        .unwrap();
+        let pairs = |p: &[(&str, &str)]| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let config = Settings {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "herald".into(),
+            options: pairs(&[("client.id", "all"), ("session.timeout.ms", "7000")]),
+            consumer_options: pairs(&[("session.timeout.ms", "6000")]),
+            producer_options: pairs(&[("linger.ms", "20")]),
+            max_message_bytes: 1_048_588,
+            commit_interval: Duration::from_millis(500),
+        };
         let (consumer, producer) = (consumer_config(&config), producer_config(&config));
         assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
         assert_eq!(consumer.get("linger.ms"), None);

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::deliver::{Delivered, Provider};
+use crate::deliver::Delivered;
 use crate::model::{Stage, Status, StatusEvent};
 
 /// Entries herald keeps at most, for every partition together: about
@@ -85,7 +85,7 @@ impl Ledger {
         let sent = match status.status.stage() {
             Stage::Outcome if status.status != Status::Sent => None,
             Stage::Pending => None,
-            _ => status.provider.as_deref().and_then(Provider::from_name).map(|provider| Sent {
+            _ => status.provider.map(|provider| Sent {
                 delivered: Delivered { provider, message_id: status.provider_message_id.clone() },
                 attempt: status.attempt,
             }),
@@ -166,6 +166,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Provider;
     use crate::model::Channel;
     use chrono::TimeZone;
 
@@ -180,7 +181,7 @@ mod tests {
             channel: Some(Channel::Sms),
             status,
             attempt,
-            provider: matches!(status, Status::Sent | Status::Delivered | Status::RetryScheduled).then(|| "twilio".to_owned()),
+            provider: matches!(status, Status::Sent | Status::Delivered | Status::RetryScheduled).then_some(Provider::Twilio),
             provider_message_id: (status == Status::Sent).then(|| "SM1".to_owned()),
             error_code: None,
             error_class: None,

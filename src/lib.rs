@@ -18,6 +18,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod cql;
 pub mod decode;
 pub mod deliver;
 pub mod ingest;
@@ -31,6 +32,7 @@ pub mod ratelimit;
 pub mod receipts;
 pub mod record;
 pub mod registry;
+mod backoff;
 pub mod route;
 pub mod suppression;
 pub mod telemetry;
@@ -45,13 +47,12 @@ use rdkafka::consumer::Consumer;
 
 pub use config::Config;
 
-use crate::deliver::{Calls, Fcm, Gateway, Guarded, Sender, ServiceAccount, Twilio, TwilioAuth, Vonage};
-use crate::mask::Secret;
+use crate::config::Settings;
+use crate::deliver::Calls;
 use crate::model::Channel;
 use crate::pipeline::Pipeline;
 use crate::ratelimit::{Limiter, Store};
 use crate::route::{Lane, Router};
-use crate::topics::Topics;
 
 /// Every request herald makes says who it is.
 pub const USER_AGENT: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
@@ -77,6 +78,8 @@ pub enum Error {
     Suppressions(#[from] suppression::SuppressionError),
     #[error("rate-limit store: {0}")]
     RateLimitStore(#[from] ratelimit::StoreError),
+    #[error("ScyllaDB: {0}")]
+    Cql(#[from] cql::CqlError),
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
 }
@@ -92,13 +95,12 @@ pub struct Listeners {
 /// bound, topics in place, the suppression list read. [`App::run`] starts
 /// consuming.
 pub struct App {
-    config: Config,
+    settings: Settings,
     pipeline: Arc<Pipeline>,
-    topics: Arc<Topics>,
     suppressions: Arc<suppression::Suppressions>,
     /// Positioned at the suppression topic's end, to follow it.
     suppression_reader: kafka::Reader,
-    receipts: Option<(tokio::net::TcpListener, receipts::Endpoint, Secret)>,
+    receipts: Option<(tokio::net::TcpListener, receipts::Settings)>,
 }
 
 /// Runs herald until `shutdown` completes, then drains in-flight work
@@ -112,40 +114,28 @@ impl App {
     /// template, provider credentials, listeners), so a mistake there is
     /// reported at once and names its flag; then connects.
     pub async fn build(config: Config, listeners: Listeners) -> Result<App, Error> {
-        config.validate()?;
-        let sms = deliver::SmsRules::new(config.sms_max_chars, config.sms_over_length, config.sms_template.clone())
-            .map_err(config::ConfigError::SmsTemplate)?;
-        let fcm = match (&config.fcm_credentials, config.delivery) {
-            (Some(path), config::DeliveryMode::Providers) => {
-                let credentials = |source| Error::Credentials { path: path.display().to_string(), source };
-                let account = Fcm::load_credentials(path).map_err(credentials)?;
-                Fcm::check_key(&account).map_err(credentials)?;
-                Some(account)
-            }
-            _ => None,
+        let settings = config.settings()?;
+        let credentials = |source| {
+            let path = settings.delivery.fcm.as_ref().map(|f| f.credentials.display().to_string()).unwrap_or_default();
+            Error::Credentials { path, source }
         };
-        let receipts = match (config.receipts(), &config.twilio_auth_token, config.receipts_listen) {
-            (Some(endpoint), Some(token), Some(addr)) => {
-                let bound = match listeners.receipts {
-                    Some(listener) => listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener)),
-                    None => tokio::net::TcpListener::bind(addr).await,
-                };
-                Some((bound.map_err(|source| Error::Receipts { addr, source })?, endpoint, token.clone()))
-            }
-            _ => None,
+        let fcm = settings.delivery.load_fcm().map_err(credentials)?;
+        let receipts = match &settings.receipts {
+            Some(r) => Some((bind(r.listen, listeners.receipts).await?, r.clone())),
+            None => None,
         };
         let http = reqwest::Client::builder()
-            .timeout(config.http_timeout)
+            .timeout(settings.http_timeout)
             .user_agent(USER_AGENT)
             .build()
             .expect("static HTTP client settings");
         let calls = Calls::default();
-        let mut senders = senders(&config, &http, fcm, &calls)?;
+        let (sms, push) = deliver::stages(settings.delivery.clone(), fcm, &http, &calls).map_err(credentials)?;
 
-        reachable(&config.brokers).await?;
-        let topics = Arc::new(Topics::from_config(&config));
-        topics::ensure(&kafka::admin(&config)?, &topics, &config).await?;
-        let registry = config.schema_registry_url.clone().map(|url| Arc::new(registry::Registry::new(url, config.http_timeout)));
+        reachable(&settings.kafka.brokers).await?;
+        let topics = Arc::new(settings.topics.clone());
+        topics::ensure(&kafka::admin(&settings.kafka)?, &topics, settings.creation, &settings.kafka.brokers).await?;
+        let registry = settings.schema_registry.clone().map(|url| Arc::new(registry::Registry::new(url, settings.http_timeout)));
         // Without a registry, status events carry schema id 0: readers use
         // schemas/notification.status.avsc.
         let status_schema_id = match &registry {
@@ -153,64 +143,46 @@ impl App {
             None => 0,
         };
         let suppressions = Arc::new(suppression::Suppressions::default());
-        let suppression_reader = suppression::load(kafka::reader(&config)?, &topics.suppressions, &suppressions).await?;
-        let router = Router::new(
-            |channel| {
-                let sender = std::mem::replace(&mut senders[channel.index()], Sender::Disabled);
-                Lane::new(sender, config.channel_queue, config.concurrency(channel))
-            },
-            config.channel_queue,
-            calls,
-        );
-        let publisher = outcome::Publisher::new(kafka::producer(&config)?, topics.clone(), status_schema_id, kafka::max_message_bytes(&config));
-        let pipeline = Arc::new(Pipeline {
+        let suppression_reader = suppression::load(kafka::reader(&settings.kafka)?, &topics.suppressions, &suppressions).await?;
+        let router = Router::new(Lane::new(sms, settings.sms_lane), Lane::new(push, settings.push_lane), settings.settled_queue, calls);
+        let max_bytes = kafka::max_message_bytes(&settings.kafka);
+        let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes);
+        let limits = settings.rate_limits.clone();
+        let pipeline = Arc::new(Pipeline::new(pipeline::Stages {
             decoder: decode::Decoder::new(codec::Bundled::load(), registry),
-            limiter: Limiter::new(|c| config.rate_limit(c).clone(), rate_limit_store(&config).await?),
+            limiter: Limiter::new(|c| limits.of(c).limit.clone(), rate_limit_store(&settings).await?),
             router,
             publisher: Arc::new(publisher),
-            topics: topics.clone(),
-            sms,
+            topics,
             suppressions: suppressions.clone(),
-            over_limit: Channel::ALL.map(|c| config.over_limit(c)),
-            postpone_spread: config.breaker_cooldown,
-            ledger: Arc::new(ledger::Ledger::new(config.ledger_window)),
-        });
-        Ok(App { config, pipeline, topics, suppressions, suppression_reader, receipts })
+            rate_limits: limits.clone(),
+            postpone_spread: settings.delivery.breaker.cooldown,
+            ledger: Arc::new(ledger::Ledger::new(settings.ledger_window)),
+        }));
+        Ok(App { settings, pipeline, suppressions, suppression_reader, receipts })
     }
 
     /// Where delivery receipts are accepted, when they are on.
     pub fn receipts_addr(&self) -> Option<SocketAddr> {
-        self.receipts.as_ref().and_then(|(listener, ..)| listener.local_addr().ok())
+        self.receipts.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// Consumes until `shutdown` completes, then drains within the
     /// shutdown deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let App { config, pipeline, topics, suppressions, suppression_reader, receipts } = self;
+        let App { settings, pipeline, suppressions, suppression_reader, receipts } = self;
+        let topics = pipeline.topics().clone();
         // Dropping the set, however `run` returns, stops following.
         let mut following = tokio::task::JoinSet::new();
         following.spawn(suppression::follow(suppression_reader, topics.suppressions.clone(), suppressions.clone()));
-        // The status topic is in the subscription so that each instance is
-        // assigned the status partitions of its requests, and commits the
-        // send ledger's marks with its offsets (see `ledger`).
-        let handover = Arc::new(ingest::Handover::default());
-        let handover_wait = config.shutdown_deadline.min(kafka::max_poll_interval(&config) / 2);
-        let context = ingest::IngestContext::new(topics.status.clone(), handover.clone(), pipeline.publisher.producer().clone(), handover_wait);
-        let consumer = kafka::consumer(&config, context)?;
-        let mut subscription = topics.inputs();
-        subscription.push(&topics.status);
-        consumer.subscribe(&subscription)?;
-        tracing::info!(message = "Consuming.", topics = ?topics.inputs(), group = config.group_id);
         let (stop_receipts, receipts_stopped) = tokio::sync::oneshot::channel::<()>();
-        let receipts = receipts.map(|(listener, endpoint, token)| {
+        let receipts = receipts.map(|(listener, receipts)| {
             let stopped = async {
                 let _ = receipts_stopped.await;
             };
-            let limits = receipts::Limits::new(config.receipts_max_connections);
-            tokio::spawn(receipts::serve(listener, endpoint, token, limits, pipeline.publisher.clone(), suppressions, stopped))
+            tokio::spawn(receipts::serve(listener, receipts, pipeline.publisher().clone(), suppressions, stopped))
         });
-        let settings = ingest::Settings { deadline: config.shutdown_deadline, handover, ledger_reader: kafka::reader_config(&config, "ledger") };
-        let consumed = ingest::consume(consumer, pipeline, settings, shutdown).await;
+        let consumed = consume(&settings, pipeline, shutdown).await;
         let _ = stop_receipts.send(());
         if let Some(server) = receipts {
             if let Ok(Err(error)) = server.await {
@@ -218,19 +190,47 @@ impl App {
             }
         }
         following.shutdown().await;
-        consumed?;
-        Ok(())
+        consumed
     }
+}
+
+/// Joins the group and consumes until `shutdown` completes.
+async fn consume(settings: &Settings, pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let topics = pipeline.topics().clone();
+    // The status topic is in the subscription so that each instance is
+    // assigned the status partitions of its requests, and commits the
+    // send ledger's marks with its offsets (see `ledger`).
+    let handover = Arc::new(ingest::Handover::default());
+    let handover_wait = settings.shutdown_deadline.min(kafka::max_poll_interval(&settings.kafka) / 2);
+    let producer = pipeline.publisher().producer().clone();
+    let context = ingest::IngestContext::new(topics.status.clone(), handover.clone(), producer, handover_wait);
+    let consumer = kafka::consumer(&settings.kafka, context)?;
+    let mut subscription = topics.inputs();
+    subscription.push(&topics.status);
+    consumer.subscribe(&subscription)?;
+    tracing::info!(message = "Consuming.", topics = ?topics.inputs(), group = settings.kafka.group_id);
+    let ledger_reader = kafka::reader_config(&settings.kafka, "ledger");
+    let ingest = ingest::Settings { deadline: settings.shutdown_deadline, handover, ledger_reader };
+    Ok(ingest::consume(consumer, pipeline, ingest, shutdown).await?)
+}
+
+/// The listener a caller handed over, or one bound to `addr`.
+async fn bind(addr: SocketAddr, given: Option<std::net::TcpListener>) -> Result<tokio::net::TcpListener, Error> {
+    let bound = match given {
+        Some(listener) => listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener)),
+        None => tokio::net::TcpListener::bind(addr).await,
+    };
+    bound.map_err(|source| Error::Receipts { addr, source })
 }
 
 /// Applies the CQL schema to `SCYLLA_URI` (`herald migrate`).
 pub async fn migrate(config: &Config) -> Result<(), Error> {
-    config.validate()?;
-    let session = ratelimit::connect(config).await?;
-    ratelimit::migrate(&session, &config.scylla_keyspace, &config.scylla_replication).await?;
+    config.settings()?;
+    let cql = config.cql().ok_or(config::ConfigError::MigrateWithoutScylla)?;
+    let session = cql::connect(&cql).await?;
+    cql::migrate(&session, &cql.keyspace, &cql.replication).await?;
     Ok(())
 }
-
 /// Whether any bootstrap server accepts a connection, tried at once
 /// rather than after the Kafka client's own retries: a wrong address is a
 /// configuration mistake, and the error should say so and name it.
@@ -261,81 +261,14 @@ async fn reachable(brokers: &str) -> Result<(), Error> {
     Err(failed(format!("no bootstrap server accepts connections ({})", reasons.join("; "))))
 }
 
-async fn rate_limit_store(config: &Config) -> Result<Store, Error> {
-    let limits = Channel::ALL.map(|c| (c.symbol(), config.rate_limit(c).windows.clone()));
-    let Some(uri) = &config.scylla_uri else {
+async fn rate_limit_store(settings: &Settings) -> Result<Store, Error> {
+    let limits = Channel::ALL.map(|c| (c.symbol(), settings.rate_limits.of(c).limit.windows.clone()));
+    let Some((cql, max_writes)) = &settings.scylla else {
         tracing::warn!(message = "No SCYLLA_URI: rate limits are kept in memory, and reset when herald restarts or a partition moves.", ?limits);
         return Ok(Store::Memory);
     };
-    let session = ratelimit::connect(config).await?;
-    let longest = Channel::ALL.iter().filter_map(|c| config.rate_limit(*c).longest()).max();
-    let table = ratelimit::Table::open(session, &config.scylla_keyspace, longest, config.scylla_max_writes).await?;
-    tracing::info!(message = "Rate limits are kept in ScyllaDB.", nodes = uri, keyspace = config.scylla_keyspace, ?limits);
+    let session = cql::connect(cql).await?;
+    let table = ratelimit::Table::open(session, &cql.keyspace, settings.rate_limits.longest(), *max_writes).await?;
+    tracing::info!(message = "Rate limits are kept in ScyllaDB.", nodes = cql.nodes, keyspace = cql.keyspace, ?limits);
     Ok(Store::ScyllaDb(table))
-}
-
-fn senders(
-    config: &Config,
-    http: &reqwest::Client,
-    fcm: Option<ServiceAccount>,
-    calls: &Calls,
-) -> Result<[Sender; Channel::ALL.len()], Error> {
-    use config::DeliveryMode;
-    let guarded = |gateway: Gateway| {
-        let breaker = deliver::breaker::Breaker::new(config.breaker_failures, config.breaker_cooldown);
-        let max_rps = config.max_rps(gateway.provider());
-        Guarded::new(gateway, max_rps, breaker, calls.clone())
-    };
-    let providers = |gateways: Vec<Gateway>| match gateways.is_empty() {
-        true => Sender::Disabled,
-        false => Sender::Providers(gateways.into_iter().map(guarded).collect()),
-    };
-    let (sms, push) = match config.delivery {
-        DeliveryMode::DryRun => (Sender::DryRun, Sender::DryRun),
-        DeliveryMode::Providers => {
-            let sms = config.sms_providers.iter().filter_map(|p| sms_gateway(config, http, *p)).collect();
-            let push = match fcm {
-                Some(account) => {
-                    let path = config.fcm_credentials.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
-                    let fcm = Fcm::new(http.clone(), &config.fcm_base_url, account, config.fcm_project_id.clone())
-                        .map_err(|source| Error::Credentials { path, source })?;
-                    vec![Gateway::Fcm(fcm)]
-                }
-                None => vec![],
-            };
-            (providers(sms), providers(push))
-        }
-    };
-    for (channel, sender) in Channel::ALL.iter().zip([&sms, &push]) {
-        match sender {
-            Sender::Disabled => {
-                tracing::warn!(message = "No provider configured; requests for this channel are reported invalid.", %channel)
-            }
-            Sender::Providers(p) => {
-                let order: Vec<_> = p.iter().map(|g| g.gateway().provider().name()).collect();
-                tracing::info!(message = "Providers, in failover order.", %channel, providers = ?order);
-            }
-            Sender::DryRun => {}
-        }
-    }
-    Ok([sms, push])
-}
-
-/// The client for an SMS provider, when its credentials are configured.
-fn sms_gateway(config: &Config, http: &reqwest::Client, provider: config::SmsProvider) -> Option<Gateway> {
-    match provider {
-        config::SmsProvider::Twilio => {
-            let auth = match (&config.twilio_api_key_sid, &config.twilio_api_key_secret, &config.twilio_auth_token) {
-                (Some(key), Some(secret), _) => TwilioAuth::ApiKey { sid: key.clone(), secret: secret.clone() },
-                (_, _, Some(token)) => TwilioAuth::AuthToken(token.clone()),
-                _ => return None,
-            };
-            let (sid, from) = (config.twilio_account_sid.clone()?, config.twilio_from.clone()?);
-            Some(Gateway::Twilio(Twilio::new(http.clone(), &config.twilio_base_url, sid, auth, from, config.receipts())))
-        }
-        config::SmsProvider::Vonage => {
-            let (key, secret, from) = (config.vonage_api_key.clone()?, config.vonage_api_secret.clone()?, config.vonage_from.as_ref()?);
-            Some(Gateway::Vonage(Vonage::new(http.clone(), &config.vonage_base_url, key, secret, from)))
-        }
-    }
 }

@@ -26,38 +26,6 @@ impl fmt::Debug for Masked<'_> {
     }
 }
 
-/// A secret from configuration. Its `Debug` never shows the value, so a
-/// config dump in a log is safe.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,12 +44,5 @@ mod tests {
     fn short_values_are_masked_completely() {
         assert_eq!(Masked("+1234").to_string(), "+****");
         assert_eq!(Masked("abc").to_string(), "…");
-    }
-
-    #[test]
-    fn secrets_do_not_debug_print() {
-        let s = Secret::new("hunter2");
-        assert_eq!(format!("{s:?}"), "\"[redacted]\"");
-        assert_eq!(s.expose(), "hunter2");
     }
 }

@@ -196,6 +196,114 @@ pub enum Stage {
     Receipt,
 }
 
+/// Who handled an attempt; named in status events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    Twilio,
+    Vonage,
+    Fcm,
+    DryRun,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 4] = [Provider::Twilio, Provider::Vonage, Provider::Fcm, Provider::DryRun];
+
+    /// As status events carry it. A name this build does not know (a
+    /// newer writer's provider) reads as `None`.
+    pub fn from_name(name: &str) -> Option<Provider> {
+        Provider::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Twilio => "twilio",
+            Provider::Vonage => "vonage",
+            Provider::Fcm => "fcm",
+            Provider::DryRun => "dry-run",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A status's or a header's error code, stable and machine-readable: a
+/// provider's own (`twilio:21211`, `fcm:UNREGISTERED`, `vonage:1`), an HTTP
+/// status a provider gave no code with (`http:503`), a produce error
+/// (`produce:MessageSizeTooLarge`), or one of herald's (`invalid-phone-number`,
+/// `rate-limit-exceeded`, `circuit-open`, ...). Built only by these
+/// constructors, or read back from a record another herald wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ErrorCode(std::borrow::Cow<'static, str>);
+
+impl ErrorCode {
+    pub const RATE_LIMIT_EXCEEDED: ErrorCode = ErrorCode::herald("rate-limit-exceeded");
+    pub const CIRCUIT_OPEN: ErrorCode = ErrorCode::herald("circuit-open");
+    /// No answer within the HTTP timeout.
+    pub const TIMEOUT: ErrorCode = ErrorCode::herald("timeout");
+    /// The connection failed, or the answer was not the provider's format.
+    pub const TRANSPORT: ErrorCode = ErrorCode::herald("transport");
+
+    /// One of herald's own codes.
+    pub const fn herald(code: &'static str) -> Self {
+        ErrorCode(std::borrow::Cow::Borrowed(code))
+    }
+
+    /// A provider's own code for its answer.
+    pub fn provider(provider: Provider, code: impl fmt::Display) -> Self {
+        ErrorCode(format!("{provider}:{code}").into())
+    }
+
+    /// An HTTP status a provider answered without a code of its own.
+    pub fn http(status: u16) -> Self {
+        ErrorCode(format!("http:{status}").into())
+    }
+
+    /// Google's OAuth token endpoint refused the service account.
+    pub fn token_exchange(status: u16) -> Self {
+        ErrorCode(format!("oauth:{status}").into())
+    }
+
+    /// A produce error no retry can fix.
+    pub fn produce(error: impl fmt::Display) -> Self {
+        ErrorCode(format!("produce:{error}").into())
+    }
+
+    /// A code as another writer put it in a record.
+    pub fn read(code: String) -> Self {
+        ErrorCode(code.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A code reads as its text, so `Option<ErrorCode>::as_deref` gives the
+/// `&str` that subscribers compare with.
+impl std::ops::Deref for ErrorCode {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// How an error was classified; this alone decides what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
@@ -246,9 +354,9 @@ pub struct StatusEvent {
     pub channel: Option<Channel>,
     pub status: Status,
     pub attempt: u32,
-    pub provider: Option<String>,
+    pub provider: Option<Provider>,
     pub provider_message_id: Option<String>,
-    pub error_code: Option<String>,
+    pub error_code: Option<ErrorCode>,
     pub error_class: Option<ErrorClass>,
     pub error_message: Option<String>,
     pub occurred_at: DateTime<Utc>,
@@ -296,8 +404,8 @@ pub enum InvalidReason {
 
 impl InvalidReason {
     /// Stable, machine-readable code for status events and DLQ headers.
-    pub fn code(&self) -> &'static str {
-        match self {
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::herald(match self {
             InvalidReason::UnknownChannel(_) => "unknown-channel",
             InvalidReason::ChannelDisabled(_) => "channel-disabled",
             InvalidReason::KeyMismatch => "key-mismatch",
@@ -311,7 +419,7 @@ impl InvalidReason {
             InvalidReason::PayloadTooLarge { .. } => "payload-too-large",
             InvalidReason::InvalidOverride(_) => "invalid-override",
             InvalidReason::RecordTooLarge { .. } => "record-too-large",
-        }
+        })
     }
 }
 

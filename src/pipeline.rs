@@ -25,30 +25,42 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::OverLimit;
-use crate::decode::{DecodeError, Decoder};
-use crate::deliver::{Attempt, Delivered, DeliveryError, Payload, SmsRules};
+use crate::decode::{DecodeError, Decoder, Undecodable};
+use crate::deliver::{Attempt, Delivered, DeliveryError};
 use crate::ledger::{Ledger, Sent};
 use crate::mask::Masked;
 use crate::model::{Channel, Ids, InvalidReason, Request};
 use crate::outcome::{self, Outcome, ProduceError, Publisher};
-use crate::ratelimit::{Decision, Limiter, Pending, StoreError, Subject};
+use crate::ratelimit::{self, Decision, Limiter, OverLimit, Pending, StoreError, Subject};
 use crate::record::Consumed;
 use crate::registry::RegistryError;
-use crate::route::Router;
+use crate::route::{Prepared, Router};
 use crate::suppression::{Change, Suppressions};
-use crate::topics::{Source, Topics};
+use crate::topics::{Due, Source, Topics};
 
+/// The stages, strung together.
 pub struct Pipeline {
+    decoder: Decoder,
+    limiter: Limiter,
+    router: Router,
+    publisher: Arc<Publisher>,
+    topics: Arc<Topics>,
+    suppressions: Arc<Suppressions>,
+    rate_limits: ratelimit::Settings,
+    postpone_spread: Duration,
+    ledger: Arc<Ledger>,
+}
+
+/// What a [`Pipeline`] is made of.
+pub struct Stages {
     pub decoder: Decoder,
     pub limiter: Limiter,
     pub router: Router,
     pub publisher: Arc<Publisher>,
     pub topics: Arc<Topics>,
-    pub sms: SmsRules,
     pub suppressions: Arc<Suppressions>,
-    /// Per channel, what happens to an event over its limit.
-    pub over_limit: [OverLimit; Channel::ALL.len()],
+    /// What happens to an event over its channel's limit.
+    pub rate_limits: ratelimit::Settings,
     /// Records refused by an open circuit come back spread over this long
     /// after it is due to close, not all at once.
     pub postpone_spread: Duration,
@@ -71,7 +83,7 @@ pub enum AdmitError {
 pub enum Admitted {
     /// Ready for its channel's delivery stage; `made` attempts were made
     /// before this one.
-    Deliver { request: Request, payload: Payload, made: u32 },
+    Deliver { request: Request, prepared: Prepared, made: u32 },
     /// Its outcome is already known.
     Settled { ids: Option<Ids>, outcome: Outcome },
 }
@@ -86,6 +98,33 @@ impl Admitted {
 }
 
 impl Pipeline {
+    pub fn new(stages: Stages) -> Self {
+        let Stages { decoder, limiter, router, publisher, topics, suppressions, rate_limits, postpone_spread, ledger } = stages;
+        Pipeline { decoder, limiter, router, publisher, topics, suppressions, rate_limits, postpone_spread, ledger }
+    }
+
+    pub fn topics(&self) -> &Arc<Topics> {
+        &self.topics
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn publisher(&self) -> &Arc<Publisher> {
+        &self.publisher
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// A requests partition was revoked: its users may be counted
+    /// elsewhere now.
+    pub fn forget_counts(&self, partition: i32) {
+        self.limiter.forget_partition(partition);
+    }
+
     /// Runs the checks in order. A counted event comes with its pending
     /// rate-limit write, which the record's offset must wait for. Errors
     /// only when the record cannot be judged at all (the schema registry or
@@ -97,6 +136,9 @@ impl Pipeline {
         now: DateTime<Utc>,
     ) -> Result<(Admitted, Option<Pending>), AdmitError> {
         let settled = |ids, outcome| Ok((Admitted::Settled { ids, outcome }, None));
+        if let Some(error) = &record.unreadable {
+            return settled(None, Outcome::Undecodable(Undecodable::Envelope(error.clone())));
+        }
         let request = match self.decoder.decode(record.key.as_deref(), record.payload.as_deref()).await {
             Ok(request) => request,
             Err(DecodeError::Unavailable(e)) => return Err(e.into()),
@@ -108,12 +150,13 @@ impl Pipeline {
             let reason = InvalidReason::RecordTooLarge { bytes: record.size(), max: self.publisher.max_record_bytes() };
             return settled(ids(), Outcome::Invalid(reason));
         }
-        if let (Source::Retry(_), Some(not_before)) = (source, record.envelope.not_before.filter(|t| *t > now)) {
+        // The loop let it through (see `ingest`), so it is due, or its
+        // topic's delay ran out first.
+        if let Due::ParkAgain { not_before } = self.topics.due(source, record.envelope.not_before, record.appended, now) {
             return settled(None, Outcome::Held { hold: self.hold_for(not_before, now), not_before });
         }
-        let lane = self.router.lane(request.channel);
-        let payload = match lane.validate(request.channel, &request, &self.sms) {
-            Ok(payload) => payload,
+        let prepared = match self.router.prepare(&request) {
+            Ok(prepared) => prepared,
             Err(reason) => return settled(ids(), Outcome::Invalid(reason)),
         };
         if let (Source::Requested, Some(not_before)) = (source, request.scheduled_at.filter(|t| *t > now)) {
@@ -135,7 +178,7 @@ impl Pipeline {
             match self.limiter.check(subject, now).await? {
                 (Decision::Allow, pending) => count = pending,
                 (Decision::Deny { until }, _) => {
-                    let outcome = match self.over_limit[request.channel.index()] {
+                    let outcome = match self.rate_limits.of(request.channel).over {
                         OverLimit::Reject => Outcome::RateLimited { until },
                         OverLimit::Defer => Outcome::Deferred { hold: self.hold_for(until, now), not_before: until },
                     };
@@ -143,7 +186,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok((Admitted::Deliver { request, payload, made }, count))
+        Ok((Admitted::Deliver { request, prepared, made }, count))
     }
 
     fn hold_for(&self, not_before: DateTime<Utc>, now: DateTime<Utc>) -> usize {
@@ -162,9 +205,9 @@ impl Pipeline {
                 }
                 Ok(Resolved { ids, outcome, attempts: record.envelope.attempts, now, suppress: None })
             }
-            Admitted::Deliver { request, payload, made } => {
+            Admitted::Deliver { request, prepared, made } => {
                 let attempt = Attempt { number: made + 1, partition: record.partition };
-                if let Some(delivered) = self.router.lane(request.channel).answer_now() {
+                if let Some(delivered) = self.router.answer_now(request.channel) {
                     return Ok(self.decided(request, attempt, Ok(delivered), now));
                 }
                 // Sent already, before a crash or by this partition's last
@@ -174,15 +217,15 @@ impl Pipeline {
                     let outcome = Outcome::Sent(delivered);
                     return Ok(Resolved { ids: Some(request.ids()), outcome, attempts: attempt, now, suppress: None });
                 }
-                Err(ToDeliver { request, payload, attempt })
+                Err(ToDeliver { request, prepared, attempt })
             }
         }
     }
 
     /// Calls the provider, and decides. The caller holds the lane's slot.
     pub async fn deliver(&self, to: ToDeliver) -> Resolved {
-        let ToDeliver { request, payload, attempt } = to;
-        let result = self.router.lane(request.channel).call(&payload, &request, attempt).await;
+        let ToDeliver { request, prepared, attempt } = to;
+        let result = self.router.call(&prepared, &request, attempt).await;
         let resolved = self.decided(request, attempt, result, Utc::now());
         if let (Outcome::Sent(delivered), Some(ids)) = (&resolved.outcome, &resolved.ids) {
             let sent = Sent { delivered: delivered.clone(), attempt: resolved.attempts };
@@ -196,7 +239,7 @@ impl Pipeline {
     fn decided(&self, request: Request, attempt: Attempt, result: Result<Delivered, DeliveryError>, now: DateTime<Utc>) -> Resolved {
         let jitter = self.postpone_spread.mul_f64(fastrand::f64());
         let outcome = outcome::decide(result, attempt.number, &self.topics, now, jitter);
-        let attempts = if outcome.called_provider() { attempt.number } else { attempt.number - 1 };
+        let attempts = outcome.attempts_after(attempt.number);
         log(&request, &outcome, attempt.number);
         let suppress = outcome.suppresses().map(|entry| {
             let change = Change { channel: request.channel, recipient: request.recipient.clone(), entry: Some(entry) };
@@ -222,13 +265,13 @@ impl Pipeline {
 /// A validated request whose provider call is still to be made.
 pub struct ToDeliver {
     request: Request,
-    payload: Payload,
+    prepared: Prepared,
     attempt: Attempt,
 }
 
 impl ToDeliver {
     pub fn channel(&self) -> Channel {
-        self.request.channel
+        self.prepared.channel()
     }
 
     pub fn partition(&self) -> i32 {

@@ -42,14 +42,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use reqwest::Url;
 use sha1::Sha1;
-use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::deliver::sms::{CallbackError, CallbackIds, StatusCallbacks};
 use crate::deliver::Provider;
-use crate::mask::{Masked, Secret};
-use crate::model::{Channel, ErrorClass, Status, StatusEvent};
+use crate::mask::Masked;
+use secrecy::{ExposeSecret, SecretString};
+use crate::model::{Channel, ErrorClass, ErrorCode, Status, StatusEvent};
 use crate::outcome::Publisher;
 use crate::suppression::{Change, Entry, Reason, Suppressions};
 
@@ -85,91 +86,6 @@ impl Limits {
             max_body: 32 * 1024,
             connection_lifetime: Duration::from_secs(60),
         }
-    }
-}
-
-/// Where Twilio sends callbacks (the public URL, as Twilio sees it behind
-/// any proxy), and the key herald signs its callback ids with.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub public_url: Url,
-    key: Secret,
-}
-
-/// The ids a status callback reports on, as herald put them in its URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallbackIds {
-    pub event_id: String,
-    pub user_id: String,
-    pub attempt: u32,
-    /// The requests partition the send came from; its status goes there.
-    pub partition: i32,
-}
-
-impl Endpoint {
-    /// `key` signs the ids in callback URLs. Without one of its own, herald
-    /// derives it from the Twilio auth token.
-    pub fn new(public_url: Url, key: Option<Secret>, auth_token: &Secret) -> Self {
-        let key = key.unwrap_or_else(|| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(auth_token.expose().as_bytes()).expect("HMAC takes keys of any length");
-            mac.update(b"herald receipts key v1");
-            Secret::new(base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
-        });
-        Endpoint { public_url, key }
-    }
-
-    /// Where Twilio posts incoming messages.
-    pub fn inbound_url(&self) -> Url {
-        self.public_url.join("inbound").expect("a relative path joins any base")
-    }
-
-    /// The `StatusCallback` for one attempt of one event.
-    pub fn callback_url(&self, ids: &CallbackIds) -> Url {
-        let mut url = self.public_url.clone();
-        url.query_pairs_mut()
-            .append_pair("event_id", &ids.event_id)
-            .append_pair("user_id", &ids.user_id)
-            .append_pair("attempt", &ids.attempt.to_string())
-            .append_pair("partition", &ids.partition.to_string())
-            .append_pair("sig", &self.sign(ids));
-        url
-    }
-
-    fn sign(&self, ids: &CallbackIds) -> String {
-        let mac = self.ids_mac(ids);
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    }
-
-    fn ids_mac(&self, ids: &CallbackIds) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(self.key.expose().as_bytes()).expect("HMAC takes keys of any length");
-        // Each field prefixed with its length, so no two tuples of ids
-        // produce the same input.
-        for field in [ids.event_id.as_bytes(), ids.user_id.as_bytes(), &ids.attempt.to_be_bytes(), &ids.partition.to_be_bytes()] {
-            mac.update(&(field.len() as u64).to_be_bytes());
-            mac.update(field);
-        }
-        mac
-    }
-
-    /// The ids of a callback's query, if it is exactly what herald wrote:
-    /// each parameter once, nothing else, well-formed, and signed.
-    pub fn callback_ids(&self, query: &str) -> Result<CallbackIds, StatusCode> {
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-        const NAMES: [&str; 5] = ["event_id", "user_id", "attempt", "partition", "sig"];
-        if pairs.len() != NAMES.len() || NAMES.iter().any(|n| pairs.iter().filter(|(k, _)| k == n).count() != 1) {
-            return Err(StatusCode::BAD_REQUEST);
-        }
-        let value = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
-        let attempt = value("attempt").parse::<u32>().ok().filter(|a| *a >= 1);
-        let partition = value("partition").parse::<i32>().ok().filter(|p| *p >= 0);
-        let (Some(attempt), Some(partition)) = (attempt, partition) else { return Err(StatusCode::BAD_REQUEST) };
-        if value("event_id").is_empty() || value("user_id").is_empty() {
-            return Err(StatusCode::BAD_REQUEST);
-        }
-        let ids = CallbackIds { event_id: value("event_id").to_owned(), user_id: value("user_id").to_owned(), attempt, partition };
-        let claimed = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value("sig")).map_err(|_| StatusCode::FORBIDDEN)?;
-        self.ids_mac(&ids).verify_slice(&claimed).map_err(|_| StatusCode::FORBIDDEN)?;
-        Ok(ids)
     }
 }
 
@@ -219,8 +135,8 @@ fn origins(public_url: &Url) -> [String; 2] {
 struct Receiver {
     /// With the path and query of the request, the URL Twilio signed.
     origins: [String; 2],
-    auth_token: Secret,
-    endpoint: Endpoint,
+    auth_token: SecretString,
+    callbacks: StatusCallbacks,
     limits: Limits,
     publisher: Arc<Publisher>,
     suppressions: Arc<Suppressions>,
@@ -232,7 +148,7 @@ impl Receiver {
         let path = uri.path_and_query().map_or("", |p| p.as_str());
         let claimed = headers.get(SIGNATURE_HEADER).and_then(|h| h.to_str().ok());
         let signed = claimed.is_some_and(|claimed| {
-            self.origins.iter().any(|origin| verify(self.auth_token.expose(), &format!("{origin}{path}"), params, claimed))
+            self.origins.iter().any(|origin| verify(self.auth_token.expose_secret(), &format!("{origin}{path}"), params, claimed))
         });
         if !signed {
             tracing::warn!(message = "Rejected a webhook without a valid X-Twilio-Signature.", path = uri.path());
@@ -256,20 +172,29 @@ impl Receiver {
     }
 }
 
+/// The receipts listener, as configured.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub callbacks: StatusCallbacks,
+    /// Checks Twilio's signatures.
+    pub auth_token: SecretString,
+    pub limits: Limits,
+}
+
 /// Serves Twilio's webhooks on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
-    endpoint: Endpoint,
-    auth_token: Secret,
-    limits: Limits,
+    settings: Settings,
     publisher: Arc<Publisher>,
     suppressions: Arc<Suppressions>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let inbound_url = endpoint.inbound_url();
-    let callback_path = endpoint.public_url.path().to_owned();
-    tracing::info!(message = "Accepting Twilio webhooks.", listen = %listener.local_addr()?, status_callback = %endpoint.public_url, incoming_messages = %inbound_url);
-    let receiver = Arc::new(Receiver { origins: origins(&endpoint.public_url), auth_token, endpoint, limits, publisher, suppressions });
+    let Settings { callbacks, auth_token, limits, .. } = settings;
+    let inbound_url = callbacks.inbound_url();
+    let callback_path = callbacks.public_url.path().to_owned();
+    tracing::info!(message = "Accepting Twilio webhooks.", listen = %listener.local_addr()?, status_callback = %callbacks.public_url, incoming_messages = %inbound_url);
+    let receiver = Arc::new(Receiver { origins: origins(&callbacks.public_url), auth_token, callbacks, limits, publisher, suppressions });
     let app = Router::new().route(&callback_path, post(callback)).route(inbound_url.path(), post(inbound)).with_state(receiver);
     accept(listener, app, limits, shutdown).await
 }
@@ -340,11 +265,14 @@ async fn callback(State(r): State<Arc<Receiver>>, uri: Uri, headers: HeaderMap, 
         return StatusCode::FORBIDDEN;
     }
     // Signed by Twilio, but the ids must be herald's, as herald wrote them.
-    let ids = match r.endpoint.callback_ids(uri.query().unwrap_or("")) {
+    let ids = match r.callbacks.callback_ids(uri.query().unwrap_or("")) {
         Ok(ids) => ids,
-        Err(status) => {
-            tracing::warn!(message = "Rejected a status callback whose ids herald did not write.", status = status.as_u16());
-            return status;
+        Err(error) => {
+            tracing::warn!(message = "Rejected a status callback whose ids herald did not write.", %error);
+            return match error {
+                CallbackError::Malformed => StatusCode::BAD_REQUEST,
+                CallbackError::Forged => StatusCode::FORBIDDEN,
+            };
         }
     };
     let partition = ids.partition;
@@ -423,14 +351,14 @@ fn receipt(params: &[(String, String)], ids: CallbackIds) -> Option<StatusEvent>
         "undelivered" | "failed" => Status::Undelivered,
         _ => return None,
     };
-    let error_code = param("ErrorCode").filter(|c| !c.is_empty()).map(|c| format!("twilio:{c}"));
+    let error_code = param("ErrorCode").filter(|c| !c.is_empty()).map(|c| ErrorCode::provider(Provider::Twilio, c));
     Some(StatusEvent {
         event_id: ids.event_id,
         user_id: ids.user_id,
         channel: Some(Channel::Sms),
         status,
         attempt: ids.attempt,
-        provider: Some(Provider::Twilio.name().to_owned()),
+        provider: Some(Provider::Twilio),
         provider_message_id: param("MessageSid"),
         error_class: error_code.as_ref().map(|_| ErrorClass::Permanent),
         error_message: error_code.as_ref().map(|_| "the carrier did not deliver the message".to_owned()),
@@ -505,46 +433,8 @@ mod tests {
         assert_eq!(origins(&url("http://127.0.0.1:8080/x")), ["http://127.0.0.1:8080", "http://127.0.0.1"]);
     }
 
-    fn endpoint() -> Endpoint {
-        Endpoint::new(Url::parse("https://h.example/twilio/status").unwrap(), None, &Secret::new("token"))
-    }
-
     fn ids() -> CallbackIds {
         CallbackIds { event_id: "e 1&x".into(), user_id: "u/1".into(), attempt: 2, partition: 5 }
-    }
-
-    #[test]
-    fn the_callback_url_carries_the_ids_signed() {
-        let e = endpoint();
-        let url = e.callback_url(&ids());
-        assert!(url.as_str().starts_with("https://h.example/twilio/status?event_id=e+1%26x&user_id=u%2F1&attempt=2&partition=5&sig="), "{url}");
-        assert_eq!(e.callback_ids(url.query().unwrap()), Ok(ids()));
-        let other_key = Endpoint::new(e.public_url.clone(), Some(Secret::new("another key")), &Secret::new("token"));
-        assert_eq!(other_key.callback_ids(url.query().unwrap()), Err(StatusCode::FORBIDDEN), "signed with another key");
-    }
-
-    #[test]
-    fn callback_ids_are_exactly_what_herald_wrote() {
-        let e = endpoint();
-        let query = e.callback_url(&ids()).query().unwrap().to_owned();
-        let sig = query.rsplit_once("sig=").unwrap().1.to_owned();
-        let rows = [
-            // The attack: the attempt's digits shifted into a body parameter's name.
-            (query.replace("attempt=2", "attempt="), StatusCode::BAD_REQUEST),
-            (query.replace("attempt=2", "attempt=0"), StatusCode::BAD_REQUEST),
-            (query.replace("attempt=2", "attempt=two"), StatusCode::BAD_REQUEST),
-            (query.replace("partition=5", "partition=-1"), StatusCode::BAD_REQUEST),
-            (query.replace("event_id=e+1%26x", "event_id="), StatusCode::BAD_REQUEST),
-            (format!("{query}&attempt=3"), StatusCode::BAD_REQUEST),
-            (format!("{query}&extra=1"), StatusCode::BAD_REQUEST),
-            (query.replace(&format!("&sig={sig}"), ""), StatusCode::BAD_REQUEST),
-            (query.replace("attempt=2", "attempt=3"), StatusCode::FORBIDDEN),
-            (query.replace("event_id=e+1%26x", "event_id=never-sent"), StatusCode::FORBIDDEN),
-            (query.replace(&sig, "AAAA"), StatusCode::FORBIDDEN),
-        ];
-        for (query, expected) in rows {
-            assert_eq!(e.callback_ids(&query), Err(expected), "{query}");
-        }
     }
 
     #[test]
@@ -554,7 +444,7 @@ mod tests {
         assert_eq!((delivered.status, delivered.error_code, delivered.attempt), (Status::Delivered, None, 2));
         assert_eq!(delivered.provider_message_id.as_deref(), Some("SM1"));
         let undelivered = receipt("undelivered", "30003").unwrap();
-        assert_eq!((undelivered.status, undelivered.error_code.as_deref()), (Status::Undelivered, Some("twilio:30003")));
+        assert_eq!((undelivered.status, undelivered.error_code.as_ref().map(ErrorCode::as_str)), (Status::Undelivered, Some("twilio:30003")));
         assert_eq!(receipt("failed", "30008").unwrap().status, Status::Undelivered);
         for step in ["queued", "sending", "sent", "accepted", "scheduled", "read", "canceled"] {
             assert!(receipt(step, "").is_none(), "{step}");

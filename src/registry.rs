@@ -7,6 +7,8 @@ use apache_avro::Schema;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
+use crate::backoff::Backoff;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The registry answered that the id does not exist: the record is bad.
@@ -93,9 +95,10 @@ impl Registry {
         Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
     {
         let mut last = String::new();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                backoff.wait().await;
             }
             match request().await {
                 Ok(resp) if resp.status().is_success() => {

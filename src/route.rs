@@ -1,6 +1,8 @@
-//! Stage 3: each channel is a lane with its own sender and its own bounds,
+//! Stage 3: each channel is a lane with its own stage and its own bounds,
 //! so a slow provider fills its own lane before it slows anyone else. Each
-//! provider has its own guard (`deliver::Guarded`).
+//! provider has its own guard (`deliver::Guarded`). A request leaves here
+//! in its channel's form ([`Prepared`]), so it can only reach that
+//! channel's providers.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,11 +11,16 @@ use std::sync::Arc;
 use futures::FutureExt;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
-use crate::deliver::{Attempt, Calls, Delivered, DeliveryError, Payload, Sender, SmsRules};
+use crate::deliver::{Attempt, Call, Calls, Delivered, DeliveryError, PushMessage, PushStage, SmsStage, Text};
 use crate::model::{Channel, InvalidReason, Request};
 
-pub struct Lane {
-    sender: Sender,
+/// A channel's stage, with its bounds.
+pub struct Lane<S> {
+    stage: S,
+    bounds: Bounds,
+}
+
+struct Bounds {
     /// Records admitted to the lane (waiting or in flight). When it is
     /// full, the consume loop waits: that is the backpressure that keeps
     /// memory bounded whatever the backlog.
@@ -25,43 +32,38 @@ pub struct Lane {
     concurrency: Arc<Semaphore>,
 }
 
-impl Lane {
-    pub fn new(sender: Sender, queue: usize, concurrency: usize) -> Self {
-        Lane {
-            sender,
-            admission: Arc::new(Semaphore::new(queue)),
-            capacity: queue,
-            concurrency: Arc::new(Semaphore::new(concurrency)),
+/// A lane's queue and concurrency.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneSettings {
+    pub queue: usize,
+    pub concurrency: usize,
+}
+
+impl<S> Lane<S> {
+    pub fn new(stage: S, settings: LaneSettings) -> Self {
+        let bounds = Bounds {
+            admission: Arc::new(Semaphore::new(settings.queue)),
+            capacity: settings.queue,
+            concurrency: Arc::new(Semaphore::new(settings.concurrency)),
+        };
+        Lane { stage, bounds }
+    }
+}
+
+/// A request checked by its channel's stage, in that channel's own form:
+/// only that channel's providers can be handed it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prepared {
+    Sms(Text),
+    Push(PushMessage),
+}
+
+impl Prepared {
+    pub fn channel(&self) -> Channel {
+        match self {
+            Prepared::Sms(_) => Channel::Sms,
+            Prepared::Push(_) => Channel::Push,
         }
-    }
-
-    /// The payload to send for `request`, or why it never can be.
-    pub fn validate(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Result<Payload, InvalidReason> {
-        self.sender.validate(channel, request, sms)
-    }
-
-    /// The answer of a lane that calls nobody (a dry run).
-    pub fn answer_now(&self) -> Option<Delivered> {
-        self.sender.answer_now()
-    }
-
-    /// Joins the queue for a provider slot now. Slots are given in the
-    /// order records joined, which is their order in the partition, so a
-    /// partition's oldest record is not left behind later ones (and with it
-    /// the offsets that can be committed).
-    pub fn queue_for_slot(&self) -> SlotWait {
-        let mut acquire: Acquire = Box::pin(self.concurrency.clone().acquire_owned());
-        // Polling once takes a free slot, or joins the semaphore's queue.
-        match (&mut acquire).now_or_never() {
-            Some(result) => SlotWait::Ready(result),
-            None => SlotWait::Queued(acquire),
-        }
-    }
-
-    /// Sends a payload this lane's [`Lane::validate`] returned; the caller
-    /// holds a [`Lane::slot`].
-    pub async fn call(&self, payload: &Payload, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
-        self.sender.send(payload, request, attempt).await
     }
 }
 
@@ -90,7 +92,8 @@ impl SlotWait {
 }
 
 pub struct Router {
-    lanes: [Lane; Channel::ALL.len()],
+    sms: Lane<SmsStage>,
+    push: Lane<PushStage>,
     /// Bounds records whose outcome needs no delivery (invalid, rate
     /// limited, scheduled) while their outcome is published.
     settled: Arc<Semaphore>,
@@ -99,22 +102,60 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(lane_for: impl FnMut(Channel) -> Lane, settled: usize, calls: Calls) -> Self {
-        Router {
-            lanes: Channel::ALL.map(lane_for),
-            settled: Arc::new(Semaphore::new(settled)),
-            settled_capacity: settled,
-            calls,
+    pub fn new(sms: Lane<SmsStage>, push: Lane<PushStage>, settled: usize, calls: Calls) -> Self {
+        Router { sms, push, settled: Arc::new(Semaphore::new(settled)), settled_capacity: settled, calls }
+    }
+
+    fn bounds(&self, channel: Channel) -> &Bounds {
+        match channel {
+            Channel::Sms => &self.sms.bounds,
+            Channel::Push => &self.push.bounds,
         }
     }
 
-    pub fn lane(&self, channel: Channel) -> &Lane {
-        &self.lanes[channel.index()]
+    /// What to send for `request`, in its channel's form, or why it never
+    /// can be sent.
+    pub fn prepare(&self, request: &Request) -> Result<Prepared, InvalidReason> {
+        match request.channel {
+            Channel::Sms => self.sms.stage.prepare(request).map(Prepared::Sms),
+            Channel::Push => self.push.stage.prepare(request).map(Prepared::Push),
+        }
+    }
+
+    /// The answer of a lane that calls nobody (a dry run).
+    pub fn answer_now(&self, channel: Channel) -> Option<Delivered> {
+        match channel {
+            Channel::Sms => self.sms.stage.stage.answer_now(),
+            Channel::Push => self.push.stage.stage.answer_now(),
+        }
+    }
+
+    /// Sends what [`Router::prepare`] returned, through its channel's
+    /// providers; the caller holds a slot of its lane.
+    pub async fn call(&self, prepared: &Prepared, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
+        let call = Call { request, attempt };
+        match prepared {
+            Prepared::Sms(text) => self.sms.stage.stage.send(text, call).await,
+            Prepared::Push(message) => self.push.stage.stage.send(message, call).await,
+        }
+    }
+
+    /// Joins the queue for a provider slot of `channel`'s lane now. Slots
+    /// are given in the order records joined, which is their order in the
+    /// partition, so a partition's oldest record is not left behind later
+    /// ones (and with it the offsets that can be committed).
+    pub fn queue_for_slot(&self, channel: Channel) -> SlotWait {
+        let mut acquire: Acquire = Box::pin(self.bounds(channel).concurrency.clone().acquire_owned());
+        // Polling once takes a free slot, or joins the semaphore's queue.
+        match (&mut acquire).now_or_never() {
+            Some(result) => SlotWait::Ready(result),
+            None => SlotWait::Queued(acquire),
+        }
     }
 
     fn admission(&self, channel: Option<Channel>) -> (&Arc<Semaphore>, usize) {
-        match channel {
-            Some(c) => (&self.lane(c).admission, self.lane(c).capacity),
+        match channel.map(|c| self.bounds(c)) {
+            Some(bounds) => (&bounds.admission, bounds.capacity),
             None => (&self.settled, self.settled_capacity),
         }
     }
@@ -142,8 +183,8 @@ impl Router {
     /// on, even in a slot that an aborted call frees.
     pub fn stop_calls(&self) {
         self.calls.stop();
-        for lane in &self.lanes {
-            lane.concurrency.close();
+        for channel in Channel::ALL {
+            self.bounds(channel).concurrency.close();
         }
     }
 }

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kafka::Reader;
 use crate::mask::Masked;
-use crate::model::Channel;
+use crate::model::{Channel, ErrorCode};
 
 /// How long startup may take to read the list before herald gives up: a
 /// safety net for a broker that stops answering, not a wait.
@@ -47,11 +47,11 @@ pub enum Reason {
 
 impl Reason {
     /// The `error_code` of a SUPPRESSED status.
-    pub fn code(self) -> &'static str {
-        match self {
+    pub fn code(self) -> ErrorCode {
+        ErrorCode::herald(match self {
             Reason::OptedOut => "opted-out",
             Reason::TokenUnregistered => "token-unregistered",
-        }
+        })
     }
 }
 

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
-use crate::config::Config;
 
 /// A delay topic: records wait in it until their not-before time, and no
 /// record is held in it longer than `delay` past its append time.
@@ -27,6 +28,19 @@ pub struct Topics {
     pub retries: Vec<RetryTopic>,
 }
 
+/// Whether a consumed record may be worked on now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Its time has come, or it never had one.
+    Now,
+    /// Not yet: it waits until `release`, its time or the end of its
+    /// topic's delay, whichever comes first.
+    Wait { release: DateTime<Utc> },
+    /// Its topic's delay ran out before its time: it is parked again, in
+    /// the delay topic that suits the time left.
+    ParkAgain { not_before: DateTime<Utc> },
+}
+
 /// Where a consumed record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Source {
@@ -35,18 +49,15 @@ pub enum Source {
 }
 
 impl Topics {
-    pub fn from_config(config: &Config) -> Self {
+    /// herald's default names and retry schedule.
+    pub fn defaults() -> Self {
+        let retry = |name: &str, minutes: u64| RetryTopic { name: name.to_owned(), delay: Duration::from_secs(60 * minutes) };
         Topics {
-            requested: config.topic_requested.clone(),
-            status: config.topic_status.clone(),
-            dead_letter: config.topic_dead_letter.clone(),
-            suppressions: config.topic_suppressions.clone(),
-            retries: config
-                .retry_topics
-                .iter()
-                .zip(&config.retry_delays)
-                .map(|(name, delay)| RetryTopic { name: name.clone(), delay: *delay })
-                .collect(),
+            requested: "notification.requested".into(),
+            status: "notification.status".into(),
+            dead_letter: "notification.dead-letter".into(),
+            suppressions: "notification.suppressions".into(),
+            retries: vec![retry("retry-10m", 10), retry("retry-20m", 20), retry("retry-40m", 40)],
         }
     }
 
@@ -73,6 +84,22 @@ impl Topics {
             return Some(Source::Requested);
         }
         self.retries.iter().position(|r| r.name == topic).map(Source::Retry)
+    }
+
+    /// Whether a record from `source` that is due at `not_before` and was
+    /// appended at `appended` may be worked on at `now`. No record is held
+    /// in a delay topic longer than that topic's delay, however far off its
+    /// time is; records of the requests topic are always due (a scheduled
+    /// request is parked first, by the pipeline).
+    pub fn due(&self, source: Source, not_before: Option<DateTime<Utc>>, appended: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Due {
+        let (Source::Retry(i), Some(not_before)) = (source, not_before) else { return Due::Now };
+        let delay = chrono::Duration::from_std(self.retries[i].delay).unwrap_or(chrono::Duration::MAX);
+        let release = appended.map_or(not_before, |t| not_before.min(t + delay));
+        match (release > now, not_before > now) {
+            (true, _) => Due::Wait { release },
+            (false, true) => Due::ParkAgain { not_before },
+            (false, false) => Due::Now,
+        }
     }
 
     /// The retry topic after a transient failure on `attempt` (from 1), or
@@ -115,16 +142,27 @@ pub enum TopicError {
     NotCoPartitioned(String),
 }
 
+/// Whether, and how, herald creates the topics that are missing.
+#[derive(Debug, Clone, Copy)]
+pub struct Creation {
+    /// Off: herald refuses to start while one is missing.
+    pub create: bool,
+    pub partitions: i32,
+    pub replication: i32,
+}
+
 /// Creates the topics that are missing, or refuses if told not to.
+/// `brokers` names the cluster in errors.
 pub async fn ensure(
     admin: &AdminClient<DefaultClientContext>,
     topics: &Topics,
-    config: &Config,
+    creation: Creation,
+    brokers: &str,
 ) -> Result<(), TopicError> {
     let metadata = admin
         .inner()
         .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|error| TopicError::Metadata { brokers: config.brokers.clone(), error })?;
+        .map_err(|error| TopicError::Metadata { brokers: brokers.to_owned(), error })?;
     let existing: Vec<(&str, i32)> = metadata
         .topics()
         .iter()
@@ -137,7 +175,7 @@ pub async fn ensure(
         .inputs()
         .into_iter()
         .chain([topics.status.as_str()])
-        .map(|t| (t, partitions(t).unwrap_or(config.topic_partitions)))
+        .map(|t| (t, partitions(t).unwrap_or(creation.partitions)))
         .collect();
     if inputs.iter().any(|(_, n)| *n != inputs[0].1) {
         let found = inputs.iter().map(|(t, n)| format!("{t}: {n}")).collect::<Vec<_>>().join(", ");
@@ -147,17 +185,17 @@ pub async fn ensure(
     if missing.is_empty() {
         return Ok(());
     }
-    if !config.create_topics {
+    if !creation.create {
         return Err(TopicError::Missing(missing[0].to_owned()));
     }
-    let replication = || TopicReplication::Fixed(config.topic_replication);
+    let replication = || TopicReplication::Fixed(creation.replication);
     let new: Vec<NewTopic> = missing
         .iter()
         .map(|t| match *t == topics.suppressions {
             // Keyed state, read whole by every instance: compacted, and one
             // partition so that all writers' changes have one order.
             true => NewTopic::new(t, 1, replication()).set("cleanup.policy", "compact"),
-            false => NewTopic::new(t, config.topic_partitions, replication()),
+            false => NewTopic::new(t, creation.partitions, replication()),
         })
         .collect();
     let results = admin
@@ -178,10 +216,9 @@ pub async fn ensure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
     fn topics() -> Topics {
-        Topics::from_config(&Config::try_parse_from(["herald"]).unwrap())
+        Topics::defaults()
     }
 
     #[test]
@@ -203,6 +240,21 @@ mod tests {
         assert_eq!(t.hold_for(min(20)), 1);
         assert_eq!(t.hold_for(min(39)), 1);
         assert_eq!(t.hold_for(min(24 * 60)), 2);
+    }
+
+    #[test]
+    fn a_parked_record_waits_for_its_time_or_its_topic_s_delay() {
+        use chrono::TimeZone;
+        let t = topics();
+        let at = |m: i64| Utc.timestamp_opt(1_700_000_000, 0).unwrap() + chrono::Duration::minutes(m);
+        let retry = Source::Retry(0);
+        assert_eq!(t.due(Source::Requested, Some(at(5)), Some(at(0)), at(0)), Due::Now, "a request is always due");
+        assert_eq!(t.due(retry, None, Some(at(0)), at(0)), Due::Now, "no time: due");
+        assert_eq!(t.due(retry, Some(at(5)), Some(at(0)), at(1)), Due::Wait { release: at(5) });
+        assert_eq!(t.due(retry, Some(at(5)), Some(at(0)), at(5)), Due::Now);
+        assert_eq!(t.due(retry, Some(at(60)), Some(at(0)), at(1)), Due::Wait { release: at(10) }, "the topic's delay first");
+        assert_eq!(t.due(retry, Some(at(60)), Some(at(0)), at(10)), Due::ParkAgain { not_before: at(60) });
+        assert_eq!(t.due(retry, Some(at(60)), None, at(10)), Due::Wait { release: at(60) }, "no append time: its own time");
     }
 
     #[test]

@@ -10,8 +10,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::breaker::{self, Admission, Breaker};
-use super::{Attempt, Delivered, DeliveryError, Gateway, Payload};
-use crate::model::Request;
+use super::{Call, Delivered, DeliveryError, Gateway};
 
 /// Shared by every provider: once shutdown's deadline has passed, no call
 /// may start, whatever frees a slot or a token meanwhile.
@@ -29,26 +28,26 @@ impl Calls {
 }
 
 /// A provider behind its guard.
-pub struct Guarded {
-    gateway: Gateway,
+pub struct Guarded<G> {
+    gateway: G,
     rate: Option<DefaultDirectRateLimiter>,
     breaker: Breaker,
     calls: Calls,
 }
 
-impl Guarded {
-    pub fn new(gateway: Gateway, max_per_second: Option<NonZeroU32>, breaker: Breaker, calls: Calls) -> Self {
+impl<G: Gateway> Guarded<G> {
+    pub fn new(gateway: G, max_per_second: Option<NonZeroU32>, breaker: Breaker, calls: Calls) -> Self {
         Guarded { gateway, rate: max_per_second.map(|n| RateLimiter::direct(Quota::per_second(n))), breaker, calls }
     }
 
-    pub fn gateway(&self) -> &Gateway {
+    pub fn gateway(&self) -> &G {
         &self.gateway
     }
 
     /// Calls the provider within its rate, unless its circuit is open:
     /// then the call fails at once, with the time until the circuit closes.
     /// Once calls are stopped, it never returns: its task is being aborted.
-    pub async fn call(&self, payload: &Payload, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
+    pub async fn call(&self, message: &G::Message, call: Call<'_>) -> Result<Delivered, DeliveryError> {
         if let Admission::Refused { retry_after } = self.breaker.admit(Instant::now()) {
             return Err(DeliveryError::CircuitOpen { provider: self.gateway.provider(), retry_after });
         }
@@ -58,7 +57,7 @@ impl Guarded {
         if self.calls.stopped() {
             std::future::pending::<()>().await;
         }
-        let result = self.gateway.send(payload, request, attempt).await;
+        let result = self.gateway.send(message, call).await;
         let counted = match &result {
             Err(DeliveryError::Unavailable { .. }) => breaker::Result::Failed,
             Ok(_) | Err(_) => breaker::Result::Answered,

@@ -1,53 +1,27 @@
-//! Stage 4: one delivery stage per channel. Each validates the request for
-//! its channel, then calls its provider. Errors are classified here, once,
-//! into `ErrorClass`; `outcome::decide` turns the class into what happens.
+//! Stage 4: one delivery stage per channel. A stage checks a request
+//! against its channel's rules and turns it into that channel's message
+//! (`sms::Text`, `push::PushMessage`), once; its providers send that
+//! message, in failover order, each behind its guard. Provider answers are
+//! classified here, once, into a [`DeliveryError`]; `outcome::decide` turns
+//! the class into what happens.
 
 pub mod breaker;
+mod build;
 mod guard;
 pub mod push;
 pub mod sms;
 
-use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
-pub use push::{Fcm, ServiceAccount};
+pub use build::{stages, BreakerSettings, DeliveryMode, FcmSettings, Settings, SmsProvider, TwilioSettings, VonageSettings};
 pub use guard::{Calls, Guarded};
-pub use sms::{SmsRules, Text, Twilio, TwilioAuth, TwilioSender, Vonage};
+pub use push::{Fcm, PushMessage, PushStage, ServiceAccount};
+pub use sms::{SmsGateway, SmsRules, SmsStage, Text, Twilio, TwilioAuth, TwilioSender, Vonage};
 
-use crate::model::{Channel, ErrorClass, InvalidReason, Request};
+pub use crate::model::Provider;
+use crate::model::{Channel, ErrorClass, ErrorCode, InvalidReason, Request};
 use crate::suppression::Reason;
-
-/// Who handled an attempt; named in status events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    Twilio,
-    Vonage,
-    Fcm,
-    DryRun,
-}
-
-impl Provider {
-    pub const ALL: [Provider; 4] = [Provider::Twilio, Provider::Vonage, Provider::Fcm, Provider::DryRun];
-
-    pub fn from_name(name: &str) -> Option<Provider> {
-        Provider::ALL.into_iter().find(|p| p.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Twilio => "twilio",
-            Provider::Vonage => "vonage",
-            Provider::Fcm => "fcm",
-            Provider::DryRun => "dry-run",
-        }
-    }
-}
-
-impl fmt::Display for Provider {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Which attempt a call is, and where its request came from: a provider
 /// that reports back (Twilio's callbacks) is told both.
@@ -57,6 +31,13 @@ pub struct Attempt {
     pub number: u32,
     /// The requests partition the record was read from.
     pub partition: i32,
+}
+
+/// What a provider call is told besides its channel's message.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub request: &'a Request,
+    pub attempt: Attempt,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,15 +52,15 @@ pub enum DeliveryError {
     Invalid(InvalidReason),
     /// The provider refused this message for good.
     #[error("{provider} rejected the message ({code}): {message}")]
-    Rejected { provider: Provider, code: String, message: String },
+    Rejected { provider: Provider, code: ErrorCode, message: String },
     /// The provider refused it because the recipient cannot be reached
     /// again (an opted-out number, an unregistered token): later sends to
     /// the recipient are suppressed.
     #[error("{provider} will not deliver to this recipient ({code}): {message}")]
-    RecipientGone { provider: Provider, code: String, message: String, reason: Reason },
+    RecipientGone { provider: Provider, code: ErrorCode, message: String, reason: Reason },
     /// The provider could not take it now; it may later.
     #[error("{provider} unavailable ({code}): {message}")]
-    Unavailable { provider: Provider, code: String, message: String, retry_after: Option<Duration> },
+    Unavailable { provider: Provider, code: ErrorCode, message: String, retry_after: Option<Duration> },
     /// The provider was not called: it failed repeatedly, and its circuit
     /// is open for `retry_after` more.
     #[error("{provider} was not called: it failed repeatedly, and its circuit is open")]
@@ -95,13 +76,13 @@ impl DeliveryError {
         }
     }
 
-    pub fn code(&self) -> String {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            DeliveryError::Invalid(reason) => reason.code().to_owned(),
+            DeliveryError::Invalid(reason) => reason.code(),
             DeliveryError::Rejected { code, .. }
             | DeliveryError::RecipientGone { code, .. }
             | DeliveryError::Unavailable { code, .. } => code.clone(),
-            DeliveryError::CircuitOpen { .. } => "circuit-open".to_owned(),
+            DeliveryError::CircuitOpen { .. } => ErrorCode::CIRCUIT_OPEN,
         }
     }
 
@@ -123,115 +104,87 @@ impl DeliveryError {
         }
     }
 
+    /// A transient failure with herald's code and sentence.
+    fn unavailable(provider: Provider, code: ErrorCode, message: &str) -> Self {
+        DeliveryError::Unavailable { provider, code, message: message.to_owned(), retry_after: None }
+    }
+
     /// Transport failures (timeouts, refused connections) are transient.
     /// The message is herald's: reqwest's would name the URL.
     fn transport(provider: Provider, error: &reqwest::Error) -> Self {
-        let (code, message) = if error.is_timeout() {
-            ("timeout", "no answer within the HTTP timeout")
+        if error.is_timeout() {
+            DeliveryError::unavailable(provider, ErrorCode::TIMEOUT, "no answer within the HTTP timeout")
         } else if error.is_connect() {
-            ("transport", "cannot connect")
+            DeliveryError::unavailable(provider, ErrorCode::TRANSPORT, "cannot connect")
         } else if error.is_decode() || error.is_body() {
-            ("transport", "the answer was cut short or is not the provider's format")
+            DeliveryError::unavailable(provider, ErrorCode::TRANSPORT, "the answer was cut short or is not the provider's format")
         } else {
-            ("transport", "the connection failed before an answer")
-        };
-        DeliveryError::Unavailable { provider, code: code.to_owned(), message: message.to_owned(), retry_after: None }
-    }
-}
-
-/// One provider's client.
-pub enum Gateway {
-    Twilio(Twilio),
-    Vonage(Vonage),
-    Fcm(Fcm),
-}
-
-impl Gateway {
-    pub fn provider(&self) -> Provider {
-        match self {
-            Gateway::Twilio(_) => Provider::Twilio,
-            Gateway::Vonage(_) => Provider::Vonage,
-            Gateway::Fcm(_) => Provider::Fcm,
-        }
-    }
-
-    async fn send(&self, payload: &Payload, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
-        match (self, payload) {
-            (Gateway::Twilio(twilio), Payload::Sms(text)) => twilio.send(request, text, attempt).await,
-            (Gateway::Vonage(vonage), Payload::Sms(text)) => vonage.send(request, text).await,
-            (Gateway::Fcm(fcm), Payload::Push) => fcm.send(request).await,
-            (gateway, _) => unreachable!("{} was given another channel's payload", gateway.provider()),
+            DeliveryError::unavailable(provider, ErrorCode::TRANSPORT, "the connection failed before an answer")
         }
     }
 }
 
-/// The stage behind one channel.
-pub enum Sender {
+/// A provider's client, for the messages of one channel: the type of its
+/// message is the channel's, so no provider can be handed another
+/// channel's message.
+pub trait Gateway: Send + Sync + 'static {
+    type Message: Send + Sync;
+
+    fn provider(&self) -> Provider;
+
+    fn send(&self, message: &Self::Message, call: Call<'_>) -> impl Future<Output = Result<Delivered, DeliveryError>> + Send;
+}
+
+/// What a channel's stage does with the requests it checked.
+pub enum Stage<G: Gateway> {
     /// In failover order: a transient failure of one provider, or its open
     /// circuit, moves the call on to the next. Never empty.
-    Providers(Vec<Guarded>),
-    /// Validates, then reports success without calling anyone.
+    Providers(Vec<Guarded<G>>),
+    /// Checks, then reports success without calling anyone.
     DryRun,
     /// No provider configured: requests for the channel are invalid here.
     Disabled,
 }
 
-/// What validation produced for a call, owned, so that it can travel to
-/// the task that makes the call without validating again.
-pub enum Payload {
-    Sms(Text),
-    /// FCM's body is written from the request when it is sent.
-    Push,
-}
-
-impl Payload {
-    fn channel(&self) -> Channel {
-        match self {
-            Payload::Sms(_) => Channel::Sms,
-            Payload::Push => Channel::Push,
-        }
-    }
-}
-
-impl Sender {
-    /// Checks `request` against `channel`'s rules: the payload to send, or
-    /// why it can never be sent in this deployment.
-    pub fn validate(&self, channel: Channel, request: &Request, sms: &SmsRules) -> Result<Payload, InvalidReason> {
-        if let Sender::Disabled = self {
-            return Err(InvalidReason::ChannelDisabled(channel));
-        }
-        match channel {
-            Channel::Sms => sms.prepare(request).map(Payload::Sms),
-            Channel::Push => push::validate(request).map(|()| Payload::Push),
-        }
+impl<G: Gateway> Stage<G> {
+    /// Why no request for `channel` can be sent here, if none can.
+    fn refuses(&self, channel: Channel) -> Option<InvalidReason> {
+        matches!(self, Stage::Disabled).then_some(InvalidReason::ChannelDisabled(channel))
     }
 
-    /// What a sender that calls nobody answers; `None` when a provider
-    /// must be called.
+    /// What a stage that calls nobody answers; `None` when a provider must
+    /// be called.
     pub fn answer_now(&self) -> Option<Delivered> {
         match self {
-            Sender::DryRun => Some(Delivered { provider: Provider::DryRun, message_id: None }),
-            Sender::Providers(_) | Sender::Disabled => None,
+            Stage::DryRun => Some(Delivered { provider: Provider::DryRun, message_id: None }),
+            Stage::Providers(_) | Stage::Disabled => None,
         }
     }
 
-    /// Sends a payload [`Sender::validate`] returned, failing over from one
-    /// provider to the next on transient failures. A permanent refusal is
-    /// final: another provider would refuse it too, or should not be asked
-    /// (an opted-out number). The error returned is the last provider's.
+    pub fn providers(&self) -> Vec<Provider> {
+        match self {
+            Stage::Providers(providers) => providers.iter().map(|g| g.gateway().provider()).collect(),
+            Stage::DryRun | Stage::Disabled => vec![],
+        }
+    }
+
+    /// Sends `message`, failing over from one provider to the next on
+    /// transient failures. A permanent refusal is final: another provider
+    /// would refuse it too, or should not be asked (an opted-out number).
+    /// The error returned is the last provider's.
     ///
     /// When no provider was called at all (each circuit open), the error
     /// says so, with the soonest time one closes: the attempt is not used.
     /// When some were, the last real failure is returned.
-    pub async fn send(&self, payload: &Payload, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
+    pub async fn send(&self, message: &G::Message, call: Call<'_>) -> Result<Delivered, DeliveryError> {
         let providers = match self {
-            Sender::Providers(providers) => providers,
-            Sender::DryRun => return Ok(Delivered { provider: Provider::DryRun, message_id: None }),
-            Sender::Disabled => return Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(payload.channel()))),
+            Stage::Providers(providers) => providers,
+            Stage::DryRun => return Ok(Delivered { provider: Provider::DryRun, message_id: None }),
+            Stage::Disabled => return Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(call.request.channel))),
         };
         let (mut failed, mut refused) = (None, None::<DeliveryError>);
         for (i, provider) in providers.iter().enumerate() {
-            match provider.call(payload, request, attempt).await {
+            match provider.call(message, call).await {
                 Err(error @ DeliveryError::CircuitOpen { .. }) => {
                     if refused.as_ref().is_none_or(|r| error.retry_after() < r.retry_after()) {
                         refused = Some(error);
@@ -239,14 +192,14 @@ impl Sender {
                 }
                 Err(error @ DeliveryError::Unavailable { .. }) => {
                     if let Some(next) = providers.get(i + 1) {
-                        tracing::debug!(message = "Provider unavailable; failing over.", event_id = request.event_id, from = %provider.gateway().provider(), to = %next.gateway().provider(), %error);
+                        tracing::debug!(message = "Provider unavailable; failing over.", event_id = call.request.event_id, from = %provider.gateway().provider(), to = %next.gateway().provider(), %error);
                     }
                     failed = Some(error);
                 }
                 result => return result,
             }
         }
-        Err(failed.or(refused).expect("a provider sender has at least one provider"))
+        Err(failed.or(refused).expect("a provider stage has at least one provider"))
     }
 }
 

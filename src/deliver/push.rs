@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Answer, Delivered, DeliveryError, Provider};
-use crate::mask::Secret;
-use crate::model::{AndroidOverrides, ApnsOverrides, InvalidReason, Request};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Answer, Call, Delivered, DeliveryError, Gateway, Provider, Stage};
+use crate::model::{AndroidOverrides, ApnsOverrides, Channel, ErrorCode, InvalidReason, Request};
 use crate::suppression::Reason;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -26,7 +27,7 @@ pub struct ServiceAccount {
     pub client_email: String,
     /// Named in the JWT's `kid`, so Google picks the key without trying each.
     pub private_key_id: Option<String>,
-    private_key: Secret,
+    private_key: SecretString,
     pub token_uri: String,
     pub project_id: Option<String>,
 }
@@ -34,12 +35,6 @@ pub struct ServiceAccount {
 impl std::fmt::Debug for ServiceAccount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceAccount").field("client_email", &self.client_email).finish_non_exhaustive()
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret::new)
     }
 }
 
@@ -68,7 +63,7 @@ pub struct Fcm {
 }
 
 struct AccessToken {
-    value: Secret,
+    value: SecretString,
     refresh_at: Instant,
 }
 
@@ -118,7 +113,7 @@ impl Fcm {
 
     /// Whether the key signs: checked at startup, before any connection.
     pub fn check_key(account: &ServiceAccount) -> Result<(), CredentialsError> {
-        EncodingKey::from_rsa_pem(account.private_key.expose().as_bytes())
+        EncodingKey::from_rsa_pem(account.private_key.expose_secret().as_bytes())
             .map(|_| ())
             .map_err(|_| CredentialsError::Key(account.client_email.clone()))
     }
@@ -130,25 +125,23 @@ impl Fcm {
         project: Option<String>,
     ) -> Result<Self, CredentialsError> {
         let project = project.or_else(|| account.project_id.clone()).ok_or(CredentialsError::NoProject)?;
-        let key = EncodingKey::from_rsa_pem(account.private_key.expose().as_bytes())
+        let key = EncodingKey::from_rsa_pem(account.private_key.expose_secret().as_bytes())
             .map_err(|_| CredentialsError::Key(account.client_email.clone()))?;
         let send_url = base.join(&format!("v1/projects/{project}/messages:send")).expect("project id forms a valid path");
         Ok(Fcm { http, send_url, account, key, token: Mutex::new(None) })
     }
 
-    /// Sends a request [`validate`] accepted.
-    pub async fn send(&self, request: &Request) -> Result<Delivered, DeliveryError> {
+    async fn post(&self, message: &PushMessage) -> Result<Delivered, DeliveryError> {
         let token = self.access_token().await?;
-        let body = serde_json::to_vec(&Message::of(request)).expect("a message serializes");
         let request = self
             .http
             .post(self.send_url.clone())
-            .bearer_auth(token.expose())
+            .bearer_auth(token.expose_secret())
             // Without it FCM may leave out `details[].errorCode`, by which
             // herald tells UNREGISTERED (suppress the token) from NOT_FOUND.
             .header("X-GOOG-API-FORMAT-VERSION", "2")
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
+            .body(message.body.clone());
         let answer = Answer::of(Provider::Fcm, request).await?;
         let (status, retry_after) = (answer.status, answer.retry_after);
         if status.is_success() {
@@ -163,17 +156,12 @@ impl Fcm {
         Err(classify(status, body.map(|b| b.error), retry_after))
     }
 
-    async fn access_token(&self) -> Result<Secret, DeliveryError> {
+    async fn access_token(&self) -> Result<SecretString, DeliveryError> {
         let mut cached = self.token.lock().await;
         if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
             return Ok(token.value.clone());
         }
-        let unavailable = |code: &str, message: String| DeliveryError::Unavailable {
-            provider: Provider::Fcm,
-            code: code.to_owned(),
-            message,
-            retry_after: None,
-        };
+        let unavailable = |code: ErrorCode, message: String| DeliveryError::Unavailable { provider: Provider::Fcm, code, message, retry_after: None };
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             iss: &self.account.client_email,
@@ -184,24 +172,23 @@ impl Fcm {
         };
         let header = Header { kid: self.account.private_key_id.clone(), ..Header::new(Algorithm::RS256) };
         let assertion = jsonwebtoken::encode(&header, &claims, &self.key)
-            .map_err(|e| unavailable("oauth:sign", e.to_string()))?;
+            .map_err(|e| unavailable(ErrorCode::herald("oauth:sign"), e.to_string()))?;
         let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)];
         let answer = Answer::of(Provider::Fcm, self.http.post(&self.account.token_uri).form(&form)).await?;
         if !answer.status.is_success() {
             // An auth failure stops every push; retries keep the messages
             // while an operator fixes the key.
-            return Err(unavailable(&format!("oauth:{}", answer.status.as_u16()), "token exchange refused".into()));
+            return Err(unavailable(ErrorCode::token_exchange(answer.status.as_u16()), "token exchange refused".into()));
         }
         let token: TokenResponse = answer.body().await?;
         let lifetime = Duration::from_secs(token.expires_in).saturating_sub(REFRESH_MARGIN);
-        let value = Secret::new(token.access_token);
+        let value = SecretString::from(token.access_token);
         *cached = Some(AccessToken { value: value.clone(), refresh_at: Instant::now() + lifetime });
         Ok(value)
     }
 }
 
-/// FCM's request body, borrowed from the request: counted when a request
-/// is validated, and written once, when it is sent.
+/// FCM's request body, borrowed from the request.
 #[derive(Serialize)]
 struct Message<'a> {
     message: Inner<'a>,
@@ -324,31 +311,14 @@ impl<'a> Apns<'a> {
     }
 }
 
-/// The length of `value` as JSON, without writing it anywhere.
-fn json_len<T: Serialize>(value: &T) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, value).expect("counting cannot fail");
-    count.0
-}
-
 const PERMANENT: &[&str] = &["UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"];
 
 fn classify(status: StatusCode, error: Option<GoogleError>, retry_after: Option<Duration>) -> DeliveryError {
     let fcm_code = error.as_ref().and_then(|e| e.details.iter().find_map(|d| d.error_code.clone()));
     let code = fcm_code.clone().or_else(|| error.and_then(|e| e.status));
     let (code, message) = match code {
-        Some(c) => (format!("fcm:{c}"), format!("FCM answered {c}")),
-        None => (format!("http:{}", status.as_u16()), format!("FCM answered HTTP {status}")),
+        Some(c) => (ErrorCode::provider(Provider::Fcm, &c), format!("FCM answered {c}")),
+        None => (ErrorCode::http(status.as_u16()), format!("FCM answered HTTP {status}")),
     };
     let permanent = match fcm_code.as_deref() {
         Some(c) => PERMANENT.contains(&c),
@@ -370,9 +340,51 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// FCM keeps a message at most 28 days.
 const MAX_TTL_SECONDS: i64 = 28 * 24 * 3600;
 
+/// The push stage: FCM (or a dry run).
+pub struct PushStage {
+    pub stage: Stage<Fcm>,
+}
+
+impl PushStage {
+    /// The message to send for `request`, encoded, or why it can never be
+    /// sent here.
+    pub fn prepare(&self, request: &Request) -> Result<PushMessage, InvalidReason> {
+        if let Some(reason) = self.stage.refuses(Channel::Push) {
+            return Err(reason);
+        }
+        prepare(request)
+    }
+}
+
+/// FCM's request body for one push, checked against FCM's rules and
+/// encoded once: every attempt, and every provider, sends these bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushMessage {
+    body: bytes::Bytes,
+}
+
+impl PushMessage {
+    pub fn json(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl Gateway for Fcm {
+    type Message = PushMessage;
+
+    fn provider(&self) -> Provider {
+        Provider::Fcm
+    }
+
+    async fn send(&self, message: &PushMessage, _: Call<'_>) -> Result<Delivered, DeliveryError> {
+        self.post(message).await
+    }
+}
+
 /// Checks a push request against FCM's rules, the size of its payload
-/// among them.
-pub(super) fn validate(request: &Request) -> Result<(), InvalidReason> {
+/// among them, and encodes it. The parts FCM counts are written one by
+/// one, so their sizes are known without writing anything twice.
+fn prepare(request: &Request) -> Result<PushMessage, InvalidReason> {
     if request.recipient.trim().is_empty() {
         return Err(InvalidReason::EmptyPushToken);
     }
@@ -388,17 +400,36 @@ pub(super) fn validate(request: &Request) -> Result<(), InvalidReason> {
         return Err(InvalidReason::InvalidOverride("apns.badge"));
     }
     let message = Message::of(request).message;
-    let mut payload = json_len(&message.notification);
+    let mut body = Vec::with_capacity(256 + request.content.body.len());
+    body.extend_from_slice(b"{\"message\":{\"token\":");
+    write(&mut body, &message.token);
+    body.extend_from_slice(b",\"notification\":");
+    let mut payload = write(&mut body, &message.notification);
     if !message.data.is_empty() {
-        payload += json_len(message.data);
+        body.extend_from_slice(b",\"data\":");
+        payload += write(&mut body, message.data);
     }
-    payload += message.android.as_ref().map_or(0, json_len) + message.apns.as_ref().map_or(0, json_len);
+    if let Some(android) = &message.android {
+        body.extend_from_slice(b",\"android\":");
+        payload += write(&mut body, android);
+    }
+    if let Some(apns) = &message.apns {
+        body.extend_from_slice(b",\"apns\":");
+        payload += write(&mut body, apns);
+    }
+    body.extend_from_slice(b"}}");
     if payload > MAX_PAYLOAD_BYTES {
         return Err(InvalidReason::PayloadTooLarge { bytes: payload, max: MAX_PAYLOAD_BYTES });
     }
-    Ok(())
+    Ok(PushMessage { body: body.into() })
 }
 
+/// Appends `value` as JSON, and says how many bytes that took.
+fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> usize {
+    let before = out.len();
+    serde_json::to_writer(&mut *out, value).expect("a message serializes");
+    out.len() - before
+}
 
 #[cfg(test)]
 mod tests {
@@ -406,7 +437,14 @@ mod tests {
     use crate::model::ErrorClass;
 
     fn message(request: &Request) -> serde_json::Value {
-        serde_json::to_value(Message::of(request)).unwrap()
+        let encoded = prepare(request).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(encoded.json()).unwrap();
+        assert_eq!(value, serde_json::to_value(Message::of(request)).unwrap(), "encoded in parts as serde would whole");
+        value
+    }
+
+    fn validate(request: &Request) -> Result<(), InvalidReason> {
+        prepare(request).map(|_| ())
     }
 
     #[test]

@@ -33,12 +33,11 @@ pub use context::{Assignment, Handover, IngestContext};
 use offsets::{Offsets, Ticket};
 use pauses::{Pauses, Until};
 
-use crate::decode::Undecodable;
 use crate::model::Channel;
-use crate::outcome::{Outcome, ProduceError};
-use crate::pipeline::{AdmitError, Admitted, Pipeline};
+use crate::outcome::ProduceError;
+use crate::pipeline::{AdmitError, Pipeline};
 use crate::record::{Consumed, Envelope};
-use crate::topics::Source;
+use crate::topics::{Due, Source};
 
 pub type HeraldConsumer = StreamConsumer<IngestContext>;
 
@@ -188,7 +187,7 @@ impl Loop {
                 }
                 () = &mut timer, if resume_at.is_some() => {
                     timer_at = None;
-                    self.pauses.resume_due(&self.consumer, &self.pipeline.topics, Instant::now());
+                    self.pauses.resume_due(&self.consumer, self.pipeline.topics(), Instant::now());
                 }
                 Some(restored) = self.restores.join_next(), if !self.restores.is_empty() => {
                     if let Ok((number, ends)) = restored {
@@ -226,7 +225,7 @@ impl Loop {
         let (partition, offset) = (message.partition(), message.offset());
         // A status record: its partition was fetched before the pause in
         // the rebalance took effect. The ledger is read by its own reader.
-        let Some(source) = self.pipeline.topics.source(message.topic()) else { return Ok(()) };
+        let Some(source) = self.pipeline.topics().source(message.topic()) else { return Ok(()) };
         if self.pauses.is_paused(source, partition) {
             // Fetched before the pause took effect; the seek brings it back.
             return Ok(());
@@ -237,22 +236,17 @@ impl Loop {
         }
         let headers = message.headers().map(|h| h.detach());
         let envelope = Envelope::read(headers.as_ref());
+        let appended = message.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
         let now = Utc::now();
-        if let (Source::Retry(i), Ok(Envelope { not_before: Some(not_before), .. })) = (source, &envelope) {
-            // Released when due, or when it has waited its topic's delay,
-            // whichever is first; a record released early is parked again.
-            let appended = message.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
-            let delay = chrono::Duration::from_std(self.pipeline.topics.retries[i].delay).unwrap_or(chrono::Duration::MAX);
-            let release = appended.map_or(*not_before, |t| (*not_before).min(t + delay));
-            if release > now {
-                let until = Instant::now() + (release - now).to_std().unwrap_or_default();
-                self.pause(consumer, (source, partition), offset, Until::Due(until));
-                return Ok(());
-            }
+        let not_before = envelope.as_ref().ok().and_then(|e| e.not_before);
+        if let Due::Wait { release } = self.pipeline.topics().due(source, not_before, appended, now) {
+            let until = Instant::now() + (release - now).to_std().unwrap_or_default();
+            self.pause(consumer, (source, partition), offset, Until::Due(until));
+            return Ok(());
         }
-        let (envelope, bad_envelope) = match envelope {
-            Ok(e) => (e, None),
-            Err(e) => (Envelope::default(), Some(e)),
+        let (envelope, unreadable) = match envelope {
+            Ok(envelope) => (envelope, None),
+            Err(error) => (Envelope::default(), Some(error)),
         };
         let record = Consumed {
             topic: message.topic().to_owned(),
@@ -261,12 +255,11 @@ impl Loop {
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
             headers,
+            appended,
             envelope,
+            unreadable,
         };
-        let (admitted, count) = match bad_envelope {
-            Some(e) => (Admitted::Settled { ids: None, outcome: Outcome::Undecodable(Undecodable::Envelope(e)) }, None),
-            None => self.pipeline.admit(&record, source, now).await?,
-        };
+        let (admitted, count) = self.pipeline.admit(&record, source, now).await?;
         let lane = admitted.channel();
         let Some(permit) = self.room(lane).await else {
             // Its rate-limit count, if any, is kept: the record comes back,
@@ -292,7 +285,7 @@ impl Loop {
                 };
                 let (handover, generation) = (self.handover.clone(), self.handover.generation(partition));
                 // In the loop, so in partition order: see `Lane::queue_for_slot`.
-                let slot = pipeline.router.lane(to_deliver.channel()).queue_for_slot();
+                let slot = pipeline.router().queue_for_slot(to_deliver.channel());
                 // Boxed: a provider call's future is kilobytes, and the
                 // runtime would otherwise copy it several times.
                 self.tasks.spawn(Box::pin(async move {
@@ -320,13 +313,13 @@ impl Loop {
         if self.pauses.waiting_for(lane) {
             return None;
         }
-        if let Some(permit) = self.pipeline.router.try_admit(lane) {
+        if let Some(permit) = self.pipeline.router().try_admit(lane) {
             return Some(permit);
         }
         // The records waiting to be handed over hold permits too.
         self.hand_over();
         let pipeline = self.pipeline.clone();
-        let admit = pipeline.router.admit(lane);
+        let admit = pipeline.router().admit(lane);
         let give_up = tokio::time::sleep(LANE_WAIT);
         tokio::pin!(admit, give_up);
         loop {
@@ -345,8 +338,8 @@ impl Loop {
     }
 
     fn pause(&mut self, consumer: &HeraldConsumer, at: (Source, i32), offset: i64, until: Until) {
-        if let Err(error) = self.pauses.pause(consumer, &self.pipeline.topics, at, offset, until) {
-            tracing::warn!(message = "Pausing a partition failed.", topic = self.pipeline.topics.name(at.0), partition = at.1, %error);
+        if let Err(error) = self.pauses.pause(consumer, self.pipeline.topics(), at, offset, until) {
+            tracing::warn!(message = "Pausing a partition failed.", topic = self.pipeline.topics().name(at.0), partition = at.1, %error);
         }
         if let Until::Room(lane) = until {
             tracing::debug!(message = "Lane full; partition paused until it has room.", lane = lane.map(Channel::symbol), partition = at.1);
@@ -404,20 +397,20 @@ impl Loop {
     fn progress(&mut self) {
         self.store_offsets();
         for lane in Channel::ALL.map(Some).into_iter().chain([None]) {
-            if self.pauses.waiting_for(lane) && self.pipeline.router.has_room(lane) {
-                self.pauses.resume_room(&self.consumer, &self.pipeline.topics, lane);
+            if self.pauses.waiting_for(lane) && self.pipeline.router().has_room(lane) {
+                self.pauses.resume_room(&self.consumer, self.pipeline.topics(), lane);
             }
         }
     }
 
     fn apply_rebalances(&mut self) {
-        let topics = self.pipeline.topics.clone();
+        let topics = self.pipeline.topics().clone();
         for change in self.consumer.context().take_changes() {
             match change {
                 Assignment::Revoked(partitions) => {
                     for (topic, partition) in partitions {
                         if topic == topics.status {
-                            self.pipeline.ledger.forget(partition);
+                            self.pipeline.ledger().forget(partition);
                             self.restoring.remove(&partition);
                             self.status_end.remove(&partition);
                             self.marks.remove(&partition);
@@ -425,7 +418,7 @@ impl Loop {
                         let Some(source) = topics.source(&topic) else { continue };
                         self.offsets.revoke(source, partition);
                         self.pauses.forget(source, partition);
-                        self.pipeline.limiter.forget_partition(partition);
+                        self.pipeline.forget_counts(partition);
                     }
                 }
                 Assignment::Assigned(partitions) => {
@@ -456,7 +449,7 @@ impl Loop {
             self.restoring.insert(*p, self.next_restore);
         }
         let (consumer, reader, topic, ledger) =
-            (self.consumer.clone(), self.ledger_reader.clone(), self.pipeline.topics.status.clone(), self.pipeline.ledger.clone());
+            (self.consumer.clone(), self.ledger_reader.clone(), self.pipeline.topics().status.clone(), self.pipeline.ledger().clone());
         let number = self.next_restore;
         self.restores.spawn(async move { (number, restore::restore(consumer, reader, topic, partitions, ledger).await) });
     }
@@ -471,7 +464,7 @@ impl Loop {
             self.restoring.remove(&partition);
             let known = self.status_end.entry(partition).or_default();
             *known = (*known).max(end);
-            self.pauses.resume_ledger(&self.consumer, &self.pipeline.topics, partition);
+            self.pauses.resume_ledger(&self.consumer, self.pipeline.topics(), partition);
         }
     }
 
@@ -485,7 +478,7 @@ impl Loop {
         if storable.is_empty() {
             return;
         }
-        let topics = &self.pipeline.topics;
+        let topics = self.pipeline.topics();
         let mut inputs = TopicPartitionList::new();
         let mut marks = TopicPartitionList::new();
         for (source, partition, next) in storable {
@@ -532,14 +525,14 @@ impl Loop {
                 unfinished = self.tasks.len() + self.at_acker
             );
             // First, so that no call starts in a slot an aborted call frees.
-            self.pipeline.router.stop_calls();
+            self.pipeline.router().stop_calls();
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
         self.acker.abort();
         self.store_offsets();
         let remaining = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
-        if let Err(error) = self.pipeline.publisher.producer().flush(remaining) {
+        if let Err(error) = self.pipeline.publisher().producer().flush(remaining) {
             tracing::warn!(message = "Producer flush failed.", %error);
         }
         // Synchronous commits and the consumer's close wait on the broker;

@@ -16,6 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::HeraldConsumer;
+use crate::backoff::Backoff;
 use crate::codec;
 use crate::kafka::{Reader, ReaderContext};
 use crate::ledger::Ledger;
@@ -33,7 +34,7 @@ pub async fn restore(
     partitions: Vec<i32>,
     ledger: Arc<Ledger>,
 ) -> Vec<(i32, i64)> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let attempt = read(&consumer, &reader, &topic, &partitions, &ledger);
         match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
@@ -41,8 +42,7 @@ pub async fn restore(
             Ok(Err(error)) => tracing::warn!(message = "Reading the send ledger failed; trying again.", topic, %error),
             Err(_) => tracing::warn!(message = "Reading the send ledger timed out; trying again.", topic),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        backoff.wait().await;
     }
 }
 

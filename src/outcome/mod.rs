@@ -13,8 +13,8 @@ pub use status::status_event;
 
 use crate::decode::Undecodable;
 use crate::deliver::{Delivered, DeliveryError};
-use crate::model::{ErrorClass, InvalidReason, Status};
-use crate::record::ErrorHeaders;
+use crate::model::{ErrorClass, ErrorCode, InvalidReason, Status};
+use crate::record::{Envelope, ErrorHeaders};
 use crate::suppression::{Entry, Reason};
 use crate::topics::Topics;
 
@@ -138,9 +138,28 @@ impl Outcome {
     /// recipient cannot be reached again.
     pub fn suppresses(&self) -> Option<Entry> {
         match self {
-            Outcome::Failed(e @ DeliveryError::RecipientGone { reason, .. }) => Some(Entry { reason: *reason, cause: e.code() }),
+            Outcome::Failed(e @ DeliveryError::RecipientGone { reason, .. }) => Some(Entry { reason: *reason, cause: e.code().to_string() }),
             _ => None,
         }
+    }
+
+    /// The delivery attempts reported once this outcome is reached, where
+    /// `attempt` is the attempt that reached it: an outcome that called no
+    /// provider used none.
+    pub fn attempts_after(&self, attempt: u32) -> u32 {
+        match self.called_provider() {
+            true => attempt,
+            false => attempt.saturating_sub(1),
+        }
+    }
+
+    /// Where the record goes next, and the envelope its copy carries there.
+    /// `error` is this outcome's [`Outcome::error`]; a parked record with
+    /// none keeps the error that parked it (`parked`'s).
+    pub fn reroute(&self, attempts: u32, error: Option<ErrorHeaders>, parked: &Envelope) -> Option<(Destination, Envelope)> {
+        let destination = self.destination()?;
+        let error = error.or_else(|| parked.error.clone());
+        Some((destination, Envelope { attempts, not_before: self.not_before(), origin: None, error }))
     }
 
     /// The error behind this outcome, free of personal data.
@@ -150,14 +169,12 @@ impl Outcome {
             | Outcome::RetryScheduled { error: e, .. }
             | Outcome::Postponed { error: e, .. }
             | Outcome::DeadLettered(e) => (e.class(), e.code(), e.to_string()),
-            Outcome::Invalid(reason) => (ErrorClass::Invalid, reason.code().to_owned(), reason.to_string()),
-            Outcome::RateLimited { until } | Outcome::Deferred { not_before: until, .. } => (
-                ErrorClass::RateLimited,
-                "rate-limit-exceeded".to_owned(),
-                format!("window full until {}", until.to_rfc3339()),
-            ),
-            Outcome::Suppressed(reason) => (ErrorClass::Permanent, reason.code().to_owned(), reason.to_string()),
-            Outcome::Undecodable(u) => (ErrorClass::Invalid, u.code().to_owned(), u.to_string()),
+            Outcome::Invalid(reason) => (ErrorClass::Invalid, reason.code(), reason.to_string()),
+            Outcome::RateLimited { until } | Outcome::Deferred { not_before: until, .. } => {
+                (ErrorClass::RateLimited, ErrorCode::RATE_LIMIT_EXCEEDED, format!("window full until {}", until.to_rfc3339()))
+            }
+            Outcome::Suppressed(reason) => (ErrorClass::Permanent, reason.code(), reason.to_string()),
+            Outcome::Undecodable(u) => (ErrorClass::Invalid, u.code(), u.to_string()),
             Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } => return None,
         };
         Some(ErrorHeaders { class, code, message })
@@ -169,10 +186,9 @@ mod tests {
     use super::*;
     use crate::deliver::Provider;
     use chrono::TimeZone;
-    use clap::Parser;
 
     fn topics() -> Topics {
-        Topics::from_config(&crate::config::Config::try_parse_from(["herald"]).unwrap())
+        Topics::defaults()
     }
 
     fn now() -> DateTime<Utc> {
@@ -182,20 +198,20 @@ mod tests {
     fn unavailable(retry_after: Option<u64>) -> DeliveryError {
         DeliveryError::Unavailable {
             provider: Provider::Twilio,
-            code: "http:503".into(),
+            code: ErrorCode::http(503),
             message: "down".into(),
             retry_after: retry_after.map(Duration::from_secs),
         }
     }
 
     fn rejected() -> DeliveryError {
-        DeliveryError::Rejected { provider: Provider::Twilio, code: "twilio:21211".into(), message: "bad".into() }
+        DeliveryError::Rejected { provider: Provider::Twilio, code: ErrorCode::provider(Provider::Twilio, 21211), message: "bad".into() }
     }
 
     fn opted_out() -> DeliveryError {
         DeliveryError::RecipientGone {
             provider: Provider::Twilio,
-            code: "twilio:21610".into(),
+            code: ErrorCode::provider(Provider::Twilio, 21610),
             message: "unsubscribed".into(),
             reason: Reason::OptedOut,
         }

@@ -24,8 +24,9 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{status_event, Destination, Outcome};
+use crate::backoff::Backoff;
 use crate::codec;
-use crate::model::{ErrorClass, Ids, Status, StatusEvent};
+use crate::model::{ErrorClass, ErrorCode, Ids, Status, StatusEvent};
 use crate::record::{Consumed, Envelope, ErrorHeaders, Origin};
 use crate::suppression::Change;
 use crate::topics::Topics;
@@ -102,11 +103,9 @@ impl Publisher {
         now: DateTime<Utc>,
         suppress: Option<&Change>,
     ) -> impl Future<Output = Result<Option<i64>, ProduceError>> + Send + 'static {
-        let status = ids.and_then(|ids| status_event(ids, outcome, attempts, now));
-        let reroute = outcome.destination().map(|destination| {
-            // A parked record keeps the error that parked it.
-            let error = outcome.error().or_else(|| record.envelope.error.clone());
-            let envelope = Envelope { attempts, not_before: outcome.not_before(), origin: None, error };
+        let error = outcome.error();
+        let status = ids.and_then(|ids| status_event(ids, outcome, error.as_ref(), attempts, now));
+        let reroute = outcome.reroute(attempts, error, &record.envelope).map(|(destination, envelope)| {
             let copy = self.copy(record, destination, &envelope);
             // If the copy can never be written, a stripped copy goes to the
             // dead letters instead, and a record that was to be retried says so.
@@ -246,7 +245,7 @@ struct Fallback {
 impl Fallback {
     async fn dead_letter(self, error: ProduceError) -> Result<i64, Failure> {
         tracing::error!(message = "A copy can never be written; dead-lettering it without the producer's bytes.", topic = error.topic, %error.error);
-        let code = format!("produce:{}", error.error.rdkafka_error_code().map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}")));
+        let code = ErrorCode::produce(error.error.rdkafka_error_code().map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}")));
         let reason = ErrorHeaders { class: ErrorClass::Permanent, code: code.clone(), message: format!("herald cannot write the record to {}", error.topic) };
         let envelope = Envelope { error: Some(reason), ..self.envelope };
         let copy = durable(self.producer.clone(), stripped(self.dead_letter, self.key, &envelope, &self.origin, self.size));
@@ -337,15 +336,15 @@ fn durable(producer: FutureProducer, out: Outgoing) -> impl Future<Output = Resu
 }
 
 async fn resend(producer: FutureProducer, out: Outgoing, mut error: KafkaError) -> Result<i64, Failure> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
     loop {
         let failed = || ProduceError { topic: out.topic.clone(), error: error.clone() };
         match disposition(&error) {
             Disposition::Backpressure => tokio::time::sleep(QUEUE_FULL_WAIT).await,
             Disposition::Retry => {
-                tracing::warn!(message = "Produce failed; retrying.", topic = out.topic, %error, backoff_ms = backoff.as_millis() as u64);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let pause = backoff.next_pause();
+                tracing::warn!(message = "Produce failed; retrying.", topic = out.topic, %error, backoff_ms = pause.as_millis() as u64);
+                tokio::time::sleep(pause).await;
             }
             Disposition::Record => return Err(Failure::Record(failed())),
             Disposition::Fatal => return Err(Failure::Fatal(failed())),

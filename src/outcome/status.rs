@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 
 use super::Outcome;
 use crate::model::{Ids, StatusEvent};
+use crate::record::ErrorHeaders;
 
-/// The status event for `outcome`, if it has one. `attempts` is the number
-/// of delivery attempts made once the outcome was reached: the attempt a
-/// provider's answer belongs to, or 0 when nothing was attempted yet.
-pub fn status_event(ids: &Ids, outcome: &Outcome, attempts: u32, now: DateTime<Utc>) -> Option<StatusEvent> {
+/// The status event for `outcome`, if it has one. `error` is the outcome's
+/// [`Outcome::error`]; `attempts` is the number of delivery attempts made
+/// once the outcome was reached ([`Outcome::attempts_after`]).
+pub fn status_event(ids: &Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, attempts: u32, now: DateTime<Utc>) -> Option<StatusEvent> {
     let status = outcome.status()?;
     let (provider, provider_message_id) = match outcome {
         Outcome::Sent(d) => (Some(d.provider), d.message_id.clone()),
@@ -17,18 +18,17 @@ pub fn status_event(ids: &Ids, outcome: &Outcome, attempts: u32, now: DateTime<U
         }
         _ => (None, None),
     };
-    let error = outcome.error();
     Some(StatusEvent {
         event_id: ids.event_id.clone(),
         user_id: ids.user_id.clone(),
         channel: ids.channel,
         status,
         attempt: attempts,
-        provider: provider.map(|p| p.name().to_owned()),
+        provider,
         provider_message_id,
-        error_class: error.as_ref().map(|e| e.class),
-        error_code: error.as_ref().map(|e| e.code.clone()),
-        error_message: error.map(|e| e.message),
+        error_class: error.map(|e| e.class),
+        error_code: error.map(|e| e.code.clone()),
+        error_message: error.map(|e| e.message.clone()),
         occurred_at: now,
         next_attempt_at: outcome.not_before(),
     })

@@ -13,6 +13,7 @@
 //! the range assignor), so each user has one writer at a time, and the
 //! cache is dropped with the partition.
 
+mod limit;
 mod scylla;
 mod windows;
 
@@ -21,9 +22,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use self::scylla::{connect, migrate, Pending, StoreError, Table, SCHEMA, TABLE};
+pub use self::scylla::{Pending, StoreError, Table, TABLE};
+pub use self::limit::{ChannelLimit, OverLimit, RateLimit, Settings, Window};
 pub use self::windows::{Checked, Counted, Windows};
-use crate::config::RateLimit;
+use crate::backoff::Backoff;
 use crate::model::Channel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,15 +109,14 @@ impl Limiter {
 }
 
 async fn read(table: &Table, user_id: &str) -> Result<Vec<(Channel, Counted)>, StoreError> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
     let mut attempt = 1;
     loop {
         match table.load(user_id).await {
             Ok(rows) => return Ok(rows),
             Err(error) if attempt < READ_ATTEMPTS => {
                 tracing::warn!(message = "Reading a rate-limit window failed; retrying.", %error, attempt);
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                backoff.wait().await;
                 attempt += 1;
             }
             Err(error) => return Err(error),

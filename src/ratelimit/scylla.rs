@@ -1,38 +1,25 @@
-//! The ScyllaDB store of counted events: the schema, `herald migrate`, the
-//! startup check, and the two statements the limiter runs.
-//!
-//! Only CQL that behaves the same on ScyllaDB and on the in-memory test
-//! server is used: whole-partition reads by key, plain inserts, and expiry
-//! from the table default. Windows are decided in herald from the stored
-//! timestamps, never by the server.
+//! The ScyllaDB store of counted events: the startup check of its table,
+//! and the two statements the limiter runs. Windows are decided in herald
+//! from the stored timestamps, never by the server.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::statement::Consistency;
 use tokio::sync::Semaphore;
 
 use super::windows::Counted;
-use crate::config::{Config, CqlConsistency};
+use crate::backoff::Backoff;
 use crate::model::Channel;
 
-/// The schema, applied by `herald migrate`.
-pub const SCHEMA: &str = include_str!("../../schemas/scylla/001_rate_limit.cql");
 pub const TABLE: &str = "rate_limit_events";
 
 type Source = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot connect to ScyllaDB at {nodes}: {source}")]
-    Connect { nodes: String, source: Source },
-    #[error("migration statement failed ({statement}): {source}")]
-    Migrate { statement: String, source: Source },
     #[error("table {keyspace}.{TABLE} does not exist; run `herald migrate` first")]
     NoTable { keyspace: String },
     #[error("table {keyspace}.{TABLE} does not match herald's schema ({source}); run `herald migrate`, or fix the table by hand")]
@@ -50,66 +37,6 @@ pub enum StoreError {
 
 fn read_failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Read(Box::new(e))
-}
-
-/// Connects with consistency and timeout in the default execution profile.
-pub async fn connect(config: &Config) -> Result<Arc<Session>, StoreError> {
-    let uri = config.scylla_uri.as_deref().unwrap_or_default();
-    let nodes: Vec<&str> =
-        uri.trim_start_matches("scylla://").split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
-    let profile = ExecutionProfile::builder()
-        .consistency(consistency(config.scylla_consistency))
-        .request_timeout(Some(config.scylla_timeout))
-        .build();
-    let session = SessionBuilder::new()
-        .known_nodes(&nodes)
-        .connection_timeout(config.scylla_timeout)
-        .default_execution_profile_handle(profile.into_handle())
-        .auto_await_schema_agreement(config.scylla_await_schema_agreement)
-        .fetch_schema_metadata(config.scylla_fetch_schema_metadata)
-        .build()
-        .await
-        .map_err(|e| StoreError::Connect { nodes: nodes.join(","), source: e.into() })?;
-    Ok(Arc::new(session))
-}
-
-fn consistency(c: CqlConsistency) -> Consistency {
-    match c {
-        CqlConsistency::One => Consistency::One,
-        CqlConsistency::LocalOne => Consistency::LocalOne,
-        CqlConsistency::Quorum => Consistency::Quorum,
-        CqlConsistency::LocalQuorum => Consistency::LocalQuorum,
-        CqlConsistency::All => Consistency::All,
-    }
-}
-
-/// The schema's statements for `keyspace`, comments removed.
-pub fn statements(keyspace: &str, replication: &str) -> Vec<String> {
-    let uncommented: String =
-        SCHEMA.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
-    uncommented
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.replace("{keyspace}", keyspace).replace("{replication}", replication))
-        .collect()
-}
-
-/// Applies the schema. Every statement is `IF NOT EXISTS`, so running it
-/// again, or from two instances at once, is harmless.
-pub async fn migrate(session: &Session, keyspace: &str, replication: &str) -> Result<(), StoreError> {
-    for statement in statements(keyspace, replication) {
-        session
-            .query_unpaged(statement.as_str(), ())
-            .await
-            .map_err(|e| StoreError::Migrate { statement: first_line(&statement), source: e.into() })?;
-        tracing::info!(message = "Applied.", statement = first_line(&statement));
-    }
-    Ok(())
-}
-
-fn first_line(statement: &str) -> String {
-    statement.lines().next().unwrap_or_default().to_owned()
 }
 
 /// The table of counted events, its statements prepared once.
@@ -198,13 +125,13 @@ impl Table {
         let user_id = user_id.to_owned();
         Pending(tokio::spawn(async move {
             let values = (user_id.as_str(), channel.symbol(), counted.event_id.as_str(), counted.at);
-            let mut backoff = Duration::from_millis(50);
+            let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
             // The row is keyed by event id, so writing it again is harmless;
             // giving up would lose the count.
             while let Err(error) = session.execute_unpaged(&insert, values).await {
-                tracing::error!(message = "Rate-limit write failed; retrying.", %error, backoff_ms = backoff.as_millis() as u64);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let pause = backoff.next_pause();
+                tracing::error!(message = "Rate-limit write failed; retrying.", %error, backoff_ms = pause.as_millis() as u64);
+                tokio::time::sleep(pause).await;
             }
             drop(permit);
         }))
@@ -260,16 +187,5 @@ mod tests {
         assert!(check_ttl("k", Some(0), hour).is_ok(), "never expiring is allowed, with a warning");
         assert!(check_ttl("k", None, hour).is_ok(), "not reported");
         assert!(check_ttl("k", Some(60), None).is_ok(), "no limits at all");
-    }
-
-    #[test]
-    fn the_schema_splits_into_statements_for_the_keyspace() {
-        let s = statements("hk", "{'class': 'SimpleStrategy', 'replication_factor': 1}");
-        assert_eq!(s.len(), 2, "{s:#?}");
-        assert!(s[0].starts_with("CREATE KEYSPACE IF NOT EXISTS hk"), "{}", s[0]);
-        assert!(s[0].ends_with("{'class': 'SimpleStrategy', 'replication_factor': 1}"), "{}", s[0]);
-        assert!(s[1].starts_with("CREATE TABLE IF NOT EXISTS hk.rate_limit_events"), "{}", s[1]);
-        assert!(s[1].contains("default_time_to_live = 172800"), "{}", s[1]);
-        assert!(s.iter().all(|s| !s.contains("--")), "comments are stripped");
     }
 }

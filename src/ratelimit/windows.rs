@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::config::RateLimit;
+use super::limit::RateLimit;
 use crate::model::Channel;
 
 /// One counted event.
@@ -157,7 +157,7 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Window;
+    use crate::ratelimit::Window;
     use chrono::TimeZone;
 
     fn limited(windows: &[(u32, u64)]) -> Windows {

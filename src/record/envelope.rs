@@ -6,7 +6,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
-use crate::model::ErrorClass;
+use crate::model::{ErrorClass, ErrorCode};
 
 pub const ATTEMPTS: &str = "herald-attempts";
 pub const NOT_BEFORE: &str = "herald-not-before";
@@ -38,7 +38,7 @@ pub struct Origin {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorHeaders {
     pub class: ErrorClass,
-    pub code: String,
+    pub code: ErrorCode,
     /// herald's own sentence, free of personal data.
     pub message: String,
 }
@@ -83,7 +83,7 @@ impl Envelope {
                 ORIGINAL_OFFSET => offset = Some(number(ORIGINAL_OFFSET, value)?),
                 // Informational: a class this build does not know is dropped.
                 ERROR_CLASS => class = ErrorClass::from_symbol(value),
-                ERROR_CODE => code = Some(value.to_owned()),
+                ERROR_CODE => code = Some(ErrorCode::read(value.to_owned())),
                 ERROR_MESSAGE => message = Some(value.to_owned()),
                 _ => {}
             }
@@ -119,7 +119,7 @@ impl Envelope {
         add(ORIGINAL_OFFSET, &origin.offset.to_string());
         if let Some(error) = &self.error {
             add(ERROR_CLASS, error.class.symbol());
-            add(ERROR_CODE, &error.code);
+            add(ERROR_CODE, error.code.as_str());
             add(ERROR_MESSAGE, cut(&error.message, MAX_MESSAGE_BYTES));
         }
         if let Some(size) = original_size {
@@ -152,7 +152,7 @@ mod tests {
     use super::*;
 
     fn transient() -> ErrorHeaders {
-        ErrorHeaders { class: ErrorClass::Transient, code: "http:503".into(), message: "down".into() }
+        ErrorHeaders { class: ErrorClass::Transient, code: ErrorCode::http(503), message: "down".into() }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod envelope;
 
+use chrono::{DateTime, Utc};
 use rdkafka::message::{Headers, OwnedHeaders};
 
 pub use envelope::{Envelope, EnvelopeError, ErrorHeaders, Origin};
@@ -16,7 +17,12 @@ pub struct Consumed {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Option<OwnedHeaders>,
+    /// When the broker appended it, if it says.
+    pub appended: Option<DateTime<Utc>>,
+    /// herald's headers on it; the defaults when they are `unreadable`.
     pub envelope: Envelope,
+    /// Headers with herald's names that another writer filled wrongly.
+    pub unreadable: Option<EnvelopeError>,
 }
 
 impl Consumed {

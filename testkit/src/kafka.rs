@@ -108,6 +108,8 @@ impl rdkafka::consumer::ConsumerContext for Quiet {}
 
 /// Reads every partition of a topic from the beginning, without a group.
 pub struct Reader {
+    bootstrap: String,
+    topic: String,
     consumer: StreamConsumer<Quiet>,
     partitions: i32,
     pub messages: Vec<OwnedMessage>,
@@ -134,7 +136,15 @@ impl Reader {
             list.add_partition_offset(topic, p, Offset::Beginning).unwrap();
         }
         consumer.assign(&list).expect("assigning partitions");
-        Reader { consumer, partitions: count, messages: Vec::new(), at_end: Default::default() }
+        Reader { bootstrap: bootstrap.to_owned(), topic: topic.to_owned(), consumer, partitions: count, messages: Vec::new(), at_end: Default::default() }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
 
     /// The next message, or `None` at `deadline`.

@@ -17,7 +17,7 @@ async fn sms_goes_to_twilio_as_a_form_post_with_basic_auth() {
     let sent = &terminal["sms-1"];
     assert_eq!(sent.status, Status::Sent);
     assert_eq!((sent.channel, sent.attempt, sent.user_id.as_str()), (Some(Channel::Sms), 1, "user-1"));
-    assert_eq!(sent.provider.as_deref(), Some("twilio"));
+    assert_eq!(sent.provider.map(|p| p.name()), Some("twilio"));
     assert!(sent.provider_message_id.as_deref().is_some_and(|sid| sid.starts_with("SM")), "{sent:?}");
 
     let requests = h.twilio.requests();
@@ -104,7 +104,7 @@ async fn push_goes_to_fcm_v1_with_a_cached_oauth_token() {
     let terminal = statuses.terminal(Duration::from_secs(30), &["push-1".into(), "push-2".into()]).await;
     for id in ["push-1", "push-2"] {
         let e = &terminal[id];
-        assert_eq!((e.status, e.provider.as_deref()), (Status::Sent, Some("fcm")), "{e:?}");
+        assert_eq!((e.status, e.provider.map(|p| p.name())), (Status::Sent, Some("fcm")), "{e:?}");
         assert!(e.provider_message_id.as_deref().is_some_and(|m| m.starts_with("projects/herald-test/messages/")));
     }
 

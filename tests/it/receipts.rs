@@ -88,7 +88,7 @@ async fn signed_callbacks_report_delivery_and_forged_ones_are_refused() {
     statuses
         .until(Duration::from_secs(30), |events| events.iter().filter(|e| matches!(e.status, Status::Delivered | Status::Undelivered)).count() >= 2)
         .await;
-    statuses.settle(Duration::from_millis(500)).await;
+    statuses.caught_up().await;
     herald.stop().await.unwrap();
 
     assert_eq!(statuses_of(&statuses.events, "rcpt-1"), [(Status::Sent, 1), (Status::Delivered, 1)], "nothing from the forgeries");

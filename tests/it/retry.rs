@@ -70,7 +70,7 @@ async fn success_on_the_third_attempt_ends_the_retries() {
 
     let mut statuses = h.statuses();
     statuses.terminal(Duration::from_secs(30), &["flaky".into()]).await;
-    statuses.settle(Duration::from_millis(1500)).await;
+    statuses.caught_up().await;
     assert_eq!(statuses_of(&statuses.events, "flaky"), [(Status::RetryScheduled, 1), (Status::RetryScheduled, 2), (Status::Sent, 3)]);
     assert_eq!(h.fcm.count(), 3);
     assert!(h.reader(&h.topics.retries[2]).read_to_end(Duration::from_secs(30)).await.is_empty(), "never reached retry-40m");
@@ -92,7 +92,7 @@ async fn permanent_failures_are_not_retried() {
     assert_eq!((terminal["landline"].status, terminal["landline"].error_code.as_deref()), (Status::Failed, Some("twilio:21614")));
     assert_eq!((terminal["gone"].status, terminal["gone"].error_code.as_deref()), (Status::Failed, Some("fcm:UNREGISTERED")));
     assert_eq!(terminal["gone"].error_class, Some(ErrorClass::Permanent));
-    statuses.settle(Duration::from_millis(800)).await;
+    statuses.caught_up().await;
     assert_eq!(statuses.of("landline").len(), 1, "no retry after a permanent failure");
     assert_eq!((h.twilio.count(), h.fcm.count()), (1, 1));
     herald.stop().await.unwrap();

@@ -44,7 +44,7 @@ async fn herald_refuses_to_start_without_the_schema_and_migrate_is_idempotent() 
     herald::migrate(&config).await.expect("a second migration changes nothing");
 
     // The table is there and round-trips a count.
-    let session = ratelimit::connect(&config).await.unwrap();
+    let session = herald::cql::connect(&config.cql().unwrap()).await.unwrap();
     let table = ratelimit::Table::open(session, &cql.keyspace, Some(Duration::from_secs(3600)), 8).await.unwrap();
     let at = chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis()).unwrap();
     let counted = ratelimit::Counted { at, event_id: "e1".into() };
@@ -120,7 +120,7 @@ async fn killed_and_restarted_mid_stream_no_event_is_counted_twice() {
             events.iter().filter(|e| second.contains(&e.event_id)).count() >= judged_before_kill + second.len()
         })
         .await;
-    statuses.settle(Duration::from_millis(500)).await;
+    statuses.caught_up().await;
     herald.stop().await.unwrap();
 
     let redelivered = second.iter().filter(|id| statuses.of(id).len() > 1).count();
@@ -155,7 +155,7 @@ async fn a_second_instance_takes_over_partitions_and_their_counts() {
     probe_until(&h, &users, &mut statuses, "fcm").await;
     let ids = send_round(&h, &users, "c", 2).await;
     statuses.terminal(Duration::from_secs(60), &ids).await;
-    statuses.settle(Duration::from_millis(500)).await;
+    statuses.caught_up().await;
     first.stop().await.unwrap();
 
     let sms_events: Vec<StatusEvent> =
@@ -165,8 +165,8 @@ async fn a_second_instance_takes_over_partitions_and_their_counts() {
     for user in &users {
         let (sent, limited) = &verdicts[user];
         assert_eq!((sent.len(), limited.len()), (5, 5), "{user}: sent {sent:?}, limited {limited:?}");
-        let providers: HashSet<Option<String>> =
-            sms_events.iter().filter(|e| &e.user_id == user && e.status == Status::Sent).map(|e| e.provider.clone()).collect();
+        let providers: HashSet<Option<herald::model::Provider>> =
+            sms_events.iter().filter(|e| &e.user_id == user && e.status == Status::Sent).map(|e| e.provider).collect();
         moved += usize::from(providers.len() == 2);
     }
     assert!(moved > 0, "some user's sends were split between the instances");
@@ -186,7 +186,7 @@ async fn probe_until(h: &Harness, users: &[String], statuses: &mut Statuses, pro
             ids.push(id);
         }
         let terminal = statuses.terminal(Duration::from_secs(60), &ids).await;
-        let handled = ids.iter().filter(|id| terminal[*id].provider.as_deref() == Some(provider)).count();
+        let handled = ids.iter().filter(|id| terminal[*id].provider.map(|p| p.name()) == Some(provider)).count();
         // Some partitions (the second instance's arrival) or all of them
         // (its departure).
         let enough = if provider == "dry-run" { handled > 0 } else { handled == ids.len() };
@@ -234,8 +234,9 @@ async fn on_real_scylla_a_ttl_shorter_than_the_window_is_refused() {
     assert!(!cql.is_local(), "set SCYLLA_URI to a real ScyllaDB to run this test");
     let argv: Vec<String> = ["herald".to_owned()].into_iter().chain(cql.args()).collect();
     let config = <herald::Config as clap::Parser>::try_parse_from(argv).unwrap();
-    let session = ratelimit::connect(&config).await.unwrap();
-    ratelimit::migrate(&session, &cql.keyspace, &config.scylla_replication).await.unwrap();
+    let settings = config.cql().unwrap();
+    let session = herald::cql::connect(&settings).await.unwrap();
+    herald::cql::migrate(&session, &cql.keyspace, &settings.replication).await.unwrap();
     session
         .query_unpaged(format!("ALTER TABLE {}.{} WITH default_time_to_live = 60", cql.keyspace, ratelimit::TABLE), ())
         .await

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 pub use herald_testkit::providers::{ACCOUNT_SID, FROM};
 
 pub struct Harness {
-    pub broker: Broker,
+    pub broker: &'static Broker,
     pub twilio: FakeTwilio,
     pub vonage: FakeVonage,
     pub fcm: FakeFcm,
@@ -53,8 +53,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Harness {
     pub async fn new() -> Harness {
-        herald::telemetry::init(herald::config::LogFormat::Text);
-        let broker = Broker::start();
+        herald::telemetry::init(herald::telemetry::LogFormat::Text);
+        let broker = Broker::shared();
         let unique = format!("t{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), Utc::now().timestamp_millis());
         let topics = TestTopics {
             requested: format!("{unique}.requested"),
@@ -311,11 +311,14 @@ impl Statuses {
     }
 
     /// Reads whatever else arrives within `window`.
-    pub async fn settle(&mut self, window: Duration) {
-        let deadline = tokio::time::Instant::now() + window;
-        while let Some(message) = self.reader.next(deadline).await {
-            self.events.push(codec::decode_status(&self.schema, message.payload().unwrap()).expect("status decodes"));
-        }
+    /// Every status on the topic now, read afresh to its end. An outcome's
+    /// status is written with the rest of its records, so once a terminal
+    /// status has been seen, what followed from it is there too: no quiet
+    /// spell is waited for.
+    pub async fn caught_up(&mut self) {
+        let mut fresh = Reader::new(self.reader.bootstrap(), self.reader.topic());
+        let all = fresh.read_to_end(Duration::from_secs(30)).await;
+        self.events = all.iter().map(|m| codec::decode_status(&self.schema, m.payload().unwrap()).expect("status decodes")).collect();
     }
 }
 

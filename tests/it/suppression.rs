@@ -35,7 +35,7 @@ async fn an_opted_out_number_is_skipped_until_it_replies_start() {
     // Another user, the same number: skipped without asking Twilio.
     let skipped = judged(&h, &mut statuses, &sms("o-2", "user-b", opted, "two")).await;
     assert_eq!(
-        (skipped.status, skipped.error_code.as_deref(), skipped.error_class, skipped.provider.as_deref(), skipped.attempt),
+        (skipped.status, skipped.error_code.as_deref(), skipped.error_class, skipped.provider.map(|p| p.name()), skipped.attempt),
         (Status::Suppressed, Some("opted-out"), Some(ErrorClass::Permanent), None, 0)
     );
     herald.stop().await.unwrap();
@@ -63,7 +63,7 @@ async fn an_opted_out_number_is_skipped_until_it_replies_start() {
     let (code, body) = reply(opted, "start", None, AUTH_TOKEN).await;
     assert_eq!((code, body.contains("<Response></Response>")), (200, true), "{body}");
     let sent = judged(&h, &mut statuses, &sms("o-5", "user-c", opted, "five")).await;
-    assert_eq!((sent.status, sent.provider.as_deref()), (Status::Sent, Some("twilio")));
+    assert_eq!((sent.status, sent.provider.map(|p| p.name())), (Status::Sent, Some("twilio")));
     // A STOP reply opts out before Twilio ever refuses a send.
     assert_eq!(reply(stopper, "Stop", Some("STOP"), AUTH_TOKEN).await.0, 200);
     assert_eq!(judged(&h, &mut statuses, &sms("o-6", "user-d", stopper, "six")).await.status, Status::Suppressed);
@@ -130,7 +130,7 @@ async fn startup_reads_the_whole_list_before_it_returns() {
     let topic = &h.topics.suppressions;
     kafka::create_topics(&h.broker.bootstrap, &[topic], 1).await;
     let empty = Suppressions::default();
-    let _ = suppression::load(herald::kafka::reader(&config).unwrap(), topic, &empty).await.expect("an empty topic loads");
+    let _ = suppression::load(herald::kafka::reader(&config.settings().unwrap().kafka).unwrap(), topic, &empty).await.expect("an empty topic loads");
     assert!(empty.is_empty());
 
     let entry = |cause: &str| Some(Entry { reason: Reason::OptedOut, cause: cause.into() });
@@ -149,7 +149,7 @@ async fn startup_reads_the_whole_list_before_it_returns() {
     }
     kafka::produce(&h.producer, topic, b"not a key", b"{}", None).await;
     let list = Suppressions::default();
-    let _ = suppression::load(herald::kafka::reader(&config).unwrap(), topic, &list).await.expect("the list loads");
+    let _ = suppression::load(herald::kafka::reader(&config.settings().unwrap().kafka).unwrap(), topic, &list).await.expect("the list loads");
     // Checked as soon as it returns: nothing follows the topic here.
     assert_eq!((list.check(Channel::Sms, "+14155550107"), list.check(Channel::Sms, "+14155550108")), (None, Some(Reason::OptedOut)));
     assert_eq!(list.len(), 1, "a bad record is skipped");
@@ -174,7 +174,7 @@ async fn startup_reads_a_batched_list_to_its_end_without_listoffsets() {
     futures::future::join_all(records.iter().map(|(k, v)| kafka::produce(&h.producer, topic, k, v, None))).await;
     let list = Suppressions::default();
     let started = std::time::Instant::now();
-    let _ = suppression::load(herald::kafka::reader(&config).unwrap(), topic, &list).await.expect("the list loads");
+    let _ = suppression::load(herald::kafka::reader(&config.settings().unwrap().kafka).unwrap(), topic, &list).await.expect("the list loads");
     assert_eq!(list.len(), numbers.len(), "every change, the last included");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }

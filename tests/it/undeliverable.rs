@@ -190,7 +190,7 @@ async fn an_invalid_status_names_the_channel_whenever_the_request_decoded() {
     statuses.until(Duration::from_secs(30), |e| e.len() >= 4).await;
     herald.stop().await.unwrap();
     use herald::model::Channel;
-    let mut got: Vec<_> = statuses.events.iter().map(|e| (e.error_code.clone().unwrap_or_default(), e.event_id.clone(), e.status, e.channel)).collect();
+    let mut got: Vec<_> = statuses.events.iter().map(|e| (e.error_code.as_deref().unwrap_or_default().to_owned(), e.event_id.clone(), e.status, e.channel)).collect();
     got.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let expected = [
         ("empty-event-id", "", Channel::Sms),

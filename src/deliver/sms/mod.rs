@@ -2,6 +2,7 @@
 //! optional template, length limit), and the providers that send it,
 //! Twilio first and Vonage as failover by default.
 
+mod callbacks;
 mod text;
 mod twilio;
 mod vonage;
@@ -10,10 +11,60 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use self::text::{segments, truncate, Encoding, Segments};
+pub use self::callbacks::{CallbackError, CallbackIds, StatusCallbacks};
 pub use self::twilio::{Twilio, TwilioAuth, TwilioSender};
 pub use self::vonage::{check_sender as check_vonage_sender, Vonage};
-use crate::config::OverLength;
-use crate::model::{InvalidReason, Request};
+use super::{Call, Delivered, DeliveryError, Gateway, Provider, Stage};
+use crate::model::{Channel, InvalidReason, Request};
+
+/// The SMS stage: its rules, and its providers (or a dry run).
+pub struct SmsStage {
+    pub rules: SmsRules,
+    pub stage: Stage<SmsGateway>,
+}
+
+impl SmsStage {
+    /// The text to send for `request`, or why it can never be sent here.
+    pub fn prepare(&self, request: &Request) -> Result<Text, InvalidReason> {
+        if let Some(reason) = self.stage.refuses(Channel::Sms) {
+            return Err(reason);
+        }
+        self.rules.prepare(request)
+    }
+}
+
+/// An SMS provider's client.
+pub enum SmsGateway {
+    Twilio(Twilio),
+    Vonage(Vonage),
+}
+
+impl Gateway for SmsGateway {
+    type Message = Text;
+
+    fn provider(&self) -> Provider {
+        match self {
+            SmsGateway::Twilio(_) => Provider::Twilio,
+            SmsGateway::Vonage(_) => Provider::Vonage,
+        }
+    }
+
+    async fn send(&self, text: &Text, call: Call<'_>) -> Result<Delivered, DeliveryError> {
+        match self {
+            SmsGateway::Twilio(twilio) => twilio.send(text, call).await,
+            SmsGateway::Vonage(vonage) => vonage.send(text, call).await,
+        }
+    }
+}
+
+/// What happens to an SMS body longer than the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OverLength {
+    /// Not sent; status INVALID (body-too-long).
+    Reject,
+    /// Cut at a character boundary, ending in "..." (or "…" when the body is not GSM-7 anyway).
+    Truncate,
+}
 
 /// How SMS bodies are shaped, from configuration.
 #[derive(Debug, Clone)]

@@ -3,19 +3,20 @@
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
+use secrecy::{ExposeSecret, SecretString};
+
+use super::callbacks::{CallbackIds, StatusCallbacks};
 use super::Text;
-use crate::deliver::{http_is_transient, Answer, Attempt, Delivered, DeliveryError, Provider};
-use crate::mask::Secret;
-use crate::model::Request;
-use crate::receipts::{CallbackIds, Endpoint};
+use crate::deliver::{http_is_transient, Answer, Call, Delivered, DeliveryError, Provider};
+use crate::model::ErrorCode;
 use crate::suppression::Reason;
 
 /// How requests to Twilio authenticate: HTTP Basic with the account SID
 /// and auth token, or with an API key SID and its secret.
 #[derive(Debug, Clone)]
 pub enum TwilioAuth {
-    AuthToken(Secret),
-    ApiKey { sid: String, secret: Secret },
+    AuthToken(SecretString),
+    ApiKey { sid: String, secret: SecretString },
 }
 
 impl TwilioAuth {
@@ -28,8 +29,8 @@ impl TwilioAuth {
 
     fn password(&self) -> &str {
         match self {
-            TwilioAuth::AuthToken(token) => token.expose(),
-            TwilioAuth::ApiKey { secret, .. } => secret.expose(),
+            TwilioAuth::AuthToken(token) => token.expose_secret(),
+            TwilioAuth::ApiKey { secret, .. } => secret.expose_secret(),
         }
     }
 }
@@ -74,7 +75,7 @@ pub struct Twilio {
     auth: TwilioAuth,
     from: TwilioSender,
     /// Where Twilio reports delivery, when receipts are on.
-    receipts: Option<Endpoint>,
+    callbacks: Option<StatusCallbacks>,
 }
 
 #[derive(Deserialize)]
@@ -94,20 +95,21 @@ impl Twilio {
         account_sid: String,
         auth: TwilioAuth,
         from: TwilioSender,
-        receipts: Option<Endpoint>,
+        callbacks: Option<StatusCallbacks>,
     ) -> Self {
         let messages_url = base
             .join(&format!("2010-04-01/Accounts/{account_sid}/Messages.json"))
             .expect("account SID forms a valid path");
-        Twilio { http, messages_url, account_sid, auth, from, receipts }
+        Twilio { http, messages_url, account_sid, auth, from, callbacks }
     }
 
-    pub async fn send(&self, request: &Request, text: &Text, attempt: Attempt) -> Result<Delivered, DeliveryError> {
+    pub async fn send(&self, text: &Text, call: Call<'_>) -> Result<Delivered, DeliveryError> {
+        let Call { request, attempt } = call;
         let from = match &self.from {
             TwilioSender::Number(number) => ("From", number.as_str()),
             TwilioSender::Service(sid) => ("MessagingServiceSid", sid.as_str()),
         };
-        let callback = self.receipts.as_ref().map(|r| {
+        let callback = self.callbacks.as_ref().map(|r| {
             let ids = CallbackIds {
                 event_id: request.event_id.clone(),
                 user_id: request.user_id.clone(),
@@ -159,19 +161,20 @@ fn describe(status: StatusCode, code: Option<u32>) -> String {
 }
 
 fn classify(status: StatusCode, code: Option<u32>, retry_after: Option<std::time::Duration>) -> DeliveryError {
-    let code_str = match code {
-        Some(c) => format!("twilio:{c}"),
-        None => format!("http:{}", status.as_u16()),
-    };
     let message = describe(status, code);
     let transient = !code.is_some_and(|c| PERMANENT_CODES.contains(&c)) && http_is_transient(status);
-    if code == Some(OPTED_OUT) {
-        return DeliveryError::RecipientGone { provider: Provider::Twilio, code: code_str, message, reason: Reason::OptedOut };
+    let (provider, reason) = (Provider::Twilio, code);
+    let code = match code {
+        Some(c) => ErrorCode::provider(provider, c),
+        None => ErrorCode::http(status.as_u16()),
+    };
+    if reason == Some(OPTED_OUT) {
+        return DeliveryError::RecipientGone { provider, code, message, reason: Reason::OptedOut };
     }
     if transient {
-        DeliveryError::Unavailable { provider: Provider::Twilio, code: code_str, message, retry_after }
+        DeliveryError::Unavailable { provider, code, message, retry_after }
     } else {
-        DeliveryError::Rejected { provider: Provider::Twilio, code: code_str, message }
+        DeliveryError::Rejected { provider, code, message }
     }
 }
 

@@ -5,10 +5,11 @@
 use reqwest::Url;
 use serde::Deserialize;
 
+use secrecy::{ExposeSecret, SecretString};
+
 use super::{Encoding, Text};
-use crate::deliver::{http_is_transient, Answer, Delivered, DeliveryError, Provider};
-use crate::mask::Secret;
-use crate::model::Request;
+use crate::deliver::{http_is_transient, Answer, Call, Delivered, DeliveryError, Provider};
+use crate::model::ErrorCode;
 
 /// Status codes worth another attempt: throttled (1), internal error (5),
 /// too many binds (10), communication failure (13).
@@ -44,7 +45,7 @@ pub struct Vonage {
     /// `{base}/sms/json`, built once.
     sms_url: Url,
     api_key: String,
-    api_secret: Secret,
+    api_secret: SecretString,
     /// A number (E.164; the `+` is dropped) or an alphanumeric sender id.
     from: String,
 }
@@ -63,12 +64,12 @@ struct Part {
 }
 
 impl Vonage {
-    pub fn new(http: reqwest::Client, base: &Url, api_key: String, api_secret: Secret, from: &str) -> Self {
+    pub fn new(http: reqwest::Client, base: &Url, api_key: String, api_secret: SecretString, from: &str) -> Self {
         let sms_url = base.join("sms/json").expect("a constant path");
         Vonage { http, sms_url, api_key, api_secret, from: from.trim_start_matches('+').to_owned() }
     }
 
-    pub async fn send(&self, request: &Request, text: &Text) -> Result<Delivered, DeliveryError> {
+    pub async fn send(&self, text: &Text, Call { request, .. }: Call<'_>) -> Result<Delivered, DeliveryError> {
         // Vonage takes E.164 without the leading +.
         let to = request.recipient.trim_start_matches('+');
         // Without `unicode`, Vonage sends GSM-7 and mangles anything else.
@@ -78,7 +79,7 @@ impl Vonage {
         };
         let mut form = vec![
             ("api_key", self.api_key.as_str()),
-            ("api_secret", self.api_secret.expose()),
+            ("api_secret", self.api_secret.expose_secret()),
             ("from", self.from.as_str()),
             ("to", to),
             ("text", text.body.as_str()),
@@ -90,7 +91,7 @@ impl Vonage {
         let answer = Answer::of(Provider::Vonage, self.http.post(self.sms_url.clone()).form(&form)).await?;
         let (status, retry_after) = (answer.status, answer.retry_after);
         if !status.is_success() {
-            let (code, message) = (format!("http:{}", status.as_u16()), format!("Vonage answered HTTP {}", status.as_u16()));
+            let (code, message) = (ErrorCode::http(status.as_u16()), format!("Vonage answered HTTP {}", status.as_u16()));
             return Err(if http_is_transient(status) {
                 DeliveryError::Unavailable { provider: Provider::Vonage, code, message, retry_after }
             } else {
@@ -136,7 +137,7 @@ fn describe(status: &str) -> String {
 /// A refused part's status code: unknown codes are permanent, like any
 /// refusal no retry is known to fix.
 fn classify(status: &str, retry_after: Option<std::time::Duration>) -> DeliveryError {
-    let code = format!("vonage:{status}");
+    let code = ErrorCode::provider(Provider::Vonage, status);
     let message = describe(status);
     let number = status.parse::<u32>().ok();
     if number.is_some_and(|n| TRANSIENT.contains(&n) || ACCOUNT.contains(&n)) {
@@ -189,7 +190,7 @@ mod tests {
         ];
         for (status, class) in rows {
             let e = classify(status, None);
-            assert_eq!((e.class(), e.code()), (class, format!("vonage:{status}")), "status {status}");
+            assert_eq!((e.class(), e.code().as_str()), (class, format!("vonage:{status}").as_str()), "status {status}");
         }
         assert_eq!(describe("29"), "Vonage: the destination is not allowed for this account");
         assert_eq!(describe("99"), "Vonage refused the message with status 99");
