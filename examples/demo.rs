@@ -54,7 +54,48 @@ async fn main() -> std::process::ExitCode {
     let broker = Broker::start();
     let cql = Cql::start();
     let providers = Providers::start().await;
-    // Provider behaviour per recipient; everything else is accepted.
+    script(&providers);
+    let names = Names::new(&broker);
+    let config = herald_config(&broker, &names, &providers, &cql);
+    // The producers' topic exists before herald, with as many partitions as
+    // the topics herald creates.
+    kafka::create_topics(&broker.bootstrap, &[&names.requested], config.topics.topic_partitions).await;
+    if let Err(e) = herald::migrate(&config).await {
+        println!("herald migrate failed: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    describe(&broker, &cql, &providers);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let herald = tokio::spawn(herald::run(config, async {
+        let _ = stopped.await;
+    }));
+    let bundled = Bundled::load();
+    let sender = Sender { producer: kafka::producer(&broker.bootstrap), schema: bundled.request.clone(), topic: names.requested.clone() };
+    let started = Instant::now();
+    let mut statuses = StatusLog { reader: Reader::new(&broker.bootstrap, &names.status), schema: bundled.status.clone(), events: vec![], quiet: false };
+    let (samples, followups) = run_samples(&sender, &mut statuses, started).await;
+    let load = bulk_load(&sender, &mut statuses, started, args.load).await;
+    let _ = stop.send(());
+    let stopped = herald.await.expect("herald task");
+
+    let mut ok = stopped.is_ok();
+    ok &= samples_verdict(&statuses, &samples, &followups, &providers, &broker, &names).await;
+    ok &= load.verdict(&statuses);
+    ok &= committed_verdict(&broker, &names).await;
+    if let Err(e) = stopped {
+        println!("herald stopped with an error: {e}");
+    }
+    println!("\n{}", if ok { "demo passed" } else { "demo FAILED" });
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Provider behaviour per recipient; everything else is accepted.
+fn script(providers: &Providers) {
     providers.twilio.script("+14155550199", vec![Reply::fail(503, "20503"); 4]);
     providers.vonage.script("+14155550199", vec![Reply::fail(200, "5"); 4]);
     providers.twilio.script("+14155550104", [Reply::fail(503, "20503")]);
@@ -62,34 +103,51 @@ async fn main() -> std::process::ExitCode {
     providers.twilio.script("+14155550105", [Reply::fail(400, "21610")]);
     providers.fcm.script("flaky-token", [Reply::fail(503, "UNAVAILABLE"), Reply::fail(500, "INTERNAL")]);
     providers.fcm.script("dead-token", [Reply::fail(404, "UNREGISTERED")]);
+}
 
-    // On a shared cluster, fresh names keep earlier runs out of the way.
-    let prefix = if broker.is_local() { String::new() } else { format!("demo-{}.", Utc::now().timestamp_millis()) };
-    let topic = |name: &str| format!("{prefix}{name}");
-    let (requested, status, dead_letter, suppressions) = (
-        topic("notification.requested"),
-        topic("notification.status"),
-        topic("notification.dead-letter"),
-        topic("notification.suppressions"),
-    );
-    let group = topic("herald-demo");
-    let retries = ["retry-10m", "retry-20m", "retry-40m"].map(topic).join(",");
+/// The demo's topics and group.
+struct Names {
+    requested: String,
+    status: String,
+    dead_letter: String,
+    suppressions: String,
+    retries: String,
+    group: String,
+}
+
+impl Names {
+    fn new(broker: &Broker) -> Names {
+        // On a shared cluster, fresh names keep earlier runs out of the way.
+        let prefix = if broker.is_local() { String::new() } else { format!("demo-{}.", Utc::now().timestamp_millis()) };
+        let topic = |name: &str| format!("{prefix}{name}");
+        Names {
+            requested: topic("notification.requested"),
+            status: topic("notification.status"),
+            dead_letter: topic("notification.dead-letter"),
+            suppressions: topic("notification.suppressions"),
+            retries: ["retry-10m", "retry-20m", "retry-40m"].map(topic).join(","),
+            group: topic("herald-demo"),
+        }
+    }
+}
+
+fn herald_config(broker: &Broker, names: &Names, providers: &Providers, cql: &Cql) -> Config {
     let mut argv: Vec<String> = [
         "herald",
         "--brokers",
         &broker.bootstrap,
         "--group-id",
-        &group,
+        &names.group,
         "--topic-requested",
-        &requested,
+        &names.requested,
         "--topic-status",
-        &status,
+        &names.status,
         "--topic-dead-letter",
-        &dead_letter,
+        &names.dead_letter,
         "--topic-suppressions",
-        &suppressions,
+        &names.suppressions,
         "--retry-topics",
-        &retries,
+        &names.retries,
         "--retry-delays",
         RETRY_DELAYS,
     ]
@@ -99,15 +157,10 @@ async fn main() -> std::process::ExitCode {
     argv.extend(providers.vonage_args());
     argv.extend(cql.args());
     argv.extend(kafka::fast_group_args());
-    let config = Config::try_parse_from(argv).expect("demo arguments parse");
-    // The producers' topic exists before herald, with as many partitions as
-    // the topics herald creates.
-    kafka::create_topics(&broker.bootstrap, &[&requested], config.topics.topic_partitions).await;
-    if let Err(e) = herald::migrate(&config).await {
-        println!("herald migrate failed: {e}");
-        return std::process::ExitCode::FAILURE;
-    }
+    Config::try_parse_from(argv).expect("demo arguments parse")
+}
 
+fn describe(broker: &Broker, cql: &Cql, providers: &Providers) {
     println!("broker      {} ({})", broker.bootstrap, if broker.is_local() { "tansu, in memory" } else { "KAFKA_BROKERS" });
     println!("rate limits ScyllaDB {} ({}), keyspace {}", cql.uri, if cql.is_local() { "kassandra, in memory" } else { "SCYLLA_URI" }, cql.keyspace);
     println!(
@@ -117,68 +170,85 @@ async fn main() -> std::process::ExitCode {
         providers.fcm.base_url()
     );
     println!("retries     {RETRY_DELAYS} (production: 10m,20m,40m)\n");
+}
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let herald = tokio::spawn(herald::run(config, async {
-        let _ = stopped.await;
-    }));
+/// Produces requests as another team's service would.
+struct Sender {
+    producer: rdkafka::producer::FutureProducer,
+    schema: apache_avro::Schema,
+    topic: String,
+}
 
-    let producer = kafka::producer(&broker.bootstrap);
-    let bundled = Bundled::load();
-    let send = |r: Request| {
-        let (producer, schema, requested) = (&producer, &bundled.request, &requested);
-        async move {
-            let bytes = codec::encode_request(schema, 1, &r).expect("sample encodes");
-            kafka::produce(producer, requested, r.user_id.as_bytes(), &bytes, None).await;
-        }
-    };
+impl Sender {
+    async fn send(&self, r: Request) {
+        let bytes = codec::encode_request(&self.schema, 1, &r).expect("sample encodes");
+        kafka::produce(&self.producer, &self.topic, r.user_id.as_bytes(), &bytes, None).await;
+    }
+}
 
-    let started = Instant::now();
-    let mut statuses = StatusLog { reader: Reader::new(&broker.bootstrap, &status), schema: bundled.status.clone(), events: vec![], quiet: false };
+/// Sends the samples, then the follow-ups that depend on their outcomes,
+/// printing each status as it comes.
+async fn run_samples(sender: &Sender, statuses: &mut StatusLog, started: Instant) -> (Vec<Sample>, Vec<Sample>) {
     println!("{:>8}  {:<16} {:<5} {:<16} {:>3}  detail", "at", "event", "chan", "status", "try");
-
     // herald joins its group first; the samples' schedule is relative to now.
-    send(sms("welcome", "ada", "+14155550100", "Welcome to herald, Ada!")).await;
+    sender.send(sms("welcome", "ada", "+14155550100", "Welcome to herald, Ada!")).await;
     statuses.until_terminal(&["welcome".to_owned()], started, Duration::from_secs(60)).await;
-
     let samples = samples();
     for s in &samples {
-        send(s.request.clone()).await;
+        sender.send(s.request.clone()).await;
     }
-    kafka::produce(&producer, &requested, b"mallory", b"\x00\x00\x00\x00\x01not avro", None).await;
+    kafka::produce(&sender.producer, &sender.topic, b"mallory", b"\x00\x00\x00\x00\x01not avro", None).await;
     let ids: Vec<String> = samples.iter().map(|s| s.request.event_id.clone()).collect();
     statuses.until_terminal(&ids, started, Duration::from_secs(60)).await;
-    // Sent once the samples' outcomes are known, since they depend on them.
     let followups = followups();
     for s in &followups {
-        send(s.request.clone()).await;
+        sender.send(s.request.clone()).await;
     }
     let ids: Vec<String> = followups.iter().map(|s| s.request.event_id.clone()).collect();
     statuses.until_terminal(&ids, started, Duration::from_secs(60)).await;
+    (samples, followups)
+}
 
-    // Bulk load: push notifications to many users, timed from the first
-    // produce to the last terminal status.
-    let load_ids: Vec<String> = (0..args.load).map(|i| format!("load-{i}")).collect();
+struct Load {
+    ids: Vec<String>,
+    produced_in: Duration,
+    took: Duration,
+}
+
+/// Push notifications to many users, timed from the first produce to the
+/// last terminal status.
+async fn bulk_load(sender: &Sender, statuses: &mut StatusLog, started: Instant, count: usize) -> Load {
+    let ids: Vec<String> = (0..count).map(|i| format!("load-{i}")).collect();
     let load_started = Instant::now();
-    futures::stream::iter(load_ids.iter().enumerate())
-        .map(|(i, id)| send(push(id, &format!("user-{}", i % 5000), &format!("token-{i}"), "Load", "bulk notification")))
+    futures::stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| sender.send(push(id, &format!("user-{}", i % 5000), &format!("token-{i}"), "Load", "bulk notification")))
         .buffer_unordered(5000)
         .collect::<()>()
         .await;
     let produced_in = load_started.elapsed();
     statuses.quiet = true;
-    statuses.until_terminal(&load_ids, started, Duration::from_secs(600)).await;
-    let took = load_started.elapsed();
+    statuses.until_terminal(&ids, started, Duration::from_secs(600)).await;
+    Load { ids, produced_in, took: load_started.elapsed() }
+}
 
-    let _ = stop.send(());
-    let stopped = herald.await.expect("herald task");
+impl Load {
+    fn verdict(&self, statuses: &StatusLog) -> bool {
+        let last = statuses.last_by_event();
+        let sent = self.ids.iter().filter(|id| last.get(id.as_str()).map(|e| e.status) == Some(Status::Sent)).count();
+        println!("\nload: {} push requests produced in {:.2?}, all terminal after {:.2?}", self.ids.len(), self.produced_in, self.took);
+        println!("      {sent} sent, {:.0} events/s end to end (request produced → status read)", self.ids.len() as f64 / self.took.as_secs_f64());
+        sent == self.ids.len()
+    }
+}
 
-    // The verdict.
+/// Each sample's last status, the suppressed recipients' calls, and the
+/// dead letters.
+async fn samples_verdict(statuses: &StatusLog, samples: &[Sample], followups: &[Sample], providers: &Providers, broker: &Broker, names: &Names) -> bool {
     println!("\nsamples:");
-    let mut ok = stopped.is_ok();
+    let mut ok = true;
     let last = statuses.last_by_event();
     let welcome = Sample { request: sms("welcome", "ada", "", ""), expect: Status::Sent, story: "sent" };
-    for s in std::iter::once(&welcome).chain(&samples).chain(&followups) {
+    for s in std::iter::once(&welcome).chain(samples).chain(followups) {
         let got = last.get(s.request.event_id.as_str()).map(|e| e.status);
         let pass = got == Some(s.expect);
         ok &= pass;
@@ -190,7 +260,7 @@ async fn main() -> std::process::ExitCode {
     let fcm_to_dead = providers.fcm.requests().iter().filter(|r| r.json.as_ref().is_some_and(|j| j["message"]["token"] == "dead-token")).count();
     println!("  provider calls to the suppressed recipients: twilio {twilio_to_stopped}, fcm {fcm_to_dead} (one each, before suppression)");
     ok &= (twilio_to_stopped, fcm_to_dead) == (1, 1);
-    let mut dead = Reader::new(&broker.bootstrap, &dead_letter);
+    let mut dead = Reader::new(&broker.bootstrap, &names.dead_letter);
     let codes: Vec<&str> = dead
         .read_to_end(Duration::from_secs(30))
         .await
@@ -199,28 +269,18 @@ async fn main() -> std::process::ExitCode {
         .collect();
     println!("  dead-letter topic: {} records, by error code {codes:?}", codes.len());
     // The undecodable record, the two invalid requests and the one out of retries.
-    ok &= codes.len() == 4;
+    ok && codes.len() == 4
+}
 
-    let load_sent = load_ids.iter().filter(|id| last.get(id.as_str()).map(|e| e.status) == Some(Status::Sent)).count();
-    println!("\nload: {} push requests produced in {:.2?}, all terminal after {:.2?}", args.load, produced_in, took);
-    println!("      {load_sent} sent, {:.0} events/s end to end (request produced → status read)", args.load as f64 / took.as_secs_f64());
-    ok &= load_sent == args.load;
-
-    let committed = kafka::committed(&broker.bootstrap, &group, &requested);
-    let end = kafka::end_offsets(&broker.bootstrap, &requested).await;
+/// Whether every request's offset was committed.
+async fn committed_verdict(broker: &Broker, names: &Names) -> bool {
+    let committed = kafka::committed(&broker.bootstrap, &names.group, &names.requested);
+    let end = kafka::end_offsets(&broker.bootstrap, &names.requested).await;
     let all_committed = end.iter().all(|(p, end)| committed.get(p).copied().unwrap_or(0) == *end);
     let (committed, end): (BTreeMap<_, _>, BTreeMap<_, _>) = (committed.into_iter().collect(), end.into_iter().collect());
+    let requested = &names.requested;
     println!("\noffsets of {requested} by partition:\n  committed {committed:?}\n  end       {end:?}\n  {}", if all_committed { "everything committed" } else { "NOT all committed" });
-    ok &= all_committed;
-    if let Err(e) = stopped {
-        println!("herald stopped with an error: {e}");
-    }
-    println!("\n{}", if ok { "demo passed" } else { "demo FAILED" });
-    if ok {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+    all_committed
 }
 
 fn samples() -> Vec<Sample> {

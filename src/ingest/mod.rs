@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -35,8 +35,9 @@ use pauses::{Pauses, Until};
 
 use crate::model::Channel;
 use crate::outcome::ProduceError;
-use crate::pipeline::{AdmitError, Pipeline};
-use crate::record::{Consumed, Envelope};
+use crate::pipeline::{AdmitError, Pipeline, ToDeliver};
+use crate::ratelimit::Pending;
+use crate::record::Consumed;
 use crate::topics::{Due, Source};
 
 pub type HeraldConsumer = StreamConsumer<IngestContext>;
@@ -234,31 +235,13 @@ impl Loop {
             self.pause(consumer, (source, partition), offset, Until::Ledger(partition));
             return Ok(());
         }
-        let headers = message.headers().map(|h| h.detach());
-        let envelope = Envelope::read(headers.as_ref());
-        let appended = message.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+        let record = Consumed::read(message);
         let now = Utc::now();
-        let not_before = envelope.as_ref().ok().and_then(|e| e.not_before);
-        if let Due::Wait { release } = self.pipeline.topics().due(source, not_before, appended, now) {
+        if let Due::Wait { release } = self.pipeline.topics().due(source, record.envelope.not_before, record.appended, now) {
             let until = Instant::now() + (release - now).to_std().unwrap_or_default();
             self.pause(consumer, (source, partition), offset, Until::Due(until));
             return Ok(());
         }
-        let (envelope, unreadable) = match envelope {
-            Ok(envelope) => (envelope, None),
-            Err(error) => (Envelope::default(), Some(error)),
-        };
-        let record = Consumed {
-            topic: message.topic().to_owned(),
-            partition,
-            offset,
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers,
-            appended,
-            envelope,
-            unreadable,
-        };
         let (admitted, count) = self.pipeline.admit(&record, source, now).await?;
         let lane = admitted.channel();
         let Some(permit) = self.room(lane).await else {
@@ -275,36 +258,41 @@ impl Loop {
             Ok(resolved) => {
                 self.batch.push(acker::Settled { record, resolved, ticket, permit, counted: count });
             }
-            Err(to_deliver) => {
-                // The record is finished only once its rate-limit count, if
-                // any, is durable too.
-                let counted = async move {
-                    if let Some(count) = count {
-                        count.durable().await;
-                    }
-                };
-                let (handover, generation) = (self.handover.clone(), self.handover.generation(partition));
-                // In the loop, so in partition order: see `Lane::queue_for_slot`.
-                let slot = pipeline.router().queue_for_slot(to_deliver.channel());
-                // Boxed: a provider call's future is kilobytes, and the
-                // runtime would otherwise copy it several times.
-                self.tasks.spawn(Box::pin(async move {
-                    let slot = slot.slot().await;
-                    // Revoked meanwhile: the partition's next owner sends it.
-                    let Some(calling) = handover.begin(to_deliver.partition(), generation) else {
-                        return (ticket, Ok(None));
-                    };
-                    let resolved = pipeline.deliver(to_deliver).await;
-                    let published = pipeline.publish(&record, resolved);
-                    // The outcome is with the producer: a revoke may go on.
-                    drop(calling);
-                    let (published, ()) = tokio::join!(published, counted);
-                    drop((slot, permit));
-                    (ticket, published)
-                }));
-            }
+            Err(to_deliver) => self.deliver(record, to_deliver, ticket, permit, count),
         }
         Ok(())
+    }
+
+    /// Calls the provider on a task of its own, then publishes. The slot is
+    /// queued for here, in the loop, so in partition order (see
+    /// `Router::queue_for_slot`).
+    fn deliver(&mut self, record: Consumed, to_deliver: ToDeliver, ticket: Ticket, permit: OwnedSemaphorePermit, count: Option<Pending>) {
+        let pipeline = self.pipeline.clone();
+        // The record is finished only once its rate-limit count, if any, is
+        // durable too.
+        let counted = async move {
+            if let Some(count) = count {
+                count.durable().await;
+            }
+        };
+        let (handover, generation) = (self.handover.clone(), self.handover.generation(record.partition));
+        let slot = pipeline.router().queue_for_slot(to_deliver.channel());
+        // Boxed: a provider call's future is kilobytes, and the runtime
+        // would otherwise copy it several times.
+        self.tasks.spawn(Box::pin(async move {
+            let slot = slot.slot().await;
+            // Revoked meanwhile: the partition's next owner sends it.
+            let Some(calling) = handover.begin(to_deliver.partition(), generation) else {
+                return (ticket, Ok(None));
+            };
+            let resolved = pipeline.deliver(to_deliver).await;
+            let published = pipeline.publish(&record, resolved);
+            // The outcome is with the producer: a revoke may go on.
+            drop(calling);
+            let (published, ()) = tokio::join!(published, counted);
+            drop((slot, permit));
+            (ticket, published)
+        }));
     }
 
     /// Room for one record in `lane`, waiting at most [`LANE_WAIT`]; `None`

@@ -3,8 +3,8 @@
 
 pub mod envelope;
 
-use chrono::{DateTime, Utc};
-use rdkafka::message::{Headers, OwnedHeaders};
+use chrono::{DateTime, TimeZone, Utc};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 
 pub use envelope::{Envelope, EnvelopeError, ErrorHeaders, Origin};
 
@@ -26,6 +26,26 @@ pub struct Consumed {
 }
 
 impl Consumed {
+    /// The record `message` holds, copied out of the consumer's buffer.
+    pub fn read(message: &BorrowedMessage<'_>) -> Consumed {
+        let headers = message.headers().map(|h| h.detach());
+        let (envelope, unreadable) = match Envelope::read(headers.as_ref()) {
+            Ok(envelope) => (envelope, None),
+            Err(error) => (Envelope::default(), Some(error)),
+        };
+        Consumed {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+            appended: message.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            envelope,
+            unreadable,
+        }
+    }
+
     /// Where the record first entered herald: kept across every hop.
     pub fn origin(&self) -> Origin {
         self.envelope.origin.clone().unwrap_or_else(|| Origin {
