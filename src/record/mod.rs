@@ -17,7 +17,8 @@ pub struct Consumed {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Option<OwnedHeaders>,
-    /// When the broker appended it, if it says.
+    /// When the broker appended it, for a record herald parked (one with a
+    /// not-before time).
     pub appended: Option<DateTime<Utc>>,
     /// herald's headers on it; the defaults when they are `unreadable`.
     pub envelope: Envelope,
@@ -33,6 +34,9 @@ impl Consumed {
             Ok(envelope) => (envelope, None),
             Err(error) => (Envelope::default(), Some(error)),
         };
+        // Only a parked record's append time matters (see `Topics::due`),
+        // and reading it is not free.
+        let appended = envelope.not_before.and_then(|_| message.timestamp().to_millis()).and_then(|ms| Utc.timestamp_millis_opt(ms).single());
         Consumed {
             topic: message.topic().to_owned(),
             partition: message.partition(),
@@ -40,7 +44,7 @@ impl Consumed {
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
             headers,
-            appended: message.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            appended,
             envelope,
             unreadable,
         }
