@@ -102,7 +102,7 @@ async fn crash_run(args: &Args, seed: u64) -> Result {
     let ids = produce(&broker.bootstrap, &requested, args.requests).await;
 
     let mut herald_args: Vec<String> = [
-        "--brokers", &broker.bootstrap, "--group-id", &format!("{unique}.herald"),
+        "--brokers", &broker.bootstrap, "--group-id", &format!("{unique}.herald"), "--admin-listen", "127.0.0.1:0",
         "--topic-requested", &requested, "--topic-status", &format!("{unique}.status"),
         "--topic-dead-letter", &format!("{unique}.dead-letter"), "--topic-suppressions", &format!("{unique}.suppressions"),
         "--retry-topics", &format!("{unique}.retry-10m,{unique}.retry-20m,{unique}.retry-40m"),

@@ -479,7 +479,7 @@ static HERALD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn herald(bootstrap: &str, group: &str, requested: &str, status: &str, extra: &[String]) -> Command {
     let mut c = Command::new(HERALD.get_or_init(|| PathBuf::from(env!("CARGO_BIN_EXE_herald"))));
-    c.args(["--brokers", bootstrap, "--group-id", group, "--topic-requested", requested, "--topic-status", status])
+    c.args(["--brokers", bootstrap, "--group-id", group, "--admin-listen", "127.0.0.1:0", "--topic-requested", requested, "--topic-status", status])
         .args(["--topic-dead-letter", &format!("{status}.dead-letter"), "--topic-suppressions", &format!("{status}.suppressions")])
         .args(["--retry-topics", &format!("{status}.retry-10m,{status}.retry-20m,{status}.retry-40m")])
         .args(consumer_args())
@@ -678,7 +678,7 @@ async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str, fa
     let settings = config.settings().expect("passthrough settings");
     let producer = herald::kafka::producer(&settings.kafka).expect("producer");
     // herald's consumer context, with no status topic to keep paused.
-    let context = herald::ingest::IngestContext::new(String::new(), Default::default(), producer.clone(), Duration::from_secs(10));
+    let context = herald::ingest::IngestContext::new(String::new(), Default::default(), producer.clone(), Duration::from_secs(10), Default::default(), vec![]);
     let consumer = herald::kafka::consumer(&settings.kafka, context).expect("consumer");
     consumer.subscribe(&[input]).expect("subscribe");
     let http = match fakes {

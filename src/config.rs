@@ -42,6 +42,10 @@ pub struct Config {
     #[command(flatten)]
     pub receipts: ReceiptsArgs,
 
+    /// Address of the admin endpoints (/metrics, /healthz, /readyz), or off.
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_listen)]
+    pub admin_listen: Listen,
+
     /// On shutdown, how long in-flight work may take before herald gives up on it.
     #[arg(long, env = "HERALD_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_deadline: Duration,
@@ -396,6 +400,8 @@ pub struct Settings {
     pub receipts: Option<receipts::Settings>,
     pub ledger_window: Duration,
     pub shutdown_deadline: Duration,
+    /// Where the admin endpoints listen, if anywhere.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -455,6 +461,10 @@ impl Config {
             receipts,
             ledger_window: d.ledger_window,
             shutdown_deadline: self.shutdown_deadline,
+            admin: match self.admin_listen {
+                Listen::Off => None,
+                Listen::At(address) => Some(address),
+            },
         })
     }
 
@@ -596,6 +606,20 @@ impl Config {
             return Err(ConfigError::MigrateWithoutScylla);
         }
         Ok(())
+    }
+}
+
+/// An address to listen on, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    match s.trim() {
+        "off" => Ok(Listen::Off),
+        address => address.parse().map(Listen::At).map_err(|e| format!("{address:?}: {e}; give host:port, or off")),
     }
 }
 

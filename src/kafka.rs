@@ -79,6 +79,8 @@ fn consumer_config(config: &Settings) -> ClientConfig {
         // librdkafka waits this long before fetching again (1 s by default,
         // long enough for the queue to run dry).
         .set("queued.max.messages.kbytes", "16384")
+        // Each partition's lag for the metrics (see `ingest::IngestContext`).
+        .set("statistics.interval.ms", "5000")
         .set("fetch.queue.backoff.ms", "100");
     with_overrides(c, config, &config.consumer_options)
 }

@@ -16,6 +16,7 @@
 //! consumed record they share. [`App::build`] checks a [`Config`] and
 //! connects; [`App::run`] runs until `shutdown` completes. [`run`] does both.
 
+pub mod admin;
 pub mod codec;
 pub mod config;
 pub mod cql;
@@ -25,6 +26,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod ledger;
 pub mod mask;
+pub mod metrics;
 pub mod model;
 pub mod outcome;
 pub mod pipeline;
@@ -34,6 +36,7 @@ pub mod record;
 pub mod registry;
 mod backoff;
 pub mod route;
+mod serve;
 pub mod suppression;
 pub mod telemetry;
 pub mod topics;
@@ -72,8 +75,8 @@ pub enum Error {
     Credentials { path: String, source: deliver::push::CredentialsError },
     #[error("schema registry: {0}")]
     Registry(#[from] registry::RegistryError),
-    #[error("--receipts-listen {addr}: cannot listen: {source}")]
-    Receipts { addr: SocketAddr, source: std::io::Error },
+    #[error("{flag} {addr}: cannot listen: {source}")]
+    Listen { flag: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Suppressions(#[from] suppression::SuppressionError),
     #[error("rate-limit store: {0}")]
@@ -89,6 +92,7 @@ pub enum Error {
 #[derive(Debug, Default)]
 pub struct Listeners {
     pub receipts: Option<std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
 }
 
 /// herald, built: configuration checked, credentials loaded, listeners
@@ -101,6 +105,7 @@ pub struct App {
     /// Positioned at the suppression topic's end, to follow it.
     suppression_reader: kafka::Reader,
     receipts: Option<(tokio::net::TcpListener, receipts::Settings)>,
+    admin: Option<tokio::net::TcpListener>,
 }
 
 /// Runs herald until `shutdown` completes, then drains in-flight work
@@ -121,16 +126,21 @@ impl App {
         };
         let fcm = settings.delivery.load_fcm().map_err(credentials)?;
         let receipts = match &settings.receipts {
-            Some(r) => Some((bind(r.listen, listeners.receipts).await?, r.clone())),
+            Some(r) => Some((bind("--receipts-listen", r.listen, listeners.receipts).await?, r.clone())),
             None => None,
         };
+        let admin = match settings.admin {
+            Some(addr) => Some(bind("--admin-listen", addr, listeners.admin).await?),
+            None => None,
+        };
+        let metrics = Arc::new(metrics::Metrics::new());
         let http = reqwest::Client::builder()
             .timeout(settings.http_timeout)
             .user_agent(USER_AGENT)
             .build()
             .expect("static HTTP client settings");
         let calls = Calls::default();
-        let (sms, push) = deliver::stages(settings.delivery.clone(), fcm, &http, &calls).map_err(credentials)?;
+        let (sms, push) = deliver::stages(settings.delivery.clone(), fcm, &http, &calls, &metrics).map_err(credentials)?;
 
         reachable(&settings.kafka.brokers).await?;
         let topics = Arc::new(settings.topics.clone());
@@ -144,13 +154,14 @@ impl App {
         };
         let suppressions = Arc::new(suppression::Suppressions::default());
         let suppression_reader = suppression::load(kafka::reader(&settings.kafka)?, &topics.suppressions, &suppressions).await?;
+        metrics.health.suppressions_loaded();
         let router = Router::new(Lane::new(sms, settings.sms_lane), Lane::new(push, settings.push_lane), settings.settled_queue, calls);
         let max_bytes = kafka::max_message_bytes(&settings.kafka);
-        let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes);
+        let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, metrics.clone());
         let limits = settings.rate_limits.clone();
         let pipeline = Arc::new(Pipeline::new(pipeline::Stages {
             decoder: decode::Decoder::new(codec::Bundled::load(), registry),
-            limiter: Limiter::new(|c| limits.of(c).limit.clone(), rate_limit_store(&settings).await?),
+            limiter: Limiter::new(|c| limits.of(c).limit.clone(), rate_limit_store(&settings, &metrics).await?),
             router,
             publisher: Arc::new(publisher),
             topics,
@@ -158,8 +169,9 @@ impl App {
             rate_limits: limits.clone(),
             postpone_spread: settings.delivery.breaker.cooldown,
             ledger: Arc::new(ledger::Ledger::new(settings.ledger_window)),
+            metrics,
         }));
-        Ok(App { settings, pipeline, suppressions, suppression_reader, receipts })
+        Ok(App { settings, pipeline, suppressions, suppression_reader, receipts, admin })
     }
 
     /// Where delivery receipts are accepted, when they are on.
@@ -167,10 +179,15 @@ impl App {
         self.receipts.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
     }
 
+    /// Where the admin endpoints are served, when they are on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
     /// Consumes until `shutdown` completes, then drains within the
     /// shutdown deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let App { settings, pipeline, suppressions, suppression_reader, receipts } = self;
+        let App { settings, pipeline, suppressions, suppression_reader, receipts, admin } = self;
         let topics = pipeline.topics().clone();
         // Dropping the set, however `run` returns, stops following.
         let mut following = tokio::task::JoinSet::new();
@@ -182,8 +199,21 @@ impl App {
             };
             tokio::spawn(receipts::serve(listener, receipts, pipeline.publisher().clone(), suppressions, stopped))
         });
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = admin.map(|listener| {
+            let stopped = async {
+                let _ = admin_stopped.await;
+            };
+            tokio::spawn(admin::serve(listener, pipeline.clone(), stopped))
+        });
         let consumed = consume(&settings, pipeline, shutdown).await;
         let _ = stop_receipts.send(());
+        let _ = stop_admin.send(());
+        if let Some(server) = admin {
+            if let Ok(Err(error)) = server.await {
+                tracing::warn!(message = "The admin server failed.", %error);
+            }
+        }
         if let Some(server) = receipts {
             if let Ok(Err(error)) = server.await {
                 tracing::warn!(message = "The delivery receipt server failed.", %error);
@@ -203,7 +233,8 @@ async fn consume(settings: &Settings, pipeline: Arc<Pipeline>, shutdown: impl Fu
     let handover = Arc::new(ingest::Handover::default());
     let handover_wait = settings.shutdown_deadline.min(kafka::max_poll_interval(&settings.kafka) / 2);
     let producer = pipeline.publisher().producer().clone();
-    let context = ingest::IngestContext::new(topics.status.clone(), handover.clone(), producer, handover_wait);
+    let delay_topics = topics.retries.iter().map(|r| r.name.clone()).collect();
+    let context = ingest::IngestContext::new(topics.status.clone(), handover.clone(), producer, handover_wait, pipeline.metrics().clone(), delay_topics);
     let consumer = kafka::consumer(&settings.kafka, context)?;
     let mut subscription = topics.inputs();
     subscription.push(&topics.status);
@@ -215,12 +246,12 @@ async fn consume(settings: &Settings, pipeline: Arc<Pipeline>, shutdown: impl Fu
 }
 
 /// The listener a caller handed over, or one bound to `addr`.
-async fn bind(addr: SocketAddr, given: Option<std::net::TcpListener>) -> Result<tokio::net::TcpListener, Error> {
+async fn bind(flag: &'static str, addr: SocketAddr, given: Option<std::net::TcpListener>) -> Result<tokio::net::TcpListener, Error> {
     let bound = match given {
         Some(listener) => listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener)),
         None => tokio::net::TcpListener::bind(addr).await,
     };
-    bound.map_err(|source| Error::Receipts { addr, source })
+    bound.map_err(|source| Error::Listen { flag, addr, source })
 }
 
 /// Applies the CQL schema to `SCYLLA_URI` (`herald migrate`).
@@ -261,14 +292,14 @@ async fn reachable(brokers: &str) -> Result<(), Error> {
     Err(failed(format!("no bootstrap server accepts connections ({})", reasons.join("; "))))
 }
 
-async fn rate_limit_store(settings: &Settings) -> Result<Store, Error> {
+async fn rate_limit_store(settings: &Settings, metrics: &Arc<metrics::Metrics>) -> Result<Store, Error> {
     let limits = Channel::ALL.map(|c| (c.symbol(), settings.rate_limits.of(c).limit.windows.clone()));
     let Some((cql, max_writes)) = &settings.scylla else {
         tracing::warn!(message = "No SCYLLA_URI: rate limits are kept in memory, and reset when herald restarts or a partition moves.", ?limits);
         return Ok(Store::Memory);
     };
     let session = cql::connect(cql).await?;
-    let table = ratelimit::Table::open(session, &cql.keyspace, settings.rate_limits.longest(), *max_writes).await?;
+    let table = ratelimit::Table::open(session, &cql.keyspace, settings.rate_limits.longest(), *max_writes).await?.with_metrics(metrics.clone());
     tracing::info!(message = "Rate limits are kept in ScyllaDB.", nodes = cql.nodes, keyspace = cql.keyspace, ?limits);
     Ok(Store::ScyllaDb(table))
 }

@@ -29,6 +29,7 @@ use crate::decode::{DecodeError, Decoder, Undecodable};
 use crate::deliver::{Attempt, Delivered, DeliveryError};
 use crate::ledger::{Ledger, Sent};
 use crate::mask::Masked;
+use crate::metrics::Metrics;
 use crate::model::{Channel, Ids, InvalidReason, Request};
 use crate::outcome::{self, Outcome, ProduceError, Publisher};
 use crate::ratelimit::{self, Decision, Limiter, OverLimit, Pending, StoreError, Subject};
@@ -49,6 +50,7 @@ pub struct Pipeline {
     rate_limits: ratelimit::Settings,
     postpone_spread: Duration,
     ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
 }
 
 /// What a [`Pipeline`] is made of.
@@ -66,6 +68,7 @@ pub struct Stages {
     pub postpone_spread: Duration,
     /// Sends already made, read back from the status topic.
     pub ledger: Arc<Ledger>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a record could not be judged at all; nothing must happen to it.
@@ -99,8 +102,8 @@ impl Admitted {
 
 impl Pipeline {
     pub fn new(stages: Stages) -> Self {
-        let Stages { decoder, limiter, router, publisher, topics, suppressions, rate_limits, postpone_spread, ledger } = stages;
-        Pipeline { decoder, limiter, router, publisher, topics, suppressions, rate_limits, postpone_spread, ledger }
+        let Stages { decoder, limiter, router, publisher, topics, suppressions, rate_limits, postpone_spread, ledger, metrics } = stages;
+        Pipeline { decoder, limiter, router, publisher, topics, suppressions, rate_limits, postpone_spread, ledger, metrics }
     }
 
     pub fn topics(&self) -> &Arc<Topics> {
@@ -117,6 +120,25 @@ impl Pipeline {
 
     pub fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// The state the scrape-time gauges show.
+    pub fn state(&self) -> crate::metrics::State {
+        let mut state = crate::metrics::State {
+            suppressions: self.suppressions.len(),
+            producer_queue: rdkafka::producer::Producer::in_flight_count(self.publisher.producer()),
+            ..Default::default()
+        };
+        self.router.state(&mut state);
+        state
     }
 
     /// A requests partition was revoked: its users may be counted
@@ -178,6 +200,7 @@ impl Pipeline {
             match self.limiter.check(subject, now).await? {
                 (Decision::Allow, pending) => count = pending,
                 (Decision::Deny { until }, _) => {
+                    self.metrics.rate_limited(request.channel);
                     let outcome = match self.rate_limits.of(request.channel).over {
                         OverLimit::Reject => Outcome::RateLimited { until },
                         OverLimit::Defer => Outcome::Deferred { hold: self.hold_for(until, now), not_before: until },

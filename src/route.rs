@@ -30,6 +30,7 @@ struct Bounds {
     /// before the call until its status is acknowledged, so a crash can
     /// repeat at most this many sends.
     concurrency: Arc<Semaphore>,
+    slots: usize,
 }
 
 /// A lane's queue and concurrency.
@@ -45,6 +46,7 @@ impl<S> Lane<S> {
             admission: Arc::new(Semaphore::new(settings.queue)),
             capacity: settings.queue,
             concurrency: Arc::new(Semaphore::new(settings.concurrency)),
+            slots: settings.concurrency,
         };
         Lane { stage, bounds }
     }
@@ -177,6 +179,18 @@ impl Router {
     pub fn has_room(&self, channel: Option<Channel>) -> bool {
         let (semaphore, capacity) = self.admission(channel);
         semaphore.available_permits() * 4 >= capacity.max(1)
+    }
+
+    /// How full each lane is, and each provider's circuit, for the gauges.
+    pub fn state(&self, state: &mut crate::metrics::State) {
+        for (channel, name) in [(Channel::Sms, "sms"), (Channel::Push, "push")] {
+            let bounds = self.bounds(channel);
+            state.lanes.push((name, bounds.capacity.saturating_sub(bounds.admission.available_permits())));
+            state.calls.push((channel, bounds.slots.saturating_sub(bounds.concurrency.available_permits())));
+        }
+        state.lanes.push(("settled", self.settled_capacity.saturating_sub(self.settled.available_permits())));
+        state.circuits.extend(self.sms.stage.stage.circuits());
+        state.circuits.extend(self.push.stage.stage.circuits());
     }
 
     /// Shutdown's deadline has passed: no provider call may start from now

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use crate::metrics::CircuitState;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Closed { failures: u32 },
@@ -46,6 +48,15 @@ pub enum Result {
 impl Breaker {
     pub fn new(failures: u32, cooldown: Duration) -> Self {
         Breaker { failures: failures.max(1), cooldown, state: Mutex::new(State::Closed { failures: 0 }) }
+    }
+
+    /// For the `herald_circuit_state` gauge.
+    pub fn state(&self, now: Instant) -> CircuitState {
+        match *self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            State::Closed { .. } => CircuitState::Closed,
+            State::Open { until } if now < until => CircuitState::Open,
+            State::Open { .. } | State::Trial { .. } => CircuitState::Trial,
+        }
     }
 
     pub fn admit(&self, now: Instant) -> Admission {

@@ -3,6 +3,7 @@
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Url;
@@ -12,6 +13,7 @@ use super::breaker::Breaker;
 use super::push::{CredentialsError, Fcm, PushStage};
 use super::sms::{SmsGateway, SmsRules, SmsStage, StatusCallbacks, Twilio, TwilioAuth, TwilioSender, Vonage};
 use super::{Calls, Gateway, Guarded, Stage};
+use crate::metrics::Metrics;
 use crate::model::Channel;
 
 /// Whether providers are called at all.
@@ -100,9 +102,10 @@ pub fn stages(
     account: Option<super::ServiceAccount>,
     http: &reqwest::Client,
     calls: &Calls,
+    metrics: &Arc<Metrics>,
 ) -> Result<(SmsStage, PushStage), CredentialsError> {
     let Settings { mode, breaker, sms, sms_providers, twilio, vonage, fcm } = settings;
-    let guarded = |gateway, max_rps| Guarded::new(gateway, max_rps, Breaker::new(breaker.failures, breaker.cooldown), calls.clone());
+    let guarded = |gateway, max_rps| Guarded::new(gateway, max_rps, Breaker::new(breaker.failures, breaker.cooldown), calls.clone(), metrics.clone());
     let (sms_stage, push_stage) = match mode {
         DeliveryMode::DryRun => (Stage::DryRun, Stage::DryRun),
         DeliveryMode::Providers => {
@@ -122,7 +125,7 @@ pub fn stages(
             let push_gateways = match (fcm, account) {
                 (Some(fcm), Some(account)) => {
                     let client = Fcm::new(http.clone(), &fcm.base_url, account, fcm.project_id)?;
-                    vec![Guarded::new(client, fcm.max_rps, Breaker::new(breaker.failures, breaker.cooldown), calls.clone())]
+                    vec![Guarded::new(client, fcm.max_rps, Breaker::new(breaker.failures, breaker.cooldown), calls.clone(), metrics.clone())]
                 }
                 _ => vec![],
             };

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
-use super::breaker::{self, Admission, Breaker};
+use super::breaker::{self, Admission, Breaker, CircuitState};
+use crate::metrics::{CallResult, Metrics};
 use super::{Call, Delivered, DeliveryError, Gateway};
 
 /// Shared by every provider: once shutdown's deadline has passed, no call
@@ -30,14 +31,19 @@ impl Calls {
 /// A provider behind its guard.
 pub struct Guarded<G> {
     gateway: G,
+    metrics: Arc<Metrics>,
     rate: Option<DefaultDirectRateLimiter>,
     breaker: Breaker,
     calls: Calls,
 }
 
 impl<G: Gateway> Guarded<G> {
-    pub fn new(gateway: G, max_per_second: Option<NonZeroU32>, breaker: Breaker, calls: Calls) -> Self {
-        Guarded { gateway, rate: max_per_second.map(|n| RateLimiter::direct(Quota::per_second(n))), breaker, calls }
+    pub fn new(gateway: G, max_per_second: Option<NonZeroU32>, breaker: Breaker, calls: Calls, metrics: Arc<Metrics>) -> Self {
+        Guarded { gateway, metrics, rate: max_per_second.map(|n| RateLimiter::direct(Quota::per_second(n))), breaker, calls }
+    }
+
+    pub fn circuit(&self) -> CircuitState {
+        self.breaker.state(Instant::now())
     }
 
     pub fn gateway(&self) -> &G {
@@ -48,8 +54,10 @@ impl<G: Gateway> Guarded<G> {
     /// then the call fails at once, with the time until the circuit closes.
     /// Once calls are stopped, it never returns: its task is being aborted.
     pub async fn call(&self, message: &G::Message, call: Call<'_>) -> Result<Delivered, DeliveryError> {
+        let provider = self.gateway.provider();
         if let Admission::Refused { retry_after } = self.breaker.admit(Instant::now()) {
-            return Err(DeliveryError::CircuitOpen { provider: self.gateway.provider(), retry_after });
+            self.metrics.call(provider, CallResult::CircuitOpen, None);
+            return Err(DeliveryError::CircuitOpen { provider, retry_after });
         }
         if let Some(rate) = &self.rate {
             rate.until_ready().await;
@@ -57,7 +65,16 @@ impl<G: Gateway> Guarded<G> {
         if self.calls.stopped() {
             std::future::pending::<()>().await;
         }
+        let started = Instant::now();
         let result = self.gateway.send(message, call).await;
+        let class = match &result {
+            Ok(_) => CallResult::Sent,
+            Err(DeliveryError::Rejected { .. }) => CallResult::Rejected,
+            Err(DeliveryError::RecipientGone { .. }) => CallResult::RecipientGone,
+            Err(DeliveryError::Unavailable { .. } | DeliveryError::CircuitOpen { .. }) => CallResult::Unavailable,
+            Err(DeliveryError::Invalid(_)) => CallResult::Invalid,
+        };
+        self.metrics.call(provider, class, Some(started.elapsed()));
         let counted = match &result {
             Err(DeliveryError::Unavailable { .. }) => breaker::Result::Failed,
             Ok(_) | Err(_) => breaker::Result::Answered,

@@ -161,6 +161,14 @@ impl<G: Gateway> Stage<G> {
         }
     }
 
+    /// Each provider's circuit, now.
+    pub fn circuits(&self) -> Vec<(Provider, breaker::CircuitState)> {
+        match self {
+            Stage::Providers(providers) => providers.iter().map(|g| (g.gateway().provider(), g.circuit())).collect(),
+            Stage::DryRun | Stage::Disabled => vec![],
+        }
+    }
+
     pub fn providers(&self) -> Vec<Provider> {
         match self {
             Stage::Providers(providers) => providers.iter().map(|g| g.gateway().provider()).collect(),

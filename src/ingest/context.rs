@@ -10,6 +10,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientContext, TopicPartitionList};
 
+use crate::metrics::Metrics;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Assignment {
     Assigned(Vec<(String, i32)>),
@@ -27,11 +29,23 @@ pub struct IngestContext {
     producer: FutureProducer,
     /// How long a revoke may wait for provider calls under way.
     handover_wait: Duration,
+    metrics: Arc<Metrics>,
+    /// Whose lag is also counted as records waiting on a delay topic.
+    delay_topics: Vec<String>,
 }
 
 impl IngestContext {
-    pub fn new(status_topic: String, handover: Arc<Handover>, producer: FutureProducer, handover_wait: Duration) -> Self {
-        IngestContext { changes: Mutex::default(), changed: Default::default(), status_topic, handover, producer, handover_wait }
+    pub fn new(status_topic: String, handover: Arc<Handover>, producer: FutureProducer, handover_wait: Duration, metrics: Arc<Metrics>, delay_topics: Vec<String>) -> Self {
+        IngestContext {
+            changes: Mutex::default(),
+            changed: Default::default(),
+            status_topic,
+            handover,
+            producer,
+            handover_wait,
+            metrics,
+            delay_topics,
+        }
     }
 
     pub fn take_changes(&self) -> Vec<Assignment> {
@@ -47,6 +61,18 @@ impl ClientContext for IngestContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         crate::kafka::client_error(error, reason);
     }
+
+    /// librdkafka's statistics (`statistics.interval.ms`): the lag of each
+    /// assigned partition, from the fetch responses' high watermarks.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = Vec::new();
+        for (name, topic) in statistics.topics.iter().filter(|(name, _)| **name != self.status_topic) {
+            for partition in topic.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0) {
+                lags.push((name.clone(), partition.partition, partition.consumer_lag));
+            }
+        }
+        self.metrics.set_lag(&lags, &self.delay_topics);
+    }
 }
 
 fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -54,6 +80,11 @@ fn list(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 }
 
 impl ConsumerContext for IngestContext {
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, offsets: &TopicPartitionList) {
+        let committed = offsets.elements().iter().filter(|e| e.error().is_ok() && matches!(e.offset(), rdkafka::Offset::Offset(_))).count();
+        self.metrics.committed(committed, result.is_ok() || matches!(result, Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset))));
+    }
+
     /// Before partitions go: no new provider call starts for them, the
     /// calls under way publish their outcomes, and the producer flushes, so
     /// that the next owner's ledger holds every send made here. librdkafka

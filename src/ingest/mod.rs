@@ -27,6 +27,7 @@ use rdkafka::producer::Producer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 pub use context::{Assignment, Handover, IngestContext};
@@ -67,6 +68,8 @@ type Finished = (Ticket, Result<Option<i64>, ProduceError>);
 struct Loop {
     consumer: Arc<HeraldConsumer>,
     pipeline: Arc<Pipeline>,
+    /// Records read, per source (the requests topic, then each delay topic).
+    consumed: Vec<Counter>,
     offsets: Offsets,
     pauses: Pauses,
     /// Records whose delivery waits on a provider, each a task that yields
@@ -118,8 +121,11 @@ pub async fn consume(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), IngestError> {
     let (settled, acked, acker) = acker::spawn(pipeline.clone());
+    let topics = pipeline.topics().clone();
+    let consumed = topics.inputs().iter().map(|t| pipeline.metrics().consumed(t)).collect();
     let mut l = Loop {
         consumer: Arc::new(consumer),
+        consumed,
         pipeline,
         offsets: Offsets::default(),
         pauses: Pauses::default(),
@@ -156,7 +162,13 @@ impl Loop {
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut timer_at = None;
+        // The loop turns at least this often, however idle: `/healthz`
+        // tells a turning loop from a stuck one.
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let health = &self.pipeline.metrics().clone().health;
         loop {
+            health.turned();
             if let Some(error) = self.failed.take() {
                 return Err(error.into());
             }
@@ -186,6 +198,8 @@ impl Loop {
                     }
                     self.progress();
                 }
+                // An idle instance learns of its assignment here.
+                _ = heartbeat.tick() => self.apply_rebalances(),
                 () = &mut timer, if resume_at.is_some() => {
                     timer_at = None;
                     self.pauses.resume_due(&self.consumer, self.pipeline.topics(), Instant::now());
@@ -236,6 +250,11 @@ impl Loop {
             return Ok(());
         }
         let record = Consumed::read(message);
+        self.consumed[match source {
+            Source::Requested => 0,
+            Source::Retry(i) => i + 1,
+        }]
+        .inc();
         let now = Utc::now();
         if let Due::Wait { release } = self.pipeline.topics().due(source, record.envelope.not_before, record.appended, now) {
             let until = Instant::now() + (release - now).to_std().unwrap_or_default();
@@ -393,7 +412,12 @@ impl Loop {
 
     fn apply_rebalances(&mut self) {
         let topics = self.pipeline.topics().clone();
-        for change in self.consumer.context().take_changes() {
+        let changes = self.consumer.context().take_changes();
+        if !changes.is_empty() {
+            let assigned = self.consumer.assignment().map_or(0, |l| l.elements().iter().filter(|e| topics.source(e.topic()).is_some()).count());
+            self.pipeline.metrics().health.set_assigned(assigned);
+        }
+        for change in changes {
             match change {
                 Assignment::Revoked(partitions) => {
                     for (topic, partition) in partitions {

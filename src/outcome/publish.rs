@@ -26,6 +26,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::{status_event, Destination, Outcome};
 use crate::backoff::Backoff;
 use crate::codec;
+use crate::metrics::Metrics;
 use crate::model::{ErrorClass, ErrorCode, Ids, Status, StatusEvent};
 use crate::record::{Consumed, Envelope, ErrorHeaders, Origin};
 use crate::suppression::Change;
@@ -63,6 +64,7 @@ enum Failure {
 
 pub struct Publisher {
     producer: FutureProducer,
+    metrics: Arc<Metrics>,
     topics: Arc<Topics>,
     status_schema_id: u32,
     /// The producer's `message.max.bytes`.
@@ -70,8 +72,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(producer: FutureProducer, topics: Arc<Topics>, status_schema_id: u32, max_message_bytes: usize) -> Self {
-        Publisher { producer, topics, status_schema_id, max_message_bytes }
+    pub fn new(producer: FutureProducer, topics: Arc<Topics>, status_schema_id: u32, max_message_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        Publisher { producer, metrics, topics, status_schema_id, max_message_bytes }
     }
 
     pub fn producer(&self) -> &FutureProducer {
@@ -105,6 +107,9 @@ impl Publisher {
     ) -> impl Future<Output = Result<Option<i64>, ProduceError>> + Send + 'static {
         let error = outcome.error();
         let status = ids.and_then(|ids| status_event(ids, outcome, error.as_ref(), attempts, now));
+        if let (None, Some(error)) = (&status, &error) {
+            self.metrics.error(error.code.as_str(), error.class);
+        }
         let reroute = outcome.reroute(attempts, error, &record.envelope).map(|(destination, envelope)| {
             let copy = self.copy(record, destination, &envelope);
             // If the copy can never be written, a stripped copy goes to the
@@ -178,6 +183,7 @@ impl Publisher {
     /// whatever partitioner the request's producer used, so that each
     /// status partition belongs to the instance that owns those requests.
     fn status_record(&self, event: StatusEvent, partition: Option<i32>) -> Outgoing {
+        self.metrics.status(&event);
         Outgoing {
             topic: self.topics.status.clone(),
             payload: Some(codec::encode_status(self.status_schema_id, &event)),

@@ -95,6 +95,14 @@ impl Limiter {
         })
     }
 
+    /// Whether the store answers now; always, in memory.
+    pub async fn reachable(&self, timeout: Duration) -> Option<Result<(), String>> {
+        match &self.store {
+            Store::Memory => None,
+            Store::ScyllaDb(table) => Some(table.ping(timeout).await),
+        }
+    }
+
     /// The partition moved away: its users may be counted elsewhere now,
     /// so their windows are read again if it comes back.
     pub fn forget_partition(&self, partition: i32) {

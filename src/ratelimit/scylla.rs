@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use super::windows::Counted;
 use crate::backoff::Backoff;
+use crate::metrics::{CqlOperation, Metrics};
 use crate::model::Channel;
 
 pub const TABLE: &str = "rate_limit_events";
@@ -46,6 +47,7 @@ pub struct Table {
     insert: PreparedStatement,
     /// Bounds writes in flight; the consume loop waits when it is empty.
     writes: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Table {
@@ -94,16 +96,34 @@ impl Table {
         let insert =
             prepare(format!("INSERT INTO {keyspace}.{TABLE} (user_id, channel, event_id, at) VALUES (?, ?, ?, ?)"))
                 .await?;
-        Ok(Table { session, select, insert, writes: Arc::new(Semaphore::new(max_writes)) })
+        Ok(Table { session, select, insert, writes: Arc::new(Semaphore::new(max_writes)), metrics: Arc::default() })
+    }
+
+    /// Counts its requests in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Table {
+        Table { metrics, ..self }
+    }
+
+    /// Whether ScyllaDB answers a read of the table now.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let read = self.session.execute_unpaged(&self.select, ("herald-readiness-probe",));
+        let result = match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        self.metrics.cql(CqlOperation::Ping, started.elapsed(), result.is_ok());
+        result
     }
 
     /// A user's counted events on every channel. Rows of a channel this
     /// build does not know are skipped.
     pub async fn load(&self, user_id: &str) -> Result<Vec<(Channel, Counted)>, StoreError> {
-        let result = self
-            .session
-            .execute_unpaged(&self.select, (user_id,))
-            .await
+        let started = std::time::Instant::now();
+        let result = self.session.execute_unpaged(&self.select, (user_id,)).await;
+        self.metrics.cql(CqlOperation::Read, started.elapsed(), result.is_ok());
+        let result = result
             .map_err(read_failed)?
             .into_rows_result()
             .map_err(read_failed)?;
@@ -121,14 +141,18 @@ impl Table {
     /// count. The returned handle completes once ScyllaDB has it.
     pub async fn write(&self, user_id: &str, channel: Channel, counted: Counted) -> Pending {
         let permit = self.writes.clone().acquire_owned().await.expect("the write semaphore is never closed");
-        let (session, insert) = (self.session.clone(), self.insert.clone());
+        let (session, insert, metrics) = (self.session.clone(), self.insert.clone(), self.metrics.clone());
         let user_id = user_id.to_owned();
         Pending(tokio::spawn(async move {
             let values = (user_id.as_str(), channel.symbol(), counted.event_id.as_str(), counted.at);
             let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(10));
             // The row is keyed by event id, so writing it again is harmless;
             // giving up would lose the count.
-            while let Err(error) = session.execute_unpaged(&insert, values).await {
+            loop {
+                let started = std::time::Instant::now();
+                let result = session.execute_unpaged(&insert, values).await;
+                metrics.cql(CqlOperation::Write, started.elapsed(), result.is_ok());
+                let Err(error) = result else { break };
                 let pause = backoff.next_pause();
                 tracing::error!(message = "Rate-limit write failed; retrying.", %error, backoff_ms = pause.as_millis() as u64);
                 tokio::time::sleep(pause).await;

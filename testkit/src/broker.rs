@@ -95,6 +95,11 @@ impl Broker {
         panic!("tansu exited five times at start; see its logs in {}", std::env::temp_dir().display())
     }
 
+    /// The tansu process's id, when this broker is ours.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// True when this broker is a tansu this process started.
     pub fn is_local(&self) -> bool {
         self.child.is_some()

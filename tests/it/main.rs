@@ -1,5 +1,6 @@
-//! Integration tests: herald against a real Kafka-protocol broker (tansu,
-//! started per test; or the cluster in KAFKA_BROKERS) and fake providers.
+//! Integration tests: herald against a real Kafka-protocol broker (one
+//! tansu for the binary, see `Broker::shared`; or the cluster in
+//! KAFKA_BROKERS) and fake providers.
 
 mod backpressure;
 mod channels;
@@ -7,6 +8,7 @@ mod configuration;
 mod crash;
 mod failover;
 mod guard;
+mod operate;
 mod rate_limit;
 mod receipts;
 mod registry;

@@ -53,8 +53,16 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Harness {
     pub async fn new() -> Harness {
+        Harness::on(Broker::shared()).await
+    }
+
+    /// A harness on a broker of its own, for a test that stops it.
+    pub async fn with_own_broker() -> Harness {
+        Harness::on(Box::leak(Box::new(Broker::start()))).await
+    }
+
+    async fn on(broker: &'static Broker) -> Harness {
         herald::telemetry::init(herald::telemetry::LogFormat::Text);
-        let broker = Broker::shared();
         let unique = format!("t{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), Utc::now().timestamp_millis());
         let topics = TestTopics {
             requested: format!("{unique}.requested"),
@@ -101,6 +109,7 @@ impl Harness {
             ("--topic-partitions", &partitions),
             ("--http-timeout", "5s"),
             ("--shutdown-deadline", "10s"),
+            ("--admin-listen", "127.0.0.1:0"),
         ];
         let mut args = vec!["herald".to_owned()];
         for (flag, value) in defaults.into_iter().filter(|(flag, _)| !extra.contains(flag)) {
@@ -134,7 +143,17 @@ impl Harness {
         let public = format!("http://{addr}/twilio/status");
         let mut args = vec!["--receipts-listen", &addr, "--receipts-public-url", &public];
         args.extend(extra);
-        (self.start_with(&args, herald::Listeners { receipts: Some(listener) }), public)
+        (self.start_with(&args, herald::Listeners { receipts: Some(listener), admin: None }), public)
+    }
+
+    /// Runs herald with its admin endpoints on a listener bound here, and
+    /// returns their base URL.
+    pub fn start_with_admin(&self, extra: &[&str]) -> (Running, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding an admin listener");
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut args = vec!["--admin-listen", &addr];
+        args.extend(extra);
+        (self.start_with(&args, herald::Listeners { receipts: None, admin: Some(listener) }), format!("http://{addr}"))
     }
 
     fn start_with(&self, extra: &[&str], listeners: herald::Listeners) -> Running {
