@@ -339,10 +339,15 @@ pub struct ReceiptsArgs {
 }
 
 /// Without a subcommand, herald runs the pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Apply the CQL schema in schemas/scylla to SCYLLA_URI (idempotent), then exit.
     Migrate,
+    /// Look into the dead-letter topic, and replay from it.
+    Dlq {
+        #[command(subcommand)]
+        command: crate::dlq::DlqCommand,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -602,7 +607,7 @@ impl Config {
         if !identifier {
             return Err(ConfigError::Keyspace(ks.clone()));
         }
-        if self.command == Some(Command::Migrate) && self.scylla.scylla_uri.is_none() {
+        if matches!(self.command, Some(Command::Migrate)) && self.scylla.scylla_uri.is_none() {
             return Err(ConfigError::MigrateWithoutScylla);
         }
         Ok(())
@@ -746,7 +751,7 @@ mod tests {
     #[test]
     fn migrate_needs_a_scylla_uri() {
         assert_eq!(parse(&["migrate"]).settings().map(drop), Err(ConfigError::MigrateWithoutScylla));
-        assert_eq!(parse(&["--scylla-uri", "127.0.0.1:9042", "migrate"]).command, Some(Command::Migrate));
+        assert!(matches!(parse(&["--scylla-uri", "127.0.0.1:9042", "migrate"]).command, Some(Command::Migrate)));
     }
 
     #[test]

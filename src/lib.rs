@@ -21,6 +21,7 @@ pub mod codec;
 pub mod config;
 pub mod cql;
 pub mod decode;
+pub mod dlq;
 pub mod deliver;
 pub mod ingest;
 pub mod kafka;
@@ -85,6 +86,8 @@ pub enum Error {
     Cql(#[from] cql::CqlError),
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    #[error("dlq: {0}")]
+    Dlq(#[from] dlq::DlqError),
 }
 
 /// Listeners bound by the caller instead of from configuration: a test
@@ -252,6 +255,15 @@ async fn bind(flag: &'static str, addr: SocketAddr, given: Option<std::net::TcpL
         None => tokio::net::TcpListener::bind(addr).await,
     };
     bound.map_err(|source| Error::Listen { flag, addr, source })
+}
+
+/// `herald dlq ...`: reads the dead-letter topic of `config`, and replays
+/// from it.
+pub async fn dlq(config: &Config, command: dlq::DlqCommand) -> Result<(), Error> {
+    let settings = config.settings()?;
+    let registry = settings.schema_registry.clone().map(|url| Arc::new(registry::Registry::new(url, settings.http_timeout)));
+    let context = dlq::Context { kafka: settings.kafka, dead_letter: settings.topics.dead_letter, decoder: decode::Decoder::new(codec::Bundled::load(), registry) };
+    Ok(dlq::run(command, context).await?)
 }
 
 /// Applies the CQL schema to `SCYLLA_URI` (`herald migrate`).

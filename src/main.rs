@@ -8,8 +8,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let config = herald::Config::from_env();
     herald::telemetry::init(config.log_format);
-    let result = match config.command {
+    let result = match config.command.clone() {
         Some(herald::config::Command::Migrate) => herald::migrate(&config).await,
+        Some(herald::config::Command::Dlq { command }) => herald::dlq(&config, command).await,
         None => herald::run(config, shutdown_signal()).await,
     };
     match result {

@@ -6,6 +6,7 @@ mod backpressure;
 mod channels;
 mod configuration;
 mod crash;
+mod dlq;
 mod failover;
 mod guard;
 mod operate;

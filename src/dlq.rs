@@ -1,0 +1,707 @@
+//! `herald dlq`: look into the dead-letter topic, and replay from it.
+//!
+//! `list` and `show` read the topic whole, from its start to the end its
+//! fetches report, and change nothing. `replay` re-produces matching
+//! records to their original topic and partition (or `--to`), as the
+//! producer wrote them: key, value and the producer's headers, with
+//! herald's headers dropped, so the request starts again at attempt 1, and
+//! `herald-replayed-from` added.
+//!
+//! A replay keeps its position in a consumer group named for it
+//! (`herald.dlq-replay.NAME`), so running it again goes on where it
+//! stopped. A kill between a record's produce and the commit of its
+//! position must not replay it twice, so before each batch the group also
+//! commits, for each partition the batch will write to, that partition's
+//! end (a "scan mark", taken from a fetch's high watermark, which every
+//! broker reports right). A run that starts after a kill reads each marked
+//! partition from its mark and skips the records whose
+//! `herald-replayed-from` it finds there.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::json;
+
+use crate::decode::{DecodeError, Decoder};
+use crate::kafka;
+use crate::mask::Masked;
+use crate::model::{Channel, ErrorClass, Request};
+use crate::record::envelope::{self, ORIGINAL_PARTITION, ORIGINAL_SIZE, ORIGINAL_TOPIC};
+use crate::record::{Envelope, Origin};
+
+/// The header a replayed record carries: `topic/partition/offset` of its
+/// dead letter.
+pub const REPLAYED_FROM: &str = "herald-replayed-from";
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+const BATCH: usize = 200;
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DlqCommand {
+    /// The dead letters that match, as a table (or JSON lines).
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter: its headers, and its request decoded.
+    Show {
+        /// PARTITION:OFFSET, as `list` prints it.
+        at: String,
+        /// Show the recipient, body and variables as they are.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Produce the matching dead letters again, as requests at attempt 1.
+    Replay {
+        #[command(flatten)]
+        filter: Filter,
+        /// Topic to replay to; each record's original topic by default.
+        #[arg(long)]
+        to: Option<String>,
+        /// Names the replay's consumer group (herald.dlq-replay.NAME), which
+        /// keeps its position; derived from the filters and target by default.
+        #[arg(long)]
+        name: Option<String>,
+        /// Replay without asking, after the dry run's counts.
+        #[arg(long)]
+        yes: bool,
+        /// Only the counts; nothing is written.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replay INVALID requests too (they will be invalid again unless the
+        /// reason was herald's configuration).
+        #[arg(long)]
+        include_invalid: bool,
+        /// Records produced per second at most.
+        #[arg(long)]
+        max_per_second: Option<u32>,
+    },
+}
+
+/// Which dead letters a command takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Filter {
+    /// Error class: invalid, permanent, transient or rate_limited.
+    #[arg(long, value_parser = parse_class)]
+    pub class: Option<ErrorClass>,
+    /// Error code, as in herald-error-code (twilio:20503, invalid-phone-number).
+    #[arg(long)]
+    pub code: Option<String>,
+    #[arg(long, value_parser = parse_channel)]
+    pub channel: Option<Channel>,
+    /// The topic the request was first read from.
+    #[arg(long)]
+    pub original_topic: Option<String>,
+    /// Dead-lettered at or after (RFC 3339).
+    #[arg(long)]
+    pub since: Option<DateTime<Utc>>,
+    /// Dead-lettered before (RFC 3339).
+    #[arg(long)]
+    pub until: Option<DateTime<Utc>>,
+    /// The request's user id (its record key).
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+fn parse_class(s: &str) -> Result<ErrorClass, String> {
+    ErrorClass::ALL.into_iter().find(|c| c.symbol().eq_ignore_ascii_case(s)).ok_or_else(|| format!("{s:?}: one of invalid, permanent, transient, rate_limited"))
+}
+
+fn parse_channel(s: &str) -> Result<Channel, String> {
+    Channel::from_symbol(&s.to_ascii_uppercase()).ok_or_else(|| format!("{s:?}: sms or push"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0:?} is not PARTITION:OFFSET")]
+    At(String),
+    #[error("no dead letter at {0}")]
+    NotFound(String),
+    #[error("cannot produce the replay of {from}: {error}")]
+    Produce { from: String, error: KafkaError },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What `dlq` reads from and writes to.
+pub struct Context {
+    pub kafka: kafka::Settings,
+    pub dead_letter: String,
+    pub decoder: Decoder,
+}
+
+/// One dead letter, as read.
+struct Letter {
+    message: OwnedMessage,
+    envelope: Envelope,
+    origin: Option<Origin>,
+    at: Option<DateTime<Utc>>,
+    request: Option<Request>,
+}
+
+impl Letter {
+    fn id(&self) -> String {
+        format!("{}:{}", self.message.partition(), self.message.offset())
+    }
+
+    fn source(&self) -> String {
+        format!("{}/{}/{}", self.message.topic(), self.message.partition(), self.message.offset())
+    }
+
+    fn class(&self) -> Option<ErrorClass> {
+        self.envelope.error.as_ref().map(|e| e.class)
+    }
+
+    fn code(&self) -> &str {
+        self.envelope.error.as_ref().map_or("-", |e| e.code.as_str())
+    }
+
+    fn stripped(&self) -> bool {
+        self.message.headers().and_then(|h| envelope::header(h, ORIGINAL_SIZE)).is_some()
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.request.as_ref().map(|r| r.user_id.as_str()).or_else(|| self.message.key().and_then(|k| std::str::from_utf8(k).ok()))
+    }
+
+    fn matches(&self, f: &Filter) -> bool {
+        f.class.is_none_or(|c| self.class() == Some(c))
+            && f.code.as_deref().is_none_or(|c| self.code() == c)
+            && f.channel.is_none_or(|c| self.request.as_ref().map(|r| r.channel) == Some(c))
+            && f.original_topic.as_deref().is_none_or(|t| self.origin.as_ref().map(|o| o.topic.as_str()) == Some(t))
+            && f.since.is_none_or(|t| self.at.is_some_and(|at| at >= t))
+            && f.until.is_none_or(|t| self.at.is_some_and(|at| at < t))
+            && f.user.as_deref().is_none_or(|u| self.user() == Some(u))
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        let error = self.envelope.error.as_ref();
+        json!({
+            "at": self.id(),
+            "time": self.at.map(|t| t.to_rfc3339()),
+            "attempts": self.envelope.attempts,
+            "class": error.map(|e| e.class.symbol()),
+            "code": error.map(|e| e.code.as_str()),
+            "channel": self.request.as_ref().map(|r| r.channel.symbol()),
+            "event_id": self.request.as_ref().map(|r| r.event_id.as_str()),
+            "recipient": self.request.as_ref().map(|r| Masked(&r.recipient).to_string()),
+            "original": self.origin.as_ref().map(|o| format!("{}/{}/{}", o.topic, o.partition, o.offset)),
+            "message": error.map(|e| e.message.as_str()),
+        })
+    }
+}
+
+fn origin(headers: Option<&OwnedHeaders>) -> Option<Origin> {
+    let h = headers?;
+    Some(Origin {
+        topic: envelope::header(h, ORIGINAL_TOPIC)?.to_owned(),
+        partition: envelope::header(h, ORIGINAL_PARTITION)?.parse().ok()?,
+        offset: envelope::header(h, envelope::ORIGINAL_OFFSET)?.parse().ok()?,
+    })
+}
+
+impl Context {
+    fn consumer(&self, group: &str) -> Result<BaseConsumer, KafkaError> {
+        let mut config: ClientConfig = kafka::reader_config(&self.kafka, "dlq");
+        config.set("group.id", group).set("enable.partition.eof", "true").set("fetch.wait.max.ms", "50");
+        config.create()
+    }
+
+    fn partitions(&self, consumer: &BaseConsumer, topic: &str) -> Result<i32, KafkaError> {
+        let metadata = consumer.fetch_metadata(Some(topic), FETCH_TIMEOUT)?;
+        Ok(metadata.topics().first().map_or(0, |t| t.partitions().len() as i32))
+    }
+
+    /// Every record of `topic` from `from` (per partition) to the end the
+    /// fetches report.
+    fn read(&self, consumer: &BaseConsumer, topic: &str, from: &HashMap<i32, Offset>) -> Result<Vec<OwnedMessage>, KafkaError> {
+        let count = self.partitions(consumer, topic)?;
+        let mut list = TopicPartitionList::new();
+        for p in 0..count {
+            list.add_partition_offset(topic, p, from.get(&p).copied().unwrap_or(Offset::Beginning))?;
+        }
+        consumer.assign(&list)?;
+        let mut at_end = HashSet::new();
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
+        while (at_end.len() as i32) < count {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    at_end.remove(&m.partition());
+                    out.push(m.detach());
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(error)) => return Err(error),
+                None if std::time::Instant::now() > deadline => return Err(KafkaError::NoMessageReceived),
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
+    async fn letters(&self, messages: Vec<OwnedMessage>) -> Vec<Letter> {
+        let mut letters = Vec::with_capacity(messages.len());
+        for message in messages {
+            let envelope = Envelope::read(message.headers()).unwrap_or_default();
+            let request = match self.decoder.decode(message.key(), message.payload()).await {
+                Ok(request) => Some(request),
+                Err(DecodeError::Invalid { .. } | DecodeError::Undecodable(_) | DecodeError::Unavailable(_)) => None,
+            };
+            let at = message.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+            letters.push(Letter { origin: origin(message.headers()), envelope, at, request, message });
+        }
+        letters
+    }
+
+    async fn all(&self) -> Result<Vec<Letter>, DlqError> {
+        let consumer = self.consumer(&format!("{}.dlq-reader", self.kafka.group_id))?;
+        let messages = self.read(&consumer, &self.dead_letter, &HashMap::new())?;
+        Ok(self.letters(messages).await)
+    }
+}
+
+pub async fn run(command: DlqCommand, context: Context) -> Result<(), DlqError> {
+    match command {
+        DlqCommand::List { filter, json } => list(&context, &filter, json).await,
+        DlqCommand::Show { at, reveal } => show(&context, &at, reveal).await,
+        DlqCommand::Replay { filter, to, name, yes, dry_run, include_invalid, max_per_second } => {
+            let replay = Replay { filter, to, name, yes, dry_run, include_invalid, max_per_second };
+            replay.run(&context).await.map(drop)
+        }
+    }
+}
+
+async fn list(context: &Context, filter: &Filter, json: bool) -> Result<(), DlqError> {
+    let letters = context.all().await?;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(out, "{:<12} {:<25} {:>3} {:<24} {:<5} {:<16} message", "at", "time", "try", "code", "chan", "recipient")?;
+    }
+    for letter in letters.iter().filter(|l| l.matches(filter)) {
+        let s = letter.summary();
+        if json {
+            writeln!(out, "{s}")?;
+        } else {
+            let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
+            writeln!(out, "{:<12} {:<25} {:>3} {:<24} {:<5} {:<16} {}", text("at"), text("time"), letter.envelope.attempts, text("code"), text("channel"), text("recipient"), text("message"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn show(context: &Context, at: &str, reveal: bool) -> Result<(), DlqError> {
+    let (partition, offset) = at.split_once(':').and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?))).ok_or_else(|| DlqError::At(at.to_owned()))?;
+    let consumer = context.consumer(&format!("{}.dlq-reader", context.kafka.group_id))?;
+    let from = HashMap::from([(partition, Offset::Offset(offset))]);
+    let messages: Vec<OwnedMessage> = context.read(&consumer, &context.dead_letter, &from)?.into_iter().filter(|m| m.partition() == partition && m.offset() == offset).collect();
+    let letter = context.letters(messages).await.into_iter().next().ok_or_else(|| DlqError::NotFound(at.to_owned()))?;
+    let headers: BTreeMap<String, String> = letter
+        .message
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())).collect())
+        .unwrap_or_default();
+    let request = letter.request.as_ref().map(|r| request_json(r, reveal));
+    let out = json!({ "at": letter.id(), "time": letter.at.map(|t| t.to_rfc3339()), "key": letter.message.key().map(|k| String::from_utf8_lossy(k).into_owned()), "headers": headers, "request": request });
+    println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+    Ok(())
+}
+
+/// The request as JSON; personal data masked unless `reveal`.
+fn request_json(r: &Request, reveal: bool) -> serde_json::Value {
+    let hide = |s: &str| if reveal { s.to_owned() } else { format!("<{} characters>", s.chars().count()) };
+    let recipient = if reveal { r.recipient.clone() } else { Masked(&r.recipient).to_string() };
+    let vars: BTreeMap<&str, String> = r.content.template_vars.iter().map(|(k, v)| (k.as_str(), hide(v))).collect();
+    let data: BTreeMap<&str, String> = r.content.data.iter().map(|(k, v)| (k.as_str(), hide(v))).collect();
+    json!({
+        "event_id": r.event_id,
+        "user_id": r.user_id,
+        "channel": r.channel.symbol(),
+        "recipient": recipient,
+        "title": r.content.title.as_deref().map(hide),
+        "body": hide(&r.content.body),
+        "template_vars": vars,
+        "data": data,
+        "scheduled_at": r.scheduled_at.map(|t| t.to_rfc3339()),
+        "created_at": r.created_at.to_rfc3339(),
+    })
+}
+
+/// `herald dlq replay`.
+pub struct Replay {
+    pub filter: Filter,
+    pub to: Option<String>,
+    pub name: Option<String>,
+    pub yes: bool,
+    pub dry_run: bool,
+    pub include_invalid: bool,
+    pub max_per_second: Option<u32>,
+}
+
+/// What a replay came to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub replayed: usize,
+    /// Matching, but not replayed: invalid (without `--include-invalid`),
+    /// stripped of their bytes, or replayed already by an earlier run.
+    pub skipped: usize,
+    pub failed: usize,
+}
+
+impl Replay {
+    fn group(&self, context: &Context) -> String {
+        let name = self.name.clone().unwrap_or_else(|| {
+            use std::hash::{Hash, Hasher};
+            // Stable across runs and builds: the same filters name the same replay.
+            let mut h = Fnv(0xcbf29ce484222325);
+            format!("{:?}|{:?}|{}|{}", self.filter, self.to, self.include_invalid, context.dead_letter).hash(&mut h);
+            format!("{:016x}", h.finish())
+        });
+        format!("herald.dlq-replay.{name}")
+    }
+
+    /// Replays, and returns what it did; with neither `--yes` nor a `y`
+    /// at the prompt, only counts.
+    pub async fn run(&self, context: &Context) -> Result<Summary, DlqError> {
+        let group = self.group(context);
+        let consumer = context.consumer(&group)?;
+        let positions = committed(&consumer, &context.dead_letter, context.partitions(&consumer, &context.dead_letter)?)?;
+        let messages = context.read(&consumer, &context.dead_letter, &positions.iter().map(|(p, o)| (*p, Offset::Offset(*o))).collect())?;
+        let letters = context.letters(messages).await;
+        let producer: FutureProducer = kafka::producer(&context.kafka)?;
+        let probe = context.consumer(&format!("{group}.probe"))?;
+        let mut plan = Vec::new();
+        let mut skipped = 0;
+        let mut by_code: BTreeMap<String, usize> = BTreeMap::new();
+        for letter in letters.iter().filter(|l| l.matches(&self.filter)) {
+            if letter.stripped() || (letter.class() == Some(ErrorClass::Invalid) && !self.include_invalid) {
+                skipped += 1;
+                continue;
+            }
+            let Some(topic) = self.to.clone().or_else(|| letter.origin.as_ref().map(|o| o.topic.clone())) else {
+                skipped += 1;
+                continue;
+            };
+            *by_code.entry(letter.code().to_owned()).or_default() += 1;
+            plan.push((letter, topic));
+        }
+        // A run killed after producing and before committing: what it
+        // produced is found from the marks, and not produced again.
+        let marks = committed_marks(&consumer, &group_targets(&plan))?;
+        let done = replayed_since(context, &probe, &marks)?;
+        let before = plan.len();
+        plan.retain(|(letter, _)| !done.contains(&letter.source()));
+        skipped += before - plan.len();
+        eprintln!("{} dead letters read from {}; {} to replay, {skipped} skipped (invalid, stripped, or replayed already)", letters.len(), context.dead_letter, plan.len());
+        for (code, n) in &by_code {
+            eprintln!("  {n:>6}  {code}");
+        }
+        if plan.is_empty() || self.dry_run || !self.confirmed(plan.len())? {
+            if !plan.is_empty() && !self.dry_run {
+                eprintln!("dry run: nothing written; pass --yes to replay");
+            }
+            return Ok(Summary { replayed: 0, skipped, failed: 0 });
+        }
+        let bar = progress(plan.len());
+        let mut summary = Summary { replayed: 0, skipped, failed: 0 };
+        let mut partitions: HashMap<String, i32> = HashMap::new();
+        let pace = self.max_per_second.map(|n| Duration::from_secs_f64(1.0 / f64::from(n.max(1))));
+        let batch_size = self.max_per_second.map_or(BATCH, |n| (n as usize).clamp(1, BATCH));
+        for batch in plan.chunks(batch_size) {
+            let mut targets = Vec::new();
+            for (letter, topic) in batch {
+                let count = match partitions.get(topic) {
+                    Some(n) => *n,
+                    None => *partitions.entry(topic.clone()).or_insert(context.partitions(&probe, topic)?),
+                };
+                targets.push((topic.clone(), target_partition(letter, count)));
+            }
+            let ends = high_watermarks(&probe, &targets)?;
+            commit_marks(&consumer, &ends)?;
+            let mut acked: HashMap<(String, i32), i64> = HashMap::new();
+            for ((letter, topic), (_, partition)) in batch.iter().zip(&targets) {
+                let started = std::time::Instant::now();
+                match produce(&producer, letter, topic, *partition).await {
+                    Ok(offset) => {
+                        summary.replayed += 1;
+                        let next = acked.entry((topic.clone(), *partition)).or_insert(0);
+                        *next = (*next).max(offset + 1);
+                    }
+                    Err(error) => {
+                        summary.failed += 1;
+                        bar.abandon();
+                        eprintln!("replayed {}, skipped {}, failed {}", summary.replayed, summary.skipped, summary.failed);
+                        return Err(DlqError::Produce { from: letter.source(), error });
+                    }
+                }
+                bar.inc(1);
+                if let Some(pace) = pace {
+                    tokio::time::sleep(pace.saturating_sub(started.elapsed())).await;
+                }
+            }
+            // Positions first: with the marks still behind this batch, a
+            // kill here only means a longer scan next time.
+            let last = batch.last().expect("chunks are not empty").0;
+            commit_positions(&consumer, &context.dead_letter, &letters, last)?;
+            commit_marks(&consumer, &acked.into_iter().collect::<Vec<_>>())?;
+        }
+        commit_all(&consumer, &context.dead_letter, &letters)?;
+        bar.finish_and_clear();
+        eprintln!("replayed {}, skipped {}, failed {}", summary.replayed, summary.skipped, summary.failed);
+        Ok(summary)
+    }
+
+    fn confirmed(&self, count: usize) -> Result<bool, DlqError> {
+        if self.yes {
+            return Ok(true);
+        }
+        if !std::io::stdin().is_terminal() {
+            return Ok(false);
+        }
+        eprint!("Replay {count} records? [y/N] ");
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+    }
+}
+
+/// FNV-1a: a hash that is the same in every build, for replay names.
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+        }
+    }
+}
+
+fn progress(len: usize) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} replayed, {per_sec}, {eta} left").expect("a valid template"));
+    bar
+}
+
+/// The original partition, so a user's requests stay on one partition
+/// number; folded into the target's count when it has fewer.
+fn target_partition(letter: &Letter, count: i32) -> i32 {
+    let original = letter.origin.as_ref().map_or(letter.message.partition(), |o| o.partition);
+    original.rem_euclid(count.max(1))
+}
+
+async fn produce(producer: &FutureProducer, letter: &Letter, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+    let mut headers = OwnedHeaders::new();
+    if let Some(h) = letter.message.headers() {
+        for header in h.iter().filter(|h| !h.key.starts_with("herald-")) {
+            headers = headers.insert(Header { key: header.key, value: header.value });
+        }
+    }
+    let source = letter.source();
+    headers = headers.insert(Header { key: REPLAYED_FROM, value: Some(source.as_bytes()) });
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(partition).headers(headers);
+    if let Some(key) = letter.message.key() {
+        record = record.key(key);
+    }
+    if let Some(payload) = letter.message.payload() {
+        record = record.payload(payload);
+    }
+    match producer.send(record, Duration::from_secs(30)).await {
+        Ok(delivery) => Ok(delivery.offset),
+        Err((error, _)) => Err(error),
+    }
+}
+
+/// The group's committed position in each partition of `topic`.
+fn committed(consumer: &BaseConsumer, topic: &str, count: i32) -> Result<HashMap<i32, i64>, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for p in 0..count {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, FETCH_TIMEOUT)?;
+    Ok(committed.elements().iter().filter_map(|e| match e.offset() {
+        Offset::Offset(o) => Some((e.partition(), o)),
+        _ => None,
+    }).collect())
+}
+
+/// The target topics a plan writes to, each once.
+fn group_targets(plan: &[(&Letter, String)]) -> Vec<String> {
+    let mut topics: Vec<String> = plan.iter().map(|(_, t)| t.clone()).collect();
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+/// The scan marks the group committed on target partitions.
+fn committed_marks(consumer: &BaseConsumer, topics: &[String]) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+    let mut marks = Vec::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), FETCH_TIMEOUT)?;
+        let count = metadata.topics().first().map_or(0, |t| t.partitions().len() as i32);
+        marks.extend(committed(consumer, topic, count)?.into_iter().map(|(p, o)| ((topic.clone(), p), o)));
+    }
+    Ok(marks)
+}
+
+/// The `herald-replayed-from` values written at or after each mark.
+fn replayed_since(context: &Context, probe: &BaseConsumer, marks: &[((String, i32), i64)]) -> Result<HashSet<String>, KafkaError> {
+    let mut done = HashSet::new();
+    let mut topics: Vec<&String> = marks.iter().map(|((t, _), _)| t).collect();
+    topics.dedup();
+    for topic in topics {
+        let from: HashMap<i32, Offset> = marks.iter().filter(|((t, _), _)| t == topic).map(|((_, p), o)| (*p, Offset::Offset(*o))).collect();
+        // Partitions without a mark were never written by this replay.
+        let count = context.partitions(probe, topic)?;
+        let from: HashMap<i32, Offset> = (0..count).map(|p| (p, from.get(&p).copied().unwrap_or(Offset::End))).collect();
+        for m in read_from(probe, topic, &from)? {
+            if let Some(source) = m.headers().and_then(|h| envelope::header(h, REPLAYED_FROM)) {
+                if source.starts_with(&format!("{}/", context.dead_letter)) {
+                    done.insert(source.to_owned());
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Reads `topic` from `from` to the end, skipping partitions at `End`.
+fn read_from(consumer: &BaseConsumer, topic: &str, from: &HashMap<i32, Offset>) -> Result<Vec<OwnedMessage>, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for (p, o) in from.iter().filter(|(_, o)| **o != Offset::End) {
+        list.add_partition_offset(topic, *p, *o)?;
+    }
+    if list.count() == 0 {
+        return Ok(vec![]);
+    }
+    consumer.assign(&list)?;
+    let wanted = list.count();
+    let (mut at_end, mut out) = (HashSet::new(), Vec::new());
+    let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
+    while at_end.len() < wanted {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                out.push(m.detach());
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(error)) => return Err(error),
+            None if std::time::Instant::now() > deadline => return Err(KafkaError::NoMessageReceived),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Each target partition's end, from a fetch's high watermark: a broker's
+/// ListOffsets answer is not relied on (tansu's is wrong).
+fn high_watermarks(probe: &BaseConsumer, targets: &[(String, i32)]) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+    let mut unique: Vec<(String, i32)> = targets.to_vec();
+    unique.sort();
+    unique.dedup();
+    let mut list = TopicPartitionList::new();
+    for (t, p) in &unique {
+        list.add_partition_offset(t, *p, Offset::Beginning)?;
+    }
+    probe.assign(&list)?;
+    let mut answered: HashSet<(String, i32)> = HashSet::new();
+    let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
+    while answered.len() < unique.len() {
+        match probe.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                answered.insert((m.topic().to_owned(), m.partition()));
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                // EOF names only the partition; every target of a batch with
+                // this number is answered by then or will be by a message.
+                for (t, q) in &unique {
+                    if *q == p {
+                        answered.insert((t.clone(), p));
+                    }
+                }
+            }
+            Some(Err(error)) => return Err(error),
+            None if std::time::Instant::now() > deadline => return Err(KafkaError::NoMessageReceived),
+            None => {}
+        }
+    }
+    unique
+        .into_iter()
+        .map(|(t, p)| {
+            // Unknown (-1001) would be a bug here; scanning from the start
+            // is slow but still right.
+            let high = cached_high_watermark(probe, &t, p)?;
+            Ok(((t, p), high.max(0)))
+        })
+        .collect()
+}
+
+/// The high watermark librdkafka keeps from the last fetch response of
+/// this consumer (rdkafka has no safe wrapper for it).
+fn cached_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+    let topic = std::ffi::CString::new(topic).map_err(|_| KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::InvalidTopic))?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` is, the topic is
+    // a NUL-terminated string, and the out-pointers are to live locals.
+    let error = unsafe { rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic.as_ptr(), partition, &mut low, &mut high) };
+    match error {
+        rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR => Ok(high),
+        code => Err(KafkaError::MetadataFetch(code.into())),
+    }
+}
+
+fn commit_marks(consumer: &BaseConsumer, marks: &[((String, i32), i64)]) -> Result<(), KafkaError> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::new();
+    for ((t, p), o) in marks {
+        list.add_partition_offset(t, *p, Offset::Offset(*o))?;
+    }
+    consumer.commit(&list, rdkafka::consumer::CommitMode::Sync)
+}
+
+/// Commits, for each dead-letter partition, the position after the last
+/// letter read up to `last` (in read order).
+fn commit_positions(consumer: &BaseConsumer, topic: &str, letters: &[Letter], last: &Letter) -> Result<(), KafkaError> {
+    let index = letters.iter().position(|l| std::ptr::eq(l, last)).expect("last is one of the letters");
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    for l in &letters[..=index] {
+        // Read order is offset order within a partition.
+        next.insert(l.message.partition(), l.message.offset() + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for (p, o) in next {
+        list.add_partition_offset(topic, p, Offset::Offset(o))?;
+    }
+    consumer.commit(&list, rdkafka::consumer::CommitMode::Sync)
+}
+
+/// Every letter read is done with: what did not match stays behind.
+fn commit_all(consumer: &BaseConsumer, topic: &str, letters: &[Letter]) -> Result<(), KafkaError> {
+    match letters.last() {
+        Some(last) => commit_positions(consumer, topic, letters, last),
+        None => Ok(()),
+    }
+}
