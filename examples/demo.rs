@@ -67,7 +67,17 @@ async fn main() -> std::process::ExitCode {
     describe(&broker, &cql, &providers);
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let herald = tokio::spawn(herald::run(config, async {
+    let admin_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the admin listener");
+    let listeners = herald::Listeners { admin: Some(admin_listener), receipts: None };
+    let app = match herald::App::build(config.clone(), listeners).await {
+        Ok(app) => app,
+        Err(e) => {
+            println!("herald did not start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let admin = format!("http://{}", app.admin_addr().expect("the admin listener is on"));
+    let herald = tokio::spawn(app.run(async {
         let _ = stopped.await;
     }));
     let bundled = Bundled::load();
@@ -75,11 +85,13 @@ async fn main() -> std::process::ExitCode {
     let started = Instant::now();
     let mut statuses = StatusLog { reader: Reader::new(&broker.bootstrap, &names.status), schema: bundled.status.clone(), events: vec![], quiet: false };
     let (samples, followups) = run_samples(&sender, &mut statuses, started).await;
+    let replayed = replay_the_outage(&config, &mut statuses, started).await;
     let load = bulk_load(&sender, &mut statuses, started, args.load).await;
+    print_metrics(&admin).await;
     let _ = stop.send(());
     let stopped = herald.await.expect("herald task");
 
-    let mut ok = stopped.is_ok();
+    let mut ok = stopped.is_ok() && replayed;
     ok &= samples_verdict(&statuses, &samples, &followups, &providers, &broker, &names).await;
     ok &= load.verdict(&statuses);
     ok &= committed_verdict(&broker, &names).await;
@@ -91,6 +103,32 @@ async fn main() -> std::process::ExitCode {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
+    }
+}
+
+/// The provider is back: `herald dlq replay` sends the dead letter of the
+/// outage again, from attempt 1.
+async fn replay_the_outage(config: &Config, statuses: &mut StatusLog, started: Instant) -> bool {
+    println!("\nherald dlq replay --code vonage:5 --yes   (the outage is over)");
+    let filter = herald::dlq::Filter { code: Some("vonage:5".into()), ..Default::default() };
+    let replay = herald::dlq::DlqCommand::Replay { filter, to: None, name: Some("demo-outage".into()), yes: true, dry_run: false, include_invalid: false, max_per_second: None };
+    if let Err(e) = herald::dlq(config, replay).await {
+        println!("replay failed: {e}");
+        return false;
+    }
+    statuses.until_terminal_again("sms-down", started, Duration::from_secs(60)).await
+}
+
+/// A few of the lines Prometheus scrapes from `/metrics`.
+async fn print_metrics(admin: &str) {
+    let Ok(body) = reqwest::get(format!("{admin}/metrics")).await.and_then(|r| r.error_for_status()) else {
+        println!("\n/metrics did not answer");
+        return;
+    };
+    let body = body.text().await.unwrap_or_default();
+    println!("\n{admin}/metrics (some lines):");
+    for line in body.lines().filter(|l| l.starts_with("herald_outcomes_total") || l.starts_with("herald_provider_calls_total") || l.starts_with("herald_consumer_lag")).take(14) {
+        println!("  {line}");
     }
 }
 
@@ -304,8 +342,8 @@ fn samples() -> Vec<Sample> {
         },
         Sample {
             request: sms("sms-down", "dee", "+14155550199", "Never arrives"),
-            expect: Status::DeadLettered,
-            story: "Twilio 503 and Vonage 5, four times: three retries, then dead-lettered",
+            expect: Status::Sent,
+            story: "Twilio 503 and Vonage 5, four times: dead-lettered; replayed once they recover, then sent",
         },
         Sample {
             request: sms("sms-failover", "gus", "+14155550104", "Twilio is down"),
@@ -402,6 +440,23 @@ impl StatusLog {
             }
             self.events.push(event);
         }
+    }
+
+    /// Waits for `id` to be sent, after the final status it already had;
+    /// says whether it was.
+    async fn until_terminal_again(&mut self, id: &str, started: Instant, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while let Some(message) = self.reader.next(deadline).await {
+            let event = codec::decode_status(&self.schema, message.payload().unwrap_or_default()).expect("status decodes");
+            let done = event.event_id == id && event.status == Status::Sent;
+            print(&event, started);
+            self.events.push(event);
+            if done {
+                return true;
+            }
+        }
+        println!("{id} was not sent after the replay");
+        false
     }
 
     fn last_by_event(&self) -> BTreeMap<&str, &StatusEvent> {
