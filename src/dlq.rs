@@ -29,7 +29,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::json;
 
-use crate::decode::{DecodeError, Decoder};
+use crate::decode::Decoder;
 use crate::kafka;
 use crate::mask::Masked;
 use crate::model::{Channel, ErrorClass, Request};
@@ -132,7 +132,14 @@ pub enum DlqError {
     Produce { from: String, error: KafkaError },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("topic {0:?} does not exist")]
+    NoTopic(String),
 }
+
+type Reader = BaseConsumer<kafka::ReaderContext>;
+
+/// A partition of a topic, and an offset in it.
+type Mark = ((String, i32), i64);
 
 /// What `dlq` reads from and writes to.
 pub struct Context {
@@ -212,54 +219,35 @@ fn origin(headers: Option<&OwnedHeaders>) -> Option<Origin> {
 }
 
 impl Context {
-    fn consumer(&self, group: &str) -> Result<BaseConsumer, KafkaError> {
+    fn consumer(&self, group: &str) -> Result<Reader, KafkaError> {
         let mut config: ClientConfig = kafka::reader_config(&self.kafka, "dlq");
         config.set("group.id", group).set("enable.partition.eof", "true").set("fetch.wait.max.ms", "50");
-        config.create()
+        config.create_with_context(kafka::ReaderContext)
     }
 
-    fn partitions(&self, consumer: &BaseConsumer, topic: &str) -> Result<i32, KafkaError> {
+    /// `topic`'s partition count; a topic that does not exist is an error.
+    fn partitions(&self, consumer: &Reader, topic: &str) -> Result<i32, DlqError> {
         let metadata = consumer.fetch_metadata(Some(topic), FETCH_TIMEOUT)?;
-        Ok(metadata.topics().first().map_or(0, |t| t.partitions().len() as i32))
+        match metadata.topics().first() {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len() as i32),
+            _ => Err(DlqError::NoTopic(topic.to_owned())),
+        }
     }
 
-    /// Every record of `topic` from `from` (per partition) to the end the
-    /// fetches report.
-    fn read(&self, consumer: &BaseConsumer, topic: &str, from: &HashMap<i32, Offset>) -> Result<Vec<OwnedMessage>, KafkaError> {
+    /// Every record of `topic` from `from` (per partition; the start when
+    /// absent) to the end the fetches report.
+    fn read(&self, consumer: &Reader, topic: &str, from: &HashMap<i32, Offset>) -> Result<Vec<OwnedMessage>, DlqError> {
         let count = self.partitions(consumer, topic)?;
-        let mut list = TopicPartitionList::new();
-        for p in 0..count {
-            list.add_partition_offset(topic, p, from.get(&p).copied().unwrap_or(Offset::Beginning))?;
-        }
-        consumer.assign(&list)?;
-        let mut at_end = HashSet::new();
-        let mut out = Vec::new();
-        let deadline = std::time::Instant::now() + FETCH_TIMEOUT;
-        while (at_end.len() as i32) < count {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(m)) => {
-                    at_end.remove(&m.partition());
-                    out.push(m.detach());
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    at_end.insert(p);
-                }
-                Some(Err(error)) => return Err(error),
-                None if std::time::Instant::now() > deadline => return Err(KafkaError::NoMessageReceived),
-                None => {}
-            }
-        }
-        Ok(out)
+        let from = (0..count).map(|p| (p, from.get(&p).copied().unwrap_or(Offset::Beginning))).collect();
+        Ok(read_from(consumer, topic, &from)?)
     }
 
     async fn letters(&self, messages: Vec<OwnedMessage>) -> Vec<Letter> {
         let mut letters = Vec::with_capacity(messages.len());
         for message in messages {
             let envelope = Envelope::read(message.headers()).unwrap_or_default();
-            let request = match self.decoder.decode(message.key(), message.payload()).await {
-                Ok(request) => Some(request),
-                Err(DecodeError::Invalid { .. } | DecodeError::Undecodable(_) | DecodeError::Unavailable(_)) => None,
-            };
+            // A record that does not decode is still listed, without a request.
+            let request = self.decoder.decode(message.key(), message.payload()).await.ok();
             let at = message.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
             letters.push(Letter { origin: origin(message.headers()), envelope, at, request, message });
         }
@@ -303,7 +291,7 @@ async fn list(context: &Context, filter: &Filter, json: bool) -> Result<(), DlqE
 }
 
 async fn show(context: &Context, at: &str, reveal: bool) -> Result<(), DlqError> {
-    let (partition, offset) = at.split_once(':').and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?))).ok_or_else(|| DlqError::At(at.to_owned()))?;
+    let (partition, offset) = at.split_once(':').and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?))).filter(|(p, o)| *p >= 0 && *o >= 0).ok_or_else(|| DlqError::At(at.to_owned()))?;
     let consumer = context.consumer(&format!("{}.dlq-reader", context.kafka.group_id))?;
     let from = HashMap::from([(partition, Offset::Offset(offset))]);
     let messages: Vec<OwnedMessage> = context.read(&consumer, &context.dead_letter, &from)?.into_iter().filter(|m| m.partition() == partition && m.offset() == offset).collect();
@@ -400,6 +388,7 @@ impl Replay {
         // A run killed after producing and before committing: what it
         // produced is found from the marks, and not produced again.
         let marks = committed_marks(&consumer, &group_targets(&plan))?;
+        let mut marked: HashSet<(String, i32)> = marks.iter().map(|(at, _)| at.clone()).collect();
         let done = replayed_since(context, &probe, &marks)?;
         let before = plan.len();
         plan.retain(|(letter, _)| !done.contains(&letter.source()));
@@ -407,6 +396,11 @@ impl Replay {
         eprintln!("{} dead letters read from {}; {} to replay, {skipped} skipped (invalid, stripped, or replayed already)", letters.len(), context.dead_letter, plan.len());
         for (code, n) in &by_code {
             eprintln!("  {n:>6}  {code}");
+        }
+        if plan.is_empty() && self.yes && !self.dry_run {
+            // Nothing left to write (a killed run wrote the rest): this
+            // replay is done, and its position says so.
+            commit_all(&consumer, &context.dead_letter, &letters)?;
         }
         if plan.is_empty() || self.dry_run || !self.confirmed(plan.len())? {
             if !plan.is_empty() && !self.dry_run {
@@ -417,6 +411,7 @@ impl Replay {
         let bar = progress(plan.len());
         let mut summary = Summary { replayed: 0, skipped, failed: 0 };
         let mut partitions: HashMap<String, i32> = HashMap::new();
+        let mut acked: HashMap<(String, i32), i64> = HashMap::new();
         let pace = self.max_per_second.map(|n| Duration::from_secs_f64(1.0 / f64::from(n.max(1))));
         let batch_size = self.max_per_second.map_or(BATCH, |n| (n as usize).clamp(1, BATCH));
         for batch in plan.chunks(batch_size) {
@@ -428,9 +423,13 @@ impl Replay {
                 };
                 targets.push((topic.clone(), target_partition(letter, count)));
             }
-            let ends = high_watermarks(&probe, &targets)?;
+            // A mark only ever starts where nothing of this replay can be
+            // unaccounted for: one already there stays, however far back.
+            // Moving it on could pass records a killed run produced and no
+            // position covers yet (see `commit_all`).
+            let ends: Vec<_> = high_watermarks(&probe, &targets)?.into_iter().filter(|(at, _)| !marked.contains(at)).collect();
             commit_marks(&consumer, &ends)?;
-            let mut acked: HashMap<(String, i32), i64> = HashMap::new();
+            marked.extend(ends.into_iter().map(|(at, _)| at));
             for ((letter, topic), (_, partition)) in batch.iter().zip(&targets) {
                 let started = std::time::Instant::now();
                 match produce(&producer, letter, topic, *partition).await {
@@ -451,13 +450,13 @@ impl Replay {
                     tokio::time::sleep(pace.saturating_sub(started.elapsed())).await;
                 }
             }
-            // Positions first: with the marks still behind this batch, a
-            // kill here only means a longer scan next time.
             let last = batch.last().expect("chunks are not empty").0;
             commit_positions(&consumer, &context.dead_letter, &letters, last)?;
-            commit_marks(&consumer, &acked.into_iter().collect::<Vec<_>>())?;
         }
+        // Every letter read is covered by a position now, so the marks may
+        // move past everything this replay (and any killed run of it) wrote.
         commit_all(&consumer, &context.dead_letter, &letters)?;
+        commit_marks(&consumer, &acked.into_iter().collect::<Vec<_>>())?;
         bar.finish_and_clear();
         eprintln!("replayed {}, skipped {}, failed {}", summary.replayed, summary.skipped, summary.failed);
         Ok(summary)
@@ -532,7 +531,7 @@ async fn produce(producer: &FutureProducer, letter: &Letter, topic: &str, partit
 }
 
 /// The group's committed position in each partition of `topic`.
-fn committed(consumer: &BaseConsumer, topic: &str, count: i32) -> Result<HashMap<i32, i64>, KafkaError> {
+fn committed(consumer: &Reader, topic: &str, count: i32) -> Result<HashMap<i32, i64>, KafkaError> {
     let mut list = TopicPartitionList::new();
     for p in 0..count {
         list.add_partition(topic, p);
@@ -553,7 +552,7 @@ fn group_targets(plan: &[(&Letter, String)]) -> Vec<String> {
 }
 
 /// The scan marks the group committed on target partitions.
-fn committed_marks(consumer: &BaseConsumer, topics: &[String]) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+fn committed_marks(consumer: &Reader, topics: &[String]) -> Result<Vec<Mark>, KafkaError> {
     let mut marks = Vec::new();
     for topic in topics {
         let metadata = consumer.fetch_metadata(Some(topic), FETCH_TIMEOUT)?;
@@ -564,7 +563,7 @@ fn committed_marks(consumer: &BaseConsumer, topics: &[String]) -> Result<Vec<((S
 }
 
 /// The `herald-replayed-from` values written at or after each mark.
-fn replayed_since(context: &Context, probe: &BaseConsumer, marks: &[((String, i32), i64)]) -> Result<HashSet<String>, KafkaError> {
+fn replayed_since(context: &Context, probe: &Reader, marks: &[Mark]) -> Result<HashSet<String>, DlqError> {
     let mut done = HashSet::new();
     let mut topics: Vec<&String> = marks.iter().map(|((t, _), _)| t).collect();
     topics.dedup();
@@ -585,7 +584,7 @@ fn replayed_since(context: &Context, probe: &BaseConsumer, marks: &[((String, i3
 }
 
 /// Reads `topic` from `from` to the end, skipping partitions at `End`.
-fn read_from(consumer: &BaseConsumer, topic: &str, from: &HashMap<i32, Offset>) -> Result<Vec<OwnedMessage>, KafkaError> {
+fn read_from(consumer: &Reader, topic: &str, from: &HashMap<i32, Offset>) -> Result<Vec<OwnedMessage>, KafkaError> {
     let mut list = TopicPartitionList::new();
     for (p, o) in from.iter().filter(|(_, o)| **o != Offset::End) {
         list.add_partition_offset(topic, *p, *o)?;
@@ -616,7 +615,7 @@ fn read_from(consumer: &BaseConsumer, topic: &str, from: &HashMap<i32, Offset>) 
 
 /// Each target partition's end, from a fetch's high watermark: a broker's
 /// ListOffsets answer is not relied on (tansu's is wrong).
-fn high_watermarks(probe: &BaseConsumer, targets: &[(String, i32)]) -> Result<Vec<((String, i32), i64)>, KafkaError> {
+fn high_watermarks(probe: &Reader, targets: &[(String, i32)]) -> Result<Vec<Mark>, KafkaError> {
     let mut unique: Vec<(String, i32)> = targets.to_vec();
     unique.sort();
     unique.dedup();
@@ -659,7 +658,7 @@ fn high_watermarks(probe: &BaseConsumer, targets: &[(String, i32)]) -> Result<Ve
 
 /// The high watermark librdkafka keeps from the last fetch response of
 /// this consumer (rdkafka has no safe wrapper for it).
-fn cached_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -> Result<i64, KafkaError> {
+fn cached_high_watermark(consumer: &Reader, topic: &str, partition: i32) -> Result<i64, KafkaError> {
     let topic = std::ffi::CString::new(topic).map_err(|_| KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::InvalidTopic))?;
     let (mut low, mut high) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid while `consumer` is, the topic is
@@ -671,7 +670,7 @@ fn cached_high_watermark(consumer: &BaseConsumer, topic: &str, partition: i32) -
     }
 }
 
-fn commit_marks(consumer: &BaseConsumer, marks: &[((String, i32), i64)]) -> Result<(), KafkaError> {
+fn commit_marks(consumer: &Reader, marks: &[Mark]) -> Result<(), KafkaError> {
     if marks.is_empty() {
         return Ok(());
     }
@@ -684,7 +683,7 @@ fn commit_marks(consumer: &BaseConsumer, marks: &[((String, i32), i64)]) -> Resu
 
 /// Commits, for each dead-letter partition, the position after the last
 /// letter read up to `last` (in read order).
-fn commit_positions(consumer: &BaseConsumer, topic: &str, letters: &[Letter], last: &Letter) -> Result<(), KafkaError> {
+fn commit_positions(consumer: &Reader, topic: &str, letters: &[Letter], last: &Letter) -> Result<(), KafkaError> {
     let index = letters.iter().position(|l| std::ptr::eq(l, last)).expect("last is one of the letters");
     let mut next: HashMap<i32, i64> = HashMap::new();
     for l in &letters[..=index] {
@@ -699,7 +698,7 @@ fn commit_positions(consumer: &BaseConsumer, topic: &str, letters: &[Letter], la
 }
 
 /// Every letter read is done with: what did not match stays behind.
-fn commit_all(consumer: &BaseConsumer, topic: &str, letters: &[Letter]) -> Result<(), KafkaError> {
+fn commit_all(consumer: &Reader, topic: &str, letters: &[Letter]) -> Result<(), KafkaError> {
     match letters.last() {
         Some(last) => commit_positions(consumer, topic, letters, last),
         None => Ok(()),

@@ -5,7 +5,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() {
     let config = herald::Config::from_env();
     herald::telemetry::init(config.log_format);
     let result = match config.command.clone() {
@@ -13,11 +13,14 @@ async fn main() -> std::process::ExitCode {
         Some(herald::config::Command::Dlq { command }) => herald::dlq(&config, command).await,
         None => herald::run(config, shutdown_signal()).await,
     };
+    // Exits here rather than by returning: dropping the runtime would wait
+    // for its blocking threads, and a consumer closing against a stalled
+    // broker (given up on at the shutdown deadline) holds one for minutes.
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => std::process::exit(0),
         Err(error) => {
             tracing::error!(message = "herald stopped.", %error);
-            std::process::ExitCode::FAILURE
+            std::process::exit(1)
         }
     }
 }

@@ -2,13 +2,14 @@
 //! reachable by whoever can reach its port: everything one client can make
 //! it hold is bounded.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -19,7 +20,8 @@ use tokio::task::JoinSet;
 /// admin endpoints take no body at all.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Connections open at once; past it, new ones wait to be accepted.
+    /// Connections open at once; past it, a new one takes the place of the
+    /// oldest idle one (see `accept`), or waits.
     pub max_connections: usize,
     /// To send a request's headers, and to start the next one on a
     /// keep-alive connection.
@@ -53,38 +55,70 @@ pub async fn accept(
 ) -> std::io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = JoinSet::new();
+    let mut live: HashMap<tokio::task::Id, Connection> = HashMap::new();
     let mut warned: Option<tokio::time::Instant> = None;
+    let epoch = tokio::time::Instant::now();
     tokio::pin!(shutdown);
-    loop {
-        while connections.try_join_next().is_some() {}
-        let permit = match open.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Said at most once a minute: the cap is holding, not failing.
-                if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                    tracing::warn!(message = "Webhook connection limit reached; new connections wait.", max = limits.max_connections);
-                    warned = Some(tokio::time::Instant::now());
-                }
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    permit = open.clone().acquire_owned() => permit.expect("never closed"),
-                }
-            }
-        };
+    'serve: loop {
+        while let Some(done) = connections.try_join_next_with_id() {
+            live.remove(&done.map_or_else(|e| e.id(), |(id, ())| id));
+        }
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => break 'serve,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 // Out of file descriptors, say: wait, and try again.
                 Err(error) => {
-                    tracing::warn!(message = "Accepting a webhook connection failed.", %error);
+                    tracing::warn!(message = "Accepting a connection failed.", %error);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
-        connections.spawn(async move {
+        let permit = match open.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Said at most once a minute: the cap is holding, not failing.
+                if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!(message = "Connection limit reached; the oldest idle connection makes room.", max = limits.max_connections);
+                    warned = Some(tokio::time::Instant::now());
+                }
+                // A connection that is not in a request (slowly sending
+                // headers, or idle between requests) gives its place to the
+                // new one, oldest first: clients that hold connections open
+                // cannot keep a real request out. With every connection in
+                // a request, the new one waits.
+                loop {
+                    let idle = live.iter().filter(|(_, c)| c.idle_for(epoch) >= IDLE_GRACE).min_by_key(|(_, c)| c.since).map(|(id, _)| *id);
+                    if let Some(evicted) = idle.and_then(|id| live.remove(&id)) {
+                        evicted.abort.abort();
+                    }
+                    tokio::select! {
+                        () = &mut shutdown => break 'serve,
+                        permit = open.clone().acquire_owned() => break permit.expect("never closed"),
+                        // Someone may have become idle long enough.
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                }
+            }
+        };
+        let activity = Arc::new(Activity::default());
+        activity.idle(epoch);
+        let seen = activity.clone();
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let seen = seen.clone();
+            seen.requests.fetch_add(1, Ordering::AcqRel);
+            let answer = tower::ServiceExt::oneshot(app.clone(), request);
+            async move {
+                let answer = answer.await;
+                if seen.requests.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    seen.idle(epoch);
+                }
+                answer
+            }
+        });
+        let abort = connections.spawn(async move {
             let _permit = permit;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -93,10 +127,46 @@ pub async fn accept(
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
         });
+        live.insert(abort.id(), Connection { abort, activity, since: tokio::time::Instant::now() });
     }
-    // Requests under way get a moment to answer; Twilio retries the rest.
+    // Requests under way get a moment to answer; clients retry the rest.
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while connections.join_next().await.is_some() {} }).await;
     connections.shutdown().await;
     Ok(())
 }
 
+/// How long a connection must have been out of any request before it may
+/// give its place to a new one: long enough for an answer just given (a
+/// 413, say) to be written out.
+const IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// A connection being served, as the accept loop sees it.
+struct Connection {
+    abort: tokio::task::AbortHandle,
+    activity: Arc<Activity>,
+    since: tokio::time::Instant,
+}
+
+impl Connection {
+    fn idle_for(&self, epoch: tokio::time::Instant) -> Duration {
+        if self.activity.requests.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.activity.idle_since_ms.load(Ordering::Acquire));
+        epoch.elapsed().saturating_sub(since)
+    }
+}
+
+#[derive(Default)]
+struct Activity {
+    /// Requests it is in now: 0 while it sends headers or waits idle.
+    requests: AtomicUsize,
+    /// Since when it has been in none, in ms after the loop's epoch.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn idle(&self, epoch: tokio::time::Instant) {
+        self.idle_since_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Release);
+    }
+}

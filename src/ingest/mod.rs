@@ -249,7 +249,7 @@ impl Loop {
             self.pause(consumer, (source, partition), offset, Until::Ledger(partition));
             return Ok(());
         }
-        let record = Consumed::read(message);
+        let record = Consumed::read(message, matches!(source, Source::Retry(_)));
         self.consumed[match source {
             Source::Requested => 0,
             Source::Retry(i) => i + 1,

@@ -28,11 +28,16 @@ pub struct Consumed {
 
 impl Consumed {
     /// The record `message` holds, copied out of the consumer's buffer.
-    pub fn read(message: &BorrowedMessage<'_>) -> Consumed {
+    /// herald's headers are read only where herald wrote them (`parked`: a
+    /// delay topic). On the requests topic they are a producer's, and a
+    /// producer must not make a request skip its rate limit or its
+    /// retries by claiming attempts were made.
+    pub fn read(message: &BorrowedMessage<'_>, parked: bool) -> Consumed {
         let headers = message.headers().map(|h| h.detach());
-        let (envelope, unreadable) = match Envelope::read(headers.as_ref()) {
-            Ok(envelope) => (envelope, None),
-            Err(error) => (Envelope::default(), Some(error)),
+        let (envelope, unreadable) = match parked.then(|| Envelope::read(headers.as_ref())) {
+            None => (Envelope::default(), None),
+            Some(Ok(envelope)) => (envelope, None),
+            Some(Err(error)) => (Envelope::default(), Some(error)),
         };
         // Only a parked record's append time matters (see `Topics::due`),
         // and reading it is not free.

@@ -8,7 +8,6 @@ use std::time::Duration;
 use herald::dlq::REPLAYED_FROM;
 use herald::model::Status;
 use herald_testkit::fake::Reply;
-use rdkafka::message::Message;
 
 use crate::support::{header, sms, Harness};
 
@@ -21,10 +20,15 @@ fn dlq(h: &Harness, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_herald")).args(&all[1..]).env("RUST_LOG", "warn").stdin(Stdio::null()).output().expect("running herald dlq")
 }
 
-fn spawn_replay(h: &Harness, args: &[&str]) -> std::process::Child {
+fn replay_args(h: &Harness, args: &[&str]) -> Vec<String> {
     let mut all = h.args(&[]);
     all.extend(["dlq", "replay"].map(str::to_owned));
     all.extend(args.iter().map(|a| a.to_string()));
+    all
+}
+
+fn spawn_replay(h: &Harness, args: &[&str]) -> std::process::Child {
+    let all = replay_args(h, args);
     Command::new(env!("CARGO_BIN_EXE_herald")).args(&all[1..]).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("running herald dlq replay")
 }
 
@@ -113,4 +117,56 @@ async fn a_replay_killed_halfway_and_run_again_produces_each_record_once() {
         assert_eq!(statuses.of(id).iter().filter(|e| e.status == Status::Sent).count(), 1, "{id}");
     }
     herald.stop().await.unwrap();
+}
+
+/// Dead letters written directly, as herald would have: each names its
+/// original topic and partition, with a transient error.
+async fn dead_letters(h: &Harness, target: &str, count: usize) {
+    herald_testkit::kafka::create_topics(&h.broker.bootstrap, &[&h.topics.dead_letter, target], 1).await;
+    for i in 0..count {
+        let offset = i.to_string();
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header { key: "trace", value: Some("t-1") })
+            .insert(rdkafka::message::Header { key: herald::record::envelope::ORIGINAL_TOPIC, value: Some(target) })
+            .insert(rdkafka::message::Header { key: herald::record::envelope::ORIGINAL_PARTITION, value: Some("0") })
+            .insert(rdkafka::message::Header { key: herald::record::envelope::ORIGINAL_OFFSET, value: Some(offset.as_str()) })
+            .insert(rdkafka::message::Header { key: herald::record::envelope::ERROR_CLASS, value: Some("TRANSIENT") })
+            .insert(rdkafka::message::Header { key: herald::record::envelope::ERROR_CODE, value: Some("twilio:20503") });
+        herald_testkit::kafka::produce(&h.producer, &h.topics.dead_letter, format!("user-{i}").as_bytes(), b"opaque", Some(headers)).await;
+    }
+}
+
+/// Sources on `topic` that a replay wrote, in order.
+async fn replayed_to(h: &Harness, topic: &str) -> Vec<String> {
+    h.reader(topic).read_to_end(Duration::from_secs(30)).await.iter().filter_map(|m| header(m, REPLAYED_FROM).map(str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_interrupted_twice_in_a_row_still_writes_each_record_once() {
+    let h = Harness::new().await;
+    let target = format!("{}.replayed", h.topics.requested);
+    dead_letters(&h, &target, 6).await;
+    let args = ["--to", target.as_str(), "--code", "twilio:20503", "--yes", "--name", "twice", "--max-per-second", "2"];
+    // Each run is killed right after its first record, before it commits:
+    // at two a second, a batch is two records and half a second apart.
+    let mut watch = h.reader(&target);
+    for run in 1..=2 {
+        let mut replay = spawn_replay(&h, &args);
+        watch.read_until(Duration::from_secs(30), |m| m.len() >= run).await;
+        replay.kill().unwrap();
+        replay.wait().unwrap();
+    }
+    assert_eq!(replayed_to(&h, &target).await.len(), 2, "each run was killed after one record");
+    let last = Command::new(env!("CARGO_BIN_EXE_herald")).args(&replay_args(&h, &args[..7])[1..]).env("RUST_LOG", "warn").stdin(Stdio::null()).output().unwrap();
+    assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
+    let written = replayed_to(&h, &target).await;
+    let mut distinct = written.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!((written.len(), distinct.len()), (6, 6), "{written:?}");
+    // The producer's headers came along; herald's did not.
+    let mut reader = h.reader(&target);
+    let copy = &reader.read_to_end(Duration::from_secs(30)).await[0];
+    assert_eq!(header(copy, "trace"), Some("t-1"));
+    assert_eq!(header(copy, herald::record::envelope::ERROR_CODE), None);
 }

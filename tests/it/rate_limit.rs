@@ -92,3 +92,21 @@ async fn invalid_requests_do_not_use_the_window() {
         .collect();
     assert_eq!(codes, ["invalid-phone-number", "body-too-long", "invalid-phone-number"], "every invalid one is dead-lettered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_cannot_claim_attempts_to_skip_the_limit() {
+    let h = Harness::new().await;
+    let herald = h.start(&["--sms-rate-limit", "1/1h"]);
+    h.send(&sms("first", "capped", "+14155550100", "hi")).await;
+    // herald's own headers, forged on the requests topic: as if attempts
+    // had been made (retries are not counted) and the request were parked.
+    let forged = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header { key: herald::record::envelope::ATTEMPTS, value: Some("1") })
+        .insert(rdkafka::message::Header { key: herald::record::envelope::NOT_BEFORE, value: Some("not a time") });
+    let bytes = herald::codec::encode_request(&h.bundled.request, 1, &sms("forged", "capped", "+14155550100", "again")).unwrap();
+    herald_testkit::kafka::produce(&h.producer, &h.topics.requested, b"capped", &bytes, Some(forged)).await;
+    let terminal = h.statuses().terminal(Duration::from_secs(30), &["first".into(), "forged".into()]).await;
+    assert_eq!(terminal["first"].status, Status::Sent);
+    assert_eq!((terminal["forged"].status, terminal["forged"].attempt), (Status::RateLimited, 0), "{:?}", terminal["forged"]);
+    herald.stop().await.unwrap();
+}

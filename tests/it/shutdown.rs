@@ -1,6 +1,7 @@
 //! Graceful shutdown drains in-flight work and commits it, and keeps to
 //! its deadline whatever the queues hold.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use herald::model::Status;
@@ -119,4 +120,33 @@ async fn no_call_starts_after_the_deadline() {
     // Aborting the eight hanging calls freed their slots; nothing took them.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(h.twilio.count(), 8, "the calls that were in flight, and no other");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_deadline_while_the_broker_is_stalled() {
+    let h = Harness::with_own_broker().await;
+    let pid = h.broker.pid().expect("a broker of its own") as i32;
+    let mut herald = h.spawn(&["--shutdown-deadline", "3s"]);
+    let ids: Vec<String> = (0..5).map(|i| format!("s-{i}")).collect();
+    for id in &ids {
+        h.send(&sms(id, &format!("user-{id}"), "+14155550100", "before the stall")).await;
+    }
+    h.statuses().terminal(Duration::from_secs(60), &ids).await;
+    // SAFETY: plain kill(2) on the broker this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let asked = Instant::now();
+    Command::new("kill").args(["-TERM", &herald.0.id().to_string()]).status().unwrap();
+    let mut exited = None;
+    while asked.elapsed() < Duration::from_secs(15) {
+        if let Some(status) = herald.0.try_wait().unwrap() {
+            exited = Some((asked.elapsed(), status));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (took, _) = exited.expect("herald still running 15 s after SIGTERM with a 3 s deadline");
+    println!("exited {took:?} after SIGTERM, the broker stalled, with a 3 s deadline");
+    assert!(took < Duration::from_millis(5500), "exited {took:?} after SIGTERM");
 }
