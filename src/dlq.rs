@@ -413,7 +413,9 @@ impl Replay {
         let mut partitions: HashMap<String, i32> = HashMap::new();
         let mut acked: HashMap<(String, i32), i64> = HashMap::new();
         let pace = self.max_per_second.map(|n| Duration::from_secs_f64(1.0 / f64::from(n.max(1))));
-        let batch_size = self.max_per_second.map_or(BATCH, |n| (n as usize).clamp(1, BATCH));
+        // About five seconds of records per batch when paced: a commit every
+        // few seconds, however slow the pace.
+        let batch_size = self.max_per_second.map_or(BATCH, |n| (n as usize * 5).clamp(1, BATCH));
         for batch in plan.chunks(batch_size) {
             let mut targets = Vec::new();
             for (letter, topic) in batch {
