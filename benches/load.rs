@@ -262,18 +262,25 @@ async fn bench(args: Args) -> std::process::ExitCode {
     let half = args.latency_rate.or(noop_rate.map(|r| r / 2.0)).unwrap_or(1000.0);
     let mut latencies = Vec::new();
     let latency_phases = if args.phases.iter().any(|n| n == "latency") { vec![half, 1000.0] } else { vec![] };
-    for rate in latency_phases {
-        for (name, check) in [("passthrough", Check::Copies), ("herald", Check::AllSent)] {
-            let requested = topic(&format!("bench.latency.{name}.{}", rate as u64));
-            let output = format!("{requested}.out");
-            kafka::create_topics(&bootstrap, &[&requested, &output], PARTITIONS).await;
-            let group = format!("bench-latency-{name}-{}-{run}", rate as u64);
-            let command = match check {
-                Check::Copies => child("passthrough", &bootstrap, &requested, &output, &group, None),
-                Check::AllSent => herald(&bootstrap, &group, &requested, &output, &dry_run(&[])),
-            };
-            let measured = latency(&bootstrap, &group, &requested, &output, check, command, rate, args.latency_secs).await;
-            latencies.push((name, rate, measured));
+    for mut rate in latency_phases {
+        // The generator, the broker and the phase share the machine's
+        // cores. A rate the generator cannot offer measures the generator's
+        // backlog, not the phase: step down until both runs keep up.
+        loop {
+            let mut pair = Vec::new();
+            for name in ["passthrough", "herald"] {
+                let measured = latency_phase(&bootstrap, &topic, &run, name, rate, args.latency_secs).await;
+                if measured.offered < rate * KEEPS_UP && rate > 1000.0 {
+                    println!("latency: the generator offered {:.0} msgs/s of {rate:.0} beside {name}; trying {:.0}", measured.offered, rate / 2.0);
+                    break;
+                }
+                pair.push((name, rate, measured));
+            }
+            if pair.len() == 2 {
+                latencies.extend(pair);
+                break;
+            }
+            rate /= 2.0;
         }
     }
     let _ = fakes_child.kill();
@@ -329,7 +336,10 @@ fn print_tables(rows: &[Row], latencies: &[(&str, f64, Latency)], latency_secs: 
     }
     println!("\nrequest → output record latency, each offered for {latency_secs} s:");
     for (name, rate, l) in latencies {
-        println!("{:<12} at {:>7.0} msgs/s   p50 {:>4} ms   p99 {:>4} ms   max {:>4} ms   ({} records)", name, rate, l.p50, l.p99, l.max, l.count);
+        println!(
+            "{:<12} at {:>7.0} msgs/s   p50 {:>4} ms   p99 {:>4} ms   max {:>4} ms   ({} records, offered at {:.0}/s)",
+            name, rate, l.p50, l.p99, l.max, l.count, l.offered
+        );
     }
 }
 
@@ -799,8 +809,26 @@ struct Latency {
     p50: i64,
     p99: i64,
     max: i64,
+    /// The rate the generator really offered, in records/s.
+    offered: f64,
     /// Every record's latency, sorted, for the distribution chart.
     sorted: Vec<i64>,
+}
+
+/// A latency run counts when its records were offered at this share of
+/// the rate asked for, at least.
+const KEEPS_UP: f64 = 0.9;
+
+async fn latency_phase(bootstrap: &str, topic: &dyn Fn(&str) -> String, run: &str, name: &str, rate: f64, secs: u64) -> Latency {
+    let requested = topic(&format!("bench.latency.{name}.{}", rate as u64));
+    let output = format!("{requested}.out");
+    kafka::create_topics(bootstrap, &[&requested, &output], PARTITIONS).await;
+    let group = format!("bench-latency-{name}-{}-{run}", rate as u64);
+    let (check, command) = match name {
+        "passthrough" => (Check::Copies, child("passthrough", bootstrap, &requested, &output, &group, None)),
+        _ => (Check::AllSent, herald(bootstrap, &group, &requested, &output, &dry_run(&[]))),
+    };
+    latency(bootstrap, &group, &requested, &output, check, command, rate, secs).await
 }
 
 /// A phase fed at `rate` requests/s on its own fresh topic; latency is each
@@ -847,6 +875,7 @@ async fn latency(bootstrap: &str, group: &str, requested: &str, output: &str, ch
         }
         while let Some(Some(())) = acks.next().now_or_never() {}
     }
+    let offered = total as f64 / started.elapsed().as_secs_f64();
     while acks.next().await.is_some() {}
     // Read only once the phase has finished: a reader fetching a million
     // records from the same broker would slow the last records it waits for.
@@ -866,7 +895,7 @@ async fn latency(bootstrap: &str, group: &str, requested: &str, output: &str, ch
     let _ = child.wait();
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
-    Latency { count: latencies.len(), p50: at(0.50), p99: at(0.99), max: *latencies.last().unwrap(), sorted: latencies }
+    Latency { count: latencies.len(), offered, p50: at(0.50), p99: at(0.99), max: *latencies.last().unwrap(), sorted: latencies }
 }
 
 /// Throughput over time of each phase, and latency distributions, as SVG.

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 pub use context::{Assignment, Handover, IngestContext};
 use offsets::{Offsets, Ticket};
-use pauses::{Pauses, Until};
+use pauses::{Pauses, Rests, Until};
 
 use crate::model::Channel;
 use crate::outcome::ProduceError;
@@ -72,6 +72,7 @@ struct Loop {
     consumed: Vec<Counter>,
     offsets: Offsets,
     pauses: Pauses,
+    rests: Rests,
     /// Records whose delivery waits on a provider, each a task that yields
     /// its ticket once the record's outcome is durable.
     tasks: JoinSet<Finished>,
@@ -129,6 +130,7 @@ pub async fn consume(
         pipeline,
         offsets: Offsets::default(),
         pauses: Pauses::default(),
+        rests: Rests::default(),
         tasks: JoinSet::new(),
         settled,
         batch: Vec::new(),
@@ -199,7 +201,10 @@ impl Loop {
                     self.progress();
                 }
                 // An idle instance learns of its assignment here.
-                _ = heartbeat.tick() => self.apply_rebalances(),
+                _ = heartbeat.tick() => {
+                    self.apply_rebalances();
+                    self.rest_idle();
+                }
                 () = &mut timer, if resume_at.is_some() => {
                     timer_at = None;
                     self.pauses.resume_due(&self.consumer, self.pipeline.topics(), Instant::now());
@@ -241,9 +246,12 @@ impl Loop {
         // A status record: its partition was fetched before the pause in
         // the rebalance took effect. The ledger is read by its own reader.
         let Some(source) = self.pipeline.topics().source(message.topic()) else { return Ok(()) };
-        if self.pauses.is_paused(source, partition) {
+        if self.pauses.is_paused(source, partition) && !self.pauses.wake(consumer, self.pipeline.topics(), source, partition) {
             // Fetched before the pause took effect; the seek brings it back.
             return Ok(());
+        }
+        if let Source::Retry(_) = source {
+            self.rests.heard((source, partition));
         }
         if self.restoring.contains_key(&partition) {
             self.pause(consumer, (source, partition), offset, Until::Ledger(partition));
@@ -430,6 +438,7 @@ impl Loop {
                         let Some(source) = topics.source(&topic) else { continue };
                         self.offsets.revoke(source, partition);
                         self.pauses.forget(source, partition);
+                        self.rests.forget((source, partition));
                         self.pipeline.forget_counts(partition);
                     }
                 }
@@ -451,6 +460,25 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// Rests the delay-topic partitions that had nothing to read since the
+    /// last heartbeat (see [`Rests`]).
+    fn rest_idle(&mut self) {
+        let Ok(assignment) = self.consumer.assignment() else { return };
+        let topics = self.pipeline.topics().clone();
+        let now = Instant::now();
+        for element in assignment.elements() {
+            let Some(source @ Source::Retry(i)) = topics.source(element.topic()) else { continue };
+            let at = (source, element.partition());
+            if self.pauses.is_paused(source, at.1) || !self.rests.may_rest(at) {
+                continue;
+            }
+            if let Err(error) = self.pauses.rest(&self.consumer, &topics, at, now + Rests::length(topics.retries[i].delay)) {
+                tracing::warn!(message = "Pausing a partition failed.", topic = element.topic(), partition = at.1, %error);
+            }
+        }
+        self.rests.swept();
     }
 
     /// Starts reading `partitions` of the status topic into the ledger;

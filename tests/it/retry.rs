@@ -150,3 +150,49 @@ async fn a_record_parked_again_keeps_the_error_that_parked_it() {
         assert_eq!(header(copy, h_::ATTEMPTS), Some("1"));
     }
 }
+
+/// A delay topic's idle partitions rest (are paused) for a twentieth of the
+/// topic's delay; a record that lands while its partition rests, or in the
+/// instant it is put to rest, must still be read, once, soon after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_land_on_a_resting_delay_topic_are_all_read_once() {
+    let h = Harness::new().await;
+    // retry-1's partitions rest for 3 s at a time.
+    let herald = h.start(&["--retry-delays", "60s,120s,240s"]);
+    h.send(&sms("warm-up", "warm", "+14155550100", "hi")).await;
+    h.statuses().terminal(Duration::from_secs(30), &["warm-up".into()]).await;
+
+    // Parked records that are due at once, as if an earlier attempt had
+    // failed, landing on one partition at random moments across several
+    // rest cycles.
+    let mut ids = Vec::new();
+    let mut landed = std::collections::HashMap::new();
+    for i in 0..20 {
+        let id = format!("rested-{i}");
+        let headers = rdkafka::message::OwnedHeaders::new()
+            .insert(rdkafka::message::Header { key: h_::ATTEMPTS, value: Some("1") })
+            .insert(rdkafka::message::Header { key: h_::NOT_BEFORE, value: Some(Utc::now().timestamp_millis().to_string().as_str()) });
+        let user = "parked-user".to_owned();
+        let bytes = herald::codec::encode_request(&h.bundled.request, 1, &sms(&id, &user, "+14155550100", "parked")).unwrap();
+        herald_testkit::kafka::produce(&h.producer, &h.topics.retries[0], user.as_bytes(), &bytes, Some(headers)).await;
+        landed.insert(id.clone(), Utc::now());
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..2500))).await;
+    }
+
+    let terminal = h.statuses().terminal(Duration::from_secs(30), &ids).await;
+    let mut longest = chrono::Duration::zero();
+    for id in &ids {
+        let e = &terminal[id];
+        assert_eq!((e.status, e.attempt), (Status::Sent, 2), "{id}: {e:?}");
+        // A rest of 3 s, then up to two heartbeats before the fetch.
+        let waited = e.occurred_at - landed[id];
+        assert!(waited < chrono::Duration::seconds(6), "{id} was read {waited} after it landed");
+        longest = longest.max(waited);
+    }
+    // Otherwise no record landed during a rest, and this tested nothing.
+    assert!(longest > chrono::Duration::milliseconds(1000), "no record waited out a rest: longest wait {longest}");
+    let bodies: Vec<String> = h.twilio.requests().iter().filter_map(|r| r.field("Body").map(str::to_owned)).collect();
+    assert_eq!(bodies.iter().filter(|b| *b == "parked").count(), ids.len(), "each parked record sent exactly once");
+    herald.stop().await.unwrap();
+}
