@@ -11,7 +11,10 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::model::{AndroidOverrides, AndroidPriority, ApnsOverrides, Channel, Content, ErrorClass, ErrorCode, Provider, Request, Status, StatusEvent};
+use crate::model::{
+    AndroidOverrides, AndroidPriority, ApnsOverrides, Channel, Content, Encoding, ErrorClass, ErrorCode, Origin, Provider, Request, SmsCost, Status,
+    StatusEvent, Tried,
+};
 
 mod binary;
 
@@ -266,6 +269,8 @@ fn status_index(s: Status) -> usize {
         Status::Delivered => 8,
         Status::Undelivered => 9,
         Status::Suppressed => 10,
+        // 11 is UNKNOWN, the default for readers that predate a symbol.
+        Status::Cancelled => 12,
     }
 }
 
@@ -297,6 +302,25 @@ pub fn encode_status(schema_id: u32, e: &StatusEvent) -> Vec<u8> {
     w.optional(e.error_message.as_deref(), |w, s| w.string(s));
     w.long(e.occurred_at.timestamp_millis());
     w.optional(e.next_attempt_at, |w, t| w.long(t.timestamp_millis()));
+    w.optional(e.recipient.as_deref(), |w, s| w.string(s));
+    w.optional(e.created_at, |w, t| w.long(t.timestamp_millis()));
+    w.optional(e.scheduled_at, |w, t| w.long(t.timestamp_millis()));
+    w.optional(e.sms, |w, c| w.long(i64::from(c.segments)));
+    w.optional(e.sms, |w, c| w.index(c.encoding as usize));
+    w.optional(e.origin.as_ref(), |w, o| {
+        w.string(&o.topic);
+        w.long(i64::from(o.partition));
+        w.long(o.offset);
+    });
+    // An array is written as one block of its items, then an empty block.
+    if !e.tried.is_empty() {
+        w.long(e.tried.len() as i64);
+        for t in &e.tried {
+            w.string(t.provider.name());
+            w.string(t.error_code.as_str());
+        }
+    }
+    w.long(0);
     w.buf
 }
 
@@ -335,6 +359,34 @@ pub fn read_status(bytes: &[u8]) -> Result<StatusEvent, StatusDecodeError> {
     let error_message = r.optional(binary::Reader::string)?;
     let occurred_at = millis(r.long()?).ok_or(FieldError::Missing("occurred_at"))?;
     let next_attempt_at = r.optional(binary::Reader::long)?.and_then(millis);
+    // Written by a herald that predates these fields: their defaults.
+    let (mut recipient, mut created_at, mut scheduled_at, mut sms, mut origin, mut tried) = (None, None, None, None, None, Vec::new());
+    if !r.is_empty() {
+        recipient = r.optional(binary::Reader::string)?;
+        created_at = r.optional(binary::Reader::long)?.and_then(millis);
+        scheduled_at = r.optional(binary::Reader::long)?.and_then(millis);
+        let segments = r.optional(binary::Reader::int)?;
+        let encoding = r.optional(binary::Reader::enum_index)?.and_then(|i| Encoding::ALL.get(i).copied());
+        sms = segments.zip(encoding).map(|(segments, encoding)| SmsCost { segments: segments.max(0) as u32, encoding });
+        origin = r.optional(|r| Ok(Origin { topic: r.string()?, partition: r.int()?, offset: r.long()? }))?;
+        loop {
+            let count = r.long()?;
+            if count == 0 {
+                break;
+            }
+            // A negative count is followed by the block's size in bytes.
+            if count < 0 {
+                r.long()?;
+            }
+            for _ in 0..count.unsigned_abs() {
+                let provider = r.string()?;
+                let code = r.string()?;
+                if let Some(provider) = Provider::from_name(&provider) {
+                    tried.push(Tried { provider, error_code: ErrorCode::read(code) });
+                }
+            }
+        }
+    }
     Ok(StatusEvent {
         event_id,
         user_id,
@@ -348,6 +400,12 @@ pub fn read_status(bytes: &[u8]) -> Result<StatusEvent, StatusDecodeError> {
         error_message,
         occurred_at,
         next_attempt_at,
+        recipient,
+        created_at,
+        scheduled_at,
+        sms,
+        origin,
+        tried,
     })
 }
 
@@ -380,6 +438,37 @@ pub fn decode_status(schema: &Schema, bytes: &[u8]) -> Result<StatusEvent, Statu
         error_message: take_string(&mut f, "error_message"),
         occurred_at: take_time(&mut f, "occurred_at").ok_or(FieldError::Missing("occurred_at"))?,
         next_attempt_at: take_time(&mut f, "next_attempt_at"),
+        recipient: take_string(&mut f, "recipient"),
+        created_at: take_time(&mut f, "created_at"),
+        scheduled_at: take_time(&mut f, "scheduled_at"),
+        sms: match (f.remove("sms_segments").map(unwrap_union), take_enum(&mut f, "sms_encoding")) {
+            (Some(Value::Int(segments)), Some(encoding)) => Encoding::ALL
+                .into_iter()
+                .find(|e| e.symbol() == encoding)
+                .map(|encoding| SmsCost { segments: segments.max(0) as u32, encoding }),
+            _ => None,
+        },
+        origin: match f.remove("origin").map(unwrap_union) {
+            Some(Value::Record(fields)) => {
+                let mut o: Fields = fields.into_iter().collect();
+                match (take_string(&mut o, "topic"), o.remove("partition"), o.remove("offset")) {
+                    (Some(topic), Some(Value::Int(partition)), Some(Value::Long(offset))) => Some(Origin { topic, partition, offset }),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        tried: match f.remove("providers_tried") {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .filter_map(|item| {
+                    let mut t = record_fields(item)?;
+                    let provider = Provider::from_name(&take_string(&mut t, "provider")?)?;
+                    Some(Tried { provider, error_code: ErrorCode::read(take_string(&mut t, "error_code")?) })
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
     })
 }
 
@@ -552,6 +641,15 @@ mod tests {
             error_message: Some("provider unavailable".into()),
             occurred_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
             next_attempt_at: Some(Utc.timestamp_millis_opt(1_700_000_600_000).unwrap()),
+            recipient: Some("+*******0100".into()),
+            created_at: Some(Utc.timestamp_millis_opt(1_699_999_999_000).unwrap()),
+            scheduled_at: Some(Utc.timestamp_millis_opt(1_700_000_000_000).unwrap()),
+            sms: Some(SmsCost { segments: 3, encoding: Encoding::Ucs2 }),
+            origin: Some(Origin { topic: "notification.requested".into(), partition: 4, offset: 1_234_567_890_123 }),
+            tried: vec![
+                Tried { provider: Provider::Twilio, error_code: ErrorCode::http(503) },
+                Tried { provider: Provider::Vonage, error_code: ErrorCode::provider(Provider::Vonage, "6") },
+            ],
         };
         // Written by hand, read back by apache-avro.
         let bytes = encode_status(0, &event);
@@ -566,6 +664,12 @@ mod tests {
             error_message: None,
             next_attempt_at: None,
             provider_message_id: Some("SM1".into()),
+            recipient: None,
+            created_at: None,
+            scheduled_at: None,
+            sms: None,
+            origin: None,
+            tried: Vec::new(),
             ..event
         };
         for status in Status::ALL {
@@ -573,6 +677,34 @@ mod tests {
             assert_eq!(decode_status(&b.status, &encode_status(7, &e)).unwrap(), e);
             assert_eq!(read_status(&encode_status(7, &e)).unwrap(), e, "the hand reader too");
         }
+    }
+
+    #[test]
+    fn a_status_from_a_herald_older_than_the_enrichment_reads_with_defaults() {
+        let event = StatusEvent {
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: Some(Channel::Sms),
+            status: Status::Sent,
+            attempt: 1,
+            provider: Some(Provider::Twilio),
+            provider_message_id: Some("SM1".into()),
+            error_code: None,
+            error_class: None,
+            error_message: None,
+            occurred_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
+            next_attempt_at: None,
+            recipient: None,
+            created_at: None,
+            scheduled_at: None,
+            sms: None,
+            origin: None,
+            tried: Vec::new(),
+        };
+        let bytes = encode_status(0, &event);
+        // Six null unions and an empty array: what the older writer lacked.
+        let older = &bytes[..bytes.len() - 7];
+        assert_eq!(read_status(older).unwrap(), event);
     }
 
     #[test]
@@ -590,6 +722,12 @@ mod tests {
             error_message: None,
             occurred_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
             next_attempt_at: None,
+            recipient: None,
+            created_at: None,
+            scheduled_at: None,
+            sms: None,
+            origin: None,
+            tried: Vec::new(),
         };
         let mut bytes = encode_status(0, &event);
         bytes.extend([2, b'x']); // a field appended by a newer schema

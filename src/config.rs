@@ -109,6 +109,18 @@ pub struct TopicArgs {
     #[arg(long, env = "HERALD_TOPIC_SUPPRESSIONS", default_value = "notification.suppressions")]
     pub topic_suppressions: String,
 
+    /// Compacted topic of cancels, keyed by event id; a tombstone withdraws one.
+    #[arg(long, env = "HERALD_TOPIC_CANCELLATIONS", default_value = "notification.cancellations")]
+    pub topic_cancellations: String,
+
+    /// Request headers copied onto its status events and dead letters, besides traceparent and tracestate (always).
+    #[arg(long, env = "HERALD_PROPAGATE_HEADERS", value_delimiter = ',')]
+    pub propagate_headers: Vec<String>,
+
+    /// The furthest ahead a request may be scheduled; later ones are INVALID (scheduled-too-far). It bounds how long a cancel is remembered.
+    #[arg(long, env = "HERALD_MAX_SCHEDULE_AHEAD", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub max_schedule_ahead: Duration,
+
     /// Retry topics, in order. A transient failure on attempt n goes to the n-th.
     #[arg(long, env = "HERALD_RETRY_TOPICS", value_delimiter = ',', default_value = "retry-10m,retry-20m,retry-40m")]
     pub retry_topics: Vec<String>,
@@ -405,6 +417,8 @@ pub struct Settings {
     pub receipts: Option<receipts::Settings>,
     pub ledger_window: Duration,
     pub shutdown_deadline: Duration,
+    pub max_schedule_ahead: Duration,
+    pub propagate_headers: Vec<String>,
     /// Where the admin endpoints listen, if anywhere.
     pub admin: Option<std::net::SocketAddr>,
 }
@@ -466,11 +480,21 @@ impl Config {
             receipts,
             ledger_window: d.ledger_window,
             shutdown_deadline: self.shutdown_deadline,
+            max_schedule_ahead: t.max_schedule_ahead,
+            propagate_headers: t.propagate_headers.clone(),
             admin: match self.admin_listen {
                 Listen::Off => None,
                 Listen::At(address) => Some(address),
             },
         })
+    }
+
+    /// The longest a request can wait for an attempt, and so how long a
+    /// cancel must be kept: scheduled as far ahead as allowed, deferred for
+    /// the longest rate-limit window, then every retry's delay.
+    fn cancel_keep(&self) -> Duration {
+        let window = self.rate_limits.sms_rate_limit.longest().max(self.rate_limits.push_rate_limit.longest()).unwrap_or_default();
+        self.topics.max_schedule_ahead + window + self.topics.retry_delays.iter().sum::<Duration>()
     }
 
     /// ScyllaDB's settings, when `SCYLLA_URI` is set.
@@ -494,6 +518,8 @@ impl Config {
             status: t.topic_status.clone(),
             dead_letter: t.topic_dead_letter.clone(),
             suppressions: t.topic_suppressions.clone(),
+            cancellations: t.topic_cancellations.clone(),
+            cancel_keep: self.cancel_keep(),
             retries: t.retry_topics.iter().zip(&t.retry_delays).map(|(name, delay)| RetryTopic { name: name.clone(), delay: *delay }).collect(),
         }
     }
@@ -548,7 +574,9 @@ impl Config {
             return Err(ConfigError::RetryScheduleMismatch { topics: t.retry_topics.len(), delays: t.retry_delays.len() });
         }
         let mut seen = std::collections::HashSet::new();
-        let all = [&t.topic_requested, &t.topic_status, &t.topic_dead_letter, &t.topic_suppressions].into_iter().chain(&t.retry_topics);
+        let all = [&t.topic_requested, &t.topic_status, &t.topic_dead_letter, &t.topic_suppressions, &t.topic_cancellations]
+            .into_iter()
+            .chain(&t.retry_topics);
         for topic in all {
             if topic.is_empty() {
                 return Err(ConfigError::EmptyTopic);

@@ -95,7 +95,7 @@ impl Decoder {
             RequestError::Field(f) => undecodable(f.into()),
             RequestError::Binary(e) => undecodable(Undecodable::Avro(e.to_string())),
             RequestError::UnknownChannel { event_id, user_id, symbol } => {
-                let ids = Ids { event_id, user_id, channel: None };
+                let ids = Ids::bare(event_id, user_id, None);
                 DecodeError::Invalid { ids, reason: InvalidReason::UnknownChannel(symbol) }
             }
         })?;

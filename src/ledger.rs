@@ -188,6 +188,12 @@ mod tests {
             error_message: None,
             occurred_at: at(time),
             next_attempt_at: (status == Status::RetryScheduled).then(|| at(time + 600)),
+            recipient: None,
+            created_at: None,
+            scheduled_at: None,
+            sms: None,
+            origin: None,
+            tried: Vec::new(),
         }
     }
 

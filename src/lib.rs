@@ -6,7 +6,8 @@
 //! |---|---|---|
 //! | ingest | [`ingest`] | consumer group over the requests and delay topics; pauses delay partitions until due; stores offsets once outcomes are durable |
 //! | decode | [`decode`], [`codec`], [`registry`] | Confluent wire format, Avro with reader-schema resolution |
-//! | suppression | [`suppression`] | opted-out numbers and dead push tokens, from a compacted topic every instance follows |
+//! | suppression | [`suppression`] | opted-out numbers and dead push tokens, from a compacted topic every instance follows ([`follow`]) |
+//! | cancellation | [`cancel`] | notifications not to send after all, from a compacted topic every instance follows |
 //! | rate limit | [`ratelimit`] | rolling windows per user and channel, idempotent per event id; in memory, written through to ScyllaDB |
 //! | route | [`route`] | one lane per channel, each with bounded admission and concurrency |
 //! | deliver | [`deliver`] | SMS through Twilio, failing over to Vonage; FCM push; each provider guarded by a rate cap and a circuit breaker; classifies provider errors |
@@ -17,12 +18,14 @@
 //! connects; [`App::run`] runs until `shutdown` completes. [`run`] does both.
 
 pub mod admin;
+pub mod cancel;
 pub mod codec;
 pub mod config;
 pub mod cql;
 pub mod decode;
 pub mod dlq;
 pub mod deliver;
+pub mod follow;
 pub mod ingest;
 pub mod kafka;
 pub mod ledger;
@@ -79,7 +82,7 @@ pub enum Error {
     #[error("{flag} {addr}: cannot listen: {source}")]
     Listen { flag: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
-    Suppressions(#[from] suppression::SuppressionError),
+    Follow(#[from] follow::FollowError),
     #[error("rate-limit store: {0}")]
     RateLimitStore(#[from] ratelimit::StoreError),
     #[error("ScyllaDB: {0}")]
@@ -105,8 +108,10 @@ pub struct App {
     settings: Settings,
     pipeline: Arc<Pipeline>,
     suppressions: Arc<suppression::Suppressions>,
-    /// Positioned at the suppression topic's end, to follow it.
-    suppression_reader: kafka::Reader,
+    cancellations: Arc<cancel::Cancellations>,
+    /// Positioned at the suppression and cancellation topics' ends, to
+    /// follow them.
+    readers: [kafka::Reader; 2],
     receipts: Option<(tokio::net::TcpListener, receipts::Settings)>,
     admin: Option<tokio::net::TcpListener>,
 }
@@ -156,11 +161,14 @@ impl App {
             None => 0,
         };
         let suppressions = Arc::new(suppression::Suppressions::default());
-        let suppression_reader = suppression::load(kafka::reader(&settings.kafka)?, &topics.suppressions, &suppressions).await?;
+        let suppression_reader = follow::load(kafka::reader(&settings.kafka)?, &topics.suppressions, &*suppressions).await?;
+        let cancellations = Arc::new(cancel::Cancellations::new(topics.cancel_keep));
+        let cancellation_reader = follow::load(kafka::reader(&settings.kafka)?, &topics.cancellations, &*cancellations).await?;
         metrics.health.suppressions_loaded();
         let router = Router::new(Lane::new(sms, settings.sms_lane), Lane::new(push, settings.push_lane), settings.settled_queue, calls);
         let max_bytes = kafka::max_message_bytes(&settings.kafka);
-        let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, metrics.clone());
+        let propagated = record::Propagated::new(&settings.propagate_headers);
+        let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, propagated, metrics.clone());
         let limits = settings.rate_limits.clone();
         let pipeline = Arc::new(Pipeline::new(pipeline::Stages {
             decoder: decode::Decoder::new(codec::Bundled::load(), registry),
@@ -169,12 +177,14 @@ impl App {
             publisher: Arc::new(publisher),
             topics,
             suppressions: suppressions.clone(),
+            cancellations: cancellations.clone(),
+            max_schedule_ahead: settings.max_schedule_ahead,
             rate_limits: limits.clone(),
             postpone_spread: settings.delivery.breaker.cooldown,
             ledger: Arc::new(ledger::Ledger::new(settings.ledger_window)),
             metrics,
         }));
-        Ok(App { settings, pipeline, suppressions, suppression_reader, receipts, admin })
+        Ok(App { settings, pipeline, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin })
     }
 
     /// Where delivery receipts are accepted, when they are on.
@@ -190,11 +200,12 @@ impl App {
     /// Consumes until `shutdown` completes, then drains within the
     /// shutdown deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let App { settings, pipeline, suppressions, suppression_reader, receipts, admin } = self;
+        let App { settings, pipeline, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin } = self;
         let topics = pipeline.topics().clone();
         // Dropping the set, however `run` returns, stops following.
         let mut following = tokio::task::JoinSet::new();
-        following.spawn(suppression::follow(suppression_reader, topics.suppressions.clone(), suppressions.clone()));
+        following.spawn(follow::follow(suppression_reader, topics.suppressions.clone(), suppressions.clone()));
+        following.spawn(follow::follow(cancellation_reader, topics.cancellations.clone(), cancellations));
         let (stop_receipts, receipts_stopped) = tokio::sync::oneshot::channel::<()>();
         let receipts = receipts.map(|(listener, receipts)| {
             let stopped = async {

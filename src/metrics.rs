@@ -473,6 +473,12 @@ mod tests {
             error_message: None,
             occurred_at: Utc::now(),
             next_attempt_at: None,
+            recipient: None,
+            created_at: None,
+            scheduled_at: None,
+            sms: None,
+            origin: None,
+            tried: Vec::new(),
         }
     }
 

@@ -36,7 +36,16 @@ impl Channel {
 
 impl Request {
     pub fn ids(&self) -> Ids {
-        Ids { event_id: self.event_id.clone(), user_id: self.user_id.clone(), channel: Some(self.channel) }
+        Ids {
+            event_id: self.event_id.clone(),
+            user_id: self.user_id.clone(),
+            channel: Some(self.channel),
+            recipient: Some(crate::mask::Masked(&self.recipient).to_string()),
+            created_at: Some(self.created_at),
+            scheduled_at: self.scheduled_at,
+            sms: None,
+            tried: Vec::new(),
+        }
     }
 }
 
@@ -53,6 +62,64 @@ pub struct Ids {
     pub event_id: String,
     pub user_id: String,
     pub channel: Option<Channel>,
+    /// What the status event reports about the request besides its ids:
+    /// the recipient masked, its times, what the SMS costs once checked,
+    /// and the providers failed over from.
+    pub recipient: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub sms: Option<SmsCost>,
+    pub tried: Vec<Tried>,
+}
+
+impl Ids {
+    /// Only the ids: for a request that could not be read whole.
+    pub fn bare(event_id: String, user_id: String, channel: Option<Channel>) -> Ids {
+        Ids { event_id, user_id, channel, recipient: None, created_at: None, scheduled_at: None, sms: None, tried: Vec::new() }
+    }
+}
+
+/// Where a record first entered herald: on the requests topic, or
+/// wherever a dead letter was replayed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// How an SMS body is encoded, which decides its segments and cost. In
+/// the schema's symbol order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Gsm7,
+    Ucs2,
+}
+
+impl Encoding {
+    pub const ALL: [Encoding; 2] = [Encoding::Gsm7, Encoding::Ucs2];
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Encoding::Gsm7 => "GSM7",
+            Encoding::Ucs2 => "UCS2",
+        }
+    }
+}
+
+/// What an SMS costs: its segments, in its encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SmsCost {
+    pub segments: u32,
+    pub encoding: Encoding,
+}
+
+/// A provider tried before the one that gave the outcome, and why it was
+/// passed over (failover).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tried {
+    pub provider: Provider,
+    pub error_code: ErrorCode,
 }
 
 /// A decoded `notification.requested` event.
@@ -135,10 +202,12 @@ pub enum Status {
     Undelivered,
     /// Not sent: the recipient opted out, or its push token is dead.
     Suppressed,
+    /// Not sent: cancelled while it waited (see `cancel`).
+    Cancelled,
 }
 
 impl Status {
-    pub const ALL: [Status; 11] = [
+    pub const ALL: [Status; 12] = [
         Status::Sent,
         Status::RateLimited,
         Status::RetryScheduled,
@@ -150,6 +219,7 @@ impl Status {
         Status::Delivered,
         Status::Undelivered,
         Status::Suppressed,
+        Status::Cancelled,
     ];
 
     pub fn from_symbol(symbol: &str) -> Option<Status> {
@@ -169,6 +239,7 @@ impl Status {
             Status::Delivered => "DELIVERED",
             Status::Undelivered => "UNDELIVERED",
             Status::Suppressed => "SUPPRESSED",
+            Status::Cancelled => "CANCELLED",
         }
     }
 
@@ -361,6 +432,15 @@ pub struct StatusEvent {
     pub error_message: Option<String>,
     pub occurred_at: DateTime<Utc>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The recipient, masked as in logs (see `mask`).
+    pub recipient: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub sms: Option<SmsCost>,
+    /// Where the request entered herald, to find it on the dead-letter topic.
+    pub origin: Option<Origin>,
+    /// Providers failed over from, in order, before `provider`.
+    pub tried: Vec<Tried>,
 }
 
 impl StatusEvent {
@@ -400,6 +480,9 @@ pub enum InvalidReason {
     /// Key, value and headers together are too large for herald to copy to
     /// a retry or dead-letter topic with its own headers.
     RecordTooLarge { bytes: usize, max: usize },
+    /// `scheduled_at` is further ahead than `--max-schedule-ahead`, which
+    /// bounds how long a cancel must be remembered.
+    ScheduledTooFar { max: std::time::Duration },
 }
 
 impl InvalidReason {
@@ -419,6 +502,7 @@ impl InvalidReason {
             InvalidReason::PayloadTooLarge { .. } => "payload-too-large",
             InvalidReason::InvalidOverride(_) => "invalid-override",
             InvalidReason::RecordTooLarge { .. } => "record-too-large",
+            InvalidReason::ScheduledTooFar { .. } => "scheduled-too-far",
         })
     }
 }
@@ -443,6 +527,9 @@ impl fmt::Display for InvalidReason {
             InvalidReason::RecordTooLarge { bytes, max } => {
                 write!(f, "the record is {bytes} bytes; herald forwards records of at most {max}")
             }
+            InvalidReason::ScheduledTooFar { max } => {
+                write!(f, "scheduled_at is more than {} ahead", humantime::format_duration(*max))
+            }
         }
     }
 }
@@ -466,6 +553,12 @@ mod tests {
             error_message: None,
             occurred_at: Utc.timestamp_opt(1_700_000_000 + at, 0).unwrap(),
             next_attempt_at: None,
+            recipient: None,
+            created_at: None,
+            scheduled_at: None,
+            sms: None,
+            origin: None,
+            tried: Vec::new(),
         }
     }
 

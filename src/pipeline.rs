@@ -13,11 +13,14 @@
 //! 2. a parked record that is not due yet goes back to wait, unchecked;
 //! 3. validation, so that a request that can never be sent is reported
 //!    INVALID at once (a scheduled one too), and never uses up a window;
-//! 4. a request scheduled for later is parked;
-//! 5. suppression, at every attempt, since a number may opt out while its
+//! 4. cancellation, at every attempt, so a cancel finds a request wherever
+//!    it waits, unless the send ledger says it went out already: a cancel
+//!    never un-sends;
+//! 5. a request scheduled for later is parked;
+//! 6. suppression, at every attempt, since a number may opt out while its
 //!    retry waits, and before the rate limit, so a skipped send uses no
 //!    window;
-//! 6. the rate limit, on the first attempt only.
+//! 7. the rate limit, on the first attempt only.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,12 +28,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::cancel::Cancellations;
 use crate::decode::{DecodeError, Decoder, Undecodable};
 use crate::deliver::{Attempt, Delivered, DeliveryError};
 use crate::ledger::{Ledger, Sent};
 use crate::mask::Masked;
 use crate::metrics::Metrics;
-use crate::model::{Channel, Ids, InvalidReason, Request};
+use crate::model::{Channel, Ids, InvalidReason, Request, SmsCost, Tried};
 use crate::outcome::{self, Outcome, ProduceError, Publisher};
 use crate::ratelimit::{self, Decision, Limiter, OverLimit, Pending, StoreError, Subject};
 use crate::record::Consumed;
@@ -47,6 +51,8 @@ pub struct Pipeline {
     publisher: Arc<Publisher>,
     topics: Arc<Topics>,
     suppressions: Arc<Suppressions>,
+    cancellations: Arc<Cancellations>,
+    max_schedule_ahead: Duration,
     rate_limits: ratelimit::Settings,
     postpone_spread: Duration,
     ledger: Arc<Ledger>,
@@ -61,6 +67,9 @@ pub struct Stages {
     pub publisher: Arc<Publisher>,
     pub topics: Arc<Topics>,
     pub suppressions: Arc<Suppressions>,
+    pub cancellations: Arc<Cancellations>,
+    /// Requests scheduled further ahead are INVALID.
+    pub max_schedule_ahead: Duration,
     /// What happens to an event over its channel's limit.
     pub rate_limits: ratelimit::Settings,
     /// Records refused by an open circuit come back spread over this long
@@ -102,8 +111,34 @@ impl Admitted {
 
 impl Pipeline {
     pub fn new(stages: Stages) -> Self {
-        let Stages { decoder, limiter, router, publisher, topics, suppressions, rate_limits, postpone_spread, ledger, metrics } = stages;
-        Pipeline { decoder, limiter, router, publisher, topics, suppressions, rate_limits, postpone_spread, ledger, metrics }
+        let Stages {
+            decoder,
+            limiter,
+            router,
+            publisher,
+            topics,
+            suppressions,
+            cancellations,
+            max_schedule_ahead,
+            rate_limits,
+            postpone_spread,
+            ledger,
+            metrics,
+        } = stages;
+        Pipeline {
+            decoder,
+            limiter,
+            router,
+            publisher,
+            topics,
+            suppressions,
+            cancellations,
+            max_schedule_ahead,
+            rate_limits,
+            postpone_spread,
+            ledger,
+            metrics,
+        }
     }
 
     pub fn topics(&self) -> &Arc<Topics> {
@@ -181,6 +216,13 @@ impl Pipeline {
             Ok(prepared) => prepared,
             Err(reason) => return settled(ids(), Outcome::Invalid(reason)),
         };
+        let ids = || Some(about(&request, &prepared, Vec::new()));
+        if request.scheduled_at.is_some_and(|t| (t - now).to_std().is_ok_and(|ahead| ahead > self.max_schedule_ahead)) {
+            return settled(ids(), Outcome::Invalid(InvalidReason::ScheduledTooFar { max: self.max_schedule_ahead }));
+        }
+        if self.cancellations.is_cancelled(&request.event_id) && self.ledger.sent(record.partition, &request.event_id).is_none() {
+            return settled(ids(), Outcome::Cancelled);
+        }
         if let (Source::Requested, Some(not_before)) = (source, request.scheduled_at.filter(|t| *t > now)) {
             return settled(ids(), Outcome::Scheduled { hold: self.hold_for(not_before, now), not_before });
         }
@@ -231,14 +273,14 @@ impl Pipeline {
             Admitted::Deliver { request, prepared, made } => {
                 let attempt = Attempt { number: made + 1, partition: record.partition };
                 if let Some(delivered) = self.router.answer_now(request.channel) {
-                    return Ok(self.decided(request, attempt, Ok(delivered), now));
+                    return Ok(self.decided(request, &prepared, attempt, Ok(delivered), Vec::new(), now));
                 }
                 // Sent already, before a crash or by this partition's last
                 // owner: the recorded SENT again, and no call.
                 if let Some(Sent { delivered, attempt }) = self.ledger.sent(record.partition, &request.event_id) {
                     tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = request.event_id, attempt);
                     let outcome = Outcome::Sent(delivered);
-                    return Ok(Resolved { ids: Some(request.ids()), outcome, attempts: attempt, now, suppress: None });
+                    return Ok(Resolved { ids: Some(about(&request, &prepared, Vec::new())), outcome, attempts: attempt, now, suppress: None });
                 }
                 Err(ToDeliver { request, prepared, attempt })
             }
@@ -248,8 +290,9 @@ impl Pipeline {
     /// Calls the provider, and decides. The caller holds the lane's slot.
     pub async fn deliver(&self, to: ToDeliver) -> Resolved {
         let ToDeliver { request, prepared, attempt } = to;
-        let result = self.router.call(&prepared, &request, attempt).await;
-        let resolved = self.decided(request, attempt, result, Utc::now());
+        let mut tried = Vec::new();
+        let result = self.router.call(&prepared, &request, attempt, &mut tried).await;
+        let resolved = self.decided(request, &prepared, attempt, result, tried, Utc::now());
         if let (Outcome::Sent(delivered), Some(ids)) = (&resolved.outcome, &resolved.ids) {
             let sent = Sent { delivered: delivered.clone(), attempt: resolved.attempts };
             self.ledger.record(attempt.partition, &ids.event_id, sent, resolved.now);
@@ -259,7 +302,15 @@ impl Pipeline {
 
     /// `now` is the one clock reading, so a status's next attempt is
     /// exactly its delay after it.
-    fn decided(&self, request: Request, attempt: Attempt, result: Result<Delivered, DeliveryError>, now: DateTime<Utc>) -> Resolved {
+    fn decided(
+        &self,
+        request: Request,
+        prepared: &Prepared,
+        attempt: Attempt,
+        result: Result<Delivered, DeliveryError>,
+        tried: Vec<Tried>,
+        now: DateTime<Utc>,
+    ) -> Resolved {
         let jitter = self.postpone_spread.mul_f64(fastrand::f64());
         let outcome = outcome::decide(result, attempt.number, &self.topics, now, jitter);
         let attempts = outcome.attempts_after(attempt.number);
@@ -271,7 +322,7 @@ impl Pipeline {
             self.suppressions.apply(&change);
             change
         });
-        Resolved { ids: Some(request.ids()), outcome, attempts, now, suppress }
+        Resolved { ids: Some(about(&request, prepared, tried)), outcome, attempts, now, suppress }
     }
 
     /// Hands the outcome to the producer now; the future completes once it
@@ -283,6 +334,15 @@ impl Pipeline {
         }
         self.publisher.publish(record, ids.as_ref(), &outcome, attempts, now, suppress.as_ref())
     }
+}
+
+/// What the status events of a checked request say about it.
+fn about(request: &Request, prepared: &Prepared, tried: Vec<Tried>) -> Ids {
+    let sms = match prepared {
+        Prepared::Sms(text) => Some(SmsCost { segments: text.segments.parts as u32, encoding: text.segments.encoding }),
+        Prepared::Push(_) => None,
+    };
+    Ids { sms, tried, ..request.ids() }
 }
 
 /// A validated request whose provider call is still to be made.

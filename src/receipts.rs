@@ -276,6 +276,13 @@ fn receipt(params: &[(String, String)], ids: CallbackIds) -> Option<StatusEvent>
         error_code,
         occurred_at: Utc::now(),
         next_attempt_at: None,
+        recipient: param("To").map(|to| Masked(&to).to_string()),
+        // The request is not at hand: subscribers have these from its SENT.
+        created_at: None,
+        scheduled_at: None,
+        sms: None,
+        origin: None,
+        tried: Vec::new(),
     })
 }
 

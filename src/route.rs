@@ -12,7 +12,7 @@ use futures::FutureExt;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use crate::deliver::{Attempt, Call, Calls, Delivered, DeliveryError, PushMessage, PushStage, SmsStage, Text};
-use crate::model::{Channel, InvalidReason, Request};
+use crate::model::{Channel, InvalidReason, Request, Tried};
 
 /// A channel's stage, with its bounds.
 pub struct Lane<S> {
@@ -134,11 +134,11 @@ impl Router {
 
     /// Sends what [`Router::prepare`] returned, through its channel's
     /// providers; the caller holds a slot of its lane.
-    pub async fn call(&self, prepared: &Prepared, request: &Request, attempt: Attempt) -> Result<Delivered, DeliveryError> {
+    pub async fn call(&self, prepared: &Prepared, request: &Request, attempt: Attempt, tried: &mut Vec<Tried>) -> Result<Delivered, DeliveryError> {
         let call = Call { request, attempt };
         match prepared {
-            Prepared::Sms(text) => self.sms.stage.stage.send(text, call).await,
-            Prepared::Push(message) => self.push.stage.stage.send(message, call).await,
+            Prepared::Sms(text) => self.sms.stage.stage.send(text, call, tried).await,
+            Prepared::Push(message) => self.push.stage.stage.send(message, call, tried).await,
         }
     }
 

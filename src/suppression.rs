@@ -10,30 +10,18 @@
 //! system may write one to opt a recipient back in. The topic has one
 //! partition, so every writer's changes are applied in one order whatever
 //! its partitioner.
-//!
-//! Startup reads the topic to its end before any request is judged. The
-//! end is where each partition's fetch reports it (librdkafka's partition
-//! EOF), not the broker's ListOffsets answer, which some brokers get wrong.
+//! Every instance follows it (see `follow`).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::RwLock;
 
-use futures::StreamExt;
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, Message};
 use serde::{Deserialize, Serialize};
 
-use crate::kafka::Reader;
+use crate::follow::Followed;
 use crate::mask::Masked;
 use crate::model::{Channel, ErrorCode};
-
-/// How long startup may take to read the list before herald gives up: a
-/// safety net for a broker that stops answering, not a wait.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why a recipient is suppressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,60 +128,18 @@ impl Suppressions {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SuppressionError {
-    #[error("cannot read the suppression topic {topic:?}: {error}")]
-    Kafka { topic: String, error: rdkafka::error::KafkaError },
-    #[error("the suppression topic {0:?} was not read to its end within {LOAD_TIMEOUT:?}")]
-    Timeout(String),
-}
+impl Followed for Suppressions {
+    const WHAT: &'static str = "suppression list";
 
-/// Reads `topic` to its end into `list`, so no request is judged against a
-/// partial list; returns the consumer, positioned to follow it. The
-/// consumer must have `enable.partition.eof` on (`kafka::reader` does).
-pub async fn load(consumer: Reader, topic: &str, list: &Suppressions) -> Result<Reader, SuppressionError> {
-    let kafka = |error| SuppressionError::Kafka { topic: topic.to_owned(), error };
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(kafka)?;
-    let mut reading: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-    let mut assignment = TopicPartitionList::new();
-    for p in &reading {
-        assignment.add_partition_offset(topic, *p, Offset::Beginning).map_err(kafka)?;
-    }
-    consumer.assign(&assignment).map_err(kafka)?;
-    let read = async {
-        let mut stream = consumer.stream();
-        while !reading.is_empty() {
-            let Some(message) = stream.next().await else { break };
-            match message {
-                Ok(message) => apply_record(list, topic, &message),
-                Err(KafkaError::PartitionEOF(p)) => reading.retain(|partition| *partition != p),
-                Err(error) => return Err(kafka(error)),
-            }
-        }
-        Ok::<(), SuppressionError>(())
-    };
-    tokio::time::timeout(LOAD_TIMEOUT, read).await.map_err(|_| SuppressionError::Timeout(topic.to_owned()))??;
-    tracing::info!(message = "Suppression list loaded.", topic, recipients = list.len());
-    Ok(consumer)
-}
-
-/// Applies every later change to `list`, until the task is dropped.
-pub async fn follow(consumer: Reader, topic: String, list: Arc<Suppressions>) {
-    let mut stream = consumer.stream();
-    while let Some(message) = stream.next().await {
-        match message {
-            Ok(message) => apply_record(&list, &topic, &message),
-            Err(KafkaError::PartitionEOF(_)) => {}
-            Err(error) => tracing::warn!(message = "Error following the suppression topic.", %error),
+    fn apply(&self, message: &BorrowedMessage<'_>) {
+        match Change::from_record(message.key(), message.payload()) {
+            Ok(change) => Suppressions::apply(self, &change),
+            Err(reason) => tracing::warn!(message = "Ignored a suppression record.", topic = message.topic(), offset = message.offset(), %reason),
         }
     }
-}
 
-fn apply_record(list: &Suppressions, topic: &str, message: &impl Message) {
-    match Change::from_record(message.key(), message.payload()) {
-        Ok(change) => list.apply(&change),
-        // Skipped, not fatal: one bad record must not stop every delivery.
-        Err(reason) => tracing::warn!(message = "Ignored a suppression record.", topic, offset = message.offset(), %reason),
+    fn len(&self) -> usize {
+        Suppressions::len(self)
     }
 }
 

@@ -24,6 +24,11 @@ pub struct Topics {
     pub dead_letter: String,
     /// Compacted, one partition: see `suppression`.
     pub suppressions: String,
+    /// Compacted, one partition: see `cancel`.
+    pub cancellations: String,
+    /// How long a cancel is kept: the longest a request can wait for an
+    /// attempt (see `Settings::cancel_keep`).
+    pub cancel_keep: Duration,
     /// In schedule order: a transient failure on attempt n goes to `retries[n - 1]`.
     pub retries: Vec<RetryTopic>,
 }
@@ -57,6 +62,8 @@ impl Topics {
             status: "notification.status".into(),
             dead_letter: "notification.dead-letter".into(),
             suppressions: "notification.suppressions".into(),
+            cancellations: "notification.cancellations".into(),
+            cancel_keep: Duration::from_secs(31 * 86_400),
             retries: vec![retry("retry-10m", 10), retry("retry-20m", 20), retry("retry-40m", 40)],
         }
     }
@@ -68,7 +75,7 @@ impl Topics {
 
     pub fn all(&self) -> Vec<&str> {
         let mut all = self.inputs();
-        all.extend([self.status.as_str(), self.dead_letter.as_str(), self.suppressions.as_str()]);
+        all.extend([self.status.as_str(), self.dead_letter.as_str(), self.suppressions.as_str(), self.cancellations.as_str()]);
         all
     }
 
@@ -189,13 +196,20 @@ pub async fn ensure(
         return Err(TopicError::Missing(missing[0].to_owned()));
     }
     let replication = || TopicReplication::Fixed(creation.replication);
+    let retention = topics.cancel_keep.as_millis().to_string();
     let new: Vec<NewTopic> = missing
         .iter()
-        .map(|t| match *t == topics.suppressions {
+        .map(|t| {
             // Keyed state, read whole by every instance: compacted, and one
             // partition so that all writers' changes have one order.
-            true => NewTopic::new(t, 1, replication()).set("cleanup.policy", "compact"),
-            false => NewTopic::new(t, creation.partitions, replication()),
+            if *t == topics.suppressions {
+                NewTopic::new(t, 1, replication()).set("cleanup.policy", "compact")
+            } else if *t == topics.cancellations {
+                // A cancel outlives its use after `cancel_keep`.
+                NewTopic::new(t, 1, replication()).set("cleanup.policy", "compact,delete").set("retention.ms", &retention)
+            } else {
+                NewTopic::new(t, creation.partitions, replication())
+            }
         })
         .collect();
     let results = admin

@@ -32,6 +32,12 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// Whether every byte has been read: a datum from an older writer
+    /// ends before the fields added since.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf }
     }

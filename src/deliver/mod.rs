@@ -20,7 +20,7 @@ pub use push::{Fcm, PushMessage, PushStage, ServiceAccount};
 pub use sms::{SmsGateway, SmsRules, SmsStage, Text, Twilio, TwilioAuth, TwilioSender, Vonage};
 
 pub use crate::model::Provider;
-use crate::model::{Channel, ErrorClass, ErrorCode, InvalidReason, Request};
+use crate::model::{Channel, ErrorClass, ErrorCode, InvalidReason, Request, Tried};
 use crate::suppression::Reason;
 
 /// Which attempt a call is, and where its request came from: a provider
@@ -183,8 +183,9 @@ impl<G: Gateway> Stage<G> {
     ///
     /// When no provider was called at all (each circuit open), the error
     /// says so, with the soonest time one closes: the attempt is not used.
-    /// When some were, the last real failure is returned.
-    pub async fn send(&self, message: &G::Message, call: Call<'_>) -> Result<Delivered, DeliveryError> {
+    /// When some were, the last real failure is returned. `tried` gets each
+    /// provider failed over from, before the one whose answer is returned.
+    pub async fn send(&self, message: &G::Message, call: Call<'_>, tried: &mut Vec<Tried>) -> Result<Delivered, DeliveryError> {
         let providers = match self {
             Stage::Providers(providers) => providers,
             Stage::DryRun => return Ok(Delivered { provider: Provider::DryRun, message_id: None }),
@@ -202,10 +203,15 @@ impl<G: Gateway> Stage<G> {
                     if let Some(next) = providers.get(i + 1) {
                         tracing::debug!(message = "Provider unavailable; failing over.", event_id = call.request.event_id, from = %provider.gateway().provider(), to = %next.gateway().provider(), %error);
                     }
+                    tried.push(Tried { provider: provider.gateway().provider(), error_code: error.code() });
                     failed = Some(error);
                 }
                 result => return result,
             }
+        }
+        if failed.is_some() {
+            // Its answer is the one returned, not one failed over from.
+            tried.pop();
         }
         Err(failed.or(refused).expect("a provider stage has at least one provider"))
     }

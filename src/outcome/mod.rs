@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use publish::{ProduceError, Publisher};
+pub use publish::{ProduceError, Publisher, HEADER_ROOM};
 pub use status::status_event;
 
 use crate::decode::Undecodable;
@@ -45,6 +45,8 @@ pub enum Outcome {
     Held { hold: usize, not_before: DateTime<Utc> },
     /// Not sent: the recipient is on the suppression list.
     Suppressed(Reason),
+    /// Not sent: cancelled before its attempt.
+    Cancelled,
     /// Not a request; dead-lettered with the reason, no status (no ids).
     Undecodable(Undecodable),
 }
@@ -101,6 +103,7 @@ impl Outcome {
             Outcome::Scheduled { .. } => Status::Scheduled,
             Outcome::Deferred { .. } => Status::Deferred,
             Outcome::Suppressed(_) => Status::Suppressed,
+            Outcome::Cancelled => Status::Cancelled,
             Outcome::Held { .. } | Outcome::Undecodable(_) => return None,
         })
     }
@@ -113,7 +116,7 @@ impl Outcome {
             | Outcome::Deferred { hold, .. }
             | Outcome::Held { hold, .. } => Some(Destination::Retry(*hold)),
             Outcome::DeadLettered(_) | Outcome::Invalid(_) | Outcome::Undecodable(_) => Some(Destination::DeadLetter),
-            Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } | Outcome::Suppressed(_) => None,
+            Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } | Outcome::Suppressed(_) | Outcome::Cancelled => None,
         }
     }
 
@@ -125,6 +128,15 @@ impl Outcome {
             | Outcome::Deferred { not_before, .. }
             | Outcome::Held { not_before, .. } => Some(*not_before),
             _ => None,
+        }
+    }
+
+    /// When the next attempt may come: a parked record's time, or when a
+    /// rate-limited user's window frees up.
+    pub fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Outcome::RateLimited { until } => Some(*until),
+            _ => self.not_before(),
         }
     }
 
@@ -175,7 +187,7 @@ impl Outcome {
             }
             Outcome::Suppressed(reason) => (ErrorClass::Permanent, reason.code(), reason.to_string()),
             Outcome::Undecodable(u) => (ErrorClass::Invalid, u.code(), u.to_string()),
-            Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } => return None,
+            Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } | Outcome::Cancelled => return None,
         };
         Some(ErrorHeaders { class, code, message })
     }

@@ -28,14 +28,14 @@ use crate::backoff::Backoff;
 use crate::codec;
 use crate::metrics::Metrics;
 use crate::model::{ErrorClass, ErrorCode, Ids, Status, StatusEvent};
-use crate::record::{Consumed, Envelope, ErrorHeaders, Origin};
+use crate::record::{Consumed, Envelope, ErrorHeaders, Origin, Propagated, MAX_PROPAGATED_BYTES};
 use crate::suppression::Change;
 use crate::topics::Topics;
 
 /// What herald's own headers may add to a copy (see `record::envelope`,
 /// which keeps them within it). A record fits when its own bytes leave
 /// this much room under the producer's limit.
-pub const HEADER_ROOM: usize = 2048;
+pub const HEADER_ROOM: usize = 2048 + MAX_PROPAGATED_BYTES;
 /// A copy without the producer's bytes still keeps a key this short: it
 /// is the user id, which tells an operator whose request it was.
 const MAX_STRIPPED_KEY: usize = 1024;
@@ -69,11 +69,19 @@ pub struct Publisher {
     status_schema_id: u32,
     /// The producer's `message.max.bytes`.
     max_message_bytes: usize,
+    propagated: Propagated,
 }
 
 impl Publisher {
-    pub fn new(producer: FutureProducer, topics: Arc<Topics>, status_schema_id: u32, max_message_bytes: usize, metrics: Arc<Metrics>) -> Self {
-        Publisher { producer, metrics, topics, status_schema_id, max_message_bytes }
+    pub fn new(
+        producer: FutureProducer,
+        topics: Arc<Topics>,
+        status_schema_id: u32,
+        max_message_bytes: usize,
+        propagated: Propagated,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Publisher { producer, metrics, topics, status_schema_id, max_message_bytes, propagated }
     }
 
     pub fn producer(&self) -> &FutureProducer {
@@ -106,12 +114,13 @@ impl Publisher {
         suppress: Option<&Change>,
     ) -> impl Future<Output = Result<Option<i64>, ProduceError>> + Send + 'static {
         let error = outcome.error();
-        let status = ids.and_then(|ids| status_event(ids, outcome, error.as_ref(), attempts, now));
+        let status = ids.and_then(|ids| status_event(ids, outcome, error.as_ref(), attempts, now, record.origin()));
+        let trace = self.propagated.of(record.headers.as_ref());
         if let (None, Some(error)) = (&status, &error) {
             self.metrics.error(error.code.as_str(), error.class);
         }
         let reroute = outcome.reroute(attempts, error, &record.envelope).map(|(destination, envelope)| {
-            let copy = self.copy(record, destination, &envelope);
+            let copy = self.copy(record, destination, &envelope, trace.as_ref());
             // If the copy can never be written, a stripped copy goes to the
             // dead letters instead, and a record that was to be retried says so.
             let retried = matches!(destination, Destination::Retry(_));
@@ -119,6 +128,7 @@ impl Publisher {
             let fallback = Fallback {
                 producer: self.producer.clone(),
                 status: dead.map(|event| (self.topics.status.clone(), self.status_schema_id, event, record.partition)),
+                trace: trace.clone(),
                 dead_letter: self.topics.dead_letter.clone(),
                 key: stripped_key(record),
                 envelope,
@@ -127,7 +137,7 @@ impl Publisher {
             };
             (copy, fallback)
         });
-        let status = status.map(|event| self.durable(self.status_record(event, Some(record.partition))));
+        let status = status.map(|event| self.durable(self.status_record(event, Some(record.partition), trace)));
         if reroute.is_none() && suppress.is_none() {
             // Most records: one status event, and a future a fraction of
             // the size of the joins below (each record's is moved a few
@@ -158,7 +168,7 @@ impl Publisher {
     /// delivery receipt), to `partition`, the one the request was read
     /// from, when known; the future completes once it is acknowledged.
     pub fn publish_status(&self, event: StatusEvent, partition: Option<i32>) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
-        let ack = self.durable(self.status_record(event, partition));
+        let ack = self.durable(self.status_record(event, partition, None));
         async move { settle(ack.await).map(drop) }
     }
 
@@ -182,20 +192,20 @@ impl Publisher {
     /// Status events go to the partition number their request came from,
     /// whatever partitioner the request's producer used, so that each
     /// status partition belongs to the instance that owns those requests.
-    fn status_record(&self, event: StatusEvent, partition: Option<i32>) -> Outgoing {
+    fn status_record(&self, event: StatusEvent, partition: Option<i32>, trace: Option<OwnedHeaders>) -> Outgoing {
         self.metrics.status(&event);
         Outgoing {
             topic: self.topics.status.clone(),
             payload: Some(codec::encode_status(self.status_schema_id, &event)),
             key: Some(event.user_id.into_bytes()),
             partition,
-            headers: None,
+            headers: trace,
         }
     }
 
     /// The record's copy for `destination`: whole when it fits, else
     /// stripped.
-    fn copy(&self, record: &Consumed, destination: Destination, envelope: &Envelope) -> Outgoing {
+    fn copy(&self, record: &Consumed, destination: Destination, envelope: &Envelope, trace: Option<&OwnedHeaders>) -> Outgoing {
         // A delay topic record keeps its partition number, so a user's
         // records stay with the one consumer that owns that partition of
         // every input topic (see `ratelimit`).
@@ -204,7 +214,7 @@ impl Publisher {
             Destination::DeadLetter => (&self.topics.dead_letter, None),
         };
         if !self.fits(record) {
-            return self.stripped(record, envelope);
+            return stripped(self.topics.dead_letter.clone(), stripped_key(record), envelope, &record.origin(), record.size(), trace);
         }
         Outgoing {
             topic: topic.clone(),
@@ -213,12 +223,6 @@ impl Publisher {
             payload: record.payload.clone(),
             headers: Some(envelope.write(record.headers.as_ref(), &record.origin(), None)),
         }
-    }
-
-    /// A dead-letter copy with none of the producer's value or headers:
-    /// herald's headers, the original size, and the key if it is short.
-    fn stripped(&self, record: &Consumed, envelope: &Envelope) -> Outgoing {
-        stripped(self.topics.dead_letter.clone(), stripped_key(record), envelope, &record.origin(), record.size())
     }
 
     fn durable(&self, out: Outgoing) -> impl Future<Output = Result<i64, Failure>> + Send + 'static {
@@ -230,8 +234,11 @@ fn stripped_key(record: &Consumed) -> Option<Vec<u8>> {
     record.key.clone().filter(|k| k.len() <= MAX_STRIPPED_KEY)
 }
 
-fn stripped(topic: String, key: Option<Vec<u8>>, envelope: &Envelope, origin: &Origin, size: usize) -> Outgoing {
-    Outgoing { topic, key, partition: None, payload: None, headers: Some(envelope.write(None, origin, Some(size))) }
+/// A dead-letter copy with none of the producer's value, and of its
+/// headers only the propagated ones (`trace`): herald's headers, the
+/// original size, and the key if it is short.
+fn stripped(topic: String, key: Option<Vec<u8>>, envelope: &Envelope, origin: &Origin, size: usize, trace: Option<&OwnedHeaders>) -> Outgoing {
+    Outgoing { topic, key, partition: None, payload: None, headers: Some(envelope.write(trace, origin, Some(size))) }
 }
 
 /// What a rerouted copy becomes when it can never be written: a stripped
@@ -241,6 +248,7 @@ struct Fallback {
     producer: FutureProducer,
     /// Topic, schema id, event and partition of that status.
     status: Option<(String, u32, StatusEvent, i32)>,
+    trace: Option<OwnedHeaders>,
     dead_letter: String,
     key: Option<Vec<u8>>,
     envelope: Envelope,
@@ -254,7 +262,7 @@ impl Fallback {
         let code = ErrorCode::produce(error.error.rdkafka_error_code().map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}")));
         let reason = ErrorHeaders { class: ErrorClass::Permanent, code: code.clone(), message: format!("herald cannot write the record to {}", error.topic) };
         let envelope = Envelope { error: Some(reason), ..self.envelope };
-        let copy = durable(self.producer.clone(), stripped(self.dead_letter, self.key, &envelope, &self.origin, self.size));
+        let copy = durable(self.producer.clone(), stripped(self.dead_letter, self.key, &envelope, &self.origin, self.size, self.trace.as_ref()));
         let status = self.status.map(|(topic, schema_id, event, partition)| {
             let event = StatusEvent { error_class: Some(ErrorClass::Permanent), error_code: Some(code), ..event };
             durable(self.producer.clone(), Outgoing {
@@ -262,7 +270,7 @@ impl Fallback {
                 key: Some(event.user_id.clone().into_bytes()),
                 partition: Some(partition),
                 payload: Some(codec::encode_status(schema_id, &event)),
-                headers: None,
+                headers: self.trace,
             })
         });
         let (copy, status) = tokio::join!(copy, OptionFuture::from(status));

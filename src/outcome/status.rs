@@ -3,13 +3,14 @@
 use chrono::{DateTime, Utc};
 
 use super::Outcome;
-use crate::model::{Ids, StatusEvent};
+use crate::model::{Ids, Origin, StatusEvent};
 use crate::record::ErrorHeaders;
 
 /// The status event for `outcome`, if it has one. `error` is the outcome's
 /// [`Outcome::error`]; `attempts` is the number of delivery attempts made
-/// once the outcome was reached ([`Outcome::attempts_after`]).
-pub fn status_event(ids: &Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, attempts: u32, now: DateTime<Utc>) -> Option<StatusEvent> {
+/// once the outcome was reached ([`Outcome::attempts_after`]); `origin` is
+/// where the request entered herald.
+pub fn status_event(ids: &Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, attempts: u32, now: DateTime<Utc>, origin: Origin) -> Option<StatusEvent> {
     let status = outcome.status()?;
     let (provider, provider_message_id) = match outcome {
         Outcome::Sent(d) => (Some(d.provider), d.message_id.clone()),
@@ -30,6 +31,12 @@ pub fn status_event(ids: &Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, 
         error_code: error.map(|e| e.code.clone()),
         error_message: error.map(|e| e.message.clone()),
         occurred_at: now,
-        next_attempt_at: outcome.not_before(),
+        next_attempt_at: outcome.next_attempt_at(),
+        recipient: ids.recipient.clone(),
+        created_at: ids.created_at,
+        scheduled_at: ids.scheduled_at,
+        sms: ids.sms,
+        origin: Some(origin),
+        tried: ids.tried.clone(),
     })
 }

@@ -26,13 +26,7 @@ const PREFIX: &str = "herald-";
 /// headers herald adds stay within a fixed room (see `Publisher`).
 const MAX_MESSAGE_BYTES: usize = 256;
 
-/// Where a record first entered herald.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
+pub use crate::model::Origin;
 
 /// Why the record is where it is: the error behind its last move.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +96,7 @@ impl Envelope {
     /// producer's), herald's are replaced.
     pub fn write(&self, original: Option<&OwnedHeaders>, origin: &Origin, original_size: Option<usize>) -> OwnedHeaders {
         let mut out = OwnedHeaders::new();
-        if let (Some(original), None) = (original, original_size) {
+        if let Some(original) = original {
             for h in original.iter().filter(|h| !h.key.starts_with(PREFIX)) {
                 out = out.insert(Header { key: h.key, value: h.value });
             }

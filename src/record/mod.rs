@@ -8,6 +8,44 @@ use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 
 pub use envelope::{Envelope, EnvelopeError, ErrorHeaders, Origin};
 
+/// A producer's headers that herald copies onto everything it writes for
+/// a request (status events, and the stripped dead letter that carries no
+/// other header), so a trace or a correlation id follows the request end
+/// to end. Retry and whole dead-letter copies keep all of them anyway.
+#[derive(Debug, Clone)]
+pub struct Propagated {
+    names: Vec<String>,
+}
+
+/// The W3C trace context: always propagated.
+pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// At most this many bytes of names and values are propagated, so a
+/// producer cannot make a stripped dead letter too large to write.
+pub const MAX_PROPAGATED_BYTES: usize = 1024;
+
+impl Propagated {
+    /// The trace context, and `extra` (from `--propagate-headers`).
+    pub fn new(extra: &[String]) -> Self {
+        Propagated { names: TRACE_HEADERS.iter().map(|h| h.to_string()).chain(extra.iter().cloned()).collect() }
+    }
+
+    /// The headers of `headers` to propagate, in their order; names match
+    /// whatever their case. `None` when there are none.
+    pub fn of(&self, headers: Option<&OwnedHeaders>) -> Option<OwnedHeaders> {
+        let headers = headers?;
+        let (mut out, mut bytes) = (None::<OwnedHeaders>, 0);
+        for h in headers.iter().filter(|h| self.names.iter().any(|n| n.eq_ignore_ascii_case(h.key))) {
+            bytes += h.key.len() + h.value.map_or(0, <[u8]>::len);
+            if bytes > MAX_PROPAGATED_BYTES {
+                break;
+            }
+            out = Some(out.unwrap_or_default().insert(rdkafka::message::Header { key: h.key, value: h.value }));
+        }
+        out
+    }
+}
+
 /// A consumed record, owned so it can outlive the poll that returned it.
 #[derive(Debug, Clone)]
 pub struct Consumed {

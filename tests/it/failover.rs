@@ -31,6 +31,9 @@ async fn sms_fails_over_to_vonage_on_transient_failures_only() {
     let over = &terminal["over"];
     assert_eq!((over.status, over.provider.map(|p| p.name()), over.attempt), (Status::Sent, Some("vonage"), 1), "{over:?}");
     assert!(over.provider_message_id.as_deref().is_some_and(|id| id.len() == 16), "{over:?}");
+    // Twilio, failed over from, is named with its error.
+    let tried: Vec<(&str, &str)> = over.tried.iter().map(|t| (t.provider.name(), t.error_code.as_str())).collect();
+    assert_eq!(tried, [("twilio", "twilio:20503")]);
     let to_vonage: Vec<_> = h.vonage.requests().into_iter().filter(|r| r.field("to") == Some("14155550101")).collect();
     assert_eq!(to_vonage.len(), 1);
     let r = &to_vonage[0];
@@ -51,12 +54,15 @@ async fn sms_fails_over_to_vonage_on_transient_failures_only() {
     let refused = &terminal["refused"];
     assert_eq!((refused.status, refused.provider.map(|p| p.name()), refused.error_code.as_deref()), (Status::Failed, Some("twilio"), Some("twilio:21211")));
     assert!(h.vonage.requests().iter().all(|r| r.field("to") != Some("14155550102")));
+    assert!(refused.tried.is_empty(), "no failover: {refused:?}");
 
     // Both down: a retry, reported with the last provider's error; the
     // retry then goes to Twilio first again.
     let both = statuses.of("both-down");
     assert_eq!(both[0].status, Status::RetryScheduled, "{both:#?}");
     assert_eq!((both[0].provider.map(|p| p.name()), both[0].error_code.as_deref(), both[0].error_class), (Some("vonage"), Some("vonage:1"), Some(ErrorClass::Transient)));
+    let tried: Vec<(&str, &str)> = both[0].tried.iter().map(|t| (t.provider.name(), t.error_code.as_str())).collect();
+    assert_eq!(tried, [("twilio", "twilio:20503")], "the last provider's error is the status's own");
     assert_eq!((terminal["both-down"].status, terminal["both-down"].provider.map(|p| p.name()), terminal["both-down"].attempt), (Status::Sent, Some("twilio"), 2));
     assert_eq!(h.twilio.requests().iter().filter(|r| r.field("To") == Some("+14155550103")).count(), 2);
 }

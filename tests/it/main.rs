@@ -3,6 +3,7 @@
 //! KAFKA_BROKERS) and fake providers.
 
 mod backpressure;
+mod cancel;
 mod channels;
 mod configuration;
 mod crash;
@@ -16,6 +17,7 @@ mod registry;
 mod retry;
 mod scylla;
 mod shutdown;
+mod status_event;
 mod suppression;
 mod support;
 mod topics;

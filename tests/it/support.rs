@@ -41,6 +41,7 @@ pub struct TestTopics {
     pub status: String,
     pub dead_letter: String,
     pub suppressions: String,
+    pub cancellations: String,
     pub retries: [String; 3],
 }
 
@@ -69,6 +70,7 @@ impl Harness {
             status: format!("{unique}.status"),
             dead_letter: format!("{unique}.dead-letter"),
             suppressions: format!("{unique}.suppressions"),
+            cancellations: format!("{unique}.cancellations"),
             retries: ["10m", "20m", "40m"].map(|d| format!("{unique}.retry-{d}")),
         };
         let providers = Providers::start().await;
@@ -104,6 +106,7 @@ impl Harness {
             ("--topic-status", &self.topics.status),
             ("--topic-dead-letter", &self.topics.dead_letter),
             ("--topic-suppressions", &self.topics.suppressions),
+            ("--topic-cancellations", &self.topics.cancellations),
             ("--retry-topics", &retries),
             ("--retry-delays", &delays),
             ("--topic-partitions", &partitions),
@@ -214,6 +217,12 @@ impl Harness {
     }
 
     /// Produces a record to the requests topic; returns its partition and offset.
+    /// Cancels `event_id` the way any producer may: a record on the
+    /// cancellations topic, keyed by the event id.
+    pub async fn cancel(&self, event_id: &str) {
+        herald_testkit::kafka::produce(&self.producer, &self.topics.cancellations, event_id.as_bytes(), br#"{"requested_by":"test"}"#, None).await;
+    }
+
     pub async fn send_raw(&self, key: &[u8], payload: &[u8]) -> (i32, i64) {
         kafka::produce(&self.producer, &self.topics.requested, key, payload, None).await
     }

@@ -14,11 +14,7 @@ const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{
 /// Characters of the extension table, sent as escape + character.
 const GSM7_EXTENSION: &str = "^{}\\[~]|€\u{c}";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Gsm7,
-    Ucs2,
-}
+pub use crate::model::Encoding;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segments {
