@@ -91,9 +91,9 @@ impl Envelope {
         Ok(envelope)
     }
 
-    /// Headers for the record's next hop: the producer's own headers are
-    /// kept (unless `original_size` says the copy carries nothing of the
-    /// producer's), herald's are replaced.
+    /// Headers for the record's next hop: the `original` headers given
+    /// are kept (a stripped copy, which says its `original_size`, is given
+    /// only those herald propagates), herald's are replaced.
     pub fn write(&self, original: Option<&OwnedHeaders>, origin: &Origin, original_size: Option<usize>) -> OwnedHeaders {
         let mut out = OwnedHeaders::new();
         if let Some(original) = original {
@@ -173,9 +173,12 @@ mod tests {
     fn a_copy_without_the_producers_bytes_says_how_large_it_was() {
         let original = OwnedHeaders::new().insert(Header { key: "big", value: Some(&[0u8; 64][..]) });
         let origin = Origin { topic: "t".into(), partition: 0, offset: 0 };
-        let written = Envelope::default().write(Some(&original), &origin, Some(2_000_000));
+        let written = Envelope::default().write(None, &origin, Some(2_000_000));
         assert_eq!(header(&written, ORIGINAL_SIZE), Some("2000000"));
         assert!(written.iter().all(|h| h.key.starts_with(PREFIX)), "none of the producer's headers");
+        // The caller keeps what it chooses (the propagated trace headers).
+        let kept = Envelope::default().write(Some(&original), &origin, Some(2_000_000));
+        assert_eq!(kept.iter().filter(|h| !h.key.starts_with(PREFIX)).map(|h| h.key).collect::<Vec<_>>(), ["big"]);
     }
 
     #[test]
