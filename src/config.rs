@@ -360,6 +360,23 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::dlq::DlqCommand,
     },
+    /// Keep the status store from notification.status, and serve the query and cancel API (needs SCYLLA_URI).
+    Api(ApiArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Address the API listens on.
+    #[arg(long = "api-listen", env = "HERALD_API_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+
+    /// Bearer token every API request must carry.
+    #[arg(long = "api-token", env = "HERALD_API_TOKEN")]
+    pub token: SecretString,
+
+    /// Consumer group of the status store; --group-id with ".api" appended by default.
+    #[arg(long = "api-group-id", env = "HERALD_API_GROUP_ID")]
+    pub group_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -390,6 +407,10 @@ pub enum ConfigError {
     DuplicateProvider,
     #[error("`herald migrate` needs SCYLLA_URI (--scylla-uri)")]
     MigrateWithoutScylla,
+    #[error("`herald api` needs SCYLLA_URI (--scylla-uri): the status store is in ScyllaDB")]
+    ApiWithoutScylla,
+    #[error("--api-token is empty")]
+    EmptyApiToken,
     #[error("--max-message-bytes is {0}; it must be at least {min}", min = MIN_MESSAGE_BYTES)]
     MaxMessageBytes(usize),
 }
@@ -637,6 +658,14 @@ impl Config {
         }
         if matches!(self.command, Some(Command::Migrate)) && self.scylla.scylla_uri.is_none() {
             return Err(ConfigError::MigrateWithoutScylla);
+        }
+        if let Some(Command::Api(api)) = &self.command {
+            if self.scylla.scylla_uri.is_none() {
+                return Err(ConfigError::ApiWithoutScylla);
+            }
+            if secrecy::ExposeSecret::expose_secret(&api.token).is_empty() {
+                return Err(ConfigError::EmptyApiToken);
+            }
         }
         Ok(())
     }

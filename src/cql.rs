@@ -1,6 +1,6 @@
 //! ScyllaDB: how herald connects, and `herald migrate`, which applies every
 //! schema in `schemas/scylla` in order. The stores that use a session
-//! (`ratelimit`) check their own tables at startup.
+//! (`ratelimit`, `store`) check their own tables at startup.
 //!
 //! Only CQL that behaves the same on ScyllaDB and on the in-memory test
 //! server is used anywhere: whole-partition reads by key, plain inserts,
@@ -14,7 +14,10 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 
 /// Every schema file, in the order `herald migrate` applies them.
-pub const SCHEMAS: &[(&str, &str)] = &[("001_rate_limit.cql", include_str!("../schemas/scylla/001_rate_limit.cql"))];
+pub const SCHEMAS: &[(&str, &str)] = &[
+    ("001_rate_limit.cql", include_str!("../schemas/scylla/001_rate_limit.cql")),
+    ("002_status_store.cql", include_str!("../schemas/scylla/002_status_store.cql")),
+];
 
 /// Where and how to reach ScyllaDB.
 #[derive(Debug, Clone)]

@@ -53,6 +53,14 @@ pub fn max_poll_interval(config: &Settings) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// The settings of herald's consumer, in another group: offsets stored
+/// by the caller, committed in the background.
+pub fn consumer_config_in(config: &Settings, group: &str) -> ClientConfig {
+    let mut c = consumer_config(config);
+    c.set("group.id", group);
+    c
+}
+
 fn consumer_config(config: &Settings) -> ClientConfig {
     let mut c = base(config);
     c.set("group.id", &config.group_id)

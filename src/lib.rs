@@ -18,6 +18,7 @@
 //! connects; [`App::run`] runs until `shutdown` completes. [`run`] does both.
 
 pub mod admin;
+pub mod api;
 pub mod cancel;
 pub mod codec;
 pub mod config;
@@ -41,6 +42,7 @@ pub mod registry;
 mod backoff;
 pub mod route;
 mod serve;
+pub mod store;
 pub mod suppression;
 pub mod telemetry;
 pub mod topics;
@@ -91,6 +93,8 @@ pub enum Error {
     Ingest(#[from] ingest::IngestError),
     #[error("dlq: {0}")]
     Dlq(#[from] dlq::DlqError),
+    #[error("status store: {0}")]
+    Store(#[from] store::StoreError),
 }
 
 /// Listeners bound by the caller instead of from configuration: a test
@@ -275,6 +279,42 @@ pub async fn dlq(config: &Config, command: dlq::DlqCommand) -> Result<(), Error>
     let registry = settings.schema_registry.clone().map(|url| Arc::new(registry::Registry::new(url, settings.http_timeout)));
     let context = dlq::Context { kafka: settings.kafka, dead_letter: settings.topics.dead_letter, decoder: decode::Decoder::new(codec::Bundled::load(), registry) };
     Ok(dlq::run(command, context).await?)
+}
+
+/// `herald api`: keeps the status store from the status topic, and serves
+/// the API, until `shutdown` completes. `listener`, if given, replaces
+/// `--api-listen` (a test binds port 0).
+pub async fn api(config: &Config, args: &config::ApiArgs, listener: Option<std::net::TcpListener>, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let settings = config.settings()?;
+    let (cql, _) = settings.scylla.clone().ok_or(config::ConfigError::ApiWithoutScylla)?;
+    let session = cql::connect(&cql).await?;
+    let store = Arc::new(store::Store::open(session.clone(), &cql.keyspace).await?);
+    let limits = ratelimit::Table::open(session, &cql.keyspace, settings.rate_limits.longest(), 1).await?;
+    reachable(&settings.kafka.brokers).await?;
+    let topics = settings.topics.clone();
+    topics::ensure(&kafka::admin(&settings.kafka)?, &topics, settings.creation, &settings.kafka.brokers).await?;
+    let group = args.group_id.clone().unwrap_or_else(|| format!("{}.api", settings.kafka.group_id));
+    let consumer = store::consumer(kafka::consumer_config_in(&settings.kafka, &group), &topics.status)?;
+    let listener = bind("--api-listen", args.listen, listener).await?;
+    let api = Arc::new(api::Api {
+        store: store.clone(),
+        limits,
+        rate_limits: settings.rate_limits.clone(),
+        producer: kafka::producer(&settings.kafka)?,
+        cancellations: topics.cancellations.clone(),
+        token: args.token.clone(),
+    });
+    tracing::info!(message = "Keeping the status store.", topic = topics.status, group, keyspace = cql.keyspace);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, api, async {
+        let _ = stopped.await;
+    }));
+    store::ingest(consumer, store, shutdown).await;
+    let _ = stop.send(());
+    if let Ok(Err(error)) = server.await {
+        tracing::warn!(message = "The API server failed.", %error);
+    }
+    Ok(())
 }
 
 /// Applies the CQL schema to `SCYLLA_URI` (`herald migrate`).

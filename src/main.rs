@@ -11,6 +11,7 @@ async fn main() {
     let result = match config.command.clone() {
         Some(herald::config::Command::Migrate) => herald::migrate(&config).await,
         Some(herald::config::Command::Dlq { command }) => herald::dlq(&config, command).await,
+        Some(herald::config::Command::Api(args)) => herald::api(&config, &args, None, shutdown_signal()).await,
         None => herald::run(config, shutdown_signal()).await,
     };
     // Exits here rather than by returning: dropping the runtime would wait

@@ -2,6 +2,7 @@
 //! tansu for the binary, see `Broker::shared`; or the cluster in
 //! KAFKA_BROKERS) and fake providers.
 
+mod api;
 mod backpressure;
 mod cancel;
 mod channels;

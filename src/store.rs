@@ -1,0 +1,254 @@
+//! The status store behind `herald api`: every status event from
+//! `notification.status`, in ScyllaDB (tables in
+//! `schemas/scylla/002_status_store.cql`).
+//!
+//! [`ingest`] reads the status topic in a consumer group of its own, so the
+//! store scales and fails apart from delivery. An offset is stored only once
+//! ScyllaDB has acknowledged the record's rows, so a killed store loses
+//! nothing; what it writes again lands on the same rows.
+//!
+//! Each row holds its status event whole, as herald wrote it, and the
+//! current status of a notification is worked out from all its rows by the
+//! subscriber's rule ([`StatusEvent::supersedes`]), whatever order they
+//! arrived in. Reads are whole partitions by key only, the CQL that behaves
+//! the same on ScyllaDB and on the in-memory test server.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::FutureExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use crate::backoff::Backoff;
+use crate::codec;
+use crate::model::StatusEvent;
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the status store's tables in keyspace {keyspace} are missing or differ ({source}); run `herald migrate`")]
+    Schema { keyspace: String, source: Source },
+    #[error("reading the status store failed: {0}")]
+    Read(Source),
+    #[error("writing the status store failed: {0}")]
+    Write(Source),
+}
+
+fn read_failed(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Read(Box::new(e))
+}
+
+/// The store's tables, their statements prepared once.
+pub struct Store {
+    session: Arc<Session>,
+    insert_history: PreparedStatement,
+    insert_by_user: PreparedStatement,
+    select_history: PreparedStatement,
+    select_by_user: PreparedStatement,
+}
+
+/// A notification's partition key in the user's timeline: the UTC day of
+/// its request's `created_at`, the same for every status it gets.
+pub fn day_of(event: &StatusEvent) -> NaiveDate {
+    event.created_at.unwrap_or(event.occurred_at).date_naive()
+}
+
+impl Store {
+    pub async fn open(session: Arc<Session>, keyspace: &str) -> Result<Store, StoreError> {
+        let prepare = |cql: String| {
+            let session = session.clone();
+            async move { session.prepare(cql).await.map_err(|e| StoreError::Schema { keyspace: keyspace.to_owned(), source: e.into() }) }
+        };
+        let insert_history = prepare(format!(
+            "INSERT INTO {keyspace}.notification_history (event_id, occurred_at, status, attempt, event) VALUES (?, ?, ?, ?, ?)"
+        ))
+        .await?;
+        let insert_by_user = prepare(format!(
+            "INSERT INTO {keyspace}.notifications_by_user_day (user_id, day, created_at, event_id, occurred_at, status, attempt, event) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .await?;
+        let select_history = prepare(format!("SELECT event FROM {keyspace}.notification_history WHERE event_id = ?")).await?;
+        let select_by_user =
+            prepare(format!("SELECT event FROM {keyspace}.notifications_by_user_day WHERE user_id = ? AND day = ?")).await?;
+        Ok(Store { session, insert_history, insert_by_user, select_history, select_by_user })
+    }
+
+    /// Writes `event` (framed as `bytes`) to both tables; done once both
+    /// are acknowledged.
+    pub async fn write(&self, event: &StatusEvent, bytes: &[u8]) -> Result<(), StoreError> {
+        let attempt = event.attempt.min(i32::MAX as u32) as i32;
+        let status = event.status.symbol();
+        let created_at = event.created_at.unwrap_or(event.occurred_at);
+        let day = day_of(event).to_string();
+        let history = self.session.execute_unpaged(&self.insert_history, (&event.event_id, event.occurred_at, status, attempt, bytes));
+        let by_user = self.session.execute_unpaged(
+            &self.insert_by_user,
+            (&event.user_id, &day, created_at, &event.event_id, event.occurred_at, status, attempt, bytes),
+        );
+        let (history, by_user) = tokio::join!(history, by_user);
+        history.map_err(|e| StoreError::Write(e.into()))?;
+        by_user.map_err(|e| StoreError::Write(e.into()))?;
+        Ok(())
+    }
+
+    /// Every status of one notification, oldest first; empty if unknown.
+    pub async fn history(&self, event_id: &str) -> Result<Vec<StatusEvent>, StoreError> {
+        let mut events = self.select(&self.select_history, (event_id,)).await?;
+        sort(&mut events);
+        Ok(events)
+    }
+
+    /// The statuses of the notifications `user_id` was sent on `day`.
+    pub async fn day(&self, user_id: &str, day: NaiveDate) -> Result<Vec<StatusEvent>, StoreError> {
+        self.select(&self.select_by_user, (user_id, day.to_string())).await
+    }
+
+    async fn select(&self, statement: &PreparedStatement, values: impl scylla::serialize::row::SerializeRow) -> Result<Vec<StatusEvent>, StoreError> {
+        let rows = self.session.execute_unpaged(statement, values).await.map_err(read_failed)?.into_rows_result().map_err(read_failed)?;
+        let mut events = Vec::new();
+        for row in rows.rows::<(Vec<u8>,)>().map_err(read_failed)? {
+            let (bytes,) = row.map_err(read_failed)?;
+            match codec::read_status(&bytes) {
+                Ok(event) => events.push(event),
+                // A status from a newer herald, with a symbol this build
+                // does not know: left out rather than failing the read.
+                Err(error) => tracing::debug!(message = "Skipped a stored status.", %error),
+            }
+        }
+        Ok(events)
+    }
+
+    /// Whether ScyllaDB answers a read within `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.history("herald-readiness-probe")).await.is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Oldest first, in the order a notification lives through them.
+fn sort(events: &mut [StatusEvent]) {
+    events.sort_by(|a, b| (a.attempt, a.status.stage(), a.occurred_at).cmp(&(b.attempt, b.status.stage(), b.occurred_at)));
+}
+
+/// One notification as the store knows it.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// Oldest first, duplicates (the same status written twice) dropped.
+    pub history: Vec<StatusEvent>,
+}
+
+impl Notification {
+    /// The notifications among `events`, each with its history.
+    pub fn group(events: Vec<StatusEvent>) -> Vec<Notification> {
+        let mut by_id: HashMap<String, Vec<StatusEvent>> = HashMap::new();
+        for event in events {
+            let history = by_id.entry(event.event_id.clone()).or_default();
+            if !history.iter().any(|e| e.is_duplicate_of(&event)) {
+                history.push(event);
+            }
+        }
+        by_id
+            .into_values()
+            .map(|mut history| {
+                sort(&mut history);
+                Notification { history }
+            })
+            .collect()
+    }
+
+    /// The current status: the one that supersedes every other.
+    pub fn current(&self) -> &StatusEvent {
+        let mut current = &self.history[0];
+        for e in &self.history[1..] {
+            if e.supersedes(current) {
+                current = e;
+            }
+        }
+        current
+    }
+
+    pub fn event_id(&self) -> &str {
+        &self.history[0].event_id
+    }
+
+    /// When the request was made: the order a user's list is in.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.history.iter().find_map(|e| e.created_at).unwrap_or(self.history[0].occurred_at)
+    }
+}
+
+/// Reads the status topic into `store` until `shutdown` completes. The
+/// consumer stores no offset itself (`enable.auto.offset.store=false`):
+/// an offset is stored once its record's rows are written.
+pub async fn ingest(consumer: StreamConsumer, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = &mut shutdown => return,
+            message = consumer.recv() => message,
+        };
+        // What is already fetched is written in one go, concurrently.
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match consumer.recv().now_or_never() {
+                Some(message) => batch.push(message),
+                None => break,
+            }
+        }
+        let mut written = Vec::with_capacity(batch.len());
+        let mut writes = Vec::with_capacity(batch.len());
+        for message in &batch {
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(message = "Consumer error.", %error);
+                    continue;
+                }
+            };
+            written.push(message);
+            let Some(bytes) = message.payload() else { continue };
+            match codec::read_status(bytes) {
+                Ok(event) => writes.push((event, bytes)),
+                // Not a status herald can read: nothing to store, ever.
+                Err(error) => tracing::warn!(message = "Skipped a record that is not a status.", partition = message.partition(), offset = message.offset(), %error),
+            }
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            let all = futures::future::join_all(writes.iter().map(|(event, bytes)| store.write(event, bytes))).await;
+            let Some(error) = all.into_iter().find_map(Result::err) else { break };
+            tracing::warn!(message = "Writing statuses failed; retrying.", %error);
+            tokio::select! {
+                biased;
+                // Nothing of the batch is stored: its records come again.
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(backoff.next_pause()) => {}
+            }
+        }
+        for message in written {
+            if let Err(error) = consumer.store_offset_from_message(message) {
+                tracing::warn!(message = "Storing an offset failed.", %error);
+            }
+        }
+    }
+}
+
+/// Records written per round at most.
+const BATCH: usize = 512;
+
+/// The store's consumer: herald's consumer settings in group `group`,
+/// offsets stored by [`ingest`] and committed by librdkafka.
+pub fn consumer(config: ClientConfig, topic: &str) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
+    let consumer: StreamConsumer = config.create()?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}

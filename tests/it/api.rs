@@ -1,0 +1,365 @@
+//! `herald api`: the status store and its API, against tansu and
+//! kassandra (or KAFKA_BROKERS and SCYLLA_URI).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use herald::model::Status;
+use herald_testkit::Cql;
+use herald_testkit::fake::Reply;
+use serde_json::Value;
+
+use crate::support::*;
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// herald's arguments for `cql`, then `extra`.
+fn with(cql: &Cql, extra: &[&str]) -> Vec<String> {
+    cql.args().into_iter().chain(extra.iter().map(|s| s.to_string())).collect()
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// `herald api`, in this process, on a port of its own.
+struct ApiRun {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), herald::Error>>,
+    http: reqwest::Client,
+}
+
+impl ApiRun {
+    fn start(h: &Harness, args: &[String]) -> ApiRun {
+        let mut all = h.args(&refs(args));
+        all.extend(["api", "--api-token", TOKEN].map(str::to_owned));
+        let config = <herald::Config as clap::Parser>::try_parse_from(all).expect("api arguments parse");
+        let Some(herald::config::Command::Api(api)) = config.command.clone() else { unreachable!("parsed as api") };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            herald::api(&config, &api, Some(listener), async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        ApiRun { base, stop: Some(stop), task, http: reqwest::Client::new() }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(self.http.get(format!("{}{path}", self.base)).bearer_auth(TOKEN)).await
+    }
+
+    async fn cancel(&self, event_id: &str) -> (u16, Value) {
+        let url = format!("{}/v1/notifications/{event_id}/cancel", self.base);
+        self.call(self.http.post(url).bearer_auth(TOKEN).json(&serde_json::json!({"reason": "test"}))).await
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("the API answers");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Polls until `event_id`'s current status in the store is `status`.
+    async fn until_status(&self, event_id: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, body) = self.get(&format!("/v1/notifications/{event_id}")).await;
+            if code == 200 && body["status"] == status {
+                return body;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{event_id} never reached {status} in the store: {code} {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().expect("herald api stops cleanly");
+    }
+}
+
+/// A harness, kassandra with the schema, herald's arguments for it.
+async fn migrated(extra: &[&str]) -> (Harness, Cql, Vec<String>) {
+    let h = Harness::new().await;
+    let cql = Cql::start();
+    let args = with(&cql, extra);
+    herald::migrate(&h.config(&refs(&args))).await.unwrap();
+    (h, cql, args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_can_be_asked_for_and_the_stats_match_what_was_sent() {
+    let (h, _cql, args) = migrated(&["--sms-rate-limit", "5/1h"]).await;
+    let herald = h.start(&refs(&args));
+    let api = ApiRun::start(&h, &args);
+    h.twilio.script("+14155550102", [Reply::fail(400, "21211")]);
+    h.twilio.script("+14155550103", vec![Reply::fail(503, "20503"); 4]);
+    h.cancel("cancelled").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let user = "asker";
+    let mut later = sms("later", user, "+14155550100", "in an hour");
+    later.scheduled_at = Some(Utc::now() + chrono::Duration::hours(1));
+    // One user, so one partition, in this order: five SMS fill the
+    // 5-per-hour window (three sent, one refused, one dead-lettered), so
+    // the next is rate limited. Invalid and cancelled ones are not counted.
+    let requests = [
+        sms("sent-1", user, "+14155550100", "one"),
+        sms("sent-2", user, "+14155550100", "two"),
+        sms("sent-3", user, "+14155550101", "three"),
+        sms("refused", user, "+14155550102", "refused"),
+        sms("dead", user, "+14155550103", "down"),
+        sms("limited", user, "+14155550100", "over"),
+        sms("invalid", user, "not a number", "bad"),
+        sms("cancelled", user, "+14155550100", "cancelled"),
+        later,
+        push("pushed", user, "device-token-1", "t", "b"),
+    ];
+    let start = Utc::now();
+    let mut requests = requests;
+    for (i, r) in requests.iter_mut().enumerate() {
+        // Distinct created_at (to the millisecond, as the schema keeps
+        // it), so the list's order is the test's.
+        r.created_at = start + chrono::Duration::milliseconds(i as i64);
+        h.send(r).await;
+    }
+    let expected: HashMap<&str, &str> = [
+        ("sent-1", "SENT"),
+        ("sent-2", "SENT"),
+        ("sent-3", "SENT"),
+        ("refused", "FAILED"),
+        ("dead", "DEAD_LETTERED"),
+        ("limited", "RATE_LIMITED"),
+        ("invalid", "INVALID"),
+        ("cancelled", "CANCELLED"),
+        ("later", "SCHEDULED"),
+        ("pushed", "SENT"),
+    ]
+    .into();
+    let mut statuses = h.statuses();
+    let terminal: Vec<String> = expected.keys().filter(|id| **id != "later").map(|id| id.to_string()).collect();
+    statuses.terminal(Duration::from_secs(30), &terminal).await;
+
+    for (id, status) in &expected {
+        let body = api.until_status(id, status).await;
+        let history: Vec<&str> = body["history"].as_array().unwrap().iter().map(|s| s["status"].as_str().unwrap()).collect();
+        let from_kafka: Vec<&str> = statuses.of(id).iter().map(|e| e.status.symbol()).collect();
+        assert_eq!(history, from_kafka, "{id}: the store's history is the topic's");
+        assert_eq!(body["user_id"], user);
+    }
+    let dead = api.get("/v1/notifications/dead").await.1;
+    assert_eq!(dead["attempts"], 4);
+    assert_eq!(dead["recipient"], "+*******0103", "masked");
+    assert_eq!(dead["history"][3]["error_code"], "twilio:20503");
+    let limited = api.get("/v1/notifications/limited").await.1;
+    assert!(limited["history"][0]["next_attempt_at"].is_string(), "{limited}");
+
+    let stats = api.get(&format!("/v1/users/{user}/stats")).await.1;
+    let sms_stats = stats["channels"].as_array().unwrap().iter().find(|c| c["channel"] == "SMS").unwrap();
+    assert_eq!((sms_stats["sent_last_hour"].as_u64(), sms_stats["sent_today"].as_u64()), (Some(3), Some(3)), "{stats}");
+    assert_eq!(sms_stats["failed_today"], 2, "FAILED and DEAD_LETTERED");
+    assert_eq!(sms_stats["pending"], 1, "the scheduled one");
+    let window = &sms_stats["windows"][0];
+    assert_eq!((window["max"].as_u64(), window["used"].as_u64(), window["remaining"].as_u64()), (Some(5), Some(5), Some(0)), "{window}");
+    let frees: chrono::DateTime<Utc> = window["next_slot_at"].as_str().unwrap().parse().unwrap();
+    let first_sent: chrono::DateTime<Utc> = api.get("/v1/notifications/sent-1").await.1["history"][0]["occurred_at"].as_str().unwrap().parse().unwrap();
+    assert!((frees - first_sent - chrono::Duration::hours(1)).num_seconds().abs() <= 5, "frees at {frees}, first sent at {first_sent}");
+    let push_stats = stats["channels"].as_array().unwrap().iter().find(|c| c["channel"] == "PUSH").unwrap();
+    assert_eq!(push_stats["sent_today"], 1);
+
+    // Newest first, three at a time, every notification once.
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => format!("/v1/users/{user}/notifications?limit=3"),
+            Some(c) => format!("/v1/users/{user}/notifications?limit=3&cursor={c}"),
+        };
+        let (code, page) = api.get(&path).await;
+        assert_eq!(code, 200, "{page}");
+        for n in page["notifications"].as_array().unwrap() {
+            listed.push(n["event_id"].as_str().unwrap().to_owned());
+            assert_eq!(n["status"], expected[n["event_id"].as_str().unwrap()]);
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let newest_first: Vec<String> = requests.iter().rev().map(|r| r.event_id.clone()).collect();
+    assert_eq!(listed, newest_first);
+    let since = (Utc::now() + chrono::Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let none = api.get(&format!("/v1/users/{user}/notifications?since={since}")).await.1;
+    assert_eq!(none["notifications"].as_array().map(Vec::len), Some(0), "nothing created after since");
+
+    api.stop().await;
+    herald.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_cancels_what_waits_and_refuses_what_is_final() {
+    let (h, _cql, args) = migrated(&["--retry-delays", "300ms,5s,10s"]).await;
+    let herald = h.start(&refs(&args));
+    let api = ApiRun::start(&h, &args);
+    let mut statuses = h.statuses();
+    h.send(&sms("sent", "u1", "+14155550100", "out")).await;
+    statuses.terminal(Duration::from_secs(30), &["sent".into()]).await;
+
+    // Scheduled: cancelled before its time, never sent.
+    let mut later = sms("later", "u2", "+14155550101", "never");
+    later.scheduled_at = Some(Utc::now() + chrono::Duration::seconds(3));
+    h.send(&later).await;
+    api.until_status("later", "SCHEDULED").await;
+    let (code, body) = api.cancel("later").await;
+    assert_eq!((code, body["status"].as_str(), body["cancel"].as_str()), (202, Some("SCHEDULED"), Some("requested")), "{body}");
+
+    // Waiting on the second retry topic.
+    h.twilio.script("+14155550102", vec![Reply::fail(503, "20503"); 2]);
+    h.send(&sms("retrying", "u3", "+14155550102", "twice failed")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = api.get("/v1/notifications/retrying").await.1;
+        if body["status"] == "RETRY_SCHEDULED" && body["attempts"] == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never waited on the second retry topic: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.cancel("retrying").await.0, 202);
+
+    // Not seen yet: accepted, and honoured when the request comes.
+    let (code, body) = api.cancel("not-yet").await;
+    assert_eq!((code, body["status"].clone()), (202, Value::Null), "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.send(&sms("not-yet", "u4", "+14155550103", "cancelled ahead")).await;
+
+    // Final already: 409, with the status.
+    api.until_status("sent", "SENT").await;
+    let (code, body) = api.cancel("sent").await;
+    assert_eq!((code, body["error"].as_str(), body["status"].as_str()), (409, Some("already-final"), Some("SENT")), "{body}");
+
+    api.until_status("later", "CANCELLED").await;
+    let retried = api.until_status("retrying", "CANCELLED").await;
+    assert_eq!(retried["attempts"], 2);
+    api.until_status("not-yet", "CANCELLED").await;
+    assert_eq!(api.cancel("later").await.0, 409, "cancelled is final too");
+    let bodies: Vec<String> = h.twilio.requests().iter().filter_map(|r| r.field("Body").map(str::to_owned)).collect();
+    assert_eq!(bodies.iter().filter(|b| *b == "twice failed").count(), 2, "no third attempt");
+    assert!(!bodies.iter().any(|b| b == "never" || b == "cancelled ahead"), "{bodies:?}");
+    api.stop().await;
+    herald.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_rejects_missing_and_wrong_tokens_and_malformed_input_with_json_errors() {
+    let (h, _cql, args) = migrated(&[]).await;
+    let api = ApiRun::start(&h, &args);
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", api.base);
+    // Until the listener is up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while http.get(url("/openapi.json")).send().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the API never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let unauthorized = [
+        http.get(url("/v1/notifications/x")),
+        http.get(url("/v1/notifications/x")).bearer_auth("wrong"),
+        http.get(url("/v1/notifications/x")).bearer_auth(format!("{TOKEN}x")),
+        http.get(url("/v1/notifications/x")).header("authorization", TOKEN),
+        http.post(url("/v1/notifications/x/cancel")),
+        http.get(url("/v1/users/u/stats")).bearer_auth(&TOKEN[..TOKEN.len() - 1]),
+    ];
+    for request in unauthorized {
+        let (code, body) = api.call(request).await;
+        assert_eq!((code, body["error"].as_str()), (401, Some("unauthorized")), "{body}");
+    }
+
+    let long = "e".repeat(300);
+    let bad = [
+        "/v1/notifications/%01control".to_owned(),
+        format!("/v1/notifications/{long}"),
+        "/v1/notifications/%FF%FE".to_owned(),
+        "/v1/users/%0A/stats".to_owned(),
+        "/v1/users/u/notifications?limit=0".to_owned(),
+        "/v1/users/u/notifications?limit=lots".to_owned(),
+        "/v1/users/u/notifications?since=yesterday".to_owned(),
+        "/v1/users/u/notifications?cursor=forged".to_owned(),
+    ];
+    for path in &bad {
+        let (code, body) = api.get(path).await;
+        assert_eq!((code, body["error"].as_str()), (400, Some("bad-request")), "{path}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (code, body) = api.call(http.post(url("/v1/notifications/x/cancel")).bearer_auth(TOKEN).body("{not json")).await;
+    assert_eq!((code, body["error"].as_str()), (400, Some("bad-request")), "{body}");
+
+    for path in ["/v1/notifications/never-seen", "/v1/nothing-here"] {
+        let (code, body) = api.get(path).await;
+        assert_eq!((code, body["error"].as_str()), (404, Some("not-found")), "{path}: {body}");
+    }
+
+    // The document is the code's, and served without a token.
+    let doc: Value = http.get(url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    assert!(doc["paths"]["/v1/users/{user_id}/stats"]["get"]["responses"]["401"].is_object());
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_killed_while_consuming_loses_no_status() {
+    let (h, cql, args) = migrated(&["--sms-rate-limit", "off"]).await;
+    let herald = h.start(&refs(&[args.clone(), ["--delivery", "dry-run"].map(str::to_owned).to_vec()].concat()));
+    let users: Vec<String> = (0..20).map(|u| format!("user-{u}")).collect();
+    let requests: Vec<_> = (0..20_000).map(|i| sms(&format!("e{i}"), &users[i % 20], "+14155550100", "hi")).collect();
+    h.send_many(&requests).await;
+    let mut statuses = h.statuses();
+    statuses.until(Duration::from_secs(120), |e| e.len() >= requests.len()).await;
+    herald.stop().await.unwrap();
+
+    // The store reads the status topic from the start, and is killed as
+    // soon as some of it is written.
+    let session = herald::cql::connect(&h.config(&refs(&args)).cql().unwrap()).await.unwrap();
+    let store = herald::store::Store::open(session, &cql.keyspace).await.unwrap();
+    let today = Utc::now().date_naive();
+    let stored = || async {
+        let mut n = 0;
+        for u in &users {
+            n += herald::store::Notification::group(store.day(u, today).await.unwrap()).len();
+        }
+        n
+    };
+    let api_args = |args: &[String]| -> Vec<String> { [args.to_vec(), ["api", "--api-token", TOKEN, "--api-listen", "127.0.0.1:0"].map(str::to_owned).to_vec()].concat() };
+    let mut first = h.spawn(&refs(&api_args(&args)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stored().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the store wrote nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let at_kill = stored().await;
+    assert!(at_kill < requests.len(), "the kill came after everything was stored ({at_kill}); it tested nothing");
+
+    let mut second = h.spawn(&refs(&api_args(&args)));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while stored().await < requests.len() {
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {} after the restart", stored().await, requests.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    second.terminate();
+    for u in &users {
+        let notifications = herald::store::Notification::group(store.day(u, today).await.unwrap());
+        assert_eq!(notifications.len(), 1_000, "{u}");
+        for n in &notifications {
+            assert_eq!((n.current().status, n.history.len()), (Status::Sent, 1), "{}: written once, whatever was written twice", n.event_id());
+        }
+    }
+}
