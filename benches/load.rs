@@ -116,7 +116,7 @@ fn main() -> std::process::ExitCode {
         smoke: false,
         rounds: 3,
         charts: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"),
-        phases: ["passthrough", "noop", "noop-5s", "bare-http", "bare-http-held", "http", "latency"].map(str::to_owned).into(),
+        phases: ["passthrough", "noop", "noop-5s", "bare-http", "bare-http-held", "http", "store", "latency"].map(str::to_owned).into(),
     };
     let (mut records, mut latency_secs) = (None, None);
     let mut it = argv.iter();
@@ -150,6 +150,8 @@ enum Phase {
     BareHttp,
     BareHttpHeld,
     Http,
+    /// `herald api` reading the no-op phase's statuses into the store.
+    Store,
 }
 
 /// How long the bare HTTP loop holds a call's concurrency slot.
@@ -171,6 +173,7 @@ impl Phase {
             Phase::BareHttp => "bare HTTP (consume → POST → produce → store)",
             Phase::BareHttpHeld => "bare HTTP, slot held until the produce ack",
             Phase::Http => "herald, HTTP to the fake Twilio and FCM",
+            Phase::Store => "status store (herald api → CQL)",
         }
     }
 
@@ -183,6 +186,7 @@ impl Phase {
             Phase::BareHttp => "bare-http",
             Phase::BareHttpHeld => "bare-http-held",
             Phase::Http => "http",
+            Phase::Store => "store",
         }
     }
 
@@ -194,6 +198,7 @@ impl Phase {
             Phase::BareHttp => "bare HTTP",
             Phase::BareHttpHeld => "bare HTTP, held",
             Phase::Http => "herald HTTP",
+            Phase::Store => "status store",
         }
     }
 }
@@ -243,6 +248,7 @@ async fn bench(args: Args) -> std::process::ExitCode {
                 Phase::Noop => (herald(&bootstrap, &group, &requested, &output, &dry_run(&[])), Check::AllSent),
                 Phase::NoopSlowCommits => (herald(&bootstrap, &group, &requested, &output, &dry_run(&["--commit-interval", "5s"])), Check::AllSent),
                 Phase::Http => (herald(&bootstrap, &group, &requested, &output, &fakes.args), Check::AllSent),
+                Phase::Store => unreachable!("not among the interleaved phases"),
             };
             let fakes_before = cpu_of(fakes_pid);
             let mut row = measure(phase, &bootstrap, &group, &requested, &output, args.records, check, command).await;
@@ -256,7 +262,12 @@ async fn bench(args: Args) -> std::process::ExitCode {
         }
     }
 
-    let rows: Vec<Row> = runs.into_iter().map(median).collect();
+    let mut rows: Vec<Row> = runs.into_iter().map(median).collect();
+    // Once, on the statuses of the no-op phase's first round: can the
+    // store keep up with what herald writes at full speed?
+    if args.phases.iter().any(|n| n == "store") && args.phases.iter().any(|n| n == "noop") {
+        rows.push(store_phase(&bootstrap, &requested, &topic("bench.out.noop.1"), args.records, &run).await);
+    }
 
     let noop_rate = rows.iter().find(|r| r.phase == Phase::Noop).map(|r| r.rate);
     let half = args.latency_rate.or(noop_rate.map(|r| r / 2.0)).unwrap_or(1000.0);
@@ -317,6 +328,7 @@ fn print_tables(rows: &[Row], latencies: &[(&str, f64, Latency)], latency_secs: 
         let (limit, against) = match r.phase {
             Phase::BareHttp | Phase::BareHttpHeld => (rate_of(Phase::BareHttp), "bare HTTP"),
             Phase::Http => (rate_of(Phase::BareHttpHeld), "held bare HTTP"),
+            Phase::Store => (rate_of(Phase::Noop), "herald no-op"),
             _ => (rate_of(Phase::Passthrough), "passthrough"),
         };
         let ratio = format!("{:.2}× {}", r.rate / limit, if matches!(r.phase, Phase::Passthrough | Phase::BareHttp) { "" } else { against });
@@ -447,6 +459,49 @@ async fn measure(
     let (rate, timeline) = rate_of(&messages, records, check);
     println!("{label}: {rate:.0} msgs/s");
     Row { phase, records, rate, cpu: usage.cpu, peak_rss_kb, fakes_cpu: None, timeline, rounds: vec![rate] }
+}
+
+/// `herald api` drains `statuses` into a fresh CQL keyspace (kassandra in
+/// this process, or SCYLLA_URI). Its rate is taken from its group's
+/// committed offsets, sampled, between 5% and 95% of the records.
+async fn store_phase(bootstrap: &str, requested: &str, statuses: &str, records: usize, run: &str) -> Row {
+    use clap::Parser;
+    let label = Phase::Store.label();
+    println!("{label}: running");
+    let cql = herald_testkit::Cql::start();
+    let group = format!("bench-store-{run}");
+    let base: Vec<String> = ["herald", "--brokers", bootstrap, "--group-id", &group].map(str::to_owned).into_iter().chain(cql.args()).collect();
+    herald::migrate(&herald::Config::try_parse_from(&base).expect("migrate arguments")).await.expect("herald migrate");
+    let mut command = herald(bootstrap, &group, requested, statuses, &[]);
+    command.args(cql.args()).args(["api", "--api-token", "bench", "--api-listen", "127.0.0.1:0"]);
+    let log = std::env::temp_dir().join("herald-bench-store.log");
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = command.spawn().expect("starting herald api");
+    let pid = child.id() as i32;
+    let store_group = format!("{group}.api");
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let mut samples: Vec<(Instant, usize)> = Vec::new();
+    loop {
+        let (b, g, t) = (bootstrap.to_owned(), store_group.clone(), statuses.to_owned());
+        let committed: i64 = tokio::task::spawn_blocking(move || kafka::committed(&b, &g, &t)).await.expect("reading commits").values().sum();
+        samples.push((Instant::now(), committed.max(0) as usize));
+        if committed as usize >= records {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store committed {committed} of {records}; see {}", log.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let peak_rss_kb = vm_hwm_kb(pid);
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let usage = tokio::task::spawn_blocking(move || wait4(pid)).await.expect("waiting for herald api");
+    let _ = child.try_wait();
+    assert!(usage.success, "herald api failed; see {}", log.display());
+    let at = |share: f64| samples.iter().find(|(_, n)| *n as f64 >= records as f64 * share).copied().expect("a sample past it");
+    let ((t5, n5), (t95, n95)) = (at(0.05), at(0.95));
+    let rate = (n95 - n5) as f64 / (t95 - t5).as_secs_f64().max(1e-3);
+    println!("{label}: {rate:.0} msgs/s");
+    Row { phase: Phase::Store, records, rate, cpu: usage.cpu, peak_rss_kb, fakes_cpu: None, timeline: vec![], rounds: vec![rate] }
 }
 
 fn vm_hwm_kb(pid: i32) -> i64 {

@@ -86,12 +86,13 @@ async fn main() -> std::process::ExitCode {
     let mut statuses = StatusLog { reader: Reader::new(&broker.bootstrap, &names.status), schema: bundled.status.clone(), events: vec![], quiet: false };
     let (samples, followups) = run_samples(&sender, &mut statuses, started).await;
     let replayed = replay_the_outage(&config, &mut statuses, started).await;
+    let asked = ask_herald(&config, &sender, &mut statuses, started).await;
     let load = bulk_load(&sender, &mut statuses, started, args.load).await;
     print_metrics(&admin).await;
     let _ = stop.send(());
     let stopped = herald.await.expect("herald task");
 
-    let mut ok = stopped.is_ok() && replayed;
+    let mut ok = stopped.is_ok() && replayed && asked;
     ok &= samples_verdict(&statuses, &samples, &followups, &providers, &broker, &names).await;
     ok &= load.verdict(&statuses);
     ok &= committed_verdict(&broker, &names).await;
@@ -116,7 +117,93 @@ async fn replay_the_outage(config: &Config, statuses: &mut StatusLog, started: I
         println!("replay failed: {e}");
         return false;
     }
-    statuses.until_terminal_again("sms-down", started, Duration::from_secs(60)).await
+    statuses.until_status("sms-down", Status::Sent, started, Duration::from_secs(60)).await
+}
+
+/// `herald api`, beside the pipeline: one notification's history, one
+/// user's stats, and a cancellation, as curl would show them.
+async fn ask_herald(config: &Config, sender: &Sender, statuses: &mut StatusLog, started: Instant) -> bool {
+    const TOKEN: &str = "demo-token";
+    let api = herald::config::ApiArgs { listen: "127.0.0.1:0".parse().unwrap(), token: TOKEN.into(), group_id: None };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the API listener");
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = config.clone();
+    let task = tokio::spawn(async move {
+        herald::api(&config, &api, Some(listener), async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String| {
+        let request = http.request(method.clone(), format!("{base}{path}")).bearer_auth(TOKEN);
+        async move {
+            let response = request.send().await.ok()?;
+            let code = response.status().as_u16();
+            Some((code, response.json::<serde_json::Value>().await.unwrap_or_default(), method))
+        }
+    };
+    let show = |method: &reqwest::Method, path: &str, code: u16, body: &serde_json::Value| {
+        println!("\n$ curl -X {method} -H 'Authorization: Bearer …' {base}{path}\nHTTP {code}");
+        println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
+    };
+    // Until the store has caught up with the pipeline.
+    let wait_for = |path: String, done: fn(&serde_json::Value) -> bool| {
+        let call = &call;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Some((200, body, _)) = call(reqwest::Method::GET, path.clone()).await {
+                    if done(&body) {
+                        return Some(body);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            None
+        }
+    };
+    println!("\nherald api: the status store, and what it answers");
+    let mut ok = true;
+    let path = "/v1/notifications/push-flaky".to_owned();
+    match wait_for(path.clone(), |b| b["status"] == "SENT").await {
+        Some(body) => show(&reqwest::Method::GET, &path, 200, &body),
+        None => ok = false,
+    }
+    let path = "/v1/users/bob/stats".to_owned();
+    match wait_for(path.clone(), |b| b["channels"][0]["sent_last_hour"] == 10).await {
+        Some(body) => show(&reqwest::Method::GET, &path, 200, &body["channels"][0]),
+        None => ok = false,
+    }
+    // Cancelled while it waits for its time: never sent.
+    let mut reminder = sms("reminder", "kim", "+14155550106", "See you at 3");
+    reminder.scheduled_at = Some(Utc::now() + chrono::Duration::seconds(4));
+    sender.send(reminder).await;
+    let path = "/v1/notifications/reminder/cancel".to_owned();
+    ok &= wait_for("/v1/notifications/reminder".into(), |b| b["status"] == "SCHEDULED").await.is_some();
+    match call(reqwest::Method::POST, path.clone()).await {
+        Some((code, body, method)) => {
+            show(&method, &path, code, &body);
+            ok &= code == 202;
+        }
+        None => ok = false,
+    }
+    ok &= statuses.until_status("reminder", Status::Cancelled, started, Duration::from_secs(30)).await;
+    let path = "/v1/notifications/reminder".to_owned();
+    match wait_for(path.clone(), |b| b["status"] == "CANCELLED").await {
+        Some(body) => {
+            let history: Vec<&str> = body["history"].as_array().map(|h| h.iter().filter_map(|s| s["status"].as_str()).collect()).unwrap_or_default();
+            println!("\n$ curl -H 'Authorization: Bearer …' {base}{path}   →   status {}, history {history:?}", body["status"]);
+        }
+        None => ok = false,
+    }
+    let _ = stop.send(());
+    ok &= matches!(task.await, Ok(Ok(())));
+    if !ok {
+        println!("herald api did not answer as expected");
+    }
+    ok
 }
 
 /// A few of the lines Prometheus scrapes from `/metrics`.
@@ -149,6 +236,7 @@ struct Names {
     status: String,
     dead_letter: String,
     suppressions: String,
+    cancellations: String,
     retries: String,
     group: String,
 }
@@ -163,6 +251,7 @@ impl Names {
             status: topic("notification.status"),
             dead_letter: topic("notification.dead-letter"),
             suppressions: topic("notification.suppressions"),
+            cancellations: topic("notification.cancellations"),
             retries: ["retry-10m", "retry-20m", "retry-40m"].map(topic).join(","),
             group: topic("herald-demo"),
         }
@@ -184,6 +273,8 @@ fn herald_config(broker: &Broker, names: &Names, providers: &Providers, cql: &Cq
         &names.dead_letter,
         "--topic-suppressions",
         &names.suppressions,
+        "--topic-cancellations",
+        &names.cancellations,
         "--retry-topics",
         &names.retries,
         "--retry-delays",
@@ -444,18 +535,18 @@ impl StatusLog {
 
     /// Waits for `id` to be sent, after the final status it already had;
     /// says whether it was.
-    async fn until_terminal_again(&mut self, id: &str, started: Instant, timeout: Duration) -> bool {
+    async fn until_status(&mut self, id: &str, status: Status, started: Instant, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while let Some(message) = self.reader.next(deadline).await {
             let event = codec::decode_status(&self.schema, message.payload().unwrap_or_default()).expect("status decodes");
-            let done = event.event_id == id && event.status == Status::Sent;
+            let done = event.event_id == id && event.status == status;
             print(&event, started);
             self.events.push(event);
             if done {
                 return true;
             }
         }
-        println!("{id} was not sent after the replay");
+        println!("{id} never became {}", status.symbol());
         false
     }
 
