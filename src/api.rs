@@ -531,9 +531,15 @@ async fn cancel(State(api): State<Arc<Api>>, headers: HeaderMap, path: Result<Pa
     }
     let value = serde_json::to_vec(&Cancel { requested_by: "api".into(), reason: request.reason }).expect("a cancel serializes");
     let record = FutureRecord::to(&api.cancellations).key(event_id.as_bytes()).payload(&value);
-    if let Err((error, _)) = api.producer.send(record, STORE_TIMEOUT).await {
-        tracing::warn!(message = "Writing a cancel failed.", %error);
-        return Err(ApiError::Unavailable("the cancellations topic cannot be written".into()));
+    // The whole write is bounded, not only the wait for queue room: a
+    // stalled broker must not hold the caller for message.timeout.ms.
+    match tokio::time::timeout(STORE_TIMEOUT, api.producer.send(record, STORE_TIMEOUT)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err((error, _))) => {
+            tracing::warn!(message = "Writing a cancel failed.", %error);
+            return Err(ApiError::Unavailable("the cancellations topic cannot be written".into()));
+        }
+        Err(_) => return Err(ApiError::Unavailable("the broker did not acknowledge the cancel in time; it may still be written".into())),
     }
     tracing::info!(message = "Cancel requested.", event_id, status = current.map(Status::symbol));
     let accepted = CancelAccepted { event_id, status: current.map(|s| s.symbol().into()), cancel: "requested".into() };
