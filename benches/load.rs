@@ -331,7 +331,11 @@ fn print_tables(rows: &[Row], latencies: &[(&str, f64, Latency)], latency_secs: 
             Phase::Store => (rate_of(Phase::Noop), "herald no-op"),
             _ => (rate_of(Phase::Passthrough), "passthrough"),
         };
-        let ratio = format!("{:.2}× {}", r.rate / limit, if matches!(r.phase, Phase::Passthrough | Phase::BareHttp) { "" } else { against });
+        let mut ratio = format!("{:.2}× {}", r.rate / limit, if matches!(r.phase, Phase::Passthrough | Phase::BareHttp) { "" } else { against });
+        if r.phase == Phase::Store {
+            // herald over HTTP is the rate statuses come at in production.
+            ratio += &format!(", {:.2}× herald HTTP", r.rate / rate_of(Phase::Http));
+        }
         let fakes = r.fakes_cpu.map_or(String::new(), |c| format!("{:.1}", c.as_secs_f64() * 1e6 / r.records as f64));
         let rounds: Vec<String> = r.rounds.iter().map(|rate| format!("{rate:.0}")).collect();
         println!(

@@ -26,10 +26,7 @@ use crate::cancel::Cancel;
 use crate::model::{Channel, Status, StatusEvent};
 use crate::ratelimit::{self, Table};
 use crate::serve::{self, Limits};
-use crate::store::{Notification, Store};
-
-/// How far back a user's notifications are looked for: the store's TTL.
-pub const RETENTION_DAYS: i64 = 30;
+use crate::store::{Notification, Store, RETENTION_DAYS};
 const MAX_ID_BYTES: usize = 256;
 const MAX_LIMIT: usize = 100;
 const DEFAULT_LIMIT: usize = 20;
@@ -58,6 +55,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/users/{user_id}/stats", get(stats))
         .route("/openapi.json", get(openapi))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(api)
 }
 
@@ -93,6 +91,7 @@ pub enum ApiError {
     NotFound(String),
     /// The notification is final already; its status.
     Final(Status),
+    MethodNotAllowed,
     Unavailable(String),
 }
 
@@ -115,6 +114,7 @@ impl IntoResponse for ApiError {
             ApiError::Final(s) => {
                 (StatusCode::CONFLICT, "already-final", format!("the notification is {} already; a cancel never un-sends", s.symbol()), Some(s.symbol().to_owned()))
             }
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint takes another method".to_owned(), None),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m, None),
         };
         let mut response = (code, Json(ErrorBody { error: error.into(), message, status })).into_response();
@@ -292,9 +292,11 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
-/// Where a page ends: the last notification it listed.
+/// Where a page ends: the last notification it listed, and the day
+/// partition it was found in.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Cursor {
+    day: NaiveDate,
     created_at: i64,
     event_id: String,
 }
@@ -354,23 +356,34 @@ async fn notifications(
         None => None,
         Some(s) => Some(Cursor::decode(s).ok_or_else(|| ApiError::BadRequest("cursor is not one this API gave".into()))?),
     };
-    let start = cursor.as_ref().and_then(|c| DateTime::from_timestamp_millis(c.created_at)).unwrap_or(now).date_naive();
-    let mut listed: Vec<Notification> = Vec::new();
-    let mut day = start;
-    // Day by day, newest first, until the page is full: one read each.
-    while day >= since.date_naive() && listed.len() <= limit {
+    // A day ahead too: a producer's clock may run ahead of herald's.
+    let (newest, oldest_day) = (now.date_naive() + chrono::Days::new(1), since.date_naive());
+    if cursor.as_ref().is_some_and(|c| c.day > newest || c.day < oldest_day) {
+        return Err(ApiError::BadRequest("cursor is not one this API gave".into()));
+    }
+    let mut listed: Vec<(NaiveDate, Notification)> = Vec::new();
+    let mut day = cursor.as_ref().map_or(newest, |c| c.day);
+    // Day by day, newest first, until the page is full: one read each, at
+    // most a day more than the store keeps.
+    while day >= oldest_day && listed.len() <= limit {
         let mut found = Notification::group(timed(api.store.day(&user_id, day)).await?);
         found.retain(|n| {
             let created = n.created_at();
-            created >= since && cursor.as_ref().is_none_or(|c| c.before(created.timestamp_millis(), n.event_id()))
+            // A request whose created_at is implausible is in the day of its
+            // first status, and listed with that day's whatever its time.
+            (created >= since || created.date_naive() != day)
+                && cursor.as_ref().is_none_or(|c| c.day != day || c.before(created.timestamp_millis(), n.event_id()))
         });
         found.sort_by(|a, b| (b.created_at(), b.event_id()).cmp(&(a.created_at(), a.event_id())));
-        listed.extend(found);
+        listed.extend(found.into_iter().map(|n| (day, n)));
         day = day.pred_opt().unwrap_or(NaiveDate::MIN);
     }
     let more = listed.len() > limit;
     listed.truncate(limit);
-    let next_cursor = more.then(|| listed.last().map(|n| Cursor { created_at: n.created_at().timestamp_millis(), event_id: n.event_id().to_owned() }.encode())).flatten();
+    let next_cursor = more
+        .then(|| listed.last().map(|(day, n)| Cursor { day: *day, created_at: n.created_at().timestamp_millis(), event_id: n.event_id().to_owned() }.encode()))
+        .flatten();
+    let listed: Vec<Notification> = listed.into_iter().map(|(_, n)| n).collect();
     let notifications = listed
         .iter()
         .map(|n| {
@@ -433,9 +446,10 @@ async fn stats(State(api): State<Arc<Api>>, headers: HeaderMap, path: Result<Pat
     let user_id = id("user_id", path)?;
     let now = Utc::now();
     let today = now.date_naive();
-    // Every day a notification can still be pending from: one read each,
-    // side by side.
-    let days = (0..=RETENTION_DAYS).filter_map(|d| today.checked_sub_days(chrono::Days::new(d as u64)));
+    // Every day a notification can still be pending from, and tomorrow (a
+    // producer's clock ahead of herald's): one read each, side by side.
+    let tomorrow = today + chrono::Days::new(1);
+    let days = (0..=RETENTION_DAYS + 1).filter_map(|d| tomorrow.checked_sub_days(chrono::Days::new(d as u64)));
     let reads = futures::future::join_all(days.map(|day| timed(api.store.day(&user_id, day)))).await;
     let mut events = Vec::new();
     for read in reads {
@@ -569,8 +583,9 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_order_newest_first() {
-        let c = Cursor { created_at: 1_000, event_id: "e/ü 1".into() };
-        assert_eq!(Cursor::decode(&c.encode()), Some(Cursor { created_at: 1_000, event_id: "e/ü 1".into() }));
+        let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        let c = Cursor { day, created_at: 1_000, event_id: "e/ü 1".into() };
+        assert_eq!(Cursor::decode(&c.encode()), Some(Cursor { day, created_at: 1_000, event_id: "e/ü 1".into() }));
         assert!(Cursor::decode("not a cursor").is_none());
         assert!(c.before(999, "z") && c.before(1_000, "e") && !c.before(1_000, "e/ü 1") && !c.before(1_001, "a"));
     }

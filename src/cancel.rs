@@ -68,7 +68,15 @@ impl Cancellations {
             Some(at) if now - at <= self.keep => {
                 set.insert(event_id.to_owned(), at);
             }
-            Some(_) => {}
+            // The topic's retention drops such records too, so these are
+            // few: each is said, since a producer whose clock is far behind
+            // would otherwise wonder why its cancel did nothing.
+            Some(at) => tracing::info!(
+                message = "Ignored a cancel older than the longest a request can wait.",
+                event_id,
+                cancelled_at = %at.to_rfc3339(),
+                kept_for = %humantime::format_duration(self.keep.to_std().unwrap_or_default())
+            ),
             None => {
                 set.remove(event_id);
             }

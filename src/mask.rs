@@ -8,12 +8,22 @@ use std::fmt;
 pub struct Masked<'a>(pub &'a str);
 
 impl fmt::Display for Masked<'_> {
+    // Every status event carries a masked recipient: written without
+    // allocating.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const STARS: &str = "****************************************************************";
         let chars = self.0.chars().count();
         let keep = if chars > 8 { 4 } else { 0 };
-        let tail: String = self.0.chars().skip(chars - keep).collect();
+        let tail = self.0.char_indices().nth(chars - keep).map_or("", |(at, _)| &self.0[at..]);
         if self.0.starts_with('+') {
-            write!(f, "+{}{}", "*".repeat(chars.saturating_sub(keep + 1)), tail)
+            f.write_str("+")?;
+            let mut stars = chars.saturating_sub(keep + 1);
+            while stars > 0 {
+                let n = stars.min(STARS.len());
+                f.write_str(&STARS[..n])?;
+                stars -= n;
+            }
+            f.write_str(tail)
         } else {
             write!(f, "…{tail}")
         }
@@ -38,6 +48,13 @@ mod tests {
     #[test]
     fn tokens_keep_only_the_last_four_characters() {
         assert_eq!(Masked("fcm-token-abcdef123456").to_string(), "…3456");
+    }
+
+    #[test]
+    fn long_values_keep_their_length_in_stars() {
+        let long = format!("+{}", "1".repeat(100));
+        assert_eq!(Masked(&long).to_string(), format!("+{}1111", "*".repeat(96)));
+        assert_eq!(Masked("tökén-with-ünïcode-ëñd").to_string(), "…-ëñd");
     }
 
     #[test]

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -107,11 +110,18 @@ pub async fn accept(
         let seen = activity.clone();
         let app = app.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let seen = seen.clone();
-            seen.requests.fetch_add(1, Ordering::AcqRel);
-            let answer = tower::ServiceExt::oneshot(app.clone(), request);
+            let (seen, app) = (seen.clone(), app.clone());
             async move {
-                let answer = answer.await;
+                // The body is read whole, within its size and time, before
+                // the request counts as one: a client that sends a body
+                // slowly is as evictable as one that sends headers slowly,
+                // and no handler ever waits on a client.
+                let request = match buffered(request, limits).await {
+                    Ok(request) => request,
+                    Err(refused) => return Ok(refused),
+                };
+                seen.requests.fetch_add(1, Ordering::AcqRel);
+                let answer = tower::ServiceExt::oneshot(app, request).await;
                 if seen.requests.fetch_sub(1, Ordering::AcqRel) == 1 {
                     seen.idle(epoch);
                 }
@@ -133,6 +143,30 @@ pub async fn accept(
     let _ = tokio::time::timeout(Duration::from_secs(2), async { while connections.join_next().await.is_some() {} }).await;
     connections.shutdown().await;
     Ok(())
+}
+
+/// `request` with its body read into memory: at most `limits.max_body`
+/// bytes within `limits.body_timeout`; otherwise the answer to give.
+async fn buffered(request: hyper::Request<hyper::body::Incoming>, limits: Limits) -> Result<hyper::Request<Body>, Response> {
+    let (parts, body) = request.into_parts();
+    let announced = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let too_large = || refuse(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", format!("a request body is at most {} bytes", limits.max_body));
+    if announced.is_some_and(|n| n > limits.max_body as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(Body::new(body), limits.max_body)).await {
+        Err(_) => Err(refuse(StatusCode::REQUEST_TIMEOUT, "request-timeout", format!("the body must arrive within {:?}", limits.body_timeout))),
+        Ok(Err(_)) => Err(too_large()),
+        Ok(Ok(bytes)) => Ok(hyper::Request::from_parts(parts, Body::from(bytes))),
+    }
+}
+
+/// A refusal, with a JSON body like every other error herald's listeners
+/// give; the connection is closed after it.
+fn refuse(code: StatusCode, error: &str, message: String) -> Response {
+    let mut response = (code, axum::Json(serde_json::json!({ "error": error, "message": message }))).into_response();
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
 }
 
 /// How long a connection must have been out of any request before it may

@@ -55,10 +55,20 @@ pub struct Store {
     select_by_user: PreparedStatement,
 }
 
-/// A notification's partition key in the user's timeline: the UTC day of
-/// its request's `created_at`, the same for every status it gets.
-pub fn day_of(event: &StatusEvent) -> NaiveDate {
-    event.created_at.unwrap_or(event.occurred_at).date_naive()
+/// How far back a user's notifications are kept: the tables' TTL.
+pub const RETENTION_DAYS: i64 = 30;
+
+/// A notification's partition in the user's timeline, when its status
+/// says enough: the UTC day of its request's `created_at`, the same for
+/// every status it gets. `None` when `created_at` is missing, or too far
+/// from when herald handled it to be true (a clock off by more than a day,
+/// seconds taken for milliseconds, an old request replayed): its day is
+/// then its first stored status's (see [`Store::write`]), so that it is
+/// listed within the days a list reads.
+fn plausible_day(event: &StatusEvent) -> Option<NaiveDate> {
+    let created = event.created_at?;
+    let plausible = created <= event.occurred_at + chrono::Duration::days(1) && created >= event.occurred_at - chrono::Duration::days(RETENTION_DAYS);
+    plausible.then(|| created.date_naive())
 }
 
 impl Store {
@@ -88,7 +98,12 @@ impl Store {
         let attempt = event.attempt.min(i32::MAX as u32) as i32;
         let status = event.status.symbol();
         let created_at = event.created_at.unwrap_or(event.occurred_at);
-        let day = day_of(event).to_string();
+        let day = match plausible_day(event) {
+            Some(day) => day,
+            // Rare: one read, so every status of it lands in one partition.
+            None => self.history(&event.event_id).await.map_err(|e| StoreError::Write(Box::new(e)))?.first().map_or(event.occurred_at, |e| e.occurred_at).date_naive(),
+        }
+        .to_string();
         let history = self.session.execute_unpaged(&self.insert_history, (&event.event_id, event.occurred_at, status, attempt, bytes));
         let by_user = self.session.execute_unpaged(
             &self.insert_by_user,

@@ -30,12 +30,18 @@ impl Propagated {
         Propagated { names: TRACE_HEADERS.iter().map(|h| h.to_string()).chain(extra.iter().cloned()).collect() }
     }
 
-    /// The headers of `headers` to propagate, in their order; names match
-    /// whatever their case. `None` when there are none.
+    /// The headers of `headers` to propagate, in their order, the first of
+    /// each name only (W3C trace context allows one `traceparent`); names
+    /// match whatever their case. `None` when there are none.
     pub fn of(&self, headers: Option<&OwnedHeaders>) -> Option<OwnedHeaders> {
         let headers = headers?;
-        let (mut out, mut bytes) = (None::<OwnedHeaders>, 0);
-        for h in headers.iter().filter(|h| self.names.iter().any(|n| n.eq_ignore_ascii_case(h.key))) {
+        let (mut out, mut bytes, mut taken) = (None::<OwnedHeaders>, 0, Vec::new());
+        for h in headers.iter() {
+            let Some(name) = self.names.iter().position(|n| n.eq_ignore_ascii_case(h.key)) else { continue };
+            if taken.contains(&name) {
+                continue;
+            }
+            taken.push(name);
             bytes += h.key.len() + h.value.map_or(0, <[u8]>::len);
             if bytes > MAX_PROPAGATED_BYTES {
                 break;

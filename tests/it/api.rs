@@ -363,3 +363,100 @@ async fn a_store_killed_while_consuming_loses_no_status() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_oversized_bodies_cannot_lock_the_api_out() {
+    use std::io::Write;
+    let (h, _cql, args) = migrated(&[]).await;
+    let api = ApiRun::start(&h, &args);
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{}/openapi.json", api.base)).send().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the API never listened");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    // More than the 256 connections it serves, each with its headers sent
+    // and its body never finished, and no token.
+    let slow: Vec<_> = (0..300)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"POST /v1/notifications/x/cancel HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{").unwrap();
+            s
+        })
+        .collect();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let (code, _) = api.get("/v1/notifications/unknown").await;
+        assert_eq!(code, 404);
+        assert!(started.elapsed() < Duration::from_secs(3), "a request waited {:?} behind slow bodies", started.elapsed());
+    }
+    drop(slow);
+
+    // Over 32 KB: refused from its headers, with a JSON error, token or
+    // not. Raw, since the server answers before the body is sent and
+    // closes, which an HTTP client reports as a broken pipe.
+    for (length, auth) in [(100_000, format!("Authorization: Bearer {TOKEN}\r\n")), (3_000_000, String::new())] {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "POST /v1/notifications/x/cancel HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{").unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains(r#""error":"payload-too-large""#), "{answer}");
+    }
+    let url = format!("{}/v1/notifications/x/cancel", api.base);
+    // A reason that fits is taken.
+    let (code, _) = api.call(http.post(&url).bearer_auth(TOKEN).json(&serde_json::json!({ "reason": "x".repeat(30_000) }))).await;
+    assert_eq!(code, 202);
+    let (code, body) = api.call(http.get(&url).bearer_auth(TOKEN)).await;
+    assert_eq!((code, body["error"].as_str()), (405, Some("method-not-allowed")), "{body}");
+
+    // A forged cursor far ahead is refused at once, not read day by day.
+    let forged = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        serde_json::to_vec(&serde_json::json!({ "day": "+262143-12-31", "created_at": 8_000_000_000_000_000i64, "event_id": "z" })).unwrap(),
+    );
+    let started = std::time::Instant::now();
+    let (code, body) = api.get(&format!("/v1/users/u/notifications?cursor={forged}")).await;
+    assert_eq!((code, body["error"].as_str()), (400, Some("bad-request")), "{body}");
+    let ahead = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        serde_json::to_vec(&serde_json::json!({ "day": "2100-01-01", "created_at": 4_102_444_800_000i64, "event_id": "z" })).unwrap(),
+    );
+    let (code, _) = api.get(&format!("/v1/users/u/notifications?cursor={ahead}")).await;
+    assert_eq!(code, 400);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_a_created_at_far_off_are_still_listed_and_counted() {
+    let (h, _cql, args) = migrated(&["--sms-rate-limit", "off"]).await;
+    let herald = h.start(&refs(&[args.clone(), ["--delivery", "dry-run"].map(str::to_owned).to_vec()].concat()));
+    let api = ApiRun::start(&h, &args);
+    let user = "skewed";
+    let mut ahead = sms("ahead", user, "+14155550100", "clock two days fast");
+    ahead.created_at = Utc::now() + chrono::Duration::days(2);
+    let mut old = sms("old", user, "+14155550100", "replayed from last quarter");
+    old.created_at = Utc::now() - chrono::Duration::days(90);
+    let mut seconds = sms("seconds", user, "+14155550100", "seconds for milliseconds");
+    seconds.created_at = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp()).unwrap();
+    let normal = sms("normal", user, "+14155550100", "fine");
+    for r in [&ahead, &old, &seconds, &normal] {
+        h.send(r).await;
+    }
+    for id in ["ahead", "old", "seconds", "normal"] {
+        api.until_status(id, "SENT").await;
+    }
+    let page = api.get(&format!("/v1/users/{user}/notifications?limit=100")).await.1;
+    let mut listed: Vec<&str> = page["notifications"].as_array().unwrap().iter().map(|n| n["event_id"].as_str().unwrap()).collect();
+    listed.sort_unstable();
+    assert_eq!(listed, ["ahead", "normal", "old", "seconds"], "{page}");
+    let stats = api.get(&format!("/v1/users/{user}/stats")).await.1;
+    let sms_stats = stats["channels"].as_array().unwrap().iter().find(|c| c["channel"] == "SMS").unwrap().clone();
+    assert_eq!(sms_stats["sent_last_hour"], 4, "{stats}");
+    api.stop().await;
+    herald.stop().await.unwrap();
+}

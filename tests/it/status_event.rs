@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use herald::model::{Encoding, Status};
 use herald_testkit::fake::Reply;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
 use crate::support::*;
 
@@ -53,6 +53,8 @@ fn traced(traceparent: &str) -> OwnedHeaders {
         .insert(Header { key: "tracestate", value: Some("vendor=1") })
         .insert(Header { key: "X-Correlation-Id", value: Some("order-42") })
         .insert(Header { key: "not-propagated", value: Some("secret-ish") })
+        // W3C allows one: the first is the trace.
+        .insert(Header { key: "traceparent", value: Some("00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-01") })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,6 +85,7 @@ async fn trace_headers_follow_a_request_to_its_statuses_retries_and_dead_letter(
         assert_eq!(header(m, "tracestate"), Some("vendor=1"));
         assert_eq!(header(m, "X-Correlation-Id"), Some("order-42"), "named by --propagate-headers, in any case");
         assert_eq!(header(m, "not-propagated"), None);
+        assert_eq!(m.headers().map(|h| h.iter().filter(|h| h.key == "traceparent").count()), Some(1), "one traceparent");
     }
     for topic in &h.topics.retries {
         let copies = h.reader(topic).read_to_end(Duration::from_secs(30)).await.to_vec();
