@@ -285,7 +285,12 @@ fn error_class_index(c: ErrorClass) -> usize {
 
 /// Writes a status event with the bundled schema, by hand (see `binary`).
 pub fn encode_status(schema_id: u32, e: &StatusEvent) -> Vec<u8> {
-    let strings = e.event_id.len() + e.user_id.len() + e.error_message.as_ref().map_or(0, String::len);
+    let strings = e.event_id.len()
+        + e.user_id.len()
+        + e.error_message.as_ref().map_or(0, String::len)
+        + e.recipient.as_ref().map_or(0, String::len)
+        + e.origin.as_ref().map_or(0, |o| o.topic.len() + 16)
+        + e.tried.len() * 32;
     let mut w = binary::Writer { buf: Vec::with_capacity(HEADER_LEN + 64 + strings) };
     w.buf.push(MAGIC);
     w.buf.extend_from_slice(&schema_id.to_be_bytes());

@@ -332,7 +332,7 @@ impl Pipeline {
         if let (None, Outcome::Undecodable(reason)) = (&ids, &outcome) {
             tracing::warn!(message = "Undecodable record dead-lettered.", topic = record.topic, partition = record.partition, offset = record.offset, %reason);
         }
-        self.publisher.publish(record, ids.as_ref(), &outcome, attempts, now, suppress.as_ref())
+        self.publisher.publish(record, ids, &outcome, attempts, now, suppress.as_ref())
     }
 }
 

@@ -107,7 +107,7 @@ impl Publisher {
     pub fn publish(
         &self,
         record: &Consumed,
-        ids: Option<&Ids>,
+        ids: Option<Ids>,
         outcome: &Outcome,
         attempts: u32,
         now: DateTime<Utc>,

@@ -10,7 +10,7 @@ use crate::record::ErrorHeaders;
 /// [`Outcome::error`]; `attempts` is the number of delivery attempts made
 /// once the outcome was reached ([`Outcome::attempts_after`]); `origin` is
 /// where the request entered herald.
-pub fn status_event(ids: &Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, attempts: u32, now: DateTime<Utc>, origin: Origin) -> Option<StatusEvent> {
+pub fn status_event(ids: Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, attempts: u32, now: DateTime<Utc>, origin: Origin) -> Option<StatusEvent> {
     let status = outcome.status()?;
     let (provider, provider_message_id) = match outcome {
         Outcome::Sent(d) => (Some(d.provider), d.message_id.clone()),
@@ -20,8 +20,8 @@ pub fn status_event(ids: &Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, 
         _ => (None, None),
     };
     Some(StatusEvent {
-        event_id: ids.event_id.clone(),
-        user_id: ids.user_id.clone(),
+        event_id: ids.event_id,
+        user_id: ids.user_id,
         channel: ids.channel,
         status,
         attempt: attempts,
@@ -32,11 +32,11 @@ pub fn status_event(ids: &Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, 
         error_message: error.map(|e| e.message.clone()),
         occurred_at: now,
         next_attempt_at: outcome.next_attempt_at(),
-        recipient: ids.recipient.clone(),
+        recipient: ids.recipient,
         created_at: ids.created_at,
         scheduled_at: ids.scheduled_at,
         sms: ids.sms,
         origin: Some(origin),
-        tried: ids.tried.clone(),
+        tried: ids.tried,
     })
 }
