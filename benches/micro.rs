@@ -62,6 +62,13 @@ fn codec(c: &mut Criterion) {
         error_message: None,
         occurred_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
         next_attempt_at: None,
+        // What an SMS's status carries since the enrichment.
+        recipient: Some("+*******0100".into()),
+        created_at: Some(Utc.timestamp_millis_opt(1_699_999_999_000).unwrap()),
+        scheduled_at: None,
+        sms: Some(herald::model::SmsCost { segments: 1, encoding: herald::model::Encoding::Gsm7 }),
+        origin: Some(herald::model::Origin { topic: "notification.requested".into(), partition: 3, offset: 123_456_789 }),
+        tried: Vec::new(),
     };
     c.bench_function("status: encode (herald's writer)", |b| b.iter(|| codec::encode_status(0, black_box(&status))));
 }

@@ -29,6 +29,10 @@ pub trait Followed: Send + Sync + 'static {
     /// skipped: one bad record must not stop every delivery.
     fn apply(&self, message: &BorrowedMessage<'_>);
     fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -150,7 +150,7 @@ impl Store {
 
 /// Oldest first, in the order a notification lives through them.
 fn sort(events: &mut [StatusEvent]) {
-    events.sort_by(|a, b| (a.attempt, a.status.stage(), a.occurred_at).cmp(&(b.attempt, b.status.stage(), b.occurred_at)));
+    events.sort_by_key(|e| (e.attempt, e.status.stage(), e.occurred_at));
 }
 
 /// One notification as the store knows it.
