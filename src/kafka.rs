@@ -57,7 +57,9 @@ pub fn max_poll_interval(config: &Settings) -> Duration {
 /// by the caller, committed in the background.
 pub fn consumer_config_in(config: &Settings, group: &str) -> ClientConfig {
     let mut c = consumer_config(config);
-    c.set("group.id", group);
+    // No lag metrics there: rdkafka's default context would log every
+    // statistics report, at info, every five seconds.
+    c.set("group.id", group).set("statistics.interval.ms", "0");
     c
 }
 
