@@ -95,13 +95,16 @@ async fn migrated(extra: &[&str]) -> (Harness, Cql, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outcome_can_be_asked_for_and_the_stats_match_what_was_sent() {
-    let (h, _cql, args) = migrated(&["--sms-rate-limit", "5/1h"]).await;
+    let (h, _cql, args) = migrated(&["--sms-rate-limit", "5/1h", "--push-rate-limit", "1/1h", "--push-over-limit", "defer"]).await;
     let herald = h.start(&refs(&args));
     let api = ApiRun::start(&h, &args);
     h.twilio.script("+14155550102", [Reply::fail(400, "21211")]);
     h.twilio.script("+14155550103", vec![Reply::fail(503, "20503"); 4]);
+    h.twilio.script("+14155550104", [Reply::fail(400, "21610")]);
     h.cancel("cancelled").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another user's STOP suppresses the number for everyone.
+    h.send(&sms("stopped", "other", "+14155550104", "hi")).await;
+    h.statuses().terminal(Duration::from_secs(30), &["stopped".into()]).await;
 
     let user = "asker";
     let mut later = sms("later", user, "+14155550100", "in an hour");
@@ -120,6 +123,9 @@ async fn every_outcome_can_be_asked_for_and_the_stats_match_what_was_sent() {
         sms("cancelled", user, "+14155550100", "cancelled"),
         later,
         push("pushed", user, "device-token-1", "t", "b"),
+        // The push window (1 an hour, deferring) is full now.
+        push("deferred", user, "device-token-1", "t", "again"),
+        sms("suppressed", user, "+14155550104", "opted out"),
     ];
     let start = Utc::now();
     let mut requests = requests;
@@ -140,10 +146,12 @@ async fn every_outcome_can_be_asked_for_and_the_stats_match_what_was_sent() {
         ("cancelled", "CANCELLED"),
         ("later", "SCHEDULED"),
         ("pushed", "SENT"),
+        ("deferred", "DEFERRED"),
+        ("suppressed", "SUPPRESSED"),
     ]
     .into();
     let mut statuses = h.statuses();
-    let terminal: Vec<String> = expected.keys().filter(|id| **id != "later").map(|id| id.to_string()).collect();
+    let terminal: Vec<String> = expected.keys().filter(|id| !["later", "deferred"].contains(id)).map(|id| id.to_string()).collect();
     statuses.terminal(Duration::from_secs(30), &terminal).await;
 
     for (id, status) in &expected {
@@ -171,7 +179,8 @@ async fn every_outcome_can_be_asked_for_and_the_stats_match_what_was_sent() {
     let first_sent: chrono::DateTime<Utc> = api.get("/v1/notifications/sent-1").await.1["history"][0]["occurred_at"].as_str().unwrap().parse().unwrap();
     assert!((frees - first_sent - chrono::Duration::hours(1)).num_seconds().abs() <= 5, "frees at {frees}, first sent at {first_sent}");
     let push_stats = stats["channels"].as_array().unwrap().iter().find(|c| c["channel"] == "PUSH").unwrap();
-    assert_eq!(push_stats["sent_today"], 1);
+    assert_eq!((push_stats["sent_today"].as_u64(), push_stats["pending"].as_u64()), (Some(1), Some(1)), "the deferred one waits: {push_stats}");
+    assert_eq!((push_stats["windows"][0]["used"].as_u64(), push_stats["windows"][0]["remaining"].as_u64()), (Some(1), Some(0)));
 
     // Newest first, three at a time, every notification once.
     let mut listed = Vec::new();
