@@ -7,26 +7,51 @@ use std::fmt;
 /// (`+*******0100`, `…a1b2`).
 pub struct Masked<'a>(pub &'a str);
 
+impl Masked<'_> {
+    /// The masked form's pieces: a lead (`+` or `…`), how many stars, and
+    /// the characters kept.
+    fn parts(&self) -> (&'static str, usize, &str) {
+        let value = self.0;
+        // Numbers and tokens are ASCII: no need to walk characters.
+        let (chars, keep, tail_at) = if value.is_ascii() {
+            let keep = if value.len() > 8 { 4 } else { 0 };
+            (value.len(), keep, value.len() - keep)
+        } else {
+            let chars = value.chars().count();
+            let keep = if chars > 8 { 4 } else { 0 };
+            (chars, keep, value.char_indices().nth(chars - keep).map_or(value.len(), |(at, _)| at))
+        };
+        let tail = &value[tail_at..];
+        match value.starts_with('+') {
+            true => ("+", chars.saturating_sub(keep + 1), tail),
+            false => ("…", 0, tail),
+        }
+    }
+
+    /// The masked form as a string of its own, allocated once: every
+    /// status event carries one.
+    pub fn into_string(self) -> String {
+        let (lead, stars, tail) = self.parts();
+        let mut out = String::with_capacity(lead.len() + stars + tail.len());
+        out.push_str(lead);
+        out.extend(std::iter::repeat_n('*', stars));
+        out.push_str(tail);
+        out
+    }
+}
+
 impl fmt::Display for Masked<'_> {
-    // Every status event carries a masked recipient: written without
-    // allocating.
+    // Logs mask recipients too: written without allocating.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const STARS: &str = "****************************************************************";
-        let chars = self.0.chars().count();
-        let keep = if chars > 8 { 4 } else { 0 };
-        let tail = self.0.char_indices().nth(chars - keep).map_or("", |(at, _)| &self.0[at..]);
-        if self.0.starts_with('+') {
-            f.write_str("+")?;
-            let mut stars = chars.saturating_sub(keep + 1);
-            while stars > 0 {
-                let n = stars.min(STARS.len());
-                f.write_str(&STARS[..n])?;
-                stars -= n;
-            }
-            f.write_str(tail)
-        } else {
-            write!(f, "…{tail}")
+        let (lead, mut stars, tail) = self.parts();
+        f.write_str(lead)?;
+        while stars > 0 {
+            let n = stars.min(STARS.len());
+            f.write_str(&STARS[..n])?;
+            stars -= n;
         }
+        f.write_str(tail)
     }
 }
 
@@ -55,6 +80,13 @@ mod tests {
         let long = format!("+{}", "1".repeat(100));
         assert_eq!(Masked(&long).to_string(), format!("+{}1111", "*".repeat(96)));
         assert_eq!(Masked("tökén-with-ünïcode-ëñd").to_string(), "…-ëñd");
+    }
+
+    #[test]
+    fn the_string_is_what_display_writes() {
+        for value in ["+14155550100", "fcm-token-abcdef123456", "tökén-with-ünïcode-ëñd", "+1234", "abc", "", "+", "+ünï-1234567", "12345678", "123456789"] {
+            assert_eq!(Masked(value).into_string(), Masked(value).to_string(), "{value:?}");
+        }
     }
 
     #[test]

@@ -39,8 +39,23 @@ impl Request {
         Ids {
             event_id: self.event_id.clone(),
             user_id: self.user_id.clone(),
+            ..self.ids_but_names()
+        }
+    }
+
+    /// [`Request::ids`], taking the ids rather than copying them, for a
+    /// request that is done with.
+    pub fn into_ids(self) -> Ids {
+        let rest = self.ids_but_names();
+        Ids { event_id: self.event_id, user_id: self.user_id, ..rest }
+    }
+
+    fn ids_but_names(&self) -> Ids {
+        Ids {
+            event_id: String::new(),
+            user_id: String::new(),
             channel: Some(self.channel),
-            recipient: Some(crate::mask::Masked(&self.recipient).to_string()),
+            recipient: Some(crate::mask::Masked(&self.recipient).into_string()),
             created_at: Some(self.created_at),
             scheduled_at: self.scheduled_at,
             sms: None,

@@ -216,7 +216,7 @@ impl Pipeline {
             Ok(prepared) => prepared,
             Err(reason) => return settled(ids(), Outcome::Invalid(reason)),
         };
-        let ids = || Some(about(&request, &prepared, Vec::new()));
+        let ids = || Some(about(request.ids(), &prepared, Vec::new()));
         if request.scheduled_at.is_some_and(|t| (t - now).to_std().is_ok_and(|ahead| ahead > self.max_schedule_ahead)) {
             return settled(ids(), Outcome::Invalid(InvalidReason::ScheduledTooFar { max: self.max_schedule_ahead }));
         }
@@ -280,7 +280,7 @@ impl Pipeline {
                 if let Some(Sent { delivered, attempt }) = self.ledger.sent(record.partition, &request.event_id) {
                     tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = request.event_id, attempt);
                     let outcome = Outcome::Sent(delivered);
-                    return Ok(Resolved { ids: Some(about(&request, &prepared, Vec::new())), outcome, attempts: attempt, now, suppress: None });
+                    return Ok(Resolved { ids: Some(about(request.into_ids(), &prepared, Vec::new())), outcome, attempts: attempt, now, suppress: None });
                 }
                 Err(ToDeliver { request, prepared, attempt })
             }
@@ -322,7 +322,7 @@ impl Pipeline {
             self.suppressions.apply(&change);
             change
         });
-        Resolved { ids: Some(about(&request, prepared, tried)), outcome, attempts, now, suppress }
+        Resolved { ids: Some(about(request.into_ids(), prepared, tried)), outcome, attempts, now, suppress }
     }
 
     /// Hands the outcome to the producer now; the future completes once it
@@ -337,12 +337,12 @@ impl Pipeline {
 }
 
 /// What the status events of a checked request say about it.
-fn about(request: &Request, prepared: &Prepared, tried: Vec<Tried>) -> Ids {
+fn about(ids: Ids, prepared: &Prepared, tried: Vec<Tried>) -> Ids {
     let sms = match prepared {
         Prepared::Sms(text) => Some(SmsCost { segments: text.segments.parts as u32, encoding: text.segments.encoding }),
         Prepared::Push(_) => None,
     };
-    Ids { sms, tried, ..request.ids() }
+    Ids { sms, tried, ..ids }
 }
 
 /// A validated request whose provider call is still to be made.

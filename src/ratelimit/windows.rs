@@ -3,17 +3,29 @@
 //! it as Kafka partitions come and go.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 
 use chrono::{DateTime, Duration, Utc};
 
 use super::limit::RateLimit;
 use crate::model::Channel;
 
-/// One counted event.
+/// One counted event, as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counted {
     pub at: DateTime<Utc>,
     pub event_id: String,
+}
+
+/// One counted event, as the windows keep it: the event id as a keyed
+/// 64-bit hash, so the redelivery check compares integers in the window's
+/// own buffer rather than following a pointer per event to compare
+/// strings. Two ids of one user's window colliding (about 10 in 2^64 per
+/// check) would let the second pass uncounted.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    at: DateTime<Utc>,
+    id: u64,
 }
 
 /// What a check did to the windows.
@@ -37,6 +49,8 @@ pub struct Windows {
     horizon: [Option<Duration>; Channel::ALL.len()],
     /// User ids come from producers: a fast hasher, seeded at random.
     users: HashMap<String, User, foldhash::fast::RandomState>,
+    /// Seeded at random, so producers cannot aim ids at one another.
+    ids: foldhash::quality::RandomState,
     checks_since_sweep: usize,
 }
 
@@ -45,7 +59,7 @@ struct User {
     /// from, so its owner's departure can forget them.
     partition: i32,
     /// Per channel, counted events, oldest first.
-    counted: [VecDeque<Counted>; Channel::ALL.len()],
+    counted: [VecDeque<Seen>; Channel::ALL.len()],
 }
 
 /// Idle users are forgotten every this many checks, or every as many
@@ -64,7 +78,7 @@ impl Windows {
                 .collect::<Vec<_>>()
         });
         let horizon = Channel::ALL.map(|c| limits[c.index()].iter().map(|(_, length)| *length).max());
-        Windows { limits, horizon, users: HashMap::default(), checks_since_sweep: 0 }
+        Windows { limits, horizon, users: HashMap::default(), ids: Default::default(), checks_since_sweep: 0 }
     }
 
     pub fn is_limited(&self, channel: Channel) -> bool {
@@ -77,7 +91,7 @@ impl Windows {
         let mut user = User { partition, counted: Default::default() };
         for (channel, counted) in rows {
             if self.horizon[channel.index()].is_some_and(|h| counted.at + h > now) {
-                user.counted[channel.index()].push_back(counted);
+                user.counted[channel.index()].push_back(Seen { at: counted.at, id: self.ids.hash_one(&counted.event_id) });
             }
         }
         for counted in &mut user.counted {
@@ -103,11 +117,12 @@ impl Windows {
             Some(user) => user,
             None => self.users.entry(user_id.to_owned()).or_insert(User { partition, counted: Default::default() }),
         };
+        let id = self.ids.hash_one(event_id);
         let counted = &mut user.counted[channel.index()];
         while counted.front().is_some_and(|c| c.at + horizon <= now) {
             counted.pop_front();
         }
-        if counted.iter().any(|c| c.event_id == event_id) {
+        if counted.iter().any(|c| c.id == id) {
             return Checked::AlreadyCounted;
         }
         // For each full window, room appears when the event `max` places
@@ -120,7 +135,7 @@ impl Windows {
         if let Some(until) = until {
             return Checked::Denied { until };
         }
-        counted.push_back(Counted { at: now, event_id: event_id.to_owned() });
+        counted.push_back(Seen { at: now, id });
         Checked::Counted(now)
     }
 

@@ -78,20 +78,10 @@ pub fn encoding(body: &str) -> Encoding {
 }
 
 pub fn segments(body: &str) -> Segments {
-    // One pass for what most bodies need: the units in each encoding, and
-    // whether any character takes two (an escape, a surrogate pair).
-    let (mut gsm7, mut gsm7_doubles) = (Some(0usize), false);
-    let (mut utf16, mut chars) = (0usize, 0usize);
-    for c in body.chars() {
-        chars += 1;
-        utf16 += c.len_utf16();
-        if let Some(units) = gsm7 {
-            gsm7 = gsm7_units(c).map(|u| {
-                gsm7_doubles |= u == 2;
-                units + u
-            });
-        }
-    }
+    let (gsm7, gsm7_doubles, utf16, chars) = match ascii_units(body.as_bytes()) {
+        Some((units, doubles)) => (Some(units), doubles, body.len(), body.len()),
+        None => units_by_char(body),
+    };
     let (encoding, total, doubles, single, per_part) = match gsm7 {
         Some(units) => (Encoding::Gsm7, units, gsm7_doubles, 160, 153),
         None => (Encoding::Ucs2, utf16, utf16 != chars, 70, 67),
@@ -119,6 +109,41 @@ pub fn segments(body: &str) -> Segments {
         parts
     };
     Segments { encoding, units: total, parts }
+}
+
+/// GSM-7 units of an all-GSM-7 ASCII body, and whether any takes two;
+/// `None` for any other body. Most bodies are ASCII: a byte at a time,
+/// without decoding characters.
+fn ascii_units(body: &[u8]) -> Option<(usize, bool)> {
+    let (mut units, mut doubles) = (0usize, false);
+    for &b in body {
+        let u = *ASCII_UNITS.get(b as usize)?;
+        if u == 0 {
+            return None;
+        }
+        units += u as usize;
+        doubles |= u == 2;
+    }
+    Some((units, doubles))
+}
+
+/// One pass for what other bodies need: GSM-7 units (`None` when GSM-7
+/// cannot carry the body), whether any character takes two units (an
+/// escape, a surrogate pair), UTF-16 units and characters.
+fn units_by_char(body: &str) -> (Option<usize>, bool, usize, usize) {
+    let (mut gsm7, mut gsm7_doubles) = (Some(0usize), false);
+    let (mut utf16, mut chars) = (0usize, 0usize);
+    for c in body.chars() {
+        chars += 1;
+        utf16 += c.len_utf16();
+        if let Some(units) = gsm7 {
+            gsm7 = gsm7_units(c).map(|u| {
+                gsm7_doubles |= u == 2;
+                units + u
+            });
+        }
+    }
+    (gsm7, gsm7_doubles, utf16, chars)
 }
 
 /// `body` cut to at most `max` characters, ending in an ellipsis, at a
@@ -179,6 +204,27 @@ mod tests {
         ];
         for (body, expected, why) in rows {
             assert_eq!(segments(&body), expected, "{why}: {body:?}");
+        }
+    }
+
+    #[test]
+    fn the_ascii_shortcut_agrees_with_the_character_walk() {
+        // Every ASCII byte, alone and in bodies around the segment edges,
+        // with and without extension characters and bytes GSM-7 lacks.
+        let mut bodies: Vec<String> = (0u8..128).map(|b| (b as char).to_string()).collect();
+        for len in [152, 153, 154, 159, 160, 161, 306, 307] {
+            for extra in ["", "{", "`", "\u{7f}", "é"] {
+                bodies.push(format!("{}{extra}", "a".repeat(len)));
+                bodies.push(format!("{extra}{}", "b".repeat(len)));
+            }
+        }
+        for body in bodies {
+            let walked = units_by_char(&body);
+            let ascii = ascii_units(body.as_bytes());
+            match ascii {
+                Some((units, doubles)) => assert_eq!((Some(units), doubles, body.len(), body.len()), walked, "{body:?}"),
+                None => assert!(walked.0.is_none() || !body.is_ascii(), "{body:?} is GSM-7 ASCII but took the walk"),
+            }
         }
     }
 
