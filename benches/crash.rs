@@ -190,6 +190,7 @@ async fn produce(bootstrap: &str, topic: &str, count: usize) -> Vec<String> {
         .map(|i| {
             let id = format!("c-{i:06}");
             Request {
+                prefs: Default::default(),
                 event_id: id.clone(),
                 user_id: format!("user-{}", i % 1000),
                 channel: Channel::Sms,

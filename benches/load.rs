@@ -686,6 +686,7 @@ fn request(i: usize) -> Request {
         "It will arrive on Thursday between 9:00 and 12:00. Tap to track it or to choose another delivery slot."
     };
     Request {
+        prefs: Default::default(),
         event_id: format!("bench-{i:09}"),
         user_id: format!("user-{:05}", i % users),
         channel,

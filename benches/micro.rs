@@ -21,6 +21,7 @@ use herald::topics::Topics;
 
 fn request() -> Request {
     Request {
+        prefs: Default::default(),
         event_id: "bench-000000001".into(),
         user_id: "user-00001".into(),
         channel: Channel::Sms,
@@ -50,6 +51,7 @@ fn codec(c: &mut Criterion) {
         b.iter(|| codec::encode_request(&schemas.request, 1, black_box(&request())).unwrap())
     });
     let status = StatusEvent {
+        locale: None,
         event_id: "bench-000000001".into(),
         user_id: "user-00001".into(),
         channel: Some(Channel::Sms),

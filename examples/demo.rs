@@ -17,7 +17,7 @@ use chrono::Utc;
 use clap::Parser;
 use futures::StreamExt;
 use herald::codec::{self, Bundled};
-use herald::model::{AndroidOverrides, AndroidPriority, Channel, Content, Request, Status, StatusEvent};
+use herald::model::{AndroidOverrides, AndroidPriority, Channel, Content, Prefs, Priority, Request, Status, StatusEvent};
 use herald::record::envelope::ERROR_CODE;
 use herald::Config;
 use herald_testkit::fake::Reply;
@@ -27,6 +27,38 @@ use rdkafka::message::Message;
 
 /// Delays of the three retry topics; production uses 10m, 20m, 40m.
 const RETRY_DELAYS: &str = "1s,2s,4s";
+const QUIET_HOURS: &str = "21:00-08:00";
+/// The templates shipped with herald, as an example.
+const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates");
+
+/// Zones spread round the world: at any moment it is well into the day
+/// in one of them, and well into the night in another.
+const ZONES: [chrono_tz::Tz; 9] = [
+    chrono_tz::Pacific::Kiritimati,
+    chrono_tz::Pacific::Auckland,
+    chrono_tz::Asia::Tokyo,
+    chrono_tz::Asia::Kolkata,
+    chrono_tz::Europe::Lisbon,
+    chrono_tz::America::Sao_Paulo,
+    chrono_tz::America::New_York,
+    chrono_tz::America::Los_Angeles,
+    chrono_tz::Pacific::Honolulu,
+];
+
+struct Zones {
+    /// Between 10:00 and 18:00 now: far from the quiet hours either way.
+    day: chrono_tz::Tz,
+    /// Between 22:00 and 06:00 now: deep in them.
+    night: chrono_tz::Tz,
+}
+
+impl Zones {
+    fn now() -> Zones {
+        let hour = |zone: &chrono_tz::Tz| chrono::Timelike::hour(&Utc::now().with_timezone(zone));
+        let find = |ok: fn(u32) -> bool| *ZONES.iter().find(|z| ok(hour(z))).expect("the zones cover every hour");
+        Zones { day: find(|h| (10..18).contains(&h)), night: find(|h| !(6..22).contains(&h)) }
+    }
+}
 
 #[derive(Parser)]
 struct Args {
@@ -56,7 +88,8 @@ async fn main() -> std::process::ExitCode {
     let providers = Providers::start().await;
     script(&providers);
     let names = Names::new(&broker);
-    let config = herald_config(&broker, &names, &providers, &cql);
+    let zones = Zones::now();
+    let config = herald_config(&broker, &names, &providers, &cql, &zones);
     // The producers' topic exists before herald, with as many partitions as
     // the topics herald creates.
     kafka::create_topics(&broker.bootstrap, &[&names.requested], config.topics.topic_partitions).await;
@@ -68,7 +101,7 @@ async fn main() -> std::process::ExitCode {
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the admin listener");
-    let listeners = herald::Listeners { admin: Some(admin_listener), receipts: None };
+    let listeners = herald::Provided { admin: Some(admin_listener), ..Default::default() };
     let app = match herald::App::build(config.clone(), listeners).await {
         Ok(app) => app,
         Err(e) => {
@@ -87,12 +120,13 @@ async fn main() -> std::process::ExitCode {
     let (samples, followups) = run_samples(&sender, &mut statuses, started).await;
     let replayed = replay_the_outage(&config, &mut statuses, started).await;
     let asked = ask_herald(&config, &sender, &mut statuses, started).await;
+    let local = quiet_hours_and_templates(&sender, &mut statuses, started, &providers, &zones).await;
     let load = bulk_load(&sender, &mut statuses, started, args.load).await;
     print_metrics(&admin).await;
     let _ = stop.send(());
     let stopped = herald.await.expect("herald task");
 
-    let mut ok = stopped.is_ok() && replayed && asked;
+    let mut ok = stopped.is_ok() && replayed && asked && local;
     ok &= samples_verdict(&statuses, &samples, &followups, &providers, &broker, &names).await;
     ok &= load.verdict(&statuses);
     ok &= committed_verdict(&broker, &names).await;
@@ -206,6 +240,60 @@ async fn ask_herald(config: &Config, sender: &Sender, statuses: &mut StatusLog, 
     ok
 }
 
+/// Quiet hours, in a zone where it is night now: a NORMAL SMS waits for
+/// the morning there, an URGENT one goes at once. Then a push built from
+/// `templates/` in the recipient's language.
+async fn quiet_hours_and_templates(sender: &Sender, statuses: &mut StatusLog, started: Instant, providers: &Providers, zones: &Zones) -> bool {
+    let night = zones.night;
+    let local = Utc::now().with_timezone(&night);
+    println!("
+quiet hours ({QUIET_HOURS}, --sms-quiet-hours): it is {} in {night}", local.format("%H:%M"));
+    let in_zone = |mut r: Request, priority: Priority| {
+        r.prefs = Prefs { time_zone: Some(night.name().into()), priority, ..Prefs::default() };
+        r
+    };
+    sender.send(in_zone(sms("night-owl", "lee", "+14155550107", "Your parcel arrives tomorrow"), Priority::Normal)).await;
+    sender.send(in_zone(sms("login-code", "lee", "+14155550108", "Your code is 481516"), Priority::Urgent)).await;
+    let mut ok = statuses.until_status("night-owl", Status::Deferred, started, Duration::from_secs(30)).await;
+    ok &= statuses.until_terminal_is("login-code", Status::Sent, started).await;
+    let deferred = statuses.events.iter().find(|e| e.event_id == "night-owl" && e.status == Status::Deferred);
+    let expected = match QUIET_HOURS.parse::<herald::quiet::Quiet>() {
+        Ok(herald::quiet::Quiet::Window(w)) => deferred.map(|d| w.next_end(night, d.occurred_at)),
+        _ => None,
+    };
+    match deferred.and_then(|d| d.next_attempt_at) {
+        Some(next) if Some(next) == expected => {
+            println!("night-owl waits until {} in {night} ({next}); login-code, URGENT, went at once", next.with_timezone(&night).format("%H:%M %Z"))
+        }
+        other => {
+            println!("night-owl should wait until {expected:?}, not {other:?}");
+            ok = false;
+        }
+    }
+
+    println!("
+templates (--templates-dir templates): order_shipped for a pt-BR phone");
+    let mut parcel = push("parcel-pt", "ana", "token-ana-pt", "", "");
+    parcel.content.template_id = Some("order_shipped".into());
+    parcel.content.template_vars = [("name", "Ana"), ("order", "#1042"), ("eta", "amanhã")].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+    parcel.prefs.locale = Some("pt-BR".into());
+    sender.send(parcel).await;
+    ok &= statuses.until_terminal_is("parcel-pt", Status::Sent, started).await;
+    let locale = statuses.events.iter().rev().find(|e| e.event_id == "parcel-pt").and_then(|e| e.locale.clone());
+    let sent = providers.fcm.requests().into_iter().filter_map(|r| r.json).find(|j| j["message"]["token"] == "token-ana-pt");
+    match (locale.as_deref(), sent) {
+        (Some("pt"), Some(json)) => {
+            let n = &json["message"]["notification"];
+            println!("locale pt-BR → pt (the files there); FCM got title {} body {}", n["title"], n["body"]);
+        }
+        (locale, sent) => {
+            println!("parcel-pt: locale {locale:?}, FCM request {sent:?}");
+            ok = false;
+        }
+    }
+    ok
+}
+
 /// A few of the lines Prometheus scrapes from `/metrics`.
 async fn print_metrics(admin: &str) {
     let Ok(body) = reqwest::get(format!("{admin}/metrics")).await.and_then(|r| r.error_for_status()) else {
@@ -258,7 +346,7 @@ impl Names {
     }
 }
 
-fn herald_config(broker: &Broker, names: &Names, providers: &Providers, cql: &Cql) -> Config {
+fn herald_config(broker: &Broker, names: &Names, providers: &Providers, cql: &Cql, zones: &Zones) -> Config {
     let mut argv: Vec<String> = [
         "herald",
         "--brokers",
@@ -279,6 +367,13 @@ fn herald_config(broker: &Broker, names: &Names, providers: &Providers, cql: &Cq
         &names.retries,
         "--retry-delays",
         RETRY_DELAYS,
+        "--sms-quiet-hours",
+        QUIET_HOURS,
+        // The samples' recipients name no zone: one where it is day now.
+        "--default-time-zone",
+        zones.day.name(),
+        "--templates-dir",
+        TEMPLATES,
     ]
     .map(str::to_owned)
     .into();
@@ -486,6 +581,7 @@ fn followups() -> Vec<Sample> {
 
 fn request(event_id: &str, user: &str, channel: Channel, recipient: &str, title: Option<&str>, body: &str) -> Request {
     Request {
+        prefs: Default::default(),
         event_id: event_id.into(),
         user_id: user.into(),
         channel,
@@ -531,6 +627,16 @@ impl StatusLog {
             }
             self.events.push(event);
         }
+    }
+
+    /// Waits for `id`'s final status; says whether it is `status`.
+    async fn until_terminal_is(&mut self, id: &str, status: Status, started: Instant) -> bool {
+        self.until_terminal(&[id.to_owned()], started, Duration::from_secs(30)).await;
+        let last = self.events.iter().rev().find(|e| e.event_id == id && e.status.is_terminal()).map(|e| e.status);
+        if last != Some(status) {
+            println!("{id} ended {last:?}, not {}", status.symbol());
+        }
+        last == Some(status)
     }
 
     /// Waits for `id` to be sent, after the final status it already had;

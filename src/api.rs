@@ -218,6 +218,8 @@ pub struct NotificationView {
     pub scheduled_at: Option<DateTime<Utc>>,
     pub sms_segments: Option<u32>,
     pub sms_encoding: Option<String>,
+    /// The locale of the template the text was built from, if any.
+    pub locale: Option<String>,
     /// Oldest first.
     pub history: Vec<StatusView>,
 }
@@ -237,6 +239,7 @@ impl From<&Notification> for NotificationView {
             scheduled_at: n.history.iter().find_map(|e| e.scheduled_at),
             sms_segments: n.history.iter().rev().find_map(|e| e.sms.map(|c| c.segments)),
             sms_encoding: n.history.iter().rev().find_map(|e| e.sms.map(|c| c.encoding.symbol().to_owned())),
+            locale: latest(|e| e.locale.clone()),
             history: n.history.iter().map(StatusView::from).collect(),
         }
     }

@@ -12,7 +12,7 @@ use apache_avro::Schema;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::model::{
-    AndroidOverrides, AndroidPriority, ApnsOverrides, Channel, Content, Encoding, ErrorClass, ErrorCode, Origin, Provider, Request, SmsCost, Status,
+    AndroidOverrides, AndroidPriority, ApnsOverrides, Channel, Content, Encoding, ErrorClass, ErrorCode, Origin, Prefs, Priority, Provider, Request, SmsCost, Status,
     StatusEvent, Tried,
 };
 
@@ -111,6 +111,15 @@ pub fn read_request(datum: &[u8]) -> Result<Request, RequestError> {
     let apns = r.optional(read_apns)?;
     let scheduled_at = r.optional(binary::Reader::long)?;
     let created_at = r.long()?;
+    // A writer with the schema before these fields ends here: defaults.
+    let (mut prefs, mut template_id) = (Prefs::default(), None);
+    if !r.is_empty() {
+        prefs.time_zone = r.optional(binary::Reader::string)?;
+        prefs.locale = r.optional(binary::Reader::string)?;
+        // Past the known symbols: one this reader lacks, read as UNKNOWN.
+        prefs.priority = Priority::KNOWN.get(r.enum_index()?).copied().unwrap_or_default();
+        template_id = r.optional(binary::Reader::string)?;
+    }
     let Some(&channel) = Channel::ALL.get(channel) else {
         return Err(RequestError::UnknownChannel { event_id, user_id, symbol: "UNKNOWN".into() });
     };
@@ -119,9 +128,10 @@ pub fn read_request(datum: &[u8]) -> Result<Request, RequestError> {
         user_id,
         channel,
         recipient,
-        content: Content { title, body, template_vars, data, android, apns },
+        content: Content { title, body, template_id, template_vars, data, android, apns },
         scheduled_at: scheduled_at.map(|ms| millis(ms).ok_or(FieldError::Missing("scheduled_at"))).transpose()?,
         created_at: millis(created_at).ok_or(FieldError::Missing("created_at"))?,
+        prefs,
     })
 }
 
@@ -196,6 +206,7 @@ pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
         content: Content {
             title: take_string(&mut content, "title"),
             body: take_string(&mut content, "body").ok_or(FieldError::Missing("content.body"))?,
+            template_id: take_string(&mut fields, "template_id"),
             template_vars: take_string_map(&mut content, "template_vars"),
             data: take_string_map(&mut content, "data"),
             android: content.remove("android").and_then(android_from_value),
@@ -203,6 +214,11 @@ pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
         },
         scheduled_at: take_time(&mut fields, "scheduled_at"),
         created_at: take_time(&mut fields, "created_at").ok_or(FieldError::Missing("created_at"))?,
+        prefs: Prefs {
+            time_zone: take_string(&mut fields, "time_zone"),
+            locale: take_string(&mut fields, "locale"),
+            priority: take_enum(&mut fields, "priority").and_then(|s| Priority::KNOWN.into_iter().find(|p| p.symbol() == s)).unwrap_or_default(),
+        },
     })
 }
 
@@ -225,8 +241,16 @@ pub fn encode_request(schema: &Schema, schema_id: u32, r: &Request) -> Result<Ve
         ("content".into(), content),
         ("scheduled_at".into(), optional(r.scheduled_at.map(|t| Value::TimestampMillis(t.timestamp_millis())))),
         ("created_at".into(), Value::TimestampMillis(r.created_at.timestamp_millis())),
+        ("time_zone".into(), optional(r.prefs.time_zone.clone().map(Value::String))),
+        ("locale".into(), optional(r.prefs.locale.clone().map(Value::String))),
+        ("priority".into(), Value::Enum(priority_index(r.prefs.priority), r.prefs.priority.symbol().into())),
+        ("template_id".into(), optional(r.content.template_id.clone().map(Value::String))),
     ]);
     frame(schema_id, schema, value)
+}
+
+fn priority_index(p: Priority) -> u32 {
+    Priority::KNOWN.iter().position(|k| *k == p).unwrap_or(Priority::KNOWN.len()) as u32
 }
 
 fn android_value(a: &AndroidOverrides) -> Value {
@@ -290,7 +314,8 @@ pub fn encode_status(schema_id: u32, e: &StatusEvent) -> Vec<u8> {
         + e.error_message.as_ref().map_or(0, String::len)
         + e.recipient.as_ref().map_or(0, String::len)
         + e.origin.as_ref().map_or(0, |o| o.topic.len() + 16)
-        + e.tried.len() * 32;
+        + e.tried.len() * 32
+        + e.locale.as_ref().map_or(0, String::len);
     let mut w = binary::Writer { buf: Vec::with_capacity(HEADER_LEN + 64 + strings) };
     w.buf.push(MAGIC);
     w.buf.extend_from_slice(&schema_id.to_be_bytes());
@@ -326,6 +351,7 @@ pub fn encode_status(schema_id: u32, e: &StatusEvent) -> Vec<u8> {
         }
     }
     w.long(0);
+    w.optional(e.locale.as_deref(), |w, s| w.string(s));
     w.buf
 }
 
@@ -365,7 +391,7 @@ pub fn read_status(bytes: &[u8]) -> Result<StatusEvent, StatusDecodeError> {
     let occurred_at = millis(r.long()?).ok_or(FieldError::Missing("occurred_at"))?;
     let next_attempt_at = r.optional(binary::Reader::long)?.and_then(millis);
     // Written by a herald that predates these fields: their defaults.
-    let (mut recipient, mut created_at, mut scheduled_at, mut sms, mut origin, mut tried) = (None, None, None, None, None, Vec::new());
+    let (mut recipient, mut created_at, mut scheduled_at, mut sms, mut origin, mut tried, mut locale) = (None, None, None, None, None, Vec::new(), None);
     if !r.is_empty() {
         recipient = r.optional(binary::Reader::string)?;
         created_at = r.optional(binary::Reader::long)?.and_then(millis);
@@ -391,6 +417,9 @@ pub fn read_status(bytes: &[u8]) -> Result<StatusEvent, StatusDecodeError> {
                 }
             }
         }
+        if !r.is_empty() {
+            locale = r.optional(binary::Reader::string)?;
+        }
     }
     Ok(StatusEvent {
         event_id,
@@ -411,6 +440,7 @@ pub fn read_status(bytes: &[u8]) -> Result<StatusEvent, StatusDecodeError> {
         sms,
         origin,
         tried,
+        locale,
     })
 }
 
@@ -474,6 +504,7 @@ pub fn decode_status(schema: &Schema, bytes: &[u8]) -> Result<StatusEvent, Statu
                 .collect(),
             _ => Vec::new(),
         },
+        locale: take_string(&mut f, "locale"),
     })
 }
 
@@ -548,11 +579,13 @@ mod tests {
 
     fn sample_request() -> Request {
         Request {
+            prefs: Default::default(),
             event_id: "evt-1".into(),
             user_id: "user-1".into(),
             channel: Channel::Push,
             recipient: "token-abc".into(),
             content: Content {
+                template_id: None,
                 title: Some("Hi".into()),
                 body: "Hello there".into(),
                 template_vars: HashMap::from([("name".into(), "Ada".into())]),
@@ -588,6 +621,25 @@ mod tests {
     }
 
     #[test]
+    fn time_zone_locale_priority_and_template_round_trip_both_ways() {
+        let b = Bundled::load();
+        let prefs = Prefs { time_zone: Some("America/New_York".into()), locale: Some("pt-BR".into()), priority: Priority::Urgent };
+        let mut request = Request { prefs, ..sample_request() };
+        request.content.template_id = Some("order_shipped".into());
+        let bytes = encode_request(&b.request, 1, &request).unwrap();
+        let mut datum = unframe(&bytes).unwrap().1;
+        assert_eq!(read_request(datum), Ok(request.clone()));
+        let value = apache_avro::from_avro_datum(&b.request, &mut datum, None).unwrap();
+        assert_eq!(request_from_value(value).unwrap(), request);
+        // A priority symbol a newer writer added reads as UNKNOWN.
+        let mut newer = unframe(&bytes).unwrap().1.to_vec();
+        let at = newer.len() - 1 - 1 - "order_shipped".len() - 1;
+        assert_eq!(newer[at], 2, "URGENT's index, zigzagged");
+        newer[at] = 8;
+        assert_eq!(read_request(&newer).unwrap().prefs.priority, Priority::Unknown);
+    }
+
+    #[test]
     fn the_hand_reader_reads_what_apache_avro_writes() {
         let b = Bundled::load();
         let minimal = Request {
@@ -612,9 +664,13 @@ mod tests {
         let b = Bundled::load();
         let bytes = encode_request(&b.request, 1, &sample_request()).unwrap();
         let datum = unframe(&bytes).unwrap().1;
-        for cut in 0..datum.len() {
+        // Three nulls and an enum index: the fields appended for quiet hours
+        // and templates. A datum that ends before them is an older writer's.
+        let older = datum.len() - 4;
+        for cut in (0..datum.len()).filter(|cut| *cut != older) {
             assert!(read_request(&datum[..cut]).is_err(), "cut at {cut}");
         }
+        assert_eq!(read_request(&datum[..older]), Ok(sample_request()), "an older writer's request reads with defaults");
         let mut unknown = datum.to_vec();
         let channel_at = 1 + "evt-1".len() + 1 + "user-1".len();
         // zigzag 2: UNKNOWN; 3 and 60: symbols a newer writer added.
@@ -634,6 +690,7 @@ mod tests {
     fn status_round_trips_with_every_optional_field() {
         let b = Bundled::load();
         let event = StatusEvent {
+            locale: None,
             event_id: "e".into(),
             user_id: "u".into(),
             channel: None,
@@ -687,6 +744,7 @@ mod tests {
     #[test]
     fn a_status_from_a_herald_older_than_the_enrichment_reads_with_defaults() {
         let event = StatusEvent {
+            locale: None,
             event_id: "e".into(),
             user_id: "u".into(),
             channel: Some(Channel::Sms),
@@ -707,14 +765,17 @@ mod tests {
             tried: Vec::new(),
         };
         let bytes = encode_status(0, &event);
-        // Six null unions and an empty array: what the older writer lacked.
-        let older = &bytes[..bytes.len() - 7];
+        // Seven null unions and an empty array: what the oldest writer lacked.
+        let older = &bytes[..bytes.len() - 8];
         assert_eq!(read_status(older).unwrap(), event);
+        // And the null locale: what a writer before templates lacked.
+        assert_eq!(read_status(&bytes[..bytes.len() - 1]).unwrap(), event);
     }
 
     #[test]
     fn the_status_hand_reader_takes_symbols_and_fields_a_newer_writer_added() {
         let event = StatusEvent {
+            locale: None,
             event_id: "e".into(),
             user_id: "u".into(),
             channel: Some(Channel::Push),

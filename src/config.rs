@@ -15,6 +15,8 @@ use crate::deliver::sms::{OverLength, SmsRules, StatusCallbacks};
 use crate::deliver::{self, BreakerSettings, DeliveryMode, SmsProvider, TwilioAuth, TwilioSender};
 use crate::kafka;
 use crate::ratelimit::{self, ChannelLimit, OverLimit, RateLimit};
+use crate::model::Channel;
+use crate::quiet::{Quiet, QuietHours};
 use crate::receipts;
 use crate::route::LaneSettings;
 use crate::telemetry::LogFormat;
@@ -252,6 +254,30 @@ pub struct DeliveryArgs {
     /// SMS providers in failover order: a transient failure (or an open circuit) of one moves the send to the next. Those without credentials are left out.
     #[arg(long, env = "HERALD_SMS_PROVIDERS", value_enum, value_delimiter = ',', default_value = "twilio,vonage")]
     pub sms_providers: Vec<SmsProvider>,
+
+    /// SMS quiet hours in the recipient's time zone, e.g. 21:00-08:00 (may cross midnight), or off: requests not URGENT are DEFERRED until they end.
+    #[arg(long, env = "HERALD_SMS_QUIET_HOURS", default_value = "off")]
+    pub sms_quiet_hours: Quiet,
+
+    /// Push quiet hours, as --sms-quiet-hours.
+    #[arg(long, env = "HERALD_PUSH_QUIET_HOURS", default_value = "off")]
+    pub push_quiet_hours: Quiet,
+
+    /// The time zone of requests that name none (an IANA name).
+    #[arg(long, env = "HERALD_DEFAULT_TIME_ZONE", default_value = "UTC", value_parser = parse_time_zone)]
+    pub default_time_zone: chrono_tz::Tz,
+
+    /// Directory of localized templates: <template_id>/<locale>.sms, .push.title, .push.body. Loaded at startup, and again on SIGHUP.
+    #[arg(long, env = "HERALD_TEMPLATES_DIR")]
+    pub templates_dir: Option<std::path::PathBuf>,
+
+    /// The locale a template falls back to when neither the request's locale nor its parents have a file.
+    #[arg(long, env = "HERALD_DEFAULT_LOCALE", default_value = "en")]
+    pub default_locale: String,
+}
+
+fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    chrono_tz::Tz::from_str_insensitive(name).map_err(|_| format!("{name:?} is not an IANA time zone name, such as Europe/Lisbon"))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -440,6 +466,9 @@ pub struct Settings {
     pub shutdown_deadline: Duration,
     pub max_schedule_ahead: Duration,
     pub propagate_headers: Vec<String>,
+    pub quiet: QuietHours,
+    /// `--templates-dir`, loaded by `App::build`, and its default locale.
+    pub templates: Option<(std::path::PathBuf, String)>,
     /// Where the admin endpoints listen, if anywhere.
     pub admin: Option<std::net::SocketAddr>,
 }
@@ -502,6 +531,14 @@ impl Config {
             ledger_window: d.ledger_window,
             shutdown_deadline: self.shutdown_deadline,
             max_schedule_ahead: t.max_schedule_ahead,
+            quiet: QuietHours::new(
+                |c| match c {
+                    Channel::Sms => d.sms_quiet_hours,
+                    Channel::Push => d.push_quiet_hours,
+                },
+                d.default_time_zone,
+            ),
+            templates: d.templates_dir.clone().map(|dir| (dir, d.default_locale.clone())),
             propagate_headers: t.propagate_headers.clone(),
             admin: match self.admin_listen {
                 Listen::Off => None,

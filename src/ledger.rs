@@ -176,6 +176,7 @@ mod tests {
 
     fn status(event_id: &str, status: Status, attempt: u32, time: i64) -> StatusEvent {
         StatusEvent {
+            locale: None,
             event_id: event_id.into(),
             user_id: "u".into(),
             channel: Some(Channel::Sms),

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod api;
 pub mod cancel;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod cql;
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod model;
 pub mod outcome;
 pub mod pipeline;
+pub mod quiet;
 pub mod ratelimit;
 pub mod receipts;
 pub mod record;
@@ -45,6 +47,7 @@ mod serve;
 pub mod store;
 pub mod suppression;
 pub mod telemetry;
+pub mod templates;
 pub mod topics;
 
 use std::future::Future;
@@ -95,14 +98,18 @@ pub enum Error {
     Dlq(#[from] dlq::DlqError),
     #[error("status store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("--templates-dir: {0}")]
+    Templates(#[from] templates::LoadError),
 }
 
-/// Listeners bound by the caller instead of from configuration: a test
-/// binds port 0, learns the port, and hands the listener over.
+/// What the caller hands herald instead of building it from
+/// configuration: listeners (a test binds port 0, learns the port, and
+/// hands the listener over), and the clock (a test moves it).
 #[derive(Debug, Default)]
-pub struct Listeners {
+pub struct Provided {
     pub receipts: Option<std::net::TcpListener>,
     pub admin: Option<std::net::TcpListener>,
+    pub clock: clock::Clock,
 }
 
 /// herald, built: configuration checked, credentials loaded, listeners
@@ -118,31 +125,38 @@ pub struct App {
     readers: [kafka::Reader; 2],
     receipts: Option<(tokio::net::TcpListener, receipts::Settings)>,
     admin: Option<tokio::net::TcpListener>,
+    /// Reloaded on SIGHUP while herald runs.
+    templates: Option<templates::TemplateSet>,
 }
 
 /// Runs herald until `shutdown` completes, then drains in-flight work
 /// within the configured deadline, flushes, commits and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    App::build(config, Listeners::default()).await?.run(shutdown).await
+    App::build(config, Provided::default()).await?.run(shutdown).await
 }
 
 impl App {
     /// Checks everything that needs no connection first (flags, the SMS
     /// template, provider credentials, listeners), so a mistake there is
     /// reported at once and names its flag; then connects.
-    pub async fn build(config: Config, listeners: Listeners) -> Result<App, Error> {
+    pub async fn build(config: Config, provided: Provided) -> Result<App, Error> {
         let settings = config.settings()?;
+        let Provided { receipts: receipts_listener, admin: admin_listener, clock } = provided;
+        let templates = match &settings.templates {
+            Some((dir, default_locale)) => Some(templates::TemplateSet::load(dir, default_locale)?),
+            None => None,
+        };
         let credentials = |source| {
             let path = settings.delivery.fcm.as_ref().map(|f| f.credentials.display().to_string()).unwrap_or_default();
             Error::Credentials { path, source }
         };
         let fcm = settings.delivery.load_fcm().map_err(credentials)?;
         let receipts = match &settings.receipts {
-            Some(r) => Some((bind("--receipts-listen", r.listen, listeners.receipts).await?, r.clone())),
+            Some(r) => Some((bind("--receipts-listen", r.listen, receipts_listener).await?, r.clone())),
             None => None,
         };
         let admin = match settings.admin {
-            Some(addr) => Some(bind("--admin-listen", addr, listeners.admin).await?),
+            Some(addr) => Some(bind("--admin-listen", addr, admin_listener).await?),
             None => None,
         };
         let metrics = Arc::new(metrics::Metrics::new());
@@ -169,7 +183,7 @@ impl App {
         let cancellations = Arc::new(cancel::Cancellations::new(topics.cancel_keep));
         let cancellation_reader = follow::load(kafka::reader(&settings.kafka)?, &topics.cancellations, &*cancellations).await?;
         metrics.health.suppressions_loaded();
-        let router = Router::new(Lane::new(sms, settings.sms_lane), Lane::new(push, settings.push_lane), settings.settled_queue, calls);
+        let router = Router::new(Lane::new(sms, settings.sms_lane), Lane::new(push, settings.push_lane), settings.settled_queue, calls, templates.clone());
         let max_bytes = kafka::max_message_bytes(&settings.kafka);
         let propagated = record::Propagated::new(&settings.propagate_headers);
         let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, propagated, metrics.clone());
@@ -178,7 +192,7 @@ impl App {
             decoder: decode::Decoder::new(codec::Bundled::load(), registry),
             limiter: Limiter::new(|c| limits.of(c).limit.clone(), rate_limit_store(&settings, &metrics).await?),
             router,
-            publisher: Arc::new(publisher),
+            publisher: Arc::new(publisher.with_clock(clock.clone())),
             topics,
             suppressions: suppressions.clone(),
             cancellations: cancellations.clone(),
@@ -187,8 +201,10 @@ impl App {
             postpone_spread: settings.delivery.breaker.cooldown,
             ledger: Arc::new(ledger::Ledger::new(settings.ledger_window)),
             metrics,
+            quiet: settings.quiet.clone(),
+            clock,
         }));
-        Ok(App { settings, pipeline, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin })
+        Ok(App { settings, pipeline, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin, templates })
     }
 
     /// Where delivery receipts are accepted, when they are on.
@@ -204,12 +220,15 @@ impl App {
     /// Consumes until `shutdown` completes, then drains within the
     /// shutdown deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-        let App { settings, pipeline, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin } = self;
+        let App { settings, pipeline, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin, templates } = self;
         let topics = pipeline.topics().clone();
         // Dropping the set, however `run` returns, stops following.
         let mut following = tokio::task::JoinSet::new();
         following.spawn(follow::follow(suppression_reader, topics.suppressions.clone(), suppressions.clone()));
         following.spawn(follow::follow(cancellation_reader, topics.cancellations.clone(), cancellations));
+        if let Some(templates) = templates {
+            following.spawn(templates.reload_on_hangup());
+        }
         let (stop_receipts, receipts_stopped) = tokio::sync::oneshot::channel::<()>();
         let receipts = receipts.map(|(listener, receipts)| {
             let stopped = async {

@@ -461,6 +461,7 @@ mod tests {
 
     fn event(status: Status, channel: Option<Channel>, provider: Option<Provider>) -> StatusEvent {
         StatusEvent {
+            locale: None,
             event_id: "e-secret".into(),
             user_id: "u-secret".into(),
             channel,

@@ -60,6 +60,7 @@ impl Request {
             scheduled_at: self.scheduled_at,
             sms: None,
             tried: Vec::new(),
+            locale: None,
         }
     }
 }
@@ -85,12 +86,14 @@ pub struct Ids {
     pub scheduled_at: Option<DateTime<Utc>>,
     pub sms: Option<SmsCost>,
     pub tried: Vec<Tried>,
+    /// The locale of the template the text was built from, if any.
+    pub locale: Option<String>,
 }
 
 impl Ids {
     /// Only the ids: for a request that could not be read whole.
     pub fn bare(event_id: String, user_id: String, channel: Option<Channel>) -> Ids {
-        Ids { event_id, user_id, channel, recipient: None, created_at: None, scheduled_at: None, sms: None, tried: Vec::new() }
+        Ids { event_id, user_id, channel, recipient: None, created_at: None, scheduled_at: None, sms: None, tried: Vec::new(), locale: None }
     }
 }
 
@@ -147,12 +150,50 @@ pub struct Request {
     pub content: Content,
     pub scheduled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub prefs: Prefs,
+}
+
+/// The recipient's clock and language, and how urgent the request is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Prefs {
+    /// An IANA name such as `Europe/Lisbon`; `None`: `--default-time-zone`.
+    pub time_zone: Option<String>,
+    /// A BCP 47 tag such as `pt-BR`; `None`: `--default-locale`.
+    pub locale: Option<String>,
+    pub priority: Priority,
+}
+
+/// URGENT requests (one-time codes, security alerts) are sent in quiet
+/// hours; the others wait. In the schema's symbol order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    Normal,
+    Urgent,
+    /// Not given, or a symbol this reader does not know: as NORMAL.
+    #[default]
+    Unknown,
+}
+
+impl Priority {
+    /// In the schema's symbol order, before UNKNOWN.
+    pub const KNOWN: [Priority; 2] = [Priority::Normal, Priority::Urgent];
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Priority::Normal => "NORMAL",
+            Priority::Urgent => "URGENT",
+            Priority::Unknown => "UNKNOWN",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Content {
     pub title: Option<String>,
     pub body: String,
+    /// A template in `--templates-dir` to build the text from, instead of
+    /// `body` (and `title`).
+    pub template_id: Option<String>,
     pub template_vars: HashMap<String, String>,
     pub data: HashMap<String, String>,
     /// Push only: FCM's `message.android`.
@@ -327,6 +368,7 @@ pub struct ErrorCode(std::borrow::Cow<'static, str>);
 
 impl ErrorCode {
     pub const RATE_LIMIT_EXCEEDED: ErrorCode = ErrorCode::herald("rate-limit-exceeded");
+    pub const QUIET_HOURS: ErrorCode = ErrorCode::herald("quiet-hours");
     pub const CIRCUIT_OPEN: ErrorCode = ErrorCode::herald("circuit-open");
     /// No answer within the HTTP timeout.
     pub const TIMEOUT: ErrorCode = ErrorCode::herald("timeout");
@@ -456,6 +498,8 @@ pub struct StatusEvent {
     pub origin: Option<Origin>,
     /// Providers failed over from, in order, before `provider`.
     pub tried: Vec<Tried>,
+    /// The locale of the template the text was built from.
+    pub locale: Option<String>,
 }
 
 impl StatusEvent {
@@ -498,6 +542,13 @@ pub enum InvalidReason {
     /// `scheduled_at` is further ahead than `--max-schedule-ahead`, which
     /// bounds how long a cancel must be remembered.
     ScheduledTooFar { max: std::time::Duration },
+    /// `time_zone` is not in the IANA time zone database.
+    UnknownTimeZone(String),
+    /// No template by that id has a file for the channel in any locale of
+    /// the fallback chain.
+    TemplateMissing { template_id: String, locale: String },
+    /// The template uses a variable the request's `template_vars` lack.
+    TemplateVariableMissing { template_id: String, variables: String },
 }
 
 impl InvalidReason {
@@ -518,6 +569,9 @@ impl InvalidReason {
             InvalidReason::InvalidOverride(_) => "invalid-override",
             InvalidReason::RecordTooLarge { .. } => "record-too-large",
             InvalidReason::ScheduledTooFar { .. } => "scheduled-too-far",
+            InvalidReason::UnknownTimeZone(_) => "unknown-time-zone",
+            InvalidReason::TemplateMissing { .. } => "template-missing",
+            InvalidReason::TemplateVariableMissing { .. } => "template-variable-missing",
         })
     }
 }
@@ -535,7 +589,7 @@ impl fmt::Display for InvalidReason {
             InvalidReason::EmptyBody => f.write_str("message body is empty"),
             InvalidReason::InvalidPhoneNumber => f.write_str("recipient is not an E.164 phone number"),
             InvalidReason::BodyTooLong { chars, max } => write!(f, "body has {chars} characters; the limit is {max}"),
-            InvalidReason::Template(error) => write!(f, "SMS template: {error}"),
+            InvalidReason::Template(error) => write!(f, "template: {error}"),
             InvalidReason::EmptyPushToken => f.write_str("push token is empty"),
             InvalidReason::PayloadTooLarge { bytes, max } => write!(f, "push payload is {bytes} bytes; FCM takes at most {max}"),
             InvalidReason::InvalidOverride(field) => write!(f, "push override {field} is out of range"),
@@ -544,6 +598,14 @@ impl fmt::Display for InvalidReason {
             }
             InvalidReason::ScheduledTooFar { max } => {
                 write!(f, "scheduled_at is more than {} ahead", humantime::format_duration(*max))
+            }
+            // Names only, which the producer chose; never the values.
+            InvalidReason::UnknownTimeZone(name) => write!(f, "time_zone {name:?} is not in the IANA time zone database"),
+            InvalidReason::TemplateMissing { template_id, locale } => {
+                write!(f, "template {template_id:?} has no file for this channel in locale {locale:?}, its fallbacks or the default")
+            }
+            InvalidReason::TemplateVariableMissing { template_id, variables } => {
+                write!(f, "template {template_id:?} uses variables that template_vars does not have: {variables}")
             }
         }
     }
@@ -556,6 +618,7 @@ mod tests {
 
     fn status(event_id: &str, status: Status, attempt: u32, at: i64) -> StatusEvent {
         StatusEvent {
+            locale: None,
             event_id: event_id.into(),
             user_id: "u".into(),
             channel: Some(Channel::Sms),

@@ -11,16 +11,22 @@
 //! 1. size: a record herald cannot copy with its headers can go nowhere
 //!    but the dead letters, stripped;
 //! 2. a parked record that is not due yet goes back to wait, unchecked;
-//! 3. validation, so that a request that can never be sent is reported
-//!    INVALID at once (a scheduled one too), and never uses up a window;
+//! 3. validation (its time zone too), so that a request that can never be
+//!    sent is reported INVALID at once (a scheduled one too), and never
+//!    uses up a window;
 //! 4. cancellation, at every attempt, so a cancel finds a request wherever
 //!    it waits, unless the send ledger says it went out already: a cancel
 //!    never un-sends;
 //! 5. a request scheduled for later is parked;
 //! 6. suppression, at every attempt, since a number may opt out while its
 //!    retry waits, and before the rate limit, so a skipped send uses no
-//!    window;
-//! 7. the rate limit, on the first attempt only.
+//!    window; before quiet hours too, so a request that will never be sent
+//!    does not wait all night first;
+//! 7. quiet hours, at every attempt (a retry that comes due at night waits
+//!    too), unless URGENT; before the rate limit, so the window counts
+//!    sends when they happen: a night's requests are counted in the
+//!    morning, and a full window then defers or rejects them as usual;
+//! 8. the rate limit, on the first attempt only.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,13 +35,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::cancel::Cancellations;
+use crate::clock::Clock;
 use crate::decode::{DecodeError, Decoder, Undecodable};
 use crate::deliver::{Attempt, Delivered, DeliveryError};
 use crate::ledger::{Ledger, Sent};
 use crate::mask::Masked;
 use crate::metrics::Metrics;
 use crate::model::{Channel, Ids, InvalidReason, Request, SmsCost, Tried};
-use crate::outcome::{self, Outcome, ProduceError, Publisher};
+use crate::outcome::{self, Deferral, Outcome, ProduceError, Publisher};
+use crate::quiet::QuietHours;
 use crate::ratelimit::{self, Decision, Limiter, OverLimit, Pending, StoreError, Subject};
 use crate::record::Consumed;
 use crate::registry::RegistryError;
@@ -57,6 +65,8 @@ pub struct Pipeline {
     postpone_spread: Duration,
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
+    quiet: QuietHours,
+    clock: Clock,
 }
 
 /// What a [`Pipeline`] is made of.
@@ -78,6 +88,9 @@ pub struct Stages {
     /// Sends already made, read back from the status topic.
     pub ledger: Arc<Ledger>,
     pub metrics: Arc<Metrics>,
+    pub quiet: QuietHours,
+    /// The time decisions are made by.
+    pub clock: Clock,
 }
 
 /// Why a record could not be judged at all; nothing must happen to it.
@@ -95,7 +108,7 @@ pub enum AdmitError {
 pub enum Admitted {
     /// Ready for its channel's delivery stage; `made` attempts were made
     /// before this one.
-    Deliver { request: Request, prepared: Prepared, made: u32 },
+    Deliver { request: Request, prepared: Prepared, locale: Option<String>, made: u32 },
     /// Its outcome is already known.
     Settled { ids: Option<Ids>, outcome: Outcome },
 }
@@ -124,6 +137,8 @@ impl Pipeline {
             postpone_spread,
             ledger,
             metrics,
+            quiet,
+            clock,
         } = stages;
         Pipeline {
             decoder,
@@ -138,7 +153,13 @@ impl Pipeline {
             postpone_spread,
             ledger,
             metrics,
+            quiet,
+            clock,
         }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     pub fn topics(&self) -> &Arc<Topics> {
@@ -212,11 +233,15 @@ impl Pipeline {
         if let Due::ParkAgain { not_before } = self.topics.due(source, record.envelope.not_before, record.appended, now) {
             return settled(None, Outcome::Held { hold: self.hold_for(not_before, now), not_before });
         }
-        let prepared = match self.router.prepare(&request) {
+        let (prepared, locale) = match self.router.prepare(&request) {
             Ok(prepared) => prepared,
             Err(reason) => return settled(ids(), Outcome::Invalid(reason)),
         };
-        let ids = || Some(about(request.ids(), &prepared, Vec::new()));
+        let zone = match self.quiet.zone(&request) {
+            Ok(zone) => zone,
+            Err(reason) => return settled(ids(), Outcome::Invalid(reason)),
+        };
+        let ids = || Some(about(request.ids(), &prepared, locale.clone(), Vec::new()));
         if request.scheduled_at.is_some_and(|t| (t - now).to_std().is_ok_and(|ahead| ahead > self.max_schedule_ahead)) {
             return settled(ids(), Outcome::Invalid(InvalidReason::ScheduledTooFar { max: self.max_schedule_ahead }));
         }
@@ -228,6 +253,10 @@ impl Pipeline {
         }
         if let Some(reason) = self.suppressions.check(request.channel, &request.recipient) {
             return settled(ids(), Outcome::Suppressed(reason));
+        }
+        if let Some(until) = self.quiet.until(&request, zone, now) {
+            let outcome = Outcome::Deferred { hold: self.hold_for(until, now), not_before: until, why: Deferral::QuietHours(zone) };
+            return settled(ids(), outcome);
         }
         let made = record.envelope.attempts;
         // Only the first attempt counts: a retry was counted when it was new.
@@ -245,13 +274,13 @@ impl Pipeline {
                     self.metrics.rate_limited(request.channel);
                     let outcome = match self.rate_limits.of(request.channel).over {
                         OverLimit::Reject => Outcome::RateLimited { until },
-                        OverLimit::Defer => Outcome::Deferred { hold: self.hold_for(until, now), not_before: until },
+                        OverLimit::Defer => Outcome::Deferred { hold: self.hold_for(until, now), not_before: until, why: Deferral::Window },
                     };
                     return settled(ids(), outcome);
                 }
             }
         }
-        Ok((Admitted::Deliver { request, prepared, made }, count))
+        Ok((Admitted::Deliver { request, prepared, locale, made }, count))
     }
 
     fn hold_for(&self, not_before: DateTime<Utc>, now: DateTime<Utc>) -> usize {
@@ -270,29 +299,29 @@ impl Pipeline {
                 }
                 Ok(Resolved { ids, outcome, attempts: record.envelope.attempts, now, suppress: None })
             }
-            Admitted::Deliver { request, prepared, made } => {
+            Admitted::Deliver { request, prepared, locale, made } => {
                 let attempt = Attempt { number: made + 1, partition: record.partition };
                 if let Some(delivered) = self.router.answer_now(request.channel) {
-                    return Ok(self.decided(request, &prepared, attempt, Ok(delivered), Vec::new(), now));
+                    return Ok(self.decided(request, &prepared, locale, attempt, Ok(delivered), Vec::new(), now));
                 }
                 // Sent already, before a crash or by this partition's last
                 // owner: the recorded SENT again, and no call.
                 if let Some(Sent { delivered, attempt }) = self.ledger.sent(record.partition, &request.event_id) {
                     tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = request.event_id, attempt);
                     let outcome = Outcome::Sent(delivered);
-                    return Ok(Resolved { ids: Some(about(request.into_ids(), &prepared, Vec::new())), outcome, attempts: attempt, now, suppress: None });
+                    return Ok(Resolved { ids: Some(about(request.into_ids(), &prepared, locale, Vec::new())), outcome, attempts: attempt, now, suppress: None });
                 }
-                Err(ToDeliver { request, prepared, attempt })
+                Err(ToDeliver { request, prepared, locale, attempt })
             }
         }
     }
 
     /// Calls the provider, and decides. The caller holds the lane's slot.
     pub async fn deliver(&self, to: ToDeliver) -> Resolved {
-        let ToDeliver { request, prepared, attempt } = to;
+        let ToDeliver { request, prepared, locale, attempt } = to;
         let mut tried = Vec::new();
         let result = self.router.call(&prepared, &request, attempt, &mut tried).await;
-        let resolved = self.decided(request, &prepared, attempt, result, tried, Utc::now());
+        let resolved = self.decided(request, &prepared, locale, attempt, result, tried, self.clock.now());
         if let (Outcome::Sent(delivered), Some(ids)) = (&resolved.outcome, &resolved.ids) {
             let sent = Sent { delivered: delivered.clone(), attempt: resolved.attempts };
             self.ledger.record(attempt.partition, &ids.event_id, sent, resolved.now);
@@ -302,10 +331,12 @@ impl Pipeline {
 
     /// `now` is the one clock reading, so a status's next attempt is
     /// exactly its delay after it.
+    #[allow(clippy::too_many_arguments)]
     fn decided(
         &self,
         request: Request,
         prepared: &Prepared,
+        locale: Option<String>,
         attempt: Attempt,
         result: Result<Delivered, DeliveryError>,
         tried: Vec<Tried>,
@@ -322,7 +353,7 @@ impl Pipeline {
             self.suppressions.apply(&change);
             change
         });
-        Resolved { ids: Some(about(request.into_ids(), prepared, tried)), outcome, attempts, now, suppress }
+        Resolved { ids: Some(about(request.into_ids(), prepared, locale, tried)), outcome, attempts, now, suppress }
     }
 
     /// Hands the outcome to the producer now; the future completes once it
@@ -337,18 +368,19 @@ impl Pipeline {
 }
 
 /// What the status events of a checked request say about it.
-fn about(ids: Ids, prepared: &Prepared, tried: Vec<Tried>) -> Ids {
+fn about(ids: Ids, prepared: &Prepared, locale: Option<String>, tried: Vec<Tried>) -> Ids {
     let sms = match prepared {
         Prepared::Sms(text) => Some(SmsCost { segments: text.segments.parts as u32, encoding: text.segments.encoding }),
         Prepared::Push(_) => None,
     };
-    Ids { sms, tried, ..ids }
+    Ids { sms, tried, locale, ..ids }
 }
 
 /// A validated request whose provider call is still to be made.
 pub struct ToDeliver {
     request: Request,
     prepared: Prepared,
+    locale: Option<String>,
     attempt: Attempt,
 }
 

@@ -283,6 +283,7 @@ fn receipt(params: &[(String, String)], ids: CallbackIds) -> Option<StatusEvent>
         sms: None,
         origin: None,
         tried: Vec::new(),
+        locale: None,
     })
 }
 

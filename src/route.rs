@@ -13,6 +13,7 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use crate::deliver::{Attempt, Call, Calls, Delivered, DeliveryError, PushMessage, PushStage, SmsStage, Text};
 use crate::model::{Channel, InvalidReason, Request, Tried};
+use crate::templates::TemplateSet;
 
 /// A channel's stage, with its bounds.
 pub struct Lane<S> {
@@ -101,11 +102,12 @@ pub struct Router {
     settled: Arc<Semaphore>,
     settled_capacity: usize,
     calls: Calls,
+    templates: Option<TemplateSet>,
 }
 
 impl Router {
-    pub fn new(sms: Lane<SmsStage>, push: Lane<PushStage>, settled: usize, calls: Calls) -> Self {
-        Router { sms, push, settled: Arc::new(Semaphore::new(settled)), settled_capacity: settled, calls }
+    pub fn new(sms: Lane<SmsStage>, push: Lane<PushStage>, settled: usize, calls: Calls, templates: Option<TemplateSet>) -> Self {
+        Router { sms, push, settled: Arc::new(Semaphore::new(settled)), settled_capacity: settled, calls, templates }
     }
 
     fn bounds(&self, channel: Channel) -> &Bounds {
@@ -117,11 +119,30 @@ impl Router {
 
     /// What to send for `request`, in its channel's form, or why it never
     /// can be sent.
-    pub fn prepare(&self, request: &Request) -> Result<Prepared, InvalidReason> {
-        match request.channel {
-            Channel::Sms => self.sms.stage.prepare(request).map(Prepared::Sms),
-            Channel::Push => self.push.stage.prepare(request).map(Prepared::Push),
-        }
+    /// With a `template_id`, the text comes from `--templates-dir`, and the
+    /// locale it was found in comes back too.
+    pub fn prepare(&self, request: &Request) -> Result<(Prepared, Option<String>), InvalidReason> {
+        let Some(template_id) = &request.content.template_id else {
+            let prepared = match request.channel {
+                Channel::Sms => self.sms.stage.prepare(request).map(Prepared::Sms),
+                Channel::Push => self.push.stage.prepare(request).map(Prepared::Push),
+            };
+            return prepared.map(|p| (p, None));
+        };
+        let Some(templates) = &self.templates else {
+            let locale = request.prefs.locale.clone().unwrap_or_default();
+            return Err(InvalidReason::TemplateMissing { template_id: template_id.clone(), locale });
+        };
+        let rendered = templates.current().render(template_id, request)?;
+        let prepared = match request.channel {
+            Channel::Sms => self.sms.stage.prepare_rendered(request, rendered.body).map(Prepared::Sms),
+            Channel::Push => {
+                let mut filled = request.clone();
+                (filled.content.title, filled.content.body) = (rendered.title, rendered.body);
+                self.push.stage.prepare(&filled).map(Prepared::Push)
+            }
+        };
+        prepared.map(|p| (p, Some(rendered.locale)))
     }
 
     /// The answer of a lane that calls nobody (a dry run).

@@ -450,6 +450,7 @@ mod tests {
     #[test]
     fn payloads_over_4096_bytes_are_refused_before_sending() {
         let mut r = Request {
+            prefs: Default::default(),
             event_id: "e".into(),
             user_id: "u".into(),
             channel: crate::model::Channel::Push,
@@ -501,11 +502,13 @@ mod tests {
     #[test]
     fn message_shape() {
         let request = Request {
+            prefs: Default::default(),
             event_id: "e".into(),
             user_id: "u".into(),
             channel: crate::model::Channel::Push,
             recipient: "tok".into(),
             content: crate::model::Content {
+                template_id: None,
                 title: Some("T".into()),
                 body: "B".into(),
                 template_vars: HashMap::new(),
@@ -558,6 +561,7 @@ mod tests {
     #[test]
     fn overrides_out_of_range_are_invalid() {
         let mut r = Request {
+            prefs: Default::default(),
             event_id: "e".into(),
             user_id: "u".into(),
             channel: crate::model::Channel::Push,

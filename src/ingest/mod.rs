@@ -18,7 +18,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -263,7 +262,7 @@ impl Loop {
             Source::Retry(i) => i + 1,
         }]
         .inc();
-        let now = Utc::now();
+        let now = self.pipeline.clock().now();
         if let Due::Wait { release } = self.pipeline.topics().due(source, record.envelope.not_before, record.appended, now) {
             let until = Instant::now() + (release - now).to_std().unwrap_or_default();
             self.pause(consumer, (source, partition), offset, Until::Due(until));

@@ -36,9 +36,9 @@ pub enum Outcome {
     /// Never deliverable as written: reported, and kept on the dead-letter topic.
     Invalid(InvalidReason),
     RateLimited { until: DateTime<Utc> },
-    /// Over the limit, with the deferring policy: parked in delay topic
-    /// `hold` and checked again at `not_before`, when the window has room.
-    Deferred { hold: usize, not_before: DateTime<Utc> },
+    /// Not to be sent before `not_before`: parked in delay topic `hold`
+    /// and checked again then.
+    Deferred { hold: usize, not_before: DateTime<Utc>, why: Deferral },
     /// A request scheduled for later, first parked in delay topic `hold`.
     Scheduled { hold: usize, not_before: DateTime<Utc> },
     /// A parked record released early by its topic's delay, parked again.
@@ -49,6 +49,15 @@ pub enum Outcome {
     Cancelled,
     /// Not a request; dead-lettered with the reason, no status (no ids).
     Undecodable(Undecodable),
+}
+
+/// Why a request waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// Over the limit, with the deferring policy: until the window has room.
+    Window,
+    /// In its channel's quiet hours, in this zone: until they end.
+    QuietHours(chrono_tz::Tz),
 }
 
 /// Where a record goes besides its status event.
@@ -182,8 +191,13 @@ impl Outcome {
             | Outcome::Postponed { error: e, .. }
             | Outcome::DeadLettered(e) => (e.class(), e.code(), e.to_string()),
             Outcome::Invalid(reason) => (ErrorClass::Invalid, reason.code(), reason.to_string()),
-            Outcome::RateLimited { until } | Outcome::Deferred { not_before: until, .. } => {
+            Outcome::RateLimited { until } | Outcome::Deferred { not_before: until, why: Deferral::Window, .. } => {
                 (ErrorClass::RateLimited, ErrorCode::RATE_LIMIT_EXCEEDED, format!("window full until {}", until.to_rfc3339()))
+            }
+            // Not a failure; transient in the sense that a later attempt goes.
+            Outcome::Deferred { not_before, why: Deferral::QuietHours(zone), .. } => {
+                let local = not_before.with_timezone(zone).format("%Y-%m-%d %H:%M %Z");
+                (ErrorClass::Transient, ErrorCode::QUIET_HOURS, format!("quiet hours in {zone} until {local} ({})", not_before.to_rfc3339()))
             }
             Outcome::Suppressed(reason) => (ErrorClass::Permanent, reason.code(), reason.to_string()),
             Outcome::Undecodable(u) => (ErrorClass::Invalid, u.code(), u.to_string()),
@@ -298,7 +312,7 @@ mod tests {
             (Outcome::Invalid(InvalidReason::EmptyBody), Some(Status::Invalid), Some(Destination::DeadLetter)),
             (Outcome::RateLimited { until: now() }, Some(Status::RateLimited), None),
             (Outcome::Scheduled { hold: 2, not_before: now() }, Some(Status::Scheduled), Some(Destination::Retry(2))),
-            (Outcome::Deferred { hold: 0, not_before: now() }, Some(Status::Deferred), Some(Destination::Retry(0))),
+            (Outcome::Deferred { hold: 0, not_before: now(), why: Deferral::Window }, Some(Status::Deferred), Some(Destination::Retry(0))),
             (Outcome::Held { hold: 1, not_before: now() }, None, Some(Destination::Retry(1))),
             (
                 Outcome::Postponed { hold: 1, not_before: now(), error: circuit_open(1) },

@@ -24,6 +24,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{status_event, Destination, Outcome};
+use crate::clock::Clock;
 use crate::backoff::Backoff;
 use crate::codec;
 use crate::metrics::Metrics;
@@ -70,6 +71,9 @@ pub struct Publisher {
     /// The producer's `message.max.bytes`.
     max_message_bytes: usize,
     propagated: Propagated,
+    /// Stamps the records herald writes, when a test moves the clock: a
+    /// parked record's due time is reckoned from its timestamp.
+    clock: Clock,
 }
 
 impl Publisher {
@@ -81,7 +85,11 @@ impl Publisher {
         propagated: Propagated,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Publisher { producer, metrics, topics, status_schema_id, max_message_bytes, propagated }
+        Publisher { producer, metrics, topics, status_schema_id, max_message_bytes, propagated, clock: Clock::system() }
+    }
+
+    pub fn with_clock(self, clock: Clock) -> Self {
+        Publisher { clock, ..self }
     }
 
     pub fn producer(&self) -> &FutureProducer {
@@ -186,6 +194,7 @@ impl Publisher {
             partition: None,
             payload: change.value(),
             headers: None,
+            timestamp: None,
         }
     }
 
@@ -200,6 +209,7 @@ impl Publisher {
             key: Some(event.user_id.into_bytes()),
             partition,
             headers: trace,
+            timestamp: None,
         }
     }
 
@@ -222,11 +232,13 @@ impl Publisher {
             partition,
             payload: record.payload.clone(),
             headers: Some(envelope.write(record.headers.as_ref(), &record.origin(), None)),
+            timestamp: None,
         }
     }
 
     fn durable(&self, out: Outgoing) -> impl Future<Output = Result<i64, Failure>> + Send + 'static {
-        durable(self.producer.clone(), out)
+        let timestamp = self.clock.stamp();
+        durable(self.producer.clone(), Outgoing { timestamp, ..out })
     }
 }
 
@@ -238,7 +250,7 @@ fn stripped_key(record: &Consumed) -> Option<Vec<u8>> {
 /// headers only the propagated ones (`trace`): herald's headers, the
 /// original size, and the key if it is short.
 fn stripped(topic: String, key: Option<Vec<u8>>, envelope: &Envelope, origin: &Origin, size: usize, trace: Option<&OwnedHeaders>) -> Outgoing {
-    Outgoing { topic, key, partition: None, payload: None, headers: Some(envelope.write(trace, origin, Some(size))) }
+    Outgoing { topic, key, partition: None, payload: None, headers: Some(envelope.write(trace, origin, Some(size))), timestamp: None }
 }
 
 /// What a rerouted copy becomes when it can never be written: a stripped
@@ -271,6 +283,7 @@ impl Fallback {
                 partition: Some(partition),
                 payload: Some(codec::encode_status(schema_id, &event)),
                 headers: self.trace,
+                timestamp: None,
             })
         });
         let (copy, status) = tokio::join!(copy, OptionFuture::from(status));
@@ -388,6 +401,8 @@ struct Outgoing {
     partition: Option<i32>,
     payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
+    /// `None`: the producer stamps it.
+    timestamp: Option<i64>,
 }
 
 impl Outgoing {
@@ -397,6 +412,7 @@ impl Outgoing {
         record.partition = self.partition;
         record.payload = self.payload.as_deref();
         record.headers = self.headers.clone();
+        record.timestamp = self.timestamp;
         producer.send_result(record).map_err(|(error, _)| error)
     }
 }

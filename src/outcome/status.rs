@@ -38,5 +38,6 @@ pub fn status_event(ids: Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, a
         sms: ids.sms,
         origin: Some(origin),
         tried: ids.tried,
+        locale: ids.locale,
     })
 }

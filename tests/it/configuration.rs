@@ -67,6 +67,7 @@ fn local_mistakes_are_reported_before_connecting_and_name_their_flag() {
         (vec!["--fcm-credentials", not_json.to_str().unwrap()], format!("--fcm-credentials {}: it is not a service-account key", not_json.display())),
         ([&twilio[..], &["--receipts-listen", &taken, "--receipts-public-url", &public]].concat(), format!("--receipts-listen {taken}: cannot listen")),
         (vec!["--sms-template", "{unclosed"], "--sms-template does not parse".into()),
+        (vec!["--templates-dir", "/nonexistent/herald-templates"], "--templates-dir: /nonexistent/herald-templates: cannot be read".into()),
     ];
     for (mut args, expected) in rows {
         // The broker is unreachable too: the local mistake must be the one reported.
@@ -87,6 +88,20 @@ fn senders_that_would_fail_every_sms_are_refused() {
             args.extend(["--vonage-api-key", "k", "--vonage-api-secret", "s"]);
         }
         let (code, stderr, _, _) = herald(&args, &[], Duration::from_secs(5));
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("invalid value '{value}' for '{flag}")), "{stderr}");
+    }
+}
+
+#[test]
+fn quiet_hours_and_time_zones_that_mean_nothing_are_refused() {
+    for (flag, value) in [
+        ("--sms-quiet-hours", "21:00"),
+        ("--sms-quiet-hours", "25:00-08:00"),
+        ("--push-quiet-hours", "08:00-08:00"),
+        ("--default-time-zone", "Mars/Olympus_Mons"),
+    ] {
+        let (code, stderr, _, _) = herald(&[flag, value], &[], Duration::from_secs(5));
         assert_eq!(code, Some(2), "{stderr}");
         assert!(stderr.contains(&format!("invalid value '{value}' for '{flag}")), "{stderr}");
     }

@@ -135,7 +135,12 @@ impl Harness {
 
     /// Runs herald in this process until the returned handle is stopped.
     pub fn start(&self, extra: &[&str]) -> Running {
-        self.start_with(extra, herald::Listeners::default())
+        self.start_with(extra, herald::Provided::default())
+    }
+
+    /// Runs herald in this process on `clock`, which the test moves.
+    pub fn start_with_clock(&self, extra: &[&str], clock: herald::clock::Clock) -> Running {
+        self.start_with(extra, herald::Provided { clock, ..Default::default() })
     }
 
     /// Runs herald with delivery receipts on, on a listener bound here, and
@@ -146,7 +151,7 @@ impl Harness {
         let public = format!("http://{addr}/twilio/status");
         let mut args = vec!["--receipts-listen", &addr, "--receipts-public-url", &public];
         args.extend(extra);
-        (self.start_with(&args, herald::Listeners { receipts: Some(listener), admin: None }), public)
+        (self.start_with(&args, herald::Provided { receipts: Some(listener), ..Default::default() }), public)
     }
 
     /// Runs herald with its admin endpoints on a listener bound here, and
@@ -156,10 +161,10 @@ impl Harness {
         let addr = listener.local_addr().unwrap().to_string();
         let mut args = vec!["--admin-listen", &addr];
         args.extend(extra);
-        (self.start_with(&args, herald::Listeners { receipts: None, admin: Some(listener) }), format!("http://{addr}"))
+        (self.start_with(&args, herald::Provided { admin: Some(listener), ..Default::default() }), format!("http://{addr}"))
     }
 
-    fn start_with(&self, extra: &[&str], listeners: herald::Listeners) -> Running {
+    fn start_with(&self, extra: &[&str], listeners: herald::Provided) -> Running {
         let config = self.config(extra);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -352,6 +357,7 @@ impl Statuses {
 
 pub fn sms(event_id: &str, user: &str, phone: &str, body: &str) -> Request {
     Request {
+        prefs: Default::default(),
         event_id: event_id.into(),
         user_id: user.into(),
         channel: Channel::Sms,
@@ -364,6 +370,7 @@ pub fn sms(event_id: &str, user: &str, phone: &str, body: &str) -> Request {
 
 pub fn push(event_id: &str, user: &str, token: &str, title: &str, body: &str) -> Request {
     Request {
+        prefs: Default::default(),
         event_id: event_id.into(),
         user_id: user.into(),
         channel: Channel::Push,

@@ -16,6 +16,7 @@ pub use self::twilio::{Twilio, TwilioAuth, TwilioSender};
 pub use self::vonage::{check_sender as check_vonage_sender, Vonage};
 use super::{Call, Delivered, DeliveryError, Gateway, Provider, Stage};
 use crate::model::{Channel, InvalidReason, Request};
+use crate::templates::BraceTemplate;
 
 /// The SMS stage: its rules, and its providers (or a dry run).
 pub struct SmsStage {
@@ -29,7 +30,15 @@ impl SmsStage {
         if let Some(reason) = self.stage.refuses(Channel::Sms) {
             return Err(reason);
         }
-        self.rules.prepare(request)
+        self.rules.prepare(request, None)
+    }
+
+    /// [`SmsStage::prepare`] with a body from `--templates-dir`.
+    pub fn prepare_rendered(&self, request: &Request, body: String) -> Result<Text, InvalidReason> {
+        if let Some(reason) = self.stage.refuses(Channel::Sms) {
+            return Err(reason);
+        }
+        self.rules.prepare(request, Some(body))
     }
 }
 
@@ -73,8 +82,8 @@ pub struct SmsRules {
     pub max_chars: usize,
     pub over_length: OverLength,
     /// Fills `{name}` from the request's template variables and `{message}`
-    /// from its body. Checked once by [`SmsRules::new`].
-    template: Option<String>,
+    /// from its body. Parsed once, by [`SmsRules::new`].
+    template: Option<Arc<BraceTemplate>>,
     numbers: Arc<Mutex<CheckedNumbers>>,
 }
 
@@ -130,28 +139,30 @@ pub struct Text {
 impl SmsRules {
     /// Fails when `template` does not parse.
     pub fn new(max_chars: usize, over_length: OverLength, template: Option<String>) -> Result<SmsRules, String> {
-        if let Some(t) = &template {
-            tinytemplate::TinyTemplate::new().add_template("sms", t).map_err(|e| e.to_string())?;
-        }
+        let template = template.map(|t| BraceTemplate::parse(&t).map(Arc::new)).transpose()?;
         // libphonenumber's metadata loads on first use, in about a second:
         // at startup, not on the first SMS.
         is_e164("+14155550100");
         Ok(SmsRules { max_chars, over_length, template, numbers: Arc::default() })
     }
 
-    /// The body to send for `request`, or why it cannot be sent.
-    pub fn prepare(&self, request: &Request) -> Result<Text, InvalidReason> {
+    /// The body to send for `request`, or why it cannot be sent. A body
+    /// from `--templates-dir` (`rendered`) takes the place of the request's
+    /// and of `--sms-template`.
+    pub fn prepare(&self, request: &Request, rendered: Option<String>) -> Result<Text, InvalidReason> {
         let valid = self.numbers.lock().unwrap_or_else(|p| p.into_inner()).is_e164(&request.recipient);
         if !valid {
             return Err(InvalidReason::InvalidPhoneNumber);
         }
-        if request.content.body.trim().is_empty() {
+        let body = match (rendered, &self.template) {
+            (Some(rendered), _) => rendered,
+            (None, _) if request.content.body.trim().is_empty() => return Err(InvalidReason::EmptyBody),
+            (None, Some(template)) => template.render(&request.content.template_vars, &request.content.body)?,
+            (None, None) => request.content.body.clone(),
+        };
+        if body.trim().is_empty() {
             return Err(InvalidReason::EmptyBody);
         }
-        let body = match &self.template {
-            Some(template) => render(template, request)?,
-            None => request.content.body.clone(),
-        };
         let chars = body.chars().count();
         let body = match self.over_length {
             _ if chars <= self.max_chars => body,
@@ -162,17 +173,6 @@ impl SmsRules {
     }
 }
 
-fn render(template: &str, request: &Request) -> Result<String, InvalidReason> {
-    let mut tt = tinytemplate::TinyTemplate::new();
-    // Values are text for a phone, not HTML.
-    tt.set_default_formatter(&tinytemplate::format_unescaped);
-    tt.add_template("sms", template).map_err(|e| InvalidReason::Template(e.to_string()))?;
-    let mut context: HashMap<&str, &str> =
-        request.content.template_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    context.insert("message", &request.content.body);
-    // Its errors name template paths and variable names, never values.
-    tt.render("sms", &context).map_err(|e| InvalidReason::Template(e.to_string()))
-}
 
 /// A number in E.164 form exactly (`+`, country code, subscriber number,
 /// no spaces), and valid for its country by libphonenumber's metadata.
@@ -221,6 +221,7 @@ mod tests {
 
     fn request(body: &str, vars: &[(&str, &str)]) -> Request {
         Request {
+            prefs: Default::default(),
             event_id: "e".into(),
             user_id: "u".into(),
             channel: crate::model::Channel::Sms,
@@ -239,9 +240,9 @@ mod tests {
     fn bodies_over_the_limit_are_rejected_or_truncated() {
         let reject = SmsRules::new(10, OverLength::Reject, None).unwrap();
         let truncate = SmsRules::new(10, OverLength::Truncate, None).unwrap();
-        assert_eq!(reject.prepare(&request("0123456789", &[])).unwrap().body, "0123456789");
-        assert_eq!(reject.prepare(&request("0123456789x", &[])), Err(InvalidReason::BodyTooLong { chars: 11, max: 10 }));
-        let text = truncate.prepare(&request("0123456789x", &[])).unwrap();
+        assert_eq!(reject.prepare(&request("0123456789", &[]), None).unwrap().body, "0123456789");
+        assert_eq!(reject.prepare(&request("0123456789x", &[]), None), Err(InvalidReason::BodyTooLong { chars: 11, max: 10 }));
+        let text = truncate.prepare(&request("0123456789x", &[]), None).unwrap();
         assert_eq!(text.body, "0123456...");
         assert_eq!(text.segments, Segments { encoding: Encoding::Gsm7, units: 10, parts: 1 });
     }
@@ -249,16 +250,16 @@ mod tests {
     #[test]
     fn templates_fill_variables_and_the_message() {
         let rules = SmsRules::new(480, OverLength::Reject, Some("{user_name}: {message}".into())).unwrap();
-        let text = rules.prepare(&request("Your code is <1234> & more", &[("user_name", "Ada")])).unwrap();
+        let text = rules.prepare(&request("Your code is <1234> & more", &[("user_name", "Ada")]), None).unwrap();
         assert_eq!(text.body, "Ada: Your code is <1234> & more", "not HTML-escaped");
-        match rules.prepare(&request("hi", &[])) {
+        match rules.prepare(&request("hi", &[]), None) {
             Err(InvalidReason::Template(e)) => assert!(e.contains("user_name"), "names the missing variable: {e}"),
             other => panic!("expected a template error, got {other:?}"),
         }
         // The template counts towards the limit.
         let tight = SmsRules::new(7, OverLength::Reject, Some("{user_name}: {message}".into())).unwrap();
-        assert_eq!(tight.prepare(&request("hi", &[("user_name", "Ada")])).unwrap().body, "Ada: hi");
-        assert!(tight.prepare(&request("hi!", &[("user_name", "Ada")])).is_err());
+        assert_eq!(tight.prepare(&request("hi", &[("user_name", "Ada")]), None).unwrap().body, "Ada: hi");
+        assert!(tight.prepare(&request("hi!", &[("user_name", "Ada")]), None).is_err());
         assert!(SmsRules::new(480, OverLength::Reject, Some("{unclosed".into())).is_err());
     }
 }

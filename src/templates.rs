@@ -1,0 +1,482 @@
+//! Localized templates: `--templates-dir`, one directory per template id
+//! and one file per locale and part:
+//!
+//! ```text
+//! templates/order_shipped/pt-BR.sms
+//! templates/order_shipped/en.push.title
+//! templates/order_shipped/en.push.body
+//! ```
+//!
+//! Files are MiniJinja (Jinja2 syntax: `{{ name }}`, `{% if %}`), filled
+//! from the request's `template_vars`, with nothing escaped: SMS is plain
+//! text, and push text is JSON-encoded when the FCM request is built. Each
+//! file is parsed once, when the set is loaded; a set that does not load
+//! names its file and is never used. A request's locale falls back one
+//! subtag at a time, then to the default locale: `pt-BR` → `pt` → `en`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+
+use crate::model::{Channel, InvalidReason, Request};
+
+/// A template's file, by what it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    Sms,
+    PushTitle,
+    PushBody,
+}
+
+impl Part {
+    const ALL: [Part; 3] = [Part::Sms, Part::PushTitle, Part::PushBody];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Part::Sms => "sms",
+            Part::PushTitle => "push.title",
+            Part::PushBody => "push.body",
+        }
+    }
+}
+
+/// Why a template set did not load: the file, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A loaded set: every file parsed.
+pub struct Templates {
+    env: Environment<'static>,
+    /// `(template id, lowercased locale, part)` of every file.
+    files: HashSet<(String, String, Part)>,
+    /// `(template id, lowercased locale)` → the locale as its files spell it.
+    spelled: HashMap<(String, String), String>,
+    default_locale: String,
+}
+
+impl fmt::Debug for Templates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Templates").field("files", &self.files.len()).field("default_locale", &self.default_locale).finish()
+    }
+}
+
+/// What a template made for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub title: Option<String>,
+    pub body: String,
+    /// The locale whose files were used, as the files spell it.
+    pub locale: String,
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // A typo in a variable's name is an error, not an empty string.
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env
+}
+
+impl Templates {
+    /// Reads and parses every file under `dir`.
+    pub fn load(dir: &Path, default_locale: &str) -> Result<Templates, LoadError> {
+        let error = |path: &Path, reason: String| LoadError { path: path.to_owned(), reason };
+        let mut templates = Templates { env: environment(), files: HashSet::new(), spelled: HashMap::new(), default_locale: default_locale.to_owned() };
+        for id_dir in sorted_entries(dir).map_err(|e| error(dir, e))? {
+            let Some(id) = visible_name(&id_dir) else { continue };
+            if !id_dir.is_dir() {
+                return Err(error(&id_dir, "not a directory: each template is a directory of files named <locale>.<part>".into()));
+            }
+            if !id.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+                return Err(error(&id_dir, "a template id is letters, digits, '_', '-' and '.'".into()));
+            }
+            for file in sorted_entries(&id_dir).map_err(|e| error(&id_dir, e))? {
+                let Some(name) = visible_name(&file) else { continue };
+                let (locale, part) = parse_file_name(&name).map_err(|reason| error(&file, reason))?;
+                let source = std::fs::read_to_string(&file).map_err(|e| error(&file, format!("cannot be read as UTF-8 text: {e}")))?;
+                let key = format!("{id}/{}.{}", locale.to_ascii_lowercase(), part.suffix());
+                if templates.files.contains(&(id.clone(), locale.to_ascii_lowercase(), part)) {
+                    return Err(error(&file, format!("another file is also {key}, in another case")));
+                }
+                templates.env.add_template_owned(key, source).map_err(|e| error(&file, describe(&e)))?;
+                templates.files.insert((id.clone(), locale.to_ascii_lowercase(), part));
+                templates.spelled.insert((id.clone(), locale.to_ascii_lowercase()), locale);
+            }
+        }
+        Ok(templates)
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The text of `request`, from its `template_id`, in the first locale
+    /// of its fallback chain that has the channel's file.
+    pub fn render(&self, template_id: &str, request: &Request) -> Result<Rendered, InvalidReason> {
+        let parts: &[Part] = match request.channel {
+            Channel::Sms => &[Part::Sms],
+            Channel::Push => &[Part::PushTitle, Part::PushBody],
+        };
+        let wanted = request.prefs.locale.as_deref().unwrap_or(&self.default_locale);
+        let has = |locale: &str, part: Part| self.files.contains(&(template_id.to_owned(), locale.to_owned(), part));
+        let locale = fallbacks(wanted, &self.default_locale)
+            .into_iter()
+            .find(|l| parts.iter().any(|p| has(l, *p)))
+            .ok_or_else(|| InvalidReason::TemplateMissing { template_id: template_id.to_owned(), locale: wanted.to_owned() })?;
+        let fill = |part: Part| -> Result<Option<String>, InvalidReason> {
+            if !has(&locale, part) {
+                return Ok(None);
+            }
+            let name = format!("{template_id}/{locale}.{}", part.suffix());
+            let template = self.env.get_template(&name).expect("every file listed is in the environment");
+            let vars = &request.content.template_vars;
+            template.render(vars).map(Some).map_err(|e| match e.kind() {
+                ErrorKind::UndefinedError => {
+                    let mut missing: Vec<String> = template.undeclared_variables(false).into_iter().filter(|v| !vars.contains_key(v)).collect();
+                    missing.sort();
+                    InvalidReason::TemplateVariableMissing { template_id: template_id.to_owned(), variables: missing.join(", ") }
+                }
+                _ => InvalidReason::Template(format!("{name}: {}", describe(&e))),
+            })
+        };
+        let (title, body) = match request.channel {
+            Channel::Sms => (None, fill(Part::Sms)?.unwrap_or_default()),
+            Channel::Push => (fill(Part::PushTitle)?, fill(Part::PushBody)?.unwrap_or_default()),
+        };
+        // As its files spell it: `pt-BR`, not `pt-br`.
+        let locale = self.spelled.get(&(template_id.to_owned(), locale.clone())).cloned().unwrap_or(locale);
+        Ok(Rendered { title, body, locale })
+    }
+}
+
+/// `pt-BR` → `pt-br`, `pt`, then the default and its own parents; each
+/// once, lowercased.
+pub fn fallbacks(locale: &str, default: &str) -> Vec<String> {
+    let mut chain: Vec<String> = Vec::new();
+    for tag in [locale, default] {
+        let tag = tag.replace('_', "-").to_ascii_lowercase();
+        let mut cut = tag.as_str();
+        loop {
+            if !cut.is_empty() && !chain.iter().any(|c| c == cut) {
+                chain.push(cut.to_owned());
+            }
+            match cut.rfind('-') {
+                Some(at) => cut = &cut[..at],
+                None => break,
+            }
+        }
+    }
+    chain
+}
+
+/// `pt-BR.push.title` → (`pt-BR`, push title).
+fn parse_file_name(name: &str) -> Result<(String, Part), String> {
+    let (locale, suffix) = name.split_once('.').ok_or_else(|| expected(name))?;
+    let part = Part::ALL.into_iter().find(|p| p.suffix() == suffix).ok_or_else(|| expected(name))?;
+    let subtags_ok = locale.split(['-', '_']).all(|s| (1..=8).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric()));
+    if !subtags_ok || !locale.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
+        return Err(format!("{locale:?} is not a BCP 47 locale such as en or pt-BR"));
+    }
+    Ok((locale.replace('_', "-"), part))
+}
+
+fn expected(name: &str) -> String {
+    format!("{name:?} is not named <locale>.sms, <locale>.push.title or <locale>.push.body")
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot be read: {e}"))?;
+    let mut paths = entries.map(|e| e.map(|e| e.path())).collect::<Result<Vec<_>, _>>().map_err(|e| format!("cannot be read: {e}"))?;
+    paths.sort();
+    Ok(paths)
+}
+
+/// The entry's name, unless it is hidden (an editor's swap file, `.git`).
+fn visible_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    (!name.starts_with('.')).then_some(name)
+}
+
+/// MiniJinja's error with its line, without the source it quotes (which
+/// `Display` in alternate form adds).
+fn describe(error: &minijinja::Error) -> String {
+    match error.line() {
+        Some(line) => format!("{} (line {line})", error.detail().unwrap_or(&error.kind().to_string())),
+        None => error.to_string(),
+    }
+}
+
+/// The set in use, swapped whole on reload: a request is rendered by the
+/// old set or the new one, never a mix.
+#[derive(Debug, Clone)]
+pub struct TemplateSet {
+    dir: PathBuf,
+    current: Arc<RwLock<Arc<Templates>>>,
+}
+
+impl TemplateSet {
+    pub fn load(dir: &Path, default_locale: &str) -> Result<TemplateSet, LoadError> {
+        let templates = Templates::load(dir, default_locale)?;
+        Ok(TemplateSet { dir: dir.to_owned(), current: Arc::new(RwLock::new(Arc::new(templates))) })
+    }
+
+    pub fn current(&self) -> Arc<Templates> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Loads the directory again. A set that does not load is refused and
+    /// the one in use stays.
+    pub fn reload(&self) -> Result<usize, LoadError> {
+        let default_locale = self.current().default_locale.clone();
+        let templates = Templates::load(&self.dir, &default_locale)?;
+        let files = templates.len();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(templates);
+        Ok(files)
+    }
+
+    /// Reloads on every SIGHUP, until dropped.
+    pub async fn reload_on_hangup(self) {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!(message = "Cannot listen for SIGHUP; templates load only at startup.");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match self.reload() {
+                Ok(files) => tracing::info!(message = "Templates reloaded.", dir = %self.dir.display(), files),
+                Err(error) => tracing::error!(message = "Templates not reloaded; the set loaded before stays in use.", %error),
+            }
+        }
+    }
+}
+
+/// The `{name}` syntax of `--sms-template`, as MiniJinja: `{name}` becomes
+/// `{{ name }}`, `\{` and `\}` are braces. Parsed once, at startup.
+pub struct BraceTemplate {
+    env: Environment<'static>,
+}
+
+const BRACE_TEMPLATE: &str = "sms-template";
+
+impl BraceTemplate {
+    pub fn parse(template: &str) -> Result<BraceTemplate, String> {
+        let mut jinja = String::with_capacity(template.len() * 2);
+        let mut chars = template.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if matches!(chars.peek(), Some('{' | '}')) => {
+                    let brace = chars.next().expect("peeked");
+                    jinja.push_str(if brace == '{' { "{{ \"{\" }}" } else { "}" });
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("{{{name} is unclosed (write \\{{ for a brace)")),
+                        }
+                    }
+                    let name = name.trim();
+                    let is_path = !name.is_empty()
+                        && name.split('.').all(|p| p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                    if !is_path {
+                        return Err(format!("{{{name}}} is not a variable name (or a brace is unclosed; write \\{{ for a brace)"));
+                    }
+                    jinja.push_str("{{ ");
+                    jinja.push_str(name);
+                    jinja.push_str(" }}");
+                }
+                c => jinja.push(c),
+            }
+        }
+        let mut env = environment();
+        env.set_keep_trailing_newline(true);
+        env.add_template_owned(BRACE_TEMPLATE, jinja).map_err(|e| describe(&e))?;
+        Ok(BraceTemplate { env })
+    }
+
+    /// Fills the template from `vars`, and `{message}` from `message`.
+    pub fn render(&self, vars: &std::collections::HashMap<String, String>, message: &str) -> Result<String, InvalidReason> {
+        let mut context: BTreeMap<&str, &str> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        context.insert("message", message);
+        let template = self.env.get_template(BRACE_TEMPLATE).expect("added at parse");
+        template.render(&context).map_err(|e| {
+            // Its errors name variables, never values.
+            let missing = template.undeclared_variables(false).into_iter().filter(|v| !context.contains_key(v.as_str())).collect::<Vec<_>>();
+            match missing.is_empty() {
+                false => InvalidReason::Template(format!("missing variable {}", missing.join(", "))),
+                true => InvalidReason::Template(describe(&e)),
+            }
+        })
+    }
+}
+
+impl fmt::Debug for BraceTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BraceTemplate")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Content, Prefs};
+
+    /// A directory of its own under the system's temporary one.
+    fn dir(files: &[(&str, &str)]) -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let root = std::env::temp_dir().join(format!("herald-templates-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (path, text) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    }
+
+    fn request(channel: Channel, locale: Option<&str>, vars: &[(&str, &str)]) -> Request {
+        Request {
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel,
+            recipient: "+14155550100".into(),
+            content: Content {
+                template_id: Some("order_shipped".into()),
+                template_vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..Content::default()
+            },
+            scheduled_at: None,
+            created_at: chrono::Utc::now(),
+            prefs: Prefs { locale: locale.map(str::to_owned), ..Prefs::default() },
+        }
+    }
+
+    fn shipped() -> PathBuf {
+        dir(&[
+            ("order_shipped/pt-BR.sms", "Olá {{ name }}, seu pedido {{ order }} foi enviado.\n"),
+            ("order_shipped/pt.sms", "Olá {{ name }}, a sua encomenda {{ order }} foi enviada."),
+            ("order_shipped/en.sms", "Hi {{ name }}, order {{ order }} has shipped."),
+            ("order_shipped/pt.push.title", "Encomenda enviada"),
+            ("order_shipped/pt.push.body", "{{ name }}: {{ order }} <a> & \"b\""),
+            ("order_shipped/en.push.body", "{{ name }}: {{ order }} shipped"),
+            ("order_shipped/.en.sms.swp", "{{ not parsed"),
+        ])
+    }
+
+    #[test]
+    fn locales_fall_back_a_subtag_at_a_time_then_to_the_default() {
+        assert_eq!(fallbacks("pt-BR", "en"), ["pt-br", "pt", "en"]);
+        assert_eq!(fallbacks("zh_Hant_TW", "en-US"), ["zh-hant-tw", "zh-hant", "zh", "en-us", "en"]);
+        assert_eq!(fallbacks("en", "en"), ["en"]);
+        let t = Templates::load(&shipped(), "en").unwrap();
+        let vars = [("name", "Ana"), ("order", "#42")];
+        let sms = |locale| t.render("order_shipped", &request(Channel::Sms, locale, &vars)).unwrap();
+        assert_eq!(sms(Some("pt-BR")), Rendered { title: None, body: "Olá Ana, seu pedido #42 foi enviado.".into(), locale: "pt-BR".into() });
+        assert_eq!(sms(Some("PT-br")).locale, "pt-BR", "matched in any case, reported as the files spell it");
+        assert_eq!(sms(Some("pt-PT")).locale, "pt");
+        assert_eq!(sms(Some("de-DE")).body, "Hi Ana, order #42 has shipped.");
+        assert_eq!(sms(Some("de-DE")).locale, "en");
+        assert_eq!(sms(None).locale, "en", "no locale: the default");
+        // Push: pt has both parts; nothing is escaped.
+        let push = t.render("order_shipped", &request(Channel::Push, Some("pt-BR"), &vars)).unwrap();
+        assert_eq!(push, Rendered { title: Some("Encomenda enviada".into()), body: "Ana: #42 <a> & \"b\"".into(), locale: "pt".into() });
+        let push = t.render("order_shipped", &request(Channel::Push, Some("fr"), &vars)).unwrap();
+        assert_eq!((push.title, push.locale.as_str()), (None, "en"));
+    }
+
+    #[test]
+    fn the_templates_shipped_in_the_repository_load_and_render() {
+        let t = Templates::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"), "en").unwrap();
+        let vars = [("name", "Ana"), ("order", "#1042"), ("url", "https://example.com/t/1042")];
+        let sms = t.render("order_shipped", &request(Channel::Sms, Some("pt-BR"), &vars)).unwrap();
+        assert_eq!(sms.body, "Olá Ana, seu pedido #1042 foi enviado. Acompanhe: https://example.com/t/1042");
+        // An optional variable: `is defined` is allowed however strict the rest is.
+        let push = t.render("order_shipped", &request(Channel::Push, Some("pt-PT"), &vars)).unwrap();
+        assert_eq!((push.title.as_deref(), push.body.as_str(), push.locale.as_str()), (Some("Encomenda #1042 enviada"), "Ana, já está a caminho.", "pt"));
+        let with_eta = request(Channel::Push, Some("en-GB"), &[("name", "Ana"), ("order", "#1042"), ("eta", "tomorrow")]);
+        assert_eq!(t.render("order_shipped", &with_eta).unwrap().body, "Ana, it is on its way. It should arrive tomorrow.");
+    }
+
+    #[test]
+    fn a_missing_template_and_a_missing_variable_have_their_own_codes() {
+        let t = Templates::load(&shipped(), "en").unwrap();
+        let mut unknown = request(Channel::Sms, Some("pt-BR"), &[("name", "Ana"), ("order", "1")]);
+        unknown.content.template_id = Some("password_reset".into());
+        let missing = t.render("password_reset", &unknown).unwrap_err();
+        assert_eq!(missing, InvalidReason::TemplateMissing { template_id: "password_reset".into(), locale: "pt-BR".into() });
+        assert_eq!(missing.code().as_str(), "template-missing");
+        // No file in the chain: the default locale has no SMS file either.
+        let no_sms = Templates::load(&dir(&[("order_shipped/pt.push.body", "x")]), "en").unwrap();
+        assert!(matches!(no_sms.render("order_shipped", &request(Channel::Sms, Some("pt"), &[])), Err(InvalidReason::TemplateMissing { .. })));
+        let lacking = t.render("order_shipped", &request(Channel::Sms, Some("en"), &[("name", "Ana")])).unwrap_err();
+        assert_eq!(lacking, InvalidReason::TemplateVariableMissing { template_id: "order_shipped".into(), variables: "order".into() });
+        assert_eq!(lacking.code().as_str(), "template-variable-missing");
+        assert!(!lacking.to_string().contains("Ana"), "names variables, never values: {lacking}");
+    }
+
+    #[test]
+    fn a_file_that_does_not_load_is_named() {
+        let cases: [(&[(&str, &str)], &str, &str); 5] = [
+            (&[("order_shipped/en.sms", "Hi {{ name ")], "order_shipped/en.sms", "line 1"),
+            (&[("order_shipped/en.email", "x")], "order_shipped/en.email", "<locale>.sms"),
+            (&[("order_shipped/e n.sms", "x")], "order_shipped/e n.sms", "BCP 47"),
+            (&[("loose.sms", "x")], "loose.sms", "not a directory"),
+            (&[("order_shipped/en.sms", "x"), ("order_shipped/EN.sms", "y")], "order_shipped/", "another file"),
+        ];
+        for (files, path, why) in cases {
+            let root = dir(files);
+            let error = Templates::load(&root, "en").unwrap_err().to_string();
+            assert!(error.contains(path) && error.contains(why), "{files:?}: {error}");
+            assert!(error.contains(&root.display().to_string()), "the whole path: {error}");
+        }
+        let error = Templates::load(Path::new("/nonexistent/herald-templates"), "en").unwrap_err().to_string();
+        assert!(error.contains("/nonexistent/herald-templates") && error.contains("cannot be read"), "{error}");
+    }
+
+    #[test]
+    fn a_reload_swaps_the_whole_set_and_a_bad_one_leaves_the_old() {
+        let root = dir(&[("order_shipped/en.sms", "v1 {{ order }}")]);
+        let set = TemplateSet::load(&root, "en").unwrap();
+        let body = |set: &TemplateSet| set.current().render("order_shipped", &request(Channel::Sms, None, &[("order", "1")])).map(|r| r.body);
+        assert_eq!(body(&set), Ok("v1 1".into()));
+        std::fs::write(root.join("order_shipped/en.sms"), "v2 {{ order }}").unwrap();
+        assert_eq!(set.reload().unwrap(), 1);
+        assert_eq!(body(&set), Ok("v2 1".into()));
+        std::fs::write(root.join("order_shipped/pt.sms"), "{% if %}").unwrap();
+        std::fs::write(root.join("order_shipped/en.sms"), "v3 {{ order }}").unwrap();
+        let refused = set.reload().unwrap_err();
+        assert!(refused.to_string().contains("order_shipped/pt.sms"), "{refused}");
+        assert_eq!(body(&set), Ok("v2 1".into()), "the old set, whole: not v3");
+    }
+
+    #[test]
+    fn the_brace_syntax_is_parsed_once_and_means_what_it_did() {
+        // Jinja's own markers are text here, in the template and in values.
+        let t = BraceTemplate::parse("{user_name}: {message} \\{literal\\} %} #} }}").unwrap_or_else(|e| panic!("{e}"));
+        let vars = [("user_name".to_owned(), "Ada {{ x }}".to_owned())].into();
+        assert_eq!(t.render(&vars, "hi {% raw %}").unwrap(), "Ada {{ x }}: hi {% raw %} {literal} %} #} }}");
+        match t.render(&Default::default(), "hi") {
+            Err(InvalidReason::Template(e)) => assert_eq!(e, "missing variable user_name"),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["{unclosed", "x {abc", "{}", "{a b}", "{1x}", "x {", "{{ jinja }}", "{# comment #}", "{% if x %}"] {
+            assert!(BraceTemplate::parse(bad).is_err(), "{bad:?} parsed");
+        }
+        assert_eq!(BraceTemplate::parse("line\n").unwrap().render(&Default::default(), "").unwrap(), "line\n");
+        assert_eq!(BraceTemplate::parse("\\{ alone").unwrap().render(&Default::default(), "").unwrap(), "{ alone");
+    }
+}
