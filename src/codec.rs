@@ -621,6 +621,28 @@ mod tests {
     }
 
     #[test]
+    fn a_request_written_with_the_schema_before_quiet_hours_resolves_with_defaults() {
+        // The schema as it was: without the four fields appended for quiet
+        // hours and templates. A registry hands herald such a writer schema.
+        let mut older: serde_json::Value = serde_json::from_str(REQUEST_SCHEMA).unwrap();
+        let fields = older["fields"].as_array_mut().unwrap();
+        let new = ["time_zone", "locale", "priority", "template_id"];
+        fields.retain(|f| !new.contains(&f["name"].as_str().unwrap()));
+        let older = Schema::parse_str(&older.to_string()).unwrap();
+        let b = Bundled::load();
+        let request = sample_request();
+        let Value::Record(mut fields) = apache_avro::from_avro_datum(&b.request, &mut unframe(&encode_request(&b.request, 1, &request).unwrap()).unwrap().1, None).unwrap() else {
+            panic!("a record")
+        };
+        fields.retain(|(name, _)| !new.contains(&name.as_str()));
+        let datum = apache_avro::to_avro_datum(&older, Value::Record(fields)).unwrap();
+        let resolved = apache_avro::from_avro_datum(&older, &mut &datum[..], Some(&b.request)).unwrap();
+        assert_eq!(request_from_value(resolved).unwrap(), request, "defaults: no zone, no locale, UNKNOWN, no template");
+        // Without a registry, the hand reader takes the older datum too.
+        assert_eq!(read_request(&datum), Ok(request));
+    }
+
+    #[test]
     fn time_zone_locale_priority_and_template_round_trip_both_ways() {
         let b = Bundled::load();
         let prefs = Prefs { time_zone: Some("America/New_York".into()), locale: Some("pt-BR".into()), priority: Priority::Urgent };

@@ -8,8 +8,9 @@
 //! | decode | [`decode`], [`codec`], [`registry`] | Confluent wire format, Avro with reader-schema resolution |
 //! | suppression | [`suppression`] | opted-out numbers and dead push tokens, from a compacted topic every instance follows ([`follow`]) |
 //! | cancellation | [`cancel`] | notifications not to send after all, from a compacted topic every instance follows |
+//! | quiet hours | [`quiet`] | a channel's quiet window in the recipient's time zone; NORMAL requests wait until it ends |
 //! | rate limit | [`ratelimit`] | rolling windows per user and channel, idempotent per event id; in memory, written through to ScyllaDB |
-//! | route | [`route`] | one lane per channel, each with bounded admission and concurrency |
+//! | route | [`route`], [`templates`] | one lane per channel, each with bounded admission and concurrency; text from localized templates |
 //! | deliver | [`deliver`] | SMS through Twilio, failing over to Vonage; FCM push; each provider guarded by a rate cap and a circuit breaker; classifies provider errors |
 //! | outcome | [`outcome`] | `decide` (the one retry / dead-letter / drop decision), status events, retry and dead-letter records |
 //!

@@ -100,3 +100,30 @@ async fn an_unknown_time_zone_is_invalid_and_dead_lettered() {
     assert!(dead.iter().any(|m| m.payload() == Some(&bad[..]) && header(m, herald::record::envelope::ERROR_CODE) == Some("unknown-time-zone")));
     herald.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_comes_due_at_night_waits_for_the_morning_keeping_its_attempts() {
+    let h = Harness::new().await;
+    let clock = Clock::adjustable();
+    let evening = next_local(New_York, 20, Utc::now());
+    clock.set(evening);
+    let herald = h.start_with_clock(&["--sms-quiet-hours", "21:00-08:00", "--retry-delays", "3s,3s,3s"], clock.clone());
+    h.twilio.script("+14155550100", vec![herald_testkit::fake::Reply::fail(503, "20503")]);
+    h.send(&in_zone(sms("evening", "u1", "+14155550100", "see you tomorrow"), "America/New_York", Priority::Normal)).await;
+    let mut statuses = h.statuses();
+    statuses.until(Duration::from_secs(30), |e| e.iter().any(|e| e.event_id == "evening" && e.status == Status::RetryScheduled)).await;
+    // The retry comes due after 21:00 there.
+    let night = next_local(New_York, 23, evening);
+    clock.set(night);
+    statuses.until(Duration::from_secs(30), |e| e.iter().any(|e| e.event_id == "evening" && e.status == Status::Deferred)).await;
+    let deferred = statuses.of("evening").into_iter().find(|e| e.status == Status::Deferred).unwrap();
+    let morning = next_local(New_York, 8, night);
+    assert_eq!((deferred.attempt, deferred.next_attempt_at), (1, Some(morning)), "{deferred:?}");
+    assert_eq!(calls_with_body(&h, "see you tomorrow"), 1);
+
+    clock.set(morning + chrono::Duration::seconds(1));
+    let done = statuses.terminal(Duration::from_secs(30), &["evening".into()]).await;
+    assert_eq!((done["evening"].status, done["evening"].attempt), (Status::Sent, 2), "the second attempt: {:?}", done["evening"]);
+    assert_eq!(calls_with_body(&h, "see you tomorrow"), 2);
+    herald.stop().await.unwrap();
+}

@@ -16,7 +16,7 @@ use crate::support::*;
 fn evolved_schema() -> String {
     let mut schema: serde_json::Value = serde_json::from_str(herald::codec::REQUEST_SCHEMA).unwrap();
     let fields = schema["fields"].as_array_mut().unwrap();
-    fields.push(serde_json::json!({"name": "priority", "type": ["null", "string"], "default": null}));
+    fields.push(serde_json::json!({"name": "campaign", "type": ["null", "string"], "default": null}));
     fields[2]["type"]["symbols"] = serde_json::json!(["SMS", "PUSH", "EMAIL", "UNKNOWN"]);
     schema.to_string()
 }
@@ -28,6 +28,12 @@ fn older_schema() -> String {
     let content = schema["fields"].as_array_mut().unwrap().iter_mut().find(|f| f["name"] == "content").unwrap();
     content["type"]["fields"].as_array_mut().unwrap().retain(|f| f["name"] != "android" && f["name"] != "apns");
     schema.to_string()
+}
+
+/// The fields after `created_at`, each at its default.
+fn preferences() -> Vec<(String, Value)> {
+    let null = || Value::Union(0, Box::new(Value::Null));
+    vec![("time_zone".into(), null()), ("locale".into(), null()), ("priority".into(), Value::Enum(2, "UNKNOWN".into())), ("template_id".into(), null())]
 }
 
 /// Which producer wrote a record.
@@ -57,8 +63,9 @@ fn encode(writer: Writer, schema: &Schema, id: u32, event_id: &str, user: &str, 
         ("scheduled_at".into(), Value::Union(0, Box::new(Value::Null))),
         ("created_at".into(), Value::TimestampMillis(1_700_000_000_000)),
     ];
+    fields.extend(preferences());
     if writer == Writer::Newer {
-        fields.push(("priority".into(), Value::Union(1, Box::new(Value::String("high".into())))));
+        fields.push(("campaign".into(), Value::Union(1, Box::new(Value::String("spring".into())))));
     }
     let value = Value::Record(fields);
     let mut bytes = vec![0];
@@ -151,7 +158,10 @@ async fn without_a_registry_symbols_a_newer_writer_added_read_as_unknown() {
             ("content".into(), content),
             ("scheduled_at".into(), null()),
             ("created_at".into(), Value::TimestampMillis(1_700_000_000_000)),
-        ]);
+        ]
+        .into_iter()
+        .chain(preferences())
+        .collect());
         // Schema id 0: no registry knows it; herald reads with its own schema.
         let mut bytes = vec![0, 0, 0, 0, 0];
         bytes.extend(apache_avro::to_avro_datum(schema, value).unwrap());
