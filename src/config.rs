@@ -407,6 +407,8 @@ pub struct ApiArgs {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
+    #[error("--default-locale {0:?} is not a BCP 47 tag such as en or pt-BR")]
+    DefaultLocale(String),
     #[error("--retry-topics has {topics} entries but --retry-delays has {delays}; give one delay per retry topic")]
     RetryScheduleMismatch { topics: usize, delays: usize },
     #[error("at least one retry topic is needed")]
@@ -625,6 +627,9 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let (t, d, tw) = (&self.topics, &self.delivery, &self.twilio);
+        if !crate::templates::is_locale(&d.default_locale) {
+            return Err(ConfigError::DefaultLocale(d.default_locale.clone()));
+        }
         if t.retry_topics.is_empty() {
             return Err(ConfigError::NoRetryTopics);
         }

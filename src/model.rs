@@ -544,6 +544,8 @@ pub enum InvalidReason {
     ScheduledTooFar { max: std::time::Duration },
     /// `time_zone` is not in the IANA time zone database.
     UnknownTimeZone(String),
+    /// A template's request names a `locale` that is not a BCP 47 tag.
+    InvalidLocale(String),
     /// No template by that id has a file for the channel in any locale of
     /// the fallback chain.
     TemplateMissing { template_id: String, locale: String },
@@ -570,9 +572,19 @@ impl InvalidReason {
             InvalidReason::RecordTooLarge { .. } => "record-too-large",
             InvalidReason::ScheduledTooFar { .. } => "scheduled-too-far",
             InvalidReason::UnknownTimeZone(_) => "unknown-time-zone",
+            InvalidReason::InvalidLocale(_) => "invalid-locale",
             InvalidReason::TemplateMissing { .. } => "template-missing",
             InvalidReason::TemplateVariableMissing { .. } => "template-variable-missing",
         })
+    }
+}
+
+/// At most 64 characters of `s`, then an ellipsis.
+fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        None => s.into(),
+        Some((at, _)) => format!("{}…", &s[..at]).into(),
     }
 }
 
@@ -599,13 +611,18 @@ impl fmt::Display for InvalidReason {
             InvalidReason::ScheduledTooFar { max } => {
                 write!(f, "scheduled_at is more than {} ahead", humantime::format_duration(*max))
             }
-            // Names only, which the producer chose; never the values.
-            InvalidReason::UnknownTimeZone(name) => write!(f, "time_zone {name:?} is not in the IANA time zone database"),
-            InvalidReason::TemplateMissing { template_id, locale } => {
-                write!(f, "template {template_id:?} has no file for this channel in locale {locale:?}, its fallbacks or the default")
-            }
+            // Names only, which the producer chose (clipped: a producer's
+            // megabyte must not become every status's); never the values.
+            InvalidReason::UnknownTimeZone(name) => write!(f, "time_zone {:?} is not in the IANA time zone database", clip(name)),
+            InvalidReason::InvalidLocale(tag) => write!(f, "locale {:?} is not a BCP 47 tag such as pt-BR", clip(tag)),
+            InvalidReason::TemplateMissing { template_id, locale } => write!(
+                f,
+                "template {:?} has no file for this channel in locale {:?}, its fallbacks or the default",
+                clip(template_id),
+                clip(locale)
+            ),
             InvalidReason::TemplateVariableMissing { template_id, variables } => {
-                write!(f, "template {template_id:?} uses variables that template_vars does not have: {variables}")
+                write!(f, "template {:?} uses variables that template_vars does not have: {}", clip(template_id), clip(variables))
             }
         }
     }

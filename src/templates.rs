@@ -76,12 +76,33 @@ pub struct Rendered {
     pub locale: String,
 }
 
+/// What one render may spend, in MiniJinja's instructions: a template
+/// that loops without end cannot hold up its partition. The largest real
+/// message takes a few hundred.
+const FUEL: u64 = 100_000;
+
+/// The largest template file: FCM takes 4 KB, Twilio 1,600 characters.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// BCP 47 allows longer tags in principle; none in use is over 35.
+const MAX_LOCALE_LEN: usize = 35;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     // A typo in a variable's name is an error, not an empty string.
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_fuel(Some(FUEL));
     env
+}
+
+/// Whether `tag` looks like a BCP 47 tag (`en`, `pt-BR`, `zh-Hant-TW`;
+/// `_` is taken for `-`): alphanumeric subtags of 1 to 8, the first
+/// alphabetic, 35 characters at most.
+pub fn is_locale(tag: &str) -> bool {
+    tag.len() <= MAX_LOCALE_LEN
+        && tag.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && tag.split(['-', '_']).all(|s| (1..=8).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 impl Templates {
@@ -100,6 +121,10 @@ impl Templates {
             for file in sorted_entries(&id_dir).map_err(|e| error(&id_dir, e))? {
                 let Some(name) = visible_name(&file) else { continue };
                 let (locale, part) = parse_file_name(&name).map_err(|reason| error(&file, reason))?;
+                let size = std::fs::metadata(&file).map_err(|e| error(&file, format!("cannot be read: {e}")))?.len();
+                if size > MAX_FILE_BYTES {
+                    return Err(error(&file, format!("is {size} bytes; a template file may be at most {MAX_FILE_BYTES}")));
+                }
                 let source = std::fs::read_to_string(&file).map_err(|e| error(&file, format!("cannot be read as UTF-8 text: {e}")))?;
                 let key = format!("{id}/{}.{}", locale.to_ascii_lowercase(), part.suffix());
                 if templates.files.contains(&(id.clone(), locale.to_ascii_lowercase(), part)) {
@@ -129,6 +154,9 @@ impl Templates {
             Channel::Push => &[Part::PushTitle, Part::PushBody],
         };
         let wanted = request.prefs.locale.as_deref().unwrap_or(&self.default_locale);
+        if !is_locale(wanted) {
+            return Err(InvalidReason::InvalidLocale(wanted.to_owned()));
+        }
         let has = |locale: &str, part: Part| self.files.contains(&(template_id.to_owned(), locale.to_owned(), part));
         let locale = fallbacks(wanted, &self.default_locale)
             .into_iter()
@@ -184,8 +212,7 @@ pub fn fallbacks(locale: &str, default: &str) -> Vec<String> {
 fn parse_file_name(name: &str) -> Result<(String, Part), String> {
     let (locale, suffix) = name.split_once('.').ok_or_else(|| expected(name))?;
     let part = Part::ALL.into_iter().find(|p| p.suffix() == suffix).ok_or_else(|| expected(name))?;
-    let subtags_ok = locale.split(['-', '_']).all(|s| (1..=8).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric()));
-    if !subtags_ok || !locale.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
+    if !is_locale(locale) {
         return Err(format!("{locale:?} is not a BCP 47 locale such as en or pt-BR"));
     }
     Ok((locale.replace('_', "-"), part))
@@ -429,8 +456,38 @@ mod tests {
     }
 
     #[test]
+    fn what_a_producer_or_a_template_may_cost_is_bounded() {
+        let root = dir(&[("order_shipped/en.sms", "Hi {{ name }}"), ("endless/en.sms", "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}")]);
+        let t = Templates::load(&root, "en").unwrap();
+        // A locale of a megabyte is no locale, and its message stays short.
+        let huge = "a-".repeat(500_000);
+        let refused = t.render("order_shipped", &request(Channel::Sms, Some(&huge), &[("name", "Ana")])).unwrap_err();
+        assert!(matches!(refused, InvalidReason::InvalidLocale(_)), "{refused:?}");
+        assert_eq!(refused.code().as_str(), "invalid-locale");
+        assert!(refused.to_string().len() < 200, "clipped: {} bytes", refused.to_string().len());
+        for bad in ["", "e n", "-en", "1en", "en--us", "toolongsubtag", &"en-".repeat(20)] {
+            assert!(!is_locale(bad), "{bad:?}");
+        }
+        for good in ["en", "pt-BR", "pt_br", "zh-Hant-TW", "es-419"] {
+            assert!(is_locale(good), "{good:?}");
+        }
+        // A template that would loop for ever runs out of fuel instead.
+        let started = std::time::Instant::now();
+        let endless = t.render("endless", &request(Channel::Sms, None, &[])).unwrap_err();
+        assert!(matches!(endless, InvalidReason::Template(ref e) if e.contains("fuel")), "{endless:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        // A producer's template id of a megabyte is not repeated whole.
+        let missing = t.render(&"x".repeat(1_000_000), &request(Channel::Sms, None, &[])).unwrap_err();
+        assert!(missing.to_string().len() < 300, "{} bytes", missing.to_string().len());
+        // Nor is a file larger than any message could be loaded.
+        let big = dir(&[("big/en.sms", &"x".repeat(64 * 1024 + 1))]);
+        assert!(Templates::load(&big, "en").unwrap_err().to_string().contains("at most 65536"));
+    }
+
+    #[test]
     fn a_file_that_does_not_load_is_named() {
-        let cases: [(&[(&str, &str)], &str, &str); 5] = [
+        type Files<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Files, &str, &str); 5] = [
             (&[("order_shipped/en.sms", "Hi {{ name ")], "order_shipped/en.sms", "line 1"),
             (&[("order_shipped/en.email", "x")], "order_shipped/en.email", "<locale>.sms"),
             (&[("order_shipped/e n.sms", "x")], "order_shipped/e n.sms", "BCP 47"),
