@@ -276,6 +276,39 @@ pub struct DeliveryArgs {
     pub default_locale: String,
 }
 
+/// The old SMS service's environment names, where they mean what one of
+/// herald's does: `TWILIO_FROM_NUMBER` is `TWILIO_FROM`, and
+/// `SMS_PROVIDER` picks the first SMS provider (the others follow in
+/// herald's order). Returns the variables to set. herald's own name wins
+/// when both are set alike; set differently, they are an error, since
+/// either reading would surprise someone.
+pub fn legacy_env(get: impl Fn(&str) -> Option<String>) -> Result<Vec<(&'static str, String)>, String> {
+    let mut set = Vec::new();
+    if let Some(number) = get("TWILIO_FROM_NUMBER") {
+        match get("TWILIO_FROM") {
+            Some(from) if from != number => return Err("TWILIO_FROM_NUMBER and TWILIO_FROM are both set, and differ: set one".into()),
+            Some(_) => {}
+            None => set.push(("TWILIO_FROM", number)),
+        }
+    }
+    if let Some(provider) = get("SMS_PROVIDER") {
+        let first = match provider.trim().to_ascii_lowercase().as_str() {
+            "twilio" => "twilio",
+            "vonage" | "nexmo" => "vonage",
+            _ => return Err(format!("SMS_PROVIDER {provider:?} is not twilio or vonage")),
+        };
+        let order: Vec<&str> = std::iter::once(first).chain(["twilio", "vonage"].into_iter().filter(|p| *p != first)).collect();
+        match get("HERALD_SMS_PROVIDERS") {
+            Some(providers) if providers.split(',').next().map(|p| p.trim().to_ascii_lowercase()) != Some(first.to_owned()) => {
+                return Err(format!("SMS_PROVIDER says {first} first, and HERALD_SMS_PROVIDERS {providers:?} does not: set one"));
+            }
+            Some(_) => {}
+            None => set.push(("HERALD_SMS_PROVIDERS", order.join(","))),
+        }
+    }
+    Ok(set)
+}
+
 fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
     chrono_tz::Tz::from_str_insensitive(name).map_err(|_| format!("{name:?} is not an IANA time zone name, such as Europe/Lisbon"))
 }
@@ -481,6 +514,15 @@ impl Config {
     /// (a password in a URL, `sasl.password` in Kafka options).
     pub fn from_env() -> Config {
         use clap::{CommandFactory, FromArgMatches};
+        match legacy_env(|name| std::env::var(name).ok()) {
+            // Before any thread is started: the runtime's workers read no
+            // environment, and this is the first thing `main` does.
+            Ok(set) => set.into_iter().for_each(|(name, value)| std::env::set_var(name, value)),
+            Err(error) => {
+                eprintln!("error: {error}");
+                std::process::exit(2);
+            }
+        }
         let mut matches = Config::command().mut_args(|a| a.hide_env_values(true)).get_matches();
         Config::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
     }
@@ -744,6 +786,20 @@ mod tests {
 
     fn parse(args: &[&str]) -> Config {
         Config::try_parse_from(std::iter::once("herald").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn the_old_services_environment_names_are_aliases() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string());
+        assert_eq!(legacy_env(env(&[])), Ok(vec![]));
+        assert_eq!(legacy_env(env(&[("TWILIO_FROM_NUMBER", "+14155550100")])), Ok(vec![("TWILIO_FROM", "+14155550100".into())]));
+        assert_eq!(legacy_env(env(&[("TWILIO_FROM_NUMBER", "+14155550100"), ("TWILIO_FROM", "+14155550100")])), Ok(vec![]));
+        assert!(legacy_env(env(&[("TWILIO_FROM_NUMBER", "+14155550100"), ("TWILIO_FROM", "+14155550199")])).unwrap_err().contains("differ"));
+        assert_eq!(legacy_env(env(&[("SMS_PROVIDER", "Vonage")])), Ok(vec![("HERALD_SMS_PROVIDERS", "vonage,twilio".into())]));
+        assert_eq!(legacy_env(env(&[("SMS_PROVIDER", "twilio")])), Ok(vec![("HERALD_SMS_PROVIDERS", "twilio,vonage".into())]));
+        assert_eq!(legacy_env(env(&[("SMS_PROVIDER", "vonage"), ("HERALD_SMS_PROVIDERS", "vonage")])), Ok(vec![]));
+        assert!(legacy_env(env(&[("SMS_PROVIDER", "vonage"), ("HERALD_SMS_PROVIDERS", "twilio,vonage")])).unwrap_err().contains("set one"));
+        assert!(legacy_env(env(&[("SMS_PROVIDER", "sns")])).unwrap_err().contains("not twilio or vonage"));
     }
 
     #[test]

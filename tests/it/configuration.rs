@@ -121,3 +121,17 @@ fn help_shows_no_environment_value() {
     assert!(stdout.contains("--kafka-option") && stdout.contains("HERALD_KAFKA_OPTIONS"), "the flags are listed");
     assert!(!stdout.contains("hunter"), "{stdout}");
 }
+
+#[test]
+fn the_old_services_environment_names_configure_the_sender_and_the_first_provider() {
+    let args = ["--brokers", "127.0.0.1:1", "--twilio-account-sid", "AC1", "--twilio-auth-token", "t", "--vonage-api-key", "k", "--vonage-api-secret", "s", "--vonage-from", "Herald"];
+    let old = [("TWILIO_FROM_NUMBER", "+14155550100"), ("SMS_PROVIDER", "vonage"), ("RUST_LOG", "info")];
+    let (code, stderr, _, _) = herald(&args, &old, Duration::from_secs(8));
+    // Got as far as the broker: the sender was taken from TWILIO_FROM_NUMBER.
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--brokers 127.0.0.1:1"), "{stderr}");
+    assert!(stderr.contains(r#"providers=["vonage", "twilio"]"#), "Vonage first: {stderr}");
+    let (code, stderr, _, _) = herald(&args, &[("TWILIO_FROM_NUMBER", "+14155550100"), ("TWILIO_FROM", "+14155550101")], Duration::from_secs(5));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("TWILIO_FROM_NUMBER and TWILIO_FROM are both set, and differ"), "{stderr}");
+}

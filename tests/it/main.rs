@@ -12,6 +12,7 @@ mod dlq;
 mod failover;
 mod guard;
 mod operate;
+mod python_client;
 mod quiet;
 mod rate_limit;
 mod receipts;

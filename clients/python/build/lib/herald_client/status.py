@@ -1,0 +1,165 @@
+"""Reading `notification.status`: typed events, once each."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import confluent_kafka
+import fastavro
+
+from .wire import STATUS_SCHEMA, decode
+
+# Where a status stands in a notification's life (README, "At least once").
+PENDING = {"SCHEDULED", "DEFERRED", "RETRY_SCHEDULED"}
+RECEIPTS = {"DELIVERED", "UNDELIVERED"}
+TERMINAL = {"SENT", "FAILED", "DEAD_LETTERED", "INVALID", "RATE_LIMITED", "SUPPRESSED", "CANCELLED", "DELIVERED", "UNDELIVERED"}
+
+
+def _stage(status: str) -> int:
+    return 0 if status in PENDING else 2 if status in RECEIPTS else 1
+
+
+@dataclass(frozen=True)
+class ProviderTried:
+    provider: str
+    error_code: str
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    event_id: str
+    user_id: str
+    channel: str
+    status: str
+    attempt: int
+    occurred_at: datetime
+    provider: Optional[str] = None
+    provider_message_id: Optional[str] = None
+    error_code: Optional[str] = None
+    error_class: Optional[str] = None
+    error_message: Optional[str] = None
+    next_attempt_at: Optional[datetime] = None
+    recipient: Optional[str] = None
+    created_at: Optional[datetime] = None
+    scheduled_at: Optional[datetime] = None
+    sms_segments: Optional[int] = None
+    sms_encoding: Optional[str] = None
+    origin: Optional[Tuple[str, int, int]] = None
+    providers_tried: Tuple[ProviderTried, ...] = field(default_factory=tuple)
+    locale: Optional[str] = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def is_duplicate_of(self, other: "StatusEvent") -> bool:
+        """The same outcome read twice (at least once): same event id,
+        attempt and status. Never event id and attempt alone: SCHEDULED and
+        the RATE_LIMITED after it share attempt 0."""
+        return (self.event_id, self.attempt, self.status) == (other.event_id, other.attempt, other.status)
+
+    def supersedes(self, other: "StatusEvent") -> bool:
+        """Whether this replaces `other` as the notification's current
+        state: the higher attempt; then a decision over a pending status,
+        and a carrier receipt over the decision; then the later time."""
+        return (self.attempt, _stage(self.status), self.occurred_at) > (other.attempt, _stage(other.status), other.occurred_at)
+
+    @classmethod
+    def from_record(cls, r: Dict) -> "StatusEvent":
+        origin = r.get("origin")
+        return cls(
+            event_id=r["event_id"], user_id=r["user_id"], channel=r["channel"], status=r["status"], attempt=r["attempt"],
+            occurred_at=r["occurred_at"], provider=r.get("provider"), provider_message_id=r.get("provider_message_id"),
+            error_code=r.get("error_code"), error_class=r.get("error_class"), error_message=r.get("error_message"),
+            next_attempt_at=r.get("next_attempt_at"), recipient=r.get("recipient"), created_at=r.get("created_at"),
+            scheduled_at=r.get("scheduled_at"), sms_segments=r.get("sms_segments"), sms_encoding=r.get("sms_encoding"),
+            origin=None if origin is None else (origin["topic"], origin["partition"], origin["offset"]),
+            providers_tried=tuple(ProviderTried(t["provider"], t["error_code"]) for t in r.get("providers_tried") or ()),
+            locale=r.get("locale"),
+        )
+
+
+class StatusConsumer:
+    """Yields each status once, in the order the topic gives them.
+
+    Duplicates (an outcome redelivered after a crash) are dropped by the
+    rule above, remembering the last `remember` outcomes, and `current`
+    holds each notification's current state by `supersedes`, whatever
+    order its statuses arrive in. Offsets are committed by the consumer
+    (confluent-kafka's auto-commit), so after a restart some statuses come
+    again and are deduplicated the same way.
+
+    With `schema_registry_url`, each record's writer schema is fetched by
+    id and resolved against the bundled one; without, records are read
+    with the bundled schema, as herald writes them without a registry.
+    """
+
+    def __init__(self, bootstrap_servers: str, group_id: str, *, topic: str = "notification.status",
+                 schema_registry_url: Optional[str] = None, config: Optional[Dict[str, object]] = None, remember: int = 100_000):
+        conf = {"bootstrap.servers": bootstrap_servers, "group.id": group_id, "auto.offset.reset": "earliest"}
+        conf.update(config or {})
+        self._consumer = confluent_kafka.Consumer(conf)
+        self._consumer.subscribe([topic])
+        self._seen: "OrderedDict[Tuple[str, int, str], None]" = OrderedDict()
+        self._remember = remember
+        self.current: Dict[str, StatusEvent] = {}
+        self.duplicates = 0
+        self._writer_schema_for = None
+        if schema_registry_url:
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+
+            registry, cache = SchemaRegistryClient({"url": schema_registry_url}), {}
+
+            def writer_schema_for(schema_id: int):
+                if schema_id not in cache:
+                    # Id 0 is herald's own, written without a registry.
+                    cache[schema_id] = STATUS_SCHEMA if schema_id == 0 else fastavro.parse_schema(json.loads(registry.get_schema(schema_id).schema_str))
+                return cache[schema_id]
+
+            self._writer_schema_for = writer_schema_for
+
+    def poll(self, timeout: float = 1.0) -> Optional[StatusEvent]:
+        """The next status not seen before, or None if none came within `timeout`."""
+        while True:
+            message = self._consumer.poll(timeout)
+            if message is None:
+                return None
+            if message.error():
+                raise confluent_kafka.KafkaException(message.error())
+            event = StatusEvent.from_record(decode(message.value(), STATUS_SCHEMA, self._writer_schema_for))
+            key = (event.event_id, event.attempt, event.status)
+            if key not in self._seen:
+                break
+            self.duplicates += 1
+        self._seen[key] = None
+        if len(self._seen) > self._remember:
+            self._seen.popitem(last=False)
+        known = self.current.get(event.event_id)
+        if known is None or event.supersedes(known):
+            self.current[event.event_id] = event
+        return event
+
+    def __iter__(self) -> Iterator[StatusEvent]:
+        while True:
+            event = self.poll()
+            if event is not None:
+                yield event
+
+    def until_terminal(self, event_ids: List[str], timeout: float = 60.0) -> Dict[str, StatusEvent]:
+        """Reads until each of `event_ids` has a terminal current status."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not all(e in self.current and self.current[e].is_terminal for e in event_ids):
+            if time.monotonic() > deadline:
+                missing = [e for e in event_ids if not (e in self.current and self.current[e].is_terminal)]
+                raise TimeoutError(f"no terminal status within {timeout}s for {missing}; current: {self.current}")
+            self.poll(0.5)
+        return {e: self.current[e] for e in event_ids}
+
+    def close(self) -> None:
+        self._consumer.close()

@@ -1,0 +1,139 @@
+"""The client against tansu and a real herald binary."""
+
+import json
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import confluent_kafka
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from herald_client import Priority, Producer, StatusConsumer, push, sms
+from herald_client.status import StatusEvent
+from herald_client.wire import STATUS_SCHEMA, STATUS_SCHEMA_TEXT, frame, unframe
+
+from conftest import CLIENT, ROOT
+
+CONSUMER = {**CLIENT, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+
+
+def wait_topics(broker, *topics, timeout=30):
+    admin = AdminClient({"bootstrap.servers": broker, **CLIENT})
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        known = admin.list_topics(timeout=5).topics
+        if all(t in known and known[t].partitions for t in topics):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"herald did not create {topics}")
+
+
+def clients(broker, herald, registry_url=None):
+    wait_topics(broker, herald.topics["requested"], herald.topics["status"], herald.topics["cancellations"])
+    producer = Producer(broker, topic=herald.topics["requested"], cancellations_topic=herald.topics["cancellations"],
+                        schema_registry_url=registry_url, config=CLIENT)
+    statuses = StatusConsumer(broker, f"reader-{uuid.uuid4().hex[:6]}", topic=herald.topics["status"],
+                              schema_registry_url=registry_url, config=CONSUMER)
+    return producer, statuses
+
+
+def test_the_bundled_schemas_are_herald_s():
+    import importlib.resources
+
+    package = importlib.resources.files("herald_client") / "schemas"
+    for name in ("notification.requested.avsc", "notification.status.avsc"):
+        assert (package / name).read_text() == (ROOT / "schemas" / name).read_text(), f"{name}: copy schemas/ into the package"
+
+
+def test_constructors_refuse_what_herald_would_call_invalid():
+    with pytest.raises(ValueError, match="E.164"):
+        sms("u1", "555-0100", "hi")
+    with pytest.raises(ValueError, match="body or a template_id"):
+        sms("u1", "+14155550100", "  ")
+    with pytest.raises(ValueError, match="registration token"):
+        push("u1", " ", "title")
+    with pytest.raises(ValueError, match="no time zone"):
+        sms("u1", "+14155550100", "hi", scheduled_at=datetime(2030, 1, 1)).to_record()
+    assert sms("u1", "+14155550100", template_id="order_shipped").to_record()["priority"] == "UNKNOWN"
+    assert sms("u1", "+14155550100", "x", priority=Priority.URGENT).to_record()["priority"] == "URGENT"
+
+
+def test_an_sms_is_sent_and_its_statuses_read_without_a_registry(broker, twilio, start_herald):
+    herald = start_herald()
+    producer, statuses = clients(broker, herald)
+    first = sms("ada", "+14155550100", "Your code is 123456", priority=Priority.URGENT, time_zone="Europe/Lisbon")
+    later = sms("ada", "+14155550101", "See you at 3", scheduled_at=datetime.now(timezone.utc) + timedelta(seconds=4))
+    producer.send(first)
+    producer.send(later)
+    producer.flush()
+    # Cancelled while it waits for its time: never sent.
+    producer.cancel(later.event_id, reason="plans changed")
+    producer.flush()
+    done = statuses.until_terminal([first.event_id, later.event_id])
+    assert done[first.event_id].status == "SENT" and done[first.event_id].provider == "twilio"
+    assert done[first.event_id].recipient == "+*******0100" and done[first.event_id].sms_segments == 1
+    assert done[later.event_id].status == "CANCELLED"
+    assert twilio.bodies() == ["Your code is 123456"]
+    statuses.close()
+
+
+def test_with_a_schema_registry_both_sides_register_and_resolve(broker, twilio, registry, start_herald):
+    herald = start_herald("--schema-registry-url", registry.url)
+    producer, statuses = clients(broker, herald, registry.url)
+    request = sms("bob", "+14155550102", "via the registry")
+    producer.send(request)
+    producer.flush()
+    done = statuses.until_terminal([request.event_id])
+    assert done[request.event_id].status == "SENT"
+    assert f"{herald.topics['requested']}-value" in registry.subjects, registry.subjects
+    assert f"{herald.topics['status']}-value" in registry.subjects, registry.subjects
+    statuses.close()
+
+
+def test_a_redelivered_status_is_yielded_once_and_the_current_one_wins(broker):
+    topic = f"statuses-{uuid.uuid4().hex[:6]}"
+    base = {"event_id": "e1", "user_id": "u1", "channel": "SMS", "attempt": 0, "provider": None, "provider_message_id": None,
+            "error_code": None, "error_class": None, "error_message": None, "next_attempt_at": None,
+            "occurred_at": datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)}
+    scheduled = frame(0, STATUS_SCHEMA, {**base, "status": "SCHEDULED"})
+    sent = frame(0, STATUS_SCHEMA, {**base, "status": "SENT", "attempt": 1, "provider": "twilio",
+                                    "occurred_at": datetime(2026, 12, 1, 10, 5, tzinfo=timezone.utc)})
+    limited = frame(0, STATUS_SCHEMA, {**base, "event_id": "e2", "status": "RATE_LIMITED"})
+    scheduled2 = frame(0, STATUS_SCHEMA, {**base, "event_id": "e2", "status": "SCHEDULED"})
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker, **CLIENT})
+    # A crash's redelivery: the same outcomes again, and an older one after a newer one.
+    for value in (scheduled, sent, scheduled, sent, scheduled2, limited, scheduled2):
+        producer.produce(topic, key=b"u1", value=value)
+    producer.flush(30)
+    statuses = StatusConsumer(broker, "dedup", topic=topic, config=CONSUMER)
+    seen = []
+    deadline = time.time() + 30
+    while len(seen) < 4 and time.time() < deadline:
+        event = statuses.poll(0.5)
+        if event is not None:
+            seen.append((event.event_id, event.status))
+    assert seen == [("e1", "SCHEDULED"), ("e1", "SENT"), ("e2", "SCHEDULED"), ("e2", "RATE_LIMITED")]
+    while statuses.poll(2) is not None:
+        pass
+    assert statuses.duplicates == 3
+    assert statuses.current["e1"].status == "SENT", "attempt 1 wins"
+    assert statuses.current["e2"].status == "RATE_LIMITED", "a decision replaces a pending status at the same attempt"
+    statuses.close()
+
+
+def test_a_status_written_before_the_enrichment_reads_with_defaults():
+    old = {"event_id": "e", "user_id": "u", "channel": "PUSH", "status": "SENT", "attempt": 1, "provider": "fcm",
+           "provider_message_id": "m", "error_code": None, "error_class": None, "error_message": None,
+           "occurred_at": datetime(2026, 1, 1, tzinfo=timezone.utc), "next_attempt_at": None}
+    older_schema = json.loads(STATUS_SCHEMA_TEXT)
+    names = [f["name"] for f in older_schema["fields"]]
+    older_schema["fields"] = [f for f in older_schema["fields"] if f["name"] in old]
+    assert len(older_schema["fields"]) < len(names)
+    import fastavro
+    data = frame(7, fastavro.parse_schema(older_schema), old)
+    from herald_client.wire import decode
+    event = StatusEvent.from_record(decode(data, STATUS_SCHEMA, lambda _id: fastavro.parse_schema(older_schema)))
+    assert (event.status, event.recipient, event.providers_tried, event.locale) == ("SENT", None, (), None)
+    assert unframe(data)[0] == 7
