@@ -22,8 +22,8 @@
 //! Entries expire `window` after the status's time, or after its next
 //! attempt's, and go with their partition when it is revoked.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -69,11 +69,36 @@ struct Entries {
 pub struct Ledger {
     entries: Mutex<Entries>,
     window: Duration,
+    /// Events whose provider call is under way, by partition: a second
+    /// copy of one (crashes before a commit can leave several on the
+    /// delay topics, all due at once) must not be sent beside it.
+    calling: Mutex<HashSet<(i32, String)>>,
+}
+
+/// An event's call under way; the event is free again when this drops,
+/// once its outcome is recorded.
+pub struct Calling {
+    ledger: Arc<Ledger>,
+    key: (i32, String),
+}
+
+impl Drop for Calling {
+    fn drop(&mut self) {
+        self.ledger.calling.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
 }
 
 impl Ledger {
     pub fn new(window: std::time::Duration) -> Self {
-        Ledger { entries: Mutex::default(), window: Duration::from_std(window).unwrap_or(Duration::MAX) }
+        Ledger { entries: Mutex::default(), window: Duration::from_std(window).unwrap_or(Duration::MAX), calling: Mutex::default() }
+    }
+
+    /// Claims the call for `event_id`; `None` while another copy of it is
+    /// being sent.
+    pub fn begin_call(self: &Arc<Self>, partition: i32, event_id: &str) -> Option<Calling> {
+        let key = (partition, event_id.to_owned());
+        let claimed = self.calling.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
+        claimed.then(|| Calling { ledger: self.clone(), key })
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {

@@ -11,6 +11,8 @@
 //! 1. size: a record herald cannot copy with its headers can go nowhere
 //!    but the dead letters, stripped;
 //! 2. a parked record that is not due yet goes back to wait, unchecked;
+//! 2b. an event the send ledger says was sent already is reported SENT
+//!    again, with no other check: what happened cannot change;
 //! 3. validation (its time zone too), so that a request that can never be
 //!    sent is reported INVALID at once (a scheduled one too), and never
 //!    uses up a window;
@@ -38,7 +40,7 @@ use crate::cancel::Cancellations;
 use crate::clock::Clock;
 use crate::decode::{DecodeError, Decoder, Undecodable};
 use crate::deliver::{Attempt, Delivered, DeliveryError};
-use crate::ledger::{Ledger, Sent};
+use crate::ledger::{Calling, Ledger, Sent};
 use crate::mask::Masked;
 use crate::metrics::Metrics;
 use crate::model::{Channel, Ids, InvalidReason, Request, SmsCost, Tried};
@@ -111,13 +113,15 @@ pub enum Admitted {
     Deliver { request: Request, prepared: Prepared, locale: Option<String>, made: u32 },
     /// Its outcome is already known.
     Settled { ids: Option<Ids>, outcome: Outcome },
+    /// A provider accepted it already: its recorded SENT is reported again.
+    SentAlready { ids: Ids, sent: Sent },
 }
 
 impl Admitted {
     pub fn channel(&self) -> Option<Channel> {
         match self {
             Admitted::Deliver { request, .. } => Some(request.channel),
-            Admitted::Settled { .. } => None,
+            Admitted::Settled { .. } | Admitted::SentAlready { .. } => None,
         }
     }
 }
@@ -233,6 +237,12 @@ impl Pipeline {
         if let Due::ParkAgain { not_before } = self.topics.due(source, record.envelope.not_before, record.appended, now) {
             return settled(None, Outcome::Held { hold: self.hold_for(not_before, now), not_before });
         }
+        // Sent already, before a crash or by this partition's last owner:
+        // before every other check, since none of them may change what
+        // happened (a template removed, quiet hours begun, a late cancel).
+        if let Some(sent) = self.ledger.sent(record.partition, &request.event_id) {
+            return Ok((Admitted::SentAlready { ids: request.into_ids(), sent }, None));
+        }
         let (prepared, locale) = match self.router.prepare(&request) {
             Ok(prepared) => prepared,
             Err(reason) => return settled(ids(), Outcome::Invalid(reason)),
@@ -245,7 +255,7 @@ impl Pipeline {
         if request.scheduled_at.is_some_and(|t| (t - now).to_std().is_ok_and(|ahead| ahead > self.max_schedule_ahead)) {
             return settled(ids(), Outcome::Invalid(InvalidReason::ScheduledTooFar { max: self.max_schedule_ahead }));
         }
-        if self.cancellations.is_cancelled(&request.event_id) && self.ledger.sent(record.partition, &request.event_id).is_none() {
+        if self.cancellations.is_cancelled(&request.event_id) {
             return settled(ids(), Outcome::Cancelled);
         }
         if let (Source::Requested, Some(not_before)) = (source, request.scheduled_at.filter(|t| *t > now)) {
@@ -304,21 +314,24 @@ impl Pipeline {
                 if let Some(delivered) = self.router.answer_now(request.channel) {
                     return Ok(self.decided(request, &prepared, locale, attempt, Ok(delivered), Vec::new(), now));
                 }
-                // Sent already, before a crash or by this partition's last
-                // owner: the recorded SENT again, and no call.
-                if let Some(Sent { delivered, attempt }) = self.ledger.sent(record.partition, &request.event_id) {
-                    tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = request.event_id, attempt);
-                    let outcome = Outcome::Sent(delivered);
-                    return Ok(Resolved { ids: Some(about(request.into_ids(), &prepared, locale, Vec::new())), outcome, attempts: attempt, now, suppress: None });
-                }
-                Err(ToDeliver { request, prepared, locale, attempt })
+                // In order, in the loop: of copies due together, the first
+                // claims the call, and the others are dropped.
+                let Some(calling) = self.ledger.begin_call(record.partition, &request.event_id) else {
+                    tracing::debug!(message = "Another copy is being sent; this one is dropped.", event_id = request.event_id);
+                    return Ok(Resolved { ids: None, outcome: Outcome::InFlight, attempts: record.envelope.attempts, now, suppress: None });
+                };
+                Err(ToDeliver { request, prepared, locale, attempt, calling })
+            }
+            Admitted::SentAlready { ids, sent: Sent { delivered, attempt } } => {
+                tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = ids.event_id, attempt);
+                Ok(Resolved { ids: Some(ids), outcome: Outcome::Sent(delivered), attempts: attempt, now, suppress: None })
             }
         }
     }
 
     /// Calls the provider, and decides. The caller holds the lane's slot.
     pub async fn deliver(&self, to: ToDeliver) -> Resolved {
-        let ToDeliver { request, prepared, locale, attempt } = to;
+        let ToDeliver { request, prepared, locale, attempt, calling } = to;
         let mut tried = Vec::new();
         let result = self.router.call(&prepared, &request, attempt, &mut tried).await;
         let resolved = self.decided(request, &prepared, locale, attempt, result, tried, self.clock.now());
@@ -326,6 +339,8 @@ impl Pipeline {
             let sent = Sent { delivered: delivered.clone(), attempt: resolved.attempts };
             self.ledger.record(attempt.partition, &ids.event_id, sent, resolved.now);
         }
+        // The outcome is recorded: another copy finds it from here on.
+        drop(calling);
         resolved
     }
 
@@ -381,6 +396,8 @@ pub struct ToDeliver {
     request: Request,
     prepared: Prepared,
     locale: Option<String>,
+    /// Held until the outcome is recorded in the ledger.
+    calling: Calling,
     attempt: Attempt,
 }
 

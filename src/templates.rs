@@ -79,7 +79,16 @@ pub struct Rendered {
 /// What one render may spend, in MiniJinja's instructions: a template
 /// that loops without end cannot hold up its partition. The largest real
 /// message takes a few hundred.
-const FUEL: u64 = 100_000;
+const FUEL: u64 = 20_000;
+
+/// The most a render may write: far over what any channel takes, so the
+/// limits of the channel say why, and a runaway render stops here.
+const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// Renders slower than this are logged, naming the template: an operator's
+/// template runs in the consume loop, and fuel counts instructions, not
+/// what each one costs.
+const SLOW_RENDER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The largest template file: FCM takes 4 KB, Twilio 1,600 characters.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
@@ -109,6 +118,10 @@ impl Templates {
     /// Reads and parses every file under `dir`.
     pub fn load(dir: &Path, default_locale: &str) -> Result<Templates, LoadError> {
         let error = |path: &Path, reason: String| LoadError { path: path.to_owned(), reason };
+        // Files may be symlinks (a Kubernetes ConfigMap's are), but only to
+        // regular files inside the directory: not a FIFO that never ends,
+        // not /dev/zero, not /proc/self/environ.
+        let root = dir.canonicalize().map_err(|e| error(dir, format!("cannot be read: {e}")))?;
         let mut templates = Templates { env: environment(), files: HashSet::new(), spelled: HashMap::new(), default_locale: default_locale.to_owned() };
         for id_dir in sorted_entries(dir).map_err(|e| error(dir, e))? {
             let Some(id) = visible_name(&id_dir) else { continue };
@@ -121,11 +134,7 @@ impl Templates {
             for file in sorted_entries(&id_dir).map_err(|e| error(&id_dir, e))? {
                 let Some(name) = visible_name(&file) else { continue };
                 let (locale, part) = parse_file_name(&name).map_err(|reason| error(&file, reason))?;
-                let size = std::fs::metadata(&file).map_err(|e| error(&file, format!("cannot be read: {e}")))?.len();
-                if size > MAX_FILE_BYTES {
-                    return Err(error(&file, format!("is {size} bytes; a template file may be at most {MAX_FILE_BYTES}")));
-                }
-                let source = std::fs::read_to_string(&file).map_err(|e| error(&file, format!("cannot be read as UTF-8 text: {e}")))?;
+                let source = read_template(&root, &file).map_err(|reason| error(&file, reason))?;
                 let key = format!("{id}/{}.{}", locale.to_ascii_lowercase(), part.suffix());
                 if templates.files.contains(&(id.clone(), locale.to_ascii_lowercase(), part)) {
                     return Err(error(&file, format!("another file is also {key}, in another case")));
@@ -169,14 +178,27 @@ impl Templates {
             let name = format!("{template_id}/{locale}.{}", part.suffix());
             let template = self.env.get_template(&name).expect("every file listed is in the environment");
             let vars = &request.content.template_vars;
-            template.render(vars).map(Some).map_err(|e| match e.kind() {
-                ErrorKind::UndefinedError => {
-                    let mut missing: Vec<String> = template.undeclared_variables(false).into_iter().filter(|v| !vars.contains_key(v)).collect();
+            let started = std::time::Instant::now();
+            let mut out = Capped(Vec::new());
+            let rendered = template.render_captured_to(vars, &mut out).map(drop);
+            if started.elapsed() > SLOW_RENDER {
+                tracing::warn!(message = "A template took long to render; it runs in the consume loop.", template = name, took_ms = started.elapsed().as_millis() as u64);
+            }
+            match rendered {
+                Ok(_) => Ok(Some(String::from_utf8(out.0).expect("MiniJinja writes UTF-8"))),
+                Err(e) if e.kind() == ErrorKind::UndefinedError => {
+                    // Dotted too: `user.name` where `user` is text.
+                    let mut missing: Vec<String> = template.undeclared_variables(true).into_iter().filter(|v| !vars.contains_key(v)).collect();
                     missing.sort();
-                    InvalidReason::TemplateVariableMissing { template_id: template_id.to_owned(), variables: missing.join(", ") }
+                    Err(InvalidReason::TemplateVariableMissing { template_id: template_id.to_owned(), variables: missing.join(", ") })
                 }
-                _ => InvalidReason::Template(format!("{name}: {}", describe(&e))),
-            })
+                // The kind and the line only: MiniJinja's own detail can quote
+                // a value (`unable to calculate 834291 % 0`).
+                Err(e) => Err(InvalidReason::Template(match e.line() {
+                    Some(line) => format!("{name}: {} (line {line})", e.kind()),
+                    None => format!("{name}: {}", e.kind()),
+                })),
+            }
         };
         let (title, body) = match request.channel {
             Channel::Sms => (None, fill(Part::Sms)?.unwrap_or_default()),
@@ -185,6 +207,42 @@ impl Templates {
         // As its files spell it: `pt-BR`, not `pt-br`.
         let locale = self.spelled.get(&(template_id.to_owned(), locale.clone())).cloned().unwrap_or(locale);
         Ok(Rendered { title, body, locale })
+    }
+}
+
+/// A template file's text: a regular file inside `root` (after symlinks),
+/// of at most [`MAX_FILE_BYTES`], in UTF-8.
+fn read_template(root: &Path, file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let real = file.canonicalize().map_err(|e| format!("cannot be read: {e}"))?;
+    if !real.starts_with(root) {
+        return Err(format!("leads to {}, outside the templates directory", real.display()));
+    }
+    if !std::fs::metadata(&real).map_err(|e| format!("cannot be read: {e}"))?.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&real).and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)).map_err(|e| format!("cannot be read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("is over {MAX_FILE_BYTES} bytes, the most a template file may be"));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("is not UTF-8 text: {e}"))
+}
+
+/// Where a render writes, refusing to grow past [`MAX_OUTPUT_BYTES`].
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_OUTPUT_BYTES {
+            return Err(std::io::Error::other(format!("the text grew past {MAX_OUTPUT_BYTES} bytes")));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -229,10 +287,11 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(paths)
 }
 
-/// The entry's name, unless it is hidden (an editor's swap file, `.git`).
+/// The entry's name, unless it is hidden (an editor's swap file, `.git`,
+/// a ConfigMap's `..data`) or an editor's backup (`en.sms~`).
 fn visible_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_string_lossy().into_owned();
-    (!name.starts_with('.')).then_some(name)
+    (!name.starts_with('.') && !name.ends_with('~')).then_some(name)
 }
 
 /// MiniJinja's error with its line, without the source it quotes (which
@@ -481,7 +540,50 @@ mod tests {
         assert!(missing.to_string().len() < 300, "{} bytes", missing.to_string().len());
         // Nor is a file larger than any message could be loaded.
         let big = dir(&[("big/en.sms", &"x".repeat(64 * 1024 + 1))]);
-        assert!(Templates::load(&big, "en").unwrap_err().to_string().contains("at most 65536"));
+        assert!(Templates::load(&big, "en").unwrap_err().to_string().contains("over 65536 bytes"));
+    }
+
+    #[test]
+    fn only_regular_files_inside_the_directory_are_read() {
+        use std::os::unix::fs::symlink;
+        let root = dir(&[("ok/en.sms", "fine"), ("ok/en.sms~", "{{ an editor's backup, skipped")]);
+        // A ConfigMap's layout: the file is a symlink into a hidden directory beside it.
+        std::fs::create_dir_all(root.join("..data/cm")).unwrap();
+        std::fs::write(root.join("..data/cm/en.sms"), "from a ConfigMap").unwrap();
+        symlink(root.join("..data/cm"), root.join("cm")).unwrap();
+        let t = Templates::load(&root, "en").unwrap();
+        assert_eq!(t.render("cm", &request(Channel::Sms, None, &[])).unwrap().body, "from a ConfigMap");
+        assert_eq!(t.len(), 2);
+        for (name, target, why) in [("zero", "/dev/zero", "outside"), ("env", "/proc/self/environ", "outside")] {
+            let bad = dir(&[("ok/en.sms", "fine")]);
+            symlink(target, bad.join("ok/pt.sms")).unwrap();
+            let error = Templates::load(&bad, "en").unwrap_err().to_string();
+            assert!(error.contains("ok/pt.sms") && error.contains(why), "{name}: {error}");
+        }
+        let fifo = dir(&[("ok/en.sms", "fine")]);
+        let made = std::process::Command::new("mkfifo").arg(fifo.join("ok/pt.sms")).status().unwrap();
+        assert!(made.success());
+        let started = std::time::Instant::now();
+        let error = Templates::load(&fifo, "en").unwrap_err().to_string();
+        assert!(error.contains("ok/pt.sms") && error.contains("not a regular file"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn render_errors_name_no_value_and_missing_attributes_are_named() {
+        let root = dir(&[
+            ("otp/en.sms", "Your code {{ code }}{% if (code|int) % 0 %}{% endif %}"),
+            ("attr/en.sms", "Hi {{ user.name }}"),
+            ("huge/en.sms", "{% for i in range(1000) %}{{ name }}{% endfor %}"),
+        ]);
+        let t = Templates::load(&root, "en").unwrap();
+        let error = t.render("otp", &request(Channel::Sms, None, &[("code", "834291")])).unwrap_err();
+        assert!(matches!(error, InvalidReason::Template(_)) && !error.to_string().contains("834291"), "{error}");
+        let error = t.render("attr", &request(Channel::Sms, None, &[("user", "bob")])).unwrap_err();
+        assert_eq!(error, InvalidReason::TemplateVariableMissing { template_id: "attr".into(), variables: "user.name".into() });
+        // A render that would write megabytes stops at the cap.
+        let error = t.render("huge", &request(Channel::Sms, None, &[("name", &"x".repeat(10_000))])).unwrap_err();
+        assert!(matches!(error, InvalidReason::Template(ref e) if e.contains("huge/en.sms")), "{error:?}");
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum Outcome {
     Cancelled,
     /// Not a request; dead-lettered with the reason, no status (no ids).
     Undecodable(Undecodable),
+    /// Another copy of this event is being sent at this moment: this one is
+    /// dropped, with no status and no copy, and that one's outcome stands.
+    InFlight,
 }
 
 /// Why a request waits.
@@ -113,7 +116,7 @@ impl Outcome {
             Outcome::Deferred { .. } => Status::Deferred,
             Outcome::Suppressed(_) => Status::Suppressed,
             Outcome::Cancelled => Status::Cancelled,
-            Outcome::Held { .. } | Outcome::Undecodable(_) => return None,
+            Outcome::Held { .. } | Outcome::Undecodable(_) | Outcome::InFlight => return None,
         })
     }
 
@@ -125,7 +128,7 @@ impl Outcome {
             | Outcome::Deferred { hold, .. }
             | Outcome::Held { hold, .. } => Some(Destination::Retry(*hold)),
             Outcome::DeadLettered(_) | Outcome::Invalid(_) | Outcome::Undecodable(_) => Some(Destination::DeadLetter),
-            Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } | Outcome::Suppressed(_) | Outcome::Cancelled => None,
+            Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } | Outcome::Suppressed(_) | Outcome::Cancelled | Outcome::InFlight => None,
         }
     }
 
@@ -201,7 +204,7 @@ impl Outcome {
             }
             Outcome::Suppressed(reason) => (ErrorClass::Permanent, reason.code(), reason.to_string()),
             Outcome::Undecodable(u) => (ErrorClass::Invalid, u.code(), u.to_string()),
-            Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } | Outcome::Cancelled => return None,
+            Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } | Outcome::Cancelled | Outcome::InFlight => return None,
         };
         Some(ErrorHeaders { class, code, message })
     }

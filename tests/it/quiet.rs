@@ -127,3 +127,31 @@ async fn a_retry_that_comes_due_at_night_waits_for_the_morning_keeping_its_attem
     assert_eq!(calls_with_body(&h, "see you tomorrow"), 2);
     herald.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_deferred_request_that_come_due_together_are_sent_once() {
+    let h = Harness::new().await;
+    let clock = Clock::adjustable();
+    let night = next_local(New_York, 23, Utc::now());
+    clock.set(night);
+    let herald = h.start_with_clock(&["--sms-quiet-hours", "21:00-08:00", "--retry-delays", "1s,2s,3s", "--sms-rate-limit", "off"], clock.clone());
+    // The call takes a while, so every copy comes up while the first is under way.
+    h.twilio.set_latency(Duration::from_millis(800));
+    // Four copies of one request waiting for the morning, as crashes before
+    // a commit (or a producer sending it again) leave them.
+    let request = in_zone(sms("copies", "u1", "+14155550100", "once only"), "America/New_York", Priority::Normal);
+    for _ in 0..4 {
+        h.send(&request).await;
+    }
+    let mut statuses = h.statuses();
+    statuses.until(Duration::from_secs(30), |e| e.iter().filter(|e| e.event_id == "copies" && e.status == Status::Deferred).count() >= 4).await;
+    clock.set(next_local(New_York, 8, night) + chrono::Duration::seconds(1));
+    statuses.terminal(Duration::from_secs(30), &["copies".into()]).await;
+    // Every copy has come round by now: the longest delay is 3 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    statuses.caught_up().await;
+    assert_eq!(calls_with_body(&h, "once only"), 1, "one call for four copies");
+    let sent = statuses.of("copies").into_iter().filter(|e| e.status == Status::Sent).count();
+    assert_eq!(sent, 1, "{:?}", statuses_of(&statuses.events, "copies"));
+    herald.stop().await.unwrap();
+}

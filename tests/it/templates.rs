@@ -143,3 +143,31 @@ async fn sighup_reloads_the_templates_and_a_bad_file_leaves_the_old_set() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("greeting/pt.sms") && stderr.contains("--templates-dir"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_redelivered_after_a_crash_is_reported_sent_even_if_its_template_is_gone() {
+    let h = Harness::new().await;
+    let dir = templates_dir("gone", &[("greeting/en.sms", "Hello {{ name }}")]);
+    let dir_flag = dir.to_str().unwrap().to_owned();
+    // No commit before the kill: the record comes again after the restart.
+    let flags = ["--templates-dir", dir_flag.as_str(), "--commit-interval", "60s"];
+    let mut first = h.spawn(&flags);
+    h.send(&templated(sms("greet", "u1", "+14155550100", ""), "greeting", None, &[("name", "Ana")])).await;
+    let mut statuses = h.statuses();
+    statuses.terminal(Duration::from_secs(60), &["greet".into()]).await;
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    // The template is removed before herald comes back.
+    std::fs::remove_dir_all(dir.join("greeting")).unwrap();
+    write(&dir, "other/en.sms", "unrelated");
+    let _second = h.spawn(&flags);
+    statuses.until(Duration::from_secs(60), |e| e.iter().filter(|e| e.event_id == "greet").count() >= 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    statuses.caught_up().await;
+    let greet = statuses.of("greet");
+    assert!(greet.iter().all(|e| e.status == Status::Sent && e.attempt == 1), "reported SENT again, never INVALID: {greet:?}");
+    assert_eq!(greet[0].provider_message_id, greet[1].provider_message_id, "the recorded send");
+    assert_eq!(h.twilio.count(), 1);
+    let dead = h.reader(&h.topics.dead_letter).read_to_end(Duration::from_secs(10)).await.len();
+    assert_eq!(dead, 0, "nothing dead-lettered");
+}
