@@ -11,24 +11,23 @@
 //! 1. size: a record herald cannot copy with its headers can go nowhere
 //!    but the dead letters, stripped;
 //! 2. a parked record that is not due yet goes back to wait, unchecked;
-//! 2b. an event the send ledger says was sent already is reported SENT
+//! 3. an event the send ledger says was sent already is reported SENT
 //!    again, with no other check: what happened cannot change;
-//! 3. validation (its time zone too), so that a request that can never be
+//! 4. validation (its time zone too), so that a request that can never be
 //!    sent is reported INVALID at once (a scheduled one too), and never
 //!    uses up a window;
-//! 4. cancellation, at every attempt, so a cancel finds a request wherever
-//!    it waits, unless the send ledger says it went out already: a cancel
-//!    never un-sends;
-//! 5. a request scheduled for later is parked;
-//! 6. suppression, at every attempt, since a number may opt out while its
+//! 5. cancellation, at every attempt, so a cancel finds a request wherever
+//!    it waits;
+//! 6. a request scheduled for later is parked;
+//! 7. suppression, at every attempt, since a number may opt out while its
 //!    retry waits, and before the rate limit, so a skipped send uses no
 //!    window; before quiet hours too, so a request that will never be sent
 //!    does not wait all night first;
-//! 7. quiet hours, at every attempt (a retry that comes due at night waits
+//! 8. quiet hours, at every attempt (a retry that comes due at night waits
 //!    too), unless URGENT; before the rate limit, so the window counts
 //!    sends when they happen: a night's requests are counted in the
 //!    morning, and a full window then defers or rejects them as usual;
-//! 8. the rate limit, on the first attempt only.
+//! 9. the rate limit, on the first attempt only.
 
 use std::future::Future;
 use std::sync::Arc;
