@@ -32,10 +32,12 @@
 //!
 //! Rates are taken from the output records' timestamps, over the middle 90%
 //! of them, so group joins, start-up and the tail are not counted. Phases
-//! 1–6 run `--rounds` times (3 by default), interleaved, and each one's
-//! median round is its figure: on a shared machine a round can be slowed
-//! by noise, or sped up by a broker whose memory is still fresh, and the
-//! median is moved by neither. The table lists every round.
+//! 1–6 run `--rounds` times (3 by default), interleaved, every other
+//! round in reverse order, and each one's median round is its figure: on a
+//! shared machine a round can be slowed by noise, or sped up by a broker
+//! whose memory is still fresh, and the median is moved by neither. A
+//! ratio is the median of the round-by-round ratios of a phase and its
+//! limit, which ran next to each other. The table lists every round.
 //!
 //! `--phases noop,latency` runs some of them (names: passthrough, noop,
 //! noop-5s, bare-http, bare-http-held, http, latency); the ratios need
@@ -154,6 +156,9 @@ enum Phase {
     Store,
 }
 
+/// The pause before each phase.
+const SETTLE: Duration = Duration::from_secs(3);
+
 /// How long the bare HTTP loop holds a call's concurrency slot.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -233,11 +238,19 @@ async fn bench(args: Args) -> std::process::ExitCode {
     );
 
     // Each phase runs `rounds` times, interleaved with the others, and its
-    // median round stands for it.
+    // median round stands for it. The broker keeps every phase's output in
+    // memory and slows as it grows (the passthrough fell from 472,000 to
+    // 362,000 a second over three rounds), so every other round runs in
+    // the reverse order: a phase and its limit run next to each other, the
+    // limit first and then second, and their ratio is taken round by round.
     let mut runs: Vec<Vec<Row>> = Vec::new();
     let phases = [Phase::Passthrough, Phase::Noop, Phase::NoopSlowCommits, Phase::BareHttp, Phase::BareHttpHeld, Phase::Http];
     for round in 1..=args.rounds {
-        for phase in phases.into_iter().filter(|p| args.phases.iter().any(|n| n == p.name())) {
+        let mut order = phases.to_vec();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for phase in order.into_iter().filter(|p| args.phases.iter().any(|n| n == p.name())) {
             let name = phase.name();
             let output = topic(&format!("bench.out.{name}.{round}"));
             let group = format!("bench-{name}-{run}-{round}");
@@ -318,23 +331,36 @@ fn median(mut rounds: Vec<Row>) -> Row {
     row
 }
 
+/// `of` against `to`: the median of their rates' ratios round by round,
+/// since each round ran them next to each other.
+fn paired_ratio(rows: &[Row], of: Phase, to: Phase) -> Option<f64> {
+    let (of, to) = (rows.iter().find(|r| r.phase == of)?, rows.iter().find(|r| r.phase == to)?);
+    let mut ratios: Vec<f64> = of.rounds.iter().zip(&to.rounds).map(|(a, b)| a / b).collect();
+    if ratios.len() != of.rounds.len().max(to.rounds.len()) || ratios.is_empty() {
+        // Phases measured a different number of times: their medians.
+        return Some(of.rate / to.rate);
+    }
+    ratios.sort_by(f64::total_cmp);
+    Some(ratios[ratios.len() / 2])
+}
+
 fn print_tables(rows: &[Row], latencies: &[(&str, f64, Latency)], latency_secs: u64) {
-    let rate_of = |phase: Phase| rows.iter().find(|r| r.phase == phase).map_or(f64::NAN, |r| r.rate);
     println!(
         "\n{:<48} {:>9} {:>9} {:>14} {:>11} {:>9} {:>12}  {}",
         "phase", "records", "msgs/s", "ratio", "CPU µs/msg", "peak RSS", "fakes µs/msg", "every round, msgs/s"
     );
     for r in rows {
         let (limit, against) = match r.phase {
-            Phase::BareHttp | Phase::BareHttpHeld => (rate_of(Phase::BareHttp), "bare HTTP"),
-            Phase::Http => (rate_of(Phase::BareHttpHeld), "held bare HTTP"),
-            Phase::Store => (rate_of(Phase::Noop), "herald no-op"),
-            _ => (rate_of(Phase::Passthrough), "passthrough"),
+            Phase::BareHttp | Phase::BareHttpHeld => (Phase::BareHttp, "bare HTTP"),
+            Phase::Http => (Phase::BareHttpHeld, "held bare HTTP"),
+            Phase::Store => (Phase::Noop, "herald no-op"),
+            _ => (Phase::Passthrough, "passthrough"),
         };
-        let mut ratio = format!("{:.2}× {}", r.rate / limit, if matches!(r.phase, Phase::Passthrough | Phase::BareHttp) { "" } else { against });
+        let of = |limit| paired_ratio(rows, r.phase, limit).unwrap_or(f64::NAN);
+        let mut ratio = format!("{:.2}× {}", of(limit), if matches!(r.phase, Phase::Passthrough | Phase::BareHttp) { "" } else { against });
         if r.phase == Phase::Store {
             // herald over HTTP is the rate statuses come at in production.
-            ratio += &format!(", {:.2}× herald HTTP", r.rate / rate_of(Phase::Http));
+            ratio += &format!(", {:.2}× herald HTTP", of(Phase::Http));
         }
         let fakes = r.fakes_cpu.map_or(String::new(), |c| format!("{:.1}", c.as_secs_f64() * 1e6 / r.records as f64));
         let rounds: Vec<String> = r.rounds.iter().map(|rate| format!("{rate:.0}")).collect();
@@ -365,8 +391,7 @@ fn check(rows: &[Row], smoke: bool) -> std::process::ExitCode {
     let floors: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("benches/floors.json")).expect("floors parse");
     let set = if smoke { "smoke" } else { "full" };
     let floor = |name: &str| floors[set][name].as_f64().unwrap_or_else(|| panic!("{set}.{name} in {}", path.display()));
-    let rate = |phase: Phase| rows.iter().find(|r| r.phase == phase).map(|r| r.rate);
-    let ratio = |of: Phase, to: Phase| Some(rate(of)? / rate(to)?);
+    let ratio = |of: Phase, to: Phase| paired_ratio(rows, of, to);
     let measured = [
         ("noop", "herald no-op against the passthrough", ratio(Phase::Noop, Phase::Passthrough)),
         ("http", "herald HTTP against held bare HTTP", ratio(Phase::Http, Phase::BareHttpHeld)),
@@ -444,6 +469,9 @@ async fn measure(
     mut command: Command,
 ) -> Row {
     let label = phase.label();
+    // What the last phase left behind (its output read back and dropped,
+    // the broker's bookkeeping of its group) settles before this one starts.
+    tokio::time::sleep(SETTLE).await;
     println!("{label}: running");
     let log = std::env::temp_dir().join(format!("herald-bench-{}.log", output.replace('.', "-")));
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));

@@ -16,6 +16,10 @@ from urllib.parse import parse_qs
 import pytest
 
 # The repository: where the tests run from a copy, the caller says.
+# The tests say which broker and registry each side uses.
+for name in ("KAFKA_BROKERS", "SCHEMA_REGISTRY_URL"):
+    os.environ.pop(name, None)
+
 ROOT = Path(os.environ.get("HERALD_ROOT") or Path(__file__).resolve().parents[3])
 FAST_GROUP = ["session.timeout.ms=6000", "heartbeat.interval.ms=1000", "max.poll.interval.ms=10000"]
 CLIENT = {"enable.metrics.push": False}

@@ -79,9 +79,11 @@ def test_an_sms_is_sent_and_its_statuses_read_without_a_registry(broker, twilio,
     statuses.close()
 
 
-def test_with_a_schema_registry_both_sides_register_and_resolve(broker, twilio, registry, start_herald):
+def test_with_a_schema_registry_both_sides_register_and_resolve(broker, twilio, registry, start_herald, monkeypatch):
     herald = start_herald("--schema-registry-url", registry.url)
-    producer, statuses = clients(broker, herald, registry.url)
+    # Given as herald is given it, in the environment.
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", registry.url)
+    producer, statuses = clients(broker, herald)
     request = sms("bob", "+14155550102", "via the registry")
     producer.send(request)
     producer.flush()

@@ -42,8 +42,10 @@ class ApnsOverrides:
 
 @dataclass(frozen=True)
 class Request:
-    """One notification to one user on one channel. `event_id` is the
-    idempotency key: sending the same request twice notifies once."""
+    """One notification to one user on one channel. `event_id` is herald's
+    idempotency key: it is counted once against the rate limit, a copy that
+    comes while another is being sent is dropped, and one that comes again
+    after a crash is reported SENT without a second call."""
 
     event_id: str
     user_id: str
