@@ -3,7 +3,7 @@
 //!
 //!     cargo bench --bench load [-- --records 500000 --latency-secs 10]
 //!         [--check] [--smoke] [--charts DIR] [--rounds 3] [--phases ...]
-//!         [--herald PATH]
+//!         [--herald PATH] [--instructions]
 //!
 //! One tansu broker and one backlog of requests (about 300 bytes each, half
 //! SMS, half push, over 50,000 users) are shared by every phase; each phase
@@ -50,6 +50,16 @@
 //! checks against the smoke floors. `--charts DIR` writes the throughput
 //! over time of each phase and the latency distributions there, as SVG
 //! (default `target/bench`).
+//!
+//! `--instructions` counts instead of timing: the passthrough and herald's
+//! no-op phase each run under `valgrind --tool=callgrind` on a backlog of
+//! `--records` (50,000 by default here) and on one three times as large.
+//! The difference of their instruction totals, over the difference of
+//! their records, is the cost of one record with start-up, group joins and
+//! the first sight of each phone number left out. Instructions do not
+//! depend on what else the machine is doing, so this ratio moves only when
+//! the code does; with `--check` it is held to `instructions.noop` in
+//! `benches/floors.json`.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -88,6 +98,7 @@ struct Args {
     rounds: usize,
     charts: PathBuf,
     phases: Vec<String>,
+    instructions: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -119,6 +130,7 @@ fn main() -> std::process::ExitCode {
         rounds: 3,
         charts: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"),
         phases: ["passthrough", "noop", "noop-5s", "bare-http", "bare-http-held", "http", "store", "latency"].map(str::to_owned).into(),
+        instructions: false,
     };
     let (mut records, mut latency_secs) = (None, None);
     let mut it = argv.iter();
@@ -134,12 +146,16 @@ fn main() -> std::process::ExitCode {
             "--herald" => HERALD.set(PathBuf::from(value())).expect("--herald given once"),
             "--check" => args.check = true,
             "--smoke" => args.smoke = true,
+            "--instructions" => args.instructions = true,
             // cargo bench passes --bench; filters do not apply here.
             _ => {}
         }
     }
-    args.records = records.unwrap_or(if args.smoke { 50_000 } else { 500_000 });
+    args.records = records.unwrap_or(if args.smoke || args.instructions { 50_000 } else { 500_000 });
     args.latency_secs = latency_secs.unwrap_or(if args.smoke { 2 } else { 10 });
+    if args.instructions {
+        return runtime.block_on(instructions(args));
+    }
     runtime.block_on(bench(args))
 }
 
@@ -322,6 +338,75 @@ async fn bench(args: Args) -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
+/// The passthrough's and herald's no-op instructions per record (see the
+/// module's doc), and their ratio against `instructions.noop`.
+async fn instructions(args: Args) -> std::process::ExitCode {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap.clone();
+    let run = format!("{}", std::process::id());
+    let topic = |name: &str| if broker.is_local() { name.to_owned() } else { format!("{name}.{run}") };
+    let sizes = [args.records, 3 * args.records];
+    let mut inputs = Vec::new();
+    for records in sizes {
+        let requested = topic(&format!("{REQUESTED}.{records}"));
+        kafka::create_topics(&bootstrap, &[&requested], PARTITIONS).await;
+        backlog(&bootstrap, &requested, records).await;
+        inputs.push((records, requested));
+    }
+    let dir = std::env::temp_dir().join(format!("herald-bench-callgrind-{run}"));
+    std::fs::create_dir_all(&dir).expect("a directory for callgrind's output");
+    let mut per_record = Vec::new();
+    for phase in [Phase::Passthrough, Phase::Noop] {
+        let mut totals = Vec::new();
+        for (records, requested) in &inputs {
+            let name = phase.name();
+            let (output, group) = (topic(&format!("bench.out.{name}.{records}")), format!("bench-{name}-{run}-{records}"));
+            let out = dir.join(format!("{name}-{records}.out"));
+            *CALLGRIND_OUT.lock().unwrap() = Some(out.clone());
+            let command = match phase {
+                Phase::Passthrough => child("passthrough", &bootstrap, requested, &output, &group, None),
+                _ => herald(&bootstrap, &group, requested, &output, &dry_run(&[])),
+            };
+            *CALLGRIND_OUT.lock().unwrap() = None;
+            let check = if phase == Phase::Passthrough { Check::Copies } else { Check::AllSent };
+            measure(phase, &bootstrap, &group, requested, &output, *records, check, command).await;
+            totals.push(callgrind_total(&out));
+        }
+        let cost = (totals[1] as f64 - totals[0] as f64) / (sizes[1] - sizes[0]) as f64;
+        per_record.push((phase, totals, cost));
+    }
+    println!("\n{:<48} {:>16} {:>16} {:>12} {:>8}", "phase (under callgrind)", format!("Ir, {}", sizes[0]), format!("Ir, {}", sizes[1]), "Ir/record", "ratio");
+    let passthrough = per_record[0].2;
+    for (phase, totals, cost) in &per_record {
+        println!("{:<48} {:>16} {:>16} {:>12.0} {:>7.2}×", phase.label(), totals[0], totals[1], cost, passthrough / cost);
+    }
+    let ratio = passthrough / per_record[1].2;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !args.check {
+        return std::process::ExitCode::SUCCESS;
+    }
+    let floor = floors()["instructions"]["noop"].as_f64().expect("instructions.noop in benches/floors.json");
+    let ok = ratio >= floor;
+    println!("\ncheck against benches/floors.json:\n  {} herald no-op against the passthrough, in instructions a record: {ratio:.3}× (floor {floor:.3}×)", if ok { "ok  " } else { "FAIL" });
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// The instructions callgrind counted in a run, from its `totals:` line.
+fn callgrind_total(out: &Path) -> u64 {
+    let text = std::fs::read_to_string(out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    let line = text.lines().find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")));
+    line.and_then(|l| l.split_whitespace().next()?.parse().ok()).unwrap_or_else(|| panic!("no totals in {}", out.display()))
+}
+
+fn floors() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/floors.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("benches/floors.json")).expect("floors parse")
+}
+
 /// The round with the median rate, listing every round's rate.
 fn median(mut rounds: Vec<Row>) -> Row {
     let rates: Vec<f64> = rounds.iter().map(|r| r.rate).collect();
@@ -387,10 +472,9 @@ fn print_tables(rows: &[Row], latencies: &[(&str, f64, Latency)], latency_secs: 
 
 /// The ratios herald must keep, as `benches/floors.json` has them.
 fn check(rows: &[Row], smoke: bool) -> std::process::ExitCode {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/floors.json");
-    let floors: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("benches/floors.json")).expect("floors parse");
+    let floors = floors();
     let set = if smoke { "smoke" } else { "full" };
-    let floor = |name: &str| floors[set][name].as_f64().unwrap_or_else(|| panic!("{set}.{name} in {}", path.display()));
+    let floor = |name: &str| floors[set][name].as_f64().unwrap_or_else(|| panic!("{set}.{name} in benches/floors.json"));
     let ratio = |of: Phase, to: Phase| paired_ratio(rows, of, to);
     let measured = [
         ("noop", "herald no-op against the passthrough", ratio(Phase::Noop, Phase::Passthrough)),
@@ -575,7 +659,7 @@ fn dry_run(extra: &[&str]) -> Vec<String> {
 static HERALD: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn herald(bootstrap: &str, group: &str, requested: &str, status: &str, extra: &[String]) -> Command {
-    let mut c = Command::new(HERALD.get_or_init(|| PathBuf::from(env!("CARGO_BIN_EXE_herald"))));
+    let mut c = program(HERALD.get_or_init(|| PathBuf::from(env!("CARGO_BIN_EXE_herald"))));
     c.args(["--brokers", bootstrap, "--group-id", group, "--admin-listen", "127.0.0.1:0", "--topic-requested", requested, "--topic-status", status])
         .args(["--topic-dead-letter", &format!("{status}.dead-letter"), "--topic-suppressions", &format!("{status}.suppressions")])
         .args(["--retry-topics", &format!("{status}.retry-10m,{status}.retry-20m,{status}.retry-40m")])
@@ -585,9 +669,24 @@ fn herald(bootstrap: &str, group: &str, requested: &str, status: &str, extra: &[
     c
 }
 
+/// Where the next phase's instruction counts go, with `--instructions`.
+static CALLGRIND_OUT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// `path` to run as a phase: under callgrind while [`CALLGRIND_OUT`] is set.
+fn program(path: &Path) -> Command {
+    match CALLGRIND_OUT.lock().unwrap().as_ref() {
+        None => Command::new(path),
+        Some(out) => {
+            let mut c = Command::new("valgrind");
+            c.args(["--tool=callgrind", "--dump-line=no", "--compress-strings=no"]).arg(format!("--callgrind-out-file={}", out.display())).arg(path);
+            c
+        }
+    }
+}
+
 /// This bench's own binary in one of its child roles.
 fn child(role: &str, bootstrap: &str, input: &str, output: &str, group: &str, fakes: Option<&FakeUrls>) -> Command {
-    let mut c = Command::new(std::env::current_exe().expect("own path"));
+    let mut c = program(&std::env::current_exe().expect("own path"));
     c.args([role, bootstrap, input, output, group]);
     if let Some(fakes) = fakes {
         c.arg(serde_json::to_string(fakes).unwrap());

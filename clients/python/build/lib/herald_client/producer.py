@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Dict, List, Optional
 
 import confluent_kafka
@@ -25,11 +26,16 @@ class Producer:
     `<topic>-value`; herald then needs the same `--schema-registry-url`.
     Without one, they carry schema id 0 and the bundled schema, which is
     what herald reads when it has no registry.
+
+    Both default to the environment herald itself reads: `KAFKA_BROKERS`
+    (else localhost:9092) and `SCHEMA_REGISTRY_URL` (else none).
     """
 
-    def __init__(self, bootstrap_servers: str, *, topic: str = "notification.requested",
+    def __init__(self, bootstrap_servers: Optional[str] = None, *, topic: str = "notification.requested",
                  cancellations_topic: str = "notification.cancellations", schema_registry_url: Optional[str] = None,
                  config: Optional[Dict[str, object]] = None):
+        bootstrap_servers = bootstrap_servers or os.environ.get("KAFKA_BROKERS", "localhost:9092")
+        schema_registry_url = schema_registry_url or os.environ.get("SCHEMA_REGISTRY_URL") or None
         conf = {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
         conf.update(config or {})
         self._producer = confluent_kafka.Producer(conf)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,8 +99,11 @@ class StatusConsumer:
     with the bundled schema, as herald writes them without a registry.
     """
 
-    def __init__(self, bootstrap_servers: str, group_id: str, *, topic: str = "notification.status",
+    def __init__(self, bootstrap_servers: Optional[str], group_id: str, *, topic: str = "notification.status",
                  schema_registry_url: Optional[str] = None, config: Optional[Dict[str, object]] = None, remember: int = 100_000):
+        # The environment herald reads, as for `Producer`.
+        bootstrap_servers = bootstrap_servers or os.environ.get("KAFKA_BROKERS", "localhost:9092")
+        schema_registry_url = schema_registry_url or os.environ.get("SCHEMA_REGISTRY_URL") or None
         conf = {"bootstrap.servers": bootstrap_servers, "group.id": group_id, "auto.offset.reset": "earliest"}
         conf.update(config or {})
         self._consumer = confluent_kafka.Consumer(conf)
