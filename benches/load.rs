@@ -678,7 +678,7 @@ fn program(path: &Path) -> Command {
         None => Command::new(path),
         Some(out) => {
             let mut c = Command::new("valgrind");
-            c.args(["--tool=callgrind", "--dump-line=no", "--compress-strings=no"]).arg(format!("--callgrind-out-file={}", out.display())).arg(path);
+            c.args(["--tool=callgrind", "--trace-children=yes", "--dump-line=no", "--compress-strings=no"]).arg(format!("--callgrind-out-file={}", out.display())).arg(path);
             c
         }
     }
