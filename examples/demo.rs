@@ -517,7 +517,7 @@ fn samples() -> Vec<Sample> {
     }
     let mut later = sms("scheduled", "ada", "+14155550100", "Your appointment is in an hour");
     let mut android = push("push-android", "ada", "ada-android-token", "Order", "Shipped");
-    android.content.android = Some(AndroidOverrides { priority: Some(AndroidPriority::High), ttl_seconds: Some(3600), ..Default::default() });
+    android.content.android = Some(Box::new(AndroidOverrides { priority: Some(AndroidPriority::High), ttl_seconds: Some(3600), ..Default::default() }));
     later.scheduled_at = Some(Utc::now() + chrono::Duration::seconds(5));
     v.extend([
         Sample { request: push("push-hello", "ada", "ada-phone-token", "Hi", "Push works"), expect: Status::Sent, story: "push sent" },

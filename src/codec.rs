@@ -107,8 +107,8 @@ pub fn read_request(datum: &[u8]) -> Result<Request, RequestError> {
     let body = r.string()?;
     let template_vars = r.string_map()?;
     let data = r.string_map()?;
-    let android = r.optional(read_android)?;
-    let apns = r.optional(read_apns)?;
+    let android = r.optional(read_android)?.map(Box::new);
+    let apns = r.optional(read_apns)?.map(Box::new);
     let scheduled_at = r.optional(binary::Reader::long)?;
     let created_at = r.long()?;
     // A writer with the schema before these fields ends here: defaults.
@@ -209,8 +209,8 @@ pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
             template_id: take_string(&mut fields, "template_id"),
             template_vars: take_string_map(&mut content, "template_vars"),
             data: take_string_map(&mut content, "data"),
-            android: content.remove("android").and_then(android_from_value),
-            apns: content.remove("apns").and_then(apns_from_value),
+            android: content.remove("android").and_then(android_from_value).map(Box::new),
+            apns: content.remove("apns").and_then(apns_from_value).map(Box::new),
         },
         scheduled_at: take_time(&mut fields, "scheduled_at"),
         created_at: take_time(&mut fields, "created_at").ok_or(FieldError::Missing("created_at"))?,
@@ -230,8 +230,8 @@ pub fn encode_request(schema: &Schema, schema_id: u32, r: &Request) -> Result<Ve
         ("body".into(), Value::String(r.content.body.clone())),
         ("template_vars".into(), string_map(&r.content.template_vars)),
         ("data".into(), string_map(&r.content.data)),
-        ("android".into(), optional(r.content.android.as_ref().map(android_value))),
-        ("apns".into(), optional(r.content.apns.as_ref().map(apns_value))),
+        ("android".into(), optional(r.content.android.as_deref().map(android_value))),
+        ("apns".into(), optional(r.content.apns.as_deref().map(apns_value))),
     ]);
     let value = Value::Record(vec![
         ("event_id".into(), Value::String(r.event_id.clone())),
@@ -590,20 +590,20 @@ mod tests {
                 body: "Hello there".into(),
                 template_vars: HashMap::from([("name".into(), "Ada".into())]),
                 data: HashMap::from([("k".into(), "v".into())]),
-                android: Some(AndroidOverrides {
+                android: Some(Box::new(AndroidOverrides {
                     priority: Some(AndroidPriority::High),
                     ttl_seconds: Some(3600),
                     collapse_key: Some("news".into()),
                     channel_id: None,
                     sound: Some("default".into()),
                     click_action: None,
-                }),
-                apns: Some(ApnsOverrides {
+                })),
+                apns: Some(Box::new(ApnsOverrides {
                     headers: HashMap::from([("apns-priority".into(), "10".into())]),
                     badge: Some(3),
                     content_available: true,
                     ..ApnsOverrides::default()
-                }),
+                })),
             },
             scheduled_at: Some(Utc.timestamp_millis_opt(1_800_000_000_123).unwrap()),
             created_at: Utc.timestamp_millis_opt(1_700_000_000_456).unwrap(),

@@ -7,6 +7,9 @@ use std::fmt;
 /// (`+*******0100`, `…a1b2`).
 pub struct Masked<'a>(pub &'a str);
 
+/// Stars are written in slices of this, not a character at a time.
+const STARS: &str = "****************************************************************";
+
 impl Masked<'_> {
     /// The masked form's pieces: a lead (`+` or `…`), how many stars, and
     /// the characters kept.
@@ -34,7 +37,12 @@ impl Masked<'_> {
         let (lead, stars, tail) = self.parts();
         let mut out = String::with_capacity(lead.len() + stars + tail.len());
         out.push_str(lead);
-        out.extend(std::iter::repeat_n('*', stars));
+        let mut stars = stars;
+        while stars > 0 {
+            let n = stars.min(STARS.len());
+            out.push_str(&STARS[..n]);
+            stars -= n;
+        }
         out.push_str(tail);
         out
     }
@@ -43,7 +51,6 @@ impl Masked<'_> {
 impl fmt::Display for Masked<'_> {
     // Logs mask recipients too: written without allocating.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const STARS: &str = "****************************************************************";
         let (lead, mut stars, tail) = self.parts();
         f.write_str(lead)?;
         while stars > 0 {

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::future::Either;
 use futures::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
@@ -47,19 +48,19 @@ async fn run(pipeline: Arc<Pipeline>, mut records: mpsc::UnboundedReceiver<Vec<S
         tokio::select! {
             biased;
             Some(done) = acks.next(), if !acks.is_empty() => {
-                let mut batch = vec![done];
-                while let Some(Some(done)) = acks.next().now_or_never() {
-                    batch.push(done);
+                let mut done: Vec<Finished> = done;
+                while let Some(Some(more)) = acks.next().now_or_never() {
+                    done.extend(more);
                 }
-                if finished.send(batch).is_err() {
+                if finished.send(done).is_err() {
                     return;
                 }
             }
             received = records.recv(), if open => match received {
                 Some(batch) => {
-                    acks.extend(batch.into_iter().map(|settled| publish(&pipeline, settled)));
+                    acks.push(durable(&pipeline, batch));
                     while let Ok(batch) = records.try_recv() {
-                        acks.extend(batch.into_iter().map(|settled| publish(&pipeline, settled)));
+                        acks.push(durable(&pipeline, batch));
                     }
                 }
                 None => open = false,
@@ -69,20 +70,40 @@ async fn run(pipeline: Arc<Pipeline>, mut records: mpsc::UnboundedReceiver<Vec<S
     }
 }
 
+/// Publishes a batch, and yields its tickets once all of it is durable.
+/// One future a batch, not one a record: the batch was produced at once,
+/// so its acknowledgements come together, and awaiting them in turn
+/// mostly finds each one in already; a future of its own for each record,
+/// woken and polled apart, cost a fifth of a record's work. A record
+/// whose produce is retried holds back the rest of its batch (at most a
+/// burst of the loop), which only delays storing their offsets.
+fn durable(pipeline: &Pipeline, batch: Vec<Settled>) -> impl std::future::Future<Output = Vec<Finished>> + Send + 'static {
+    let pending: Vec<_> = batch.into_iter().map(|settled| publish(pipeline, settled)).collect();
+    async move {
+        let mut finished = Vec::with_capacity(pending.len());
+        for record in pending {
+            finished.push(record.await);
+        }
+        finished
+    }
+}
+
 /// Hands the outcome to the producer now, in the order records came; the
 /// future yields the ticket once it is durable.
 fn publish(pipeline: &Pipeline, settled: Settled) -> impl std::future::Future<Output = Finished> + Send + 'static {
     let Settled { record, resolved, ticket, permit, counted } = settled;
     let durable = pipeline.publish(&record, resolved);
-    let counted = async move {
-        if let Some(count) = counted {
-            count.durable().await;
-        }
-    };
-    // A combinator, not an async block: a block would hold `durable`
-    // twice, and this future is moved for every record.
-    futures::future::join(durable, counted).map(move |(published, ())| {
-        drop(permit);
-        (ticket, published)
-    })
+    // Combinators, not an async block: a block would hold `durable` twice,
+    // and this future is moved for every record. Without a rate-limit
+    // write to wait for (an in-memory store), there is nothing to join.
+    match counted {
+        None => Either::Left(durable.map(move |published| {
+            drop(permit);
+            (ticket, published)
+        })),
+        Some(count) => Either::Right(futures::future::join(durable, count.durable()).map(move |(published, ())| {
+            drop(permit);
+            (ticket, published)
+        })),
+    }
 }

@@ -13,11 +13,11 @@ mod offsets;
 mod pauses;
 mod restore;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::HashMap;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -137,9 +137,9 @@ pub async fn consume(
         acker,
         at_acker: 0,
         failed: None,
-        status_end: HashMap::new(),
-        marks: HashMap::new(),
-        restoring: HashMap::new(),
+        status_end: HashMap::default(),
+        marks: HashMap::default(),
+        restoring: HashMap::default(),
         restores: JoinSet::new(),
         next_restore: 0,
         handover: settings.handover,
@@ -220,11 +220,22 @@ impl Loop {
                     let mut handled = 0;
                     while let Some(message) = next.take() {
                         match message {
-                            Ok(message) => tokio::select! {
-                                biased;
-                                () = &mut shutdown => return Ok(()),
-                                result = self.handle(&consumer, &message) => result?,
-                            },
+                            // Shutdown is raced only by a record that has to
+                            // wait: polling it for every record cost more
+                            // than a tenth of a record's work. One asked for
+                            // meanwhile is seen at the end of the burst.
+                            Ok(message) => {
+                                let handled = self.handle(&consumer, &message);
+                                tokio::pin!(handled);
+                                match futures::poll!(&mut handled) {
+                                    std::task::Poll::Ready(result) => result?,
+                                    std::task::Poll::Pending => tokio::select! {
+                                        biased;
+                                        () = &mut shutdown => return Ok(()),
+                                        result = &mut handled => result?,
+                                    },
+                                }
+                            }
                             Err(KafkaError::PartitionEOF(_)) => {}
                             Err(error) => tracing::warn!(message = "Consumer error.", %error),
                         }
@@ -376,8 +387,10 @@ impl Loop {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
-        let records = batch.len();
+        // The next batch is sized like this one: growing it a record at a
+        // time copied every record several times.
+        let records = self.batch.len();
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(records));
         // Only once the loop has stopped is the acker gone; the records'
         // offsets are then never stored, and they are delivered again.
         if self.settled.send(batch).is_ok() {

@@ -7,7 +7,9 @@
 //! is where the statuses of every record that may be read again begin
 //! (see `ledger`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 
 use crate::topics::Source;
 

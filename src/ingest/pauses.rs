@@ -14,7 +14,9 @@
 //! record to rewind to (see [`Pauses::rest`]).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
+
+use foldhash::{HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
@@ -47,6 +49,9 @@ pub struct Pauses {
     /// or paused again) are skipped by id.
     due: BinaryHeap<Reverse<(Instant, u64, Source, i32)>>,
     next_id: u64,
+    /// How many of `paused` wait for room, so that every record need not
+    /// look through the resting delay partitions to learn that none do.
+    for_room: usize,
 }
 
 impl Pauses {
@@ -99,7 +104,8 @@ impl Pauses {
 
     fn record(&mut self, source: Source, partition: i32, until: Until) {
         self.next_id += 1;
-        self.paused.insert((source, partition), (self.next_id, until));
+        let before = self.paused.insert((source, partition), (self.next_id, until));
+        self.counted(before.map(|(_, until)| until), Some(until));
         if let Until::Due(at) | Until::Rest(at) = until {
             self.due.push(Reverse((at, self.next_id, source, partition)));
         }
@@ -123,7 +129,13 @@ impl Pauses {
 
     /// Whether any partition waits for room in `lane`.
     pub fn waiting_for(&self, lane: Option<Channel>) -> bool {
-        self.paused.values().any(|(_, until)| *until == Until::Room(lane))
+        self.for_room > 0 && self.paused.values().any(|(_, until)| *until == Until::Room(lane))
+    }
+
+    /// Keeps `for_room` right when a pause is replaced or removed.
+    fn counted(&mut self, removed: Option<Until>, added: Option<Until>) {
+        let room = |u: Option<Until>| matches!(u, Some(Until::Room(_))) as usize;
+        self.for_room = self.for_room + room(added) - room(removed);
     }
 
     /// Resumes every partition that waits for room in `lane`.
@@ -144,7 +156,7 @@ impl Pauses {
     }
 
     fn resume(&mut self, consumer: &HeraldConsumer, topics: &Topics, source: Source, partition: i32) {
-        self.paused.remove(&(source, partition));
+        self.forget(source, partition);
         let topic = topics.name(source);
         let mut list = TopicPartitionList::new();
         list.add_partition(topic, partition);
@@ -155,7 +167,8 @@ impl Pauses {
 
     /// A revoked partition is no longer ours to resume.
     pub fn forget(&mut self, source: Source, partition: i32) {
-        self.paused.remove(&(source, partition));
+        let removed = self.paused.remove(&(source, partition));
+        self.counted(removed.map(|(_, until)| until), None);
     }
 }
 

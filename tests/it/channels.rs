@@ -86,18 +86,18 @@ async fn push_goes_to_fcm_v1_with_a_cached_oauth_token() {
     first.content.data.insert("thread".into(), "42".into());
     h.send(&first).await;
     let mut second = push("push-2", "user-3", "device-token-2", "Again", "Second");
-    second.content.android = Some(AndroidOverrides {
+    second.content.android = Some(Box::new(AndroidOverrides {
         priority: Some(AndroidPriority::High),
         ttl_seconds: Some(600),
         collapse_key: Some("inbox".into()),
         ..AndroidOverrides::default()
-    });
-    second.content.apns = Some(ApnsOverrides {
+    }));
+    second.content.apns = Some(Box::new(ApnsOverrides {
         headers: [("apns-priority".to_owned(), "10".to_owned())].into(),
         sound: Some("default".into()),
         badge: Some(2),
         ..ApnsOverrides::default()
-    });
+    }));
     h.send(&second).await;
 
     let mut statuses = h.statuses();
