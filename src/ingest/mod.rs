@@ -149,7 +149,7 @@ pub async fn consume(
     let until = l.drain(settings.deadline).await;
     // Closing the consumer leaves the group, which waits on the broker.
     let closed = tokio::task::spawn_blocking(move || drop(l));
-    if tokio::time::timeout_at(until.max(Instant::now() + Duration::from_millis(500)), closed).await.is_err() {
+    if tokio::time::timeout_at(until, closed).await.is_err() {
         tracing::warn!(message = "The consumer did not close within the shutdown deadline.");
     }
     result
@@ -554,14 +554,22 @@ impl Loop {
     }
 
     /// Stop fetching, let in-flight records finish within `deadline`, flush
-    /// and commit what finished. Whatever the queues hold, this returns
-    /// within about `deadline`; it returns when that deadline is.
+    /// and commit what finished. Whatever the queues hold and whatever the
+    /// broker does, this returns within `deadline`, and leaves the close
+    /// its share of it; it returns when that deadline is.
     async fn drain(&mut self, deadline: Duration) -> Instant {
         let until = Instant::now() + deadline;
+        // The end of the deadline is kept for the flush, the final commit
+        // and leaving the group, a third each, so that they get a chance
+        // even when in-flight records use up the rest: a quarter of it, at
+        // most a second. Each stops at its own share's end: waiting past
+        // them on a stalled broker overran the deadline by 1.2 s.
+        let reserve = (deadline / 4).min(Duration::from_secs(1));
+        let (drained_by, flushed_by, committed_by) = (until - reserve, until - reserve * 2 / 3, until - reserve / 3);
         self.hand_over();
         let in_flight = self.tasks.len() + self.at_acker;
         tracing::info!(message = "Shutting down: finishing in-flight records.", in_flight);
-        let drained = tokio::time::timeout_at(until, async {
+        let drained = tokio::time::timeout_at(drained_by, async {
             while let Some(joined) = self.tasks.join_next().await {
                 let _ = self.joined(joined);
             }
@@ -583,8 +591,7 @@ impl Loop {
         }
         self.acker.abort();
         self.store_offsets();
-        let remaining = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
-        if let Err(error) = self.pipeline.publisher().producer().flush(remaining) {
+        if let Err(error) = self.pipeline.publisher().producer().flush(flushed_by.saturating_duration_since(Instant::now())) {
             tracing::warn!(message = "Producer flush failed.", %error);
         }
         // Synchronous commits and the consumer's close wait on the broker;
@@ -594,8 +601,7 @@ impl Loop {
             Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(message = "Final commit failed.", %error),
         });
-        let remaining = until.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
-        if tokio::time::timeout(remaining, commit).await.is_err() {
+        if tokio::time::timeout_at(committed_by, commit).await.is_err() {
             tracing::warn!(message = "Final commit did not finish within the shutdown deadline; the broker will see the last automatic commit.");
         }
         tracing::info!(message = "Stopped.", uncommitted = self.offsets.in_flight());

@@ -101,7 +101,8 @@ async fn sigterm_exits_within_the_deadline_whatever_the_queues_hold() {
     let (took, status) = herald.terminate();
     println!("exited {took:?} after SIGTERM, with a 3 s deadline");
     assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap());
-    assert!(took < Duration::from_millis(4500), "exited {took:?} after SIGTERM");
+    // The deadline, and what a process needs to exit.
+    assert!(took < Duration::from_millis(3750), "exited {took:?} after SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,5 +149,7 @@ async fn sigterm_exits_within_the_deadline_while_the_broker_is_stalled() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let (took, _) = exited.expect("herald still running 15 s after SIGTERM with a 3 s deadline");
     println!("exited {took:?} after SIGTERM, the broker stalled, with a 3 s deadline");
-    assert!(took < Duration::from_millis(5500), "exited {took:?} after SIGTERM");
+    // Not the deadline plus a flush's, a commit's and a close's own waits
+    // on the broker (4.2 s before each had to end within the deadline).
+    assert!(took < Duration::from_millis(3750), "exited {took:?} after SIGTERM");
 }
