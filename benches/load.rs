@@ -21,10 +21,11 @@
 //!    record (Twilio's form for SMS, FCM's JSON for push) to the same fakes,
 //!    with herald's concurrency (32 per channel) and HTTP client settings.
 //!    A call's slot is free again when the provider answers. The HTTP limit.
-//! 5. held bare HTTP: the same, but a call's slot is held until its output
-//!    record is acknowledged, as herald holds it so that a crash repeats at
-//!    most that many calls (see the README's "No double sends"). The limit
-//!    of any pipeline with that guarantee, and what herald is checked on.
+//! 5. held bare HTTP: the same, but each call also takes one of 64 sends
+//!    (over both channels) held until its output record is acknowledged,
+//!    as herald does so that a crash repeats at most that many calls (see
+//!    the README's "No double sends"). The limit of any pipeline with that
+//!    guarantee, and what herald is checked on.
 //! 6. herald delivering over HTTP to the same fakes.
 //! 7. The passthrough and herald (no-op sink) again, each fed live at half
 //!    of (2)'s rate, and at 1,000 msgs/s: latency from each request record's
@@ -86,6 +87,8 @@ const REQUESTED: &str = "bench.requested";
 const PASSTHROUGH_IN_FLIGHT: usize = 4096;
 /// herald's provider calls per channel, by default.
 const CONCURRENCY: usize = 32;
+/// herald's `--unconfirmed-sends`, by default: over both channels.
+const UNCONFIRMED: usize = 64;
 
 struct Args {
     records: usize,
@@ -175,13 +178,15 @@ enum Phase {
 /// The pause before each phase.
 const SETTLE: Duration = Duration::from_secs(3);
 
-/// How long the bare HTTP loop holds a call's concurrency slot.
+/// What bounds the bare HTTP loop's calls.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
-    /// Until the provider answers: the most calls a second.
+    /// Each channel's slots only, free at the answer: the most calls a
+    /// second.
     UntilAnswer,
-    /// Until the call's output record is acknowledged, as herald does, so
-    /// that a crash repeats at most the concurrency's worth of calls.
+    /// Those, and one of 64 sends held until the call's output record is
+    /// acknowledged, as herald holds them so that a crash repeats at most
+    /// that many calls.
     UntilDurable,
 }
 
@@ -192,7 +197,7 @@ impl Phase {
             Phase::Noop => "herald, no-op sink (--delivery dry-run)",
             Phase::NoopSlowCommits => "herald, no-op sink, --commit-interval 5s",
             Phase::BareHttp => "bare HTTP (consume → POST → produce → store)",
-            Phase::BareHttpHeld => "bare HTTP, slot held until the produce ack",
+            Phase::BareHttpHeld => "bare HTTP, 64 sends held until the produce ack",
             Phase::Http => "herald, HTTP to the fake Twilio and FCM",
             Phase::Store => "status store (herald api → CQL)",
         }
@@ -933,11 +938,9 @@ async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str, fa
                     Some((http, hold)) => {
                         let (producer, output) = (producer.clone(), output.to_owned());
                         let task = tokio::spawn(async move {
-                            let slot = http.call(&payload).await;
-                            if hold == Slot::UntilAnswer {
-                                drop(slot);
-                            }
+                            let unconfirmed = http.call(&payload, hold).await;
                             send(&producer, &output, key, payload, None).await;
+                            drop(unconfirmed);
                         });
                         Box::pin(task.map(|joined| joined.expect("a record's task")))
                     }
@@ -962,6 +965,7 @@ struct Http {
     fcm: String,
     bearer: String,
     slots: [tokio::sync::Semaphore; 2],
+    unconfirmed: tokio::sync::Semaphore,
 }
 
 impl Http {
@@ -982,13 +986,21 @@ impl Http {
         let twilio = format!("{}2010-04-01/Accounts/{}/Messages.json", urls.twilio, herald_testkit::providers::ACCOUNT_SID);
         let fcm = format!("{}v1/projects/{project}/messages:send", urls.fcm);
         let bearer = token["access_token"].as_str().expect("access_token").to_owned();
-        Http { client, twilio, fcm, bearer, slots: [tokio::sync::Semaphore::new(CONCURRENCY), tokio::sync::Semaphore::new(CONCURRENCY)] }
+        let slots = [tokio::sync::Semaphore::new(CONCURRENCY), tokio::sync::Semaphore::new(CONCURRENCY)];
+        Http { client, twilio, fcm, bearer, slots, unconfirmed: tokio::sync::Semaphore::new(UNCONFIRMED) }
     }
 
-    /// Makes the call in a slot of its channel, and hands the slot back.
-    async fn call(&self, payload: &[u8]) -> tokio::sync::SemaphorePermit<'_> {
+    /// Makes the call in a slot of its channel, given back at the answer.
+    /// Held, it also takes one of the sends that wait for their output's
+    /// acknowledgement, after the channel's slot as herald takes them, and
+    /// returns it.
+    async fn call(&self, payload: &[u8], hold: Slot) -> Option<tokio::sync::SemaphorePermit<'_>> {
         let request = codec::read_request(codec::unframe(payload).expect("wire format").1).expect("a request");
         let slot = self.slots[request.channel.index()].acquire().await.expect("open");
+        let unconfirmed = match hold {
+            Slot::UntilAnswer => None,
+            Slot::UntilDurable => Some(self.unconfirmed.acquire().await.expect("open")),
+        };
         let sent = match request.channel {
             Channel::Sms => {
                 let form = [("To", request.recipient.as_str()), ("From", herald_testkit::providers::FROM), ("Body", &request.content.body)];
@@ -1007,7 +1019,8 @@ impl Http {
         let response = sent.expect("the fake answers");
         assert!(response.status().is_success(), "the fake refused: {}", response.status());
         let _ = response.bytes().await;
-        slot
+        drop(slot);
+        unconfirmed
     }
 }
 

@@ -219,6 +219,10 @@ pub struct DeliveryArgs {
     #[arg(long, env = "HERALD_PUSH_CONCURRENCY", default_value_t = 32)]
     pub push_concurrency: usize,
 
+    /// Sends, over all channels, from before the provider call until their status is acknowledged: the most a crash can repeat.
+    #[arg(long, env = "HERALD_UNCONFIRMED_SENDS", default_value_t = 64)]
+    pub unconfirmed_sends: usize,
+
     /// Records one channel may hold (waiting plus in flight) before the consumer waits for it.
     #[arg(long, env = "HERALD_CHANNEL_QUEUE", default_value_t = 2048)]
     pub channel_queue: usize,
@@ -493,6 +497,8 @@ pub struct Settings {
     pub push_lane: LaneSettings,
     /// Records whose outcome needs no call, admitted at once.
     pub settled_queue: usize,
+    /// The crash bound, shared by the lanes (`route::Router`).
+    pub unconfirmed_sends: usize,
     /// Of one provider HTTP request, and of schema registry requests.
     pub http_timeout: Duration,
     pub delivery: deliver::Settings,
@@ -556,6 +562,7 @@ impl Config {
             sms_lane: lane(d.sms_concurrency),
             push_lane: lane(d.push_concurrency),
             settled_queue: d.channel_queue,
+            unconfirmed_sends: d.unconfirmed_sends,
             http_timeout: d.http_timeout,
             delivery: deliver::Settings {
                 mode: d.delivery,
@@ -693,6 +700,7 @@ impl Config {
         for (name, value) in [
             ("sms-concurrency", d.sms_concurrency),
             ("push-concurrency", d.push_concurrency),
+            ("unconfirmed-sends", d.unconfirmed_sends),
             ("channel-queue", d.channel_queue),
             ("sms-max-chars", d.sms_max_chars),
             ("topic-partitions", t.topic_partitions.max(0) as usize),
@@ -817,7 +825,7 @@ mod tests {
     fn each_group_becomes_its_module_s_settings() {
         let s = parse(&["--brokers", "k:9092", "--sms-concurrency", "7", "--retry-delays", "1s,2s,3s", "--push-rate-limit", "5/1m"]).settings().unwrap();
         assert_eq!(s.kafka.brokers, "k:9092");
-        assert_eq!((s.sms_lane.concurrency, s.push_lane.concurrency, s.sms_lane.queue), (7, 32, 2048));
+        assert_eq!((s.sms_lane.concurrency, s.push_lane.concurrency, s.sms_lane.queue, s.unconfirmed_sends), (7, 32, 2048, 64));
         assert_eq!(s.topics.retries[2], RetryTopic { name: "retry-40m".into(), delay: Duration::from_secs(3) });
         assert_eq!(s.rate_limits.of(Channel::Push).limit, RateLimit::per(5, Duration::from_secs(60)));
         assert!(s.scylla.is_none() && s.receipts.is_none() && s.delivery.twilio.is_none() && s.delivery.fcm.is_none());

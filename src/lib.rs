@@ -184,7 +184,7 @@ impl App {
         let cancellations = Arc::new(cancel::Cancellations::new(topics.cancel_keep));
         let cancellation_reader = follow::load(kafka::reader(&settings.kafka)?, &topics.cancellations, &*cancellations).await?;
         metrics.health.suppressions_loaded();
-        let router = Router::new(Lane::new(sms, settings.sms_lane), Lane::new(push, settings.push_lane), settings.settled_queue, calls, templates.clone());
+        let router = Router::new(Lane::new(sms, settings.sms_lane), Lane::new(push, settings.push_lane), settings.settled_queue, settings.unconfirmed_sends, calls, templates.clone());
         let max_bytes = kafka::max_message_bytes(&settings.kafka);
         let propagated = record::Propagated::new(&settings.propagate_headers);
         let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, propagated, metrics.clone());

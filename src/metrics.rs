@@ -181,6 +181,7 @@ pub struct Metrics {
     suppression_list: Gauge,
     lane_admitted: Family<LaneLabel, Gauge>,
     lane_in_flight: Family<ChannelLabel, Gauge>,
+    unconfirmed: Gauge,
     circuit: Family<ProviderLabel, Gauge>,
     producer_queue: Gauge,
     pub health: Health,
@@ -238,7 +239,9 @@ impl Metrics {
         let lane_admitted = Family::<LaneLabel, Gauge>::default();
         registry.register("lane_records", "Records admitted to each lane (waiting plus in flight)", lane_admitted.clone());
         let lane_in_flight = Family::<ChannelLabel, Gauge>::default();
-        registry.register("lane_calls_in_flight", "Provider calls holding a slot of each lane", lane_in_flight.clone());
+        registry.register("lane_calls_in_flight", "Provider calls under way in each lane", lane_in_flight.clone());
+        let unconfirmed = Gauge::default();
+        registry.register("unconfirmed_sends", "Sends called or being called whose status is not yet acknowledged: the most a crash now would repeat", unconfirmed.clone());
         let circuit = Family::<ProviderLabel, Gauge>::default();
         registry.register("circuit_state", "Each provider's circuit: 0 closed, 1 open, 2 trial", circuit.clone());
         let producer_queue = Gauge::default();
@@ -261,6 +264,7 @@ impl Metrics {
             suppression_list,
             lane_admitted,
             lane_in_flight,
+            unconfirmed,
             circuit,
             producer_queue,
             health: Health::default(),
@@ -338,6 +342,7 @@ impl Metrics {
     pub fn set_state(&self, state: &State) {
         self.suppression_list.set(state.suppressions as i64);
         self.producer_queue.set(state.producer_queue as i64);
+        self.unconfirmed.set(state.unconfirmed as i64);
         for (lane, admitted) in &state.lanes {
             self.lane_admitted.get_or_create(&LaneLabel { lane }).set(*admitted as i64);
         }
@@ -395,6 +400,7 @@ pub struct State {
     /// `sms`, `push`, and `settled` (records whose outcome needs no call).
     pub lanes: Vec<(&'static str, usize)>,
     pub calls: Vec<(Channel, usize)>,
+    pub unconfirmed: usize,
     pub circuits: Vec<(Provider, CircuitState)>,
 }
 

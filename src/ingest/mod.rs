@@ -323,11 +323,14 @@ impl Loop {
                 return (ticket, Ok(None));
             };
             let resolved = pipeline.deliver(to_deliver).await;
+            let unconfirmed = slot.answered();
             let published = pipeline.publish(&record, resolved);
             // The outcome is with the producer: a revoke may go on.
             drop(calling);
-            let (published, ()) = tokio::join!(published, counted);
-            drop((slot, permit));
+            let published = published.await;
+            drop(unconfirmed);
+            counted.await;
+            drop(permit);
             (ticket, published)
         }));
     }

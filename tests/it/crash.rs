@@ -197,3 +197,48 @@ async fn offsets_are_committed_within_the_commit_interval() {
     }
     herald.stop().await.unwrap();
 }
+
+/// The value of an unlabelled or singly labelled gauge in a scrape.
+fn gauge(text: &str, series: &str) -> i64 {
+    let line = text.lines().find(|l| l.split(' ').next() == Some(series)).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// With the broker stalled no status is acknowledged, so calls go on only
+/// until `--unconfirmed-sends` of them wait for theirs: that is the most a
+/// crash at that moment could repeat. A lane's slot comes back at each
+/// answer, so those sends outnumber the lane's 4 slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_status_acknowledged_calls_stop_at_the_unconfirmed_sends() {
+    let h = Harness::with_own_broker().await;
+    let pid = h.broker.pid().expect("a broker of its own") as i32;
+    h.twilio.set_latency(Duration::from_millis(5));
+    let requests: Vec<_> = (0..3000).map(|i| sms(&format!("u-{i}"), &format!("user-{}", i % 300), "+14155550100", &format!("u-{i}"))).collect();
+    let ids: Vec<String> = requests.iter().map(|r| r.event_id.clone()).collect();
+    h.send_many(&requests).await;
+    let (herald, admin) = h.start_with_admin(&["--sms-rate-limit", "off", "--sms-concurrency", "4", "--unconfirmed-sends", "12"]);
+    let started = std::time::Instant::now();
+    while h.twilio.count() < 200 {
+        assert!(started.elapsed() < Duration::from_secs(60), "only {} calls", h.twilio.count());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SAFETY: plain kill(2) on the broker this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let at_stall = h.twilio.count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let scrape = reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap();
+    let after = h.twilio.count();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    println!("{at_stall} calls when the broker stopped, {after} two seconds later");
+    assert!(after < ids.len(), "the backlog was not drained before the stall");
+    assert!(after - at_stall <= 12, "{} calls made with no status acknowledged", after - at_stall);
+    assert_eq!(gauge(&scrape, "herald_unconfirmed_sends"), 12, "the sends waiting for their statuses fill the bound");
+    assert_eq!(gauge(&scrape, r#"herald_lane_calls_in_flight{channel="SMS"}"#), 0, "all of them answered: no call is under way");
+
+    let mut statuses = h.statuses();
+    all_sent(&h, &mut statuses, &ids).await;
+    herald.stop().await.unwrap();
+    let (extra, _) = extra_calls(&h);
+    assert_eq!(extra, 0, "a stall repeats nothing");
+}
