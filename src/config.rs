@@ -456,6 +456,10 @@ pub enum ConfigError {
     EmptyTopic,
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--{0} is {1}; it must be at most {max}", max = tokio::sync::Semaphore::MAX_PERMITS)]
+    TooLarge(&'static str, usize),
+    #[error("--unconfirmed-sends ({unconfirmed}) must be more than --{lane} ({concurrency}): a provider that hangs holds the sends of its lane's calls, and the other channel needs some left")]
+    UnconfirmedWithinLane { unconfirmed: usize, lane: &'static str, concurrency: usize },
     #[error("--sms-max-chars is {0}; Twilio accepts at most 1600")]
     SmsTooLong(usize),
     #[error("--twilio-account-sid, --twilio-from and credentials (--twilio-auth-token, or an API key) must be given together (missing {0})")]
@@ -714,6 +718,24 @@ impl Config {
                 return Err(ConfigError::Zero(name));
             }
         }
+        // Each of these sizes a semaphore, which cannot hold more.
+        for (name, value) in [
+            ("sms-concurrency", d.sms_concurrency),
+            ("push-concurrency", d.push_concurrency),
+            ("unconfirmed-sends", d.unconfirmed_sends),
+            ("channel-queue", d.channel_queue),
+            ("scylla-max-writes", self.scylla.scylla_max_writes),
+            ("receipts-max-connections", self.receipts.receipts_max_connections),
+        ] {
+            if value > tokio::sync::Semaphore::MAX_PERMITS {
+                return Err(ConfigError::TooLarge(name, value));
+            }
+        }
+        for (lane, concurrency) in [("sms-concurrency", d.sms_concurrency), ("push-concurrency", d.push_concurrency)] {
+            if d.unconfirmed_sends <= concurrency {
+                return Err(ConfigError::UnconfirmedWithinLane { unconfirmed: d.unconfirmed_sends, lane, concurrency });
+            }
+        }
         if self.kafka.max_message_bytes < MIN_MESSAGE_BYTES {
             return Err(ConfigError::MaxMessageBytes(self.kafka.max_message_bytes));
         }
@@ -808,6 +830,25 @@ mod tests {
         assert_eq!(legacy_env(env(&[("SMS_PROVIDER", "vonage"), ("HERALD_SMS_PROVIDERS", "vonage")])), Ok(vec![]));
         assert!(legacy_env(env(&[("SMS_PROVIDER", "vonage"), ("HERALD_SMS_PROVIDERS", "twilio,vonage")])).unwrap_err().contains("set one"));
         assert!(legacy_env(env(&[("SMS_PROVIDER", "sns")])).unwrap_err().contains("not twilio or vonage"));
+    }
+
+    #[test]
+    fn the_crash_bound_must_leave_room_beside_a_hung_lane() {
+        let refused = parse(&["--unconfirmed-sends", "32"]).settings().map(drop);
+        assert_eq!(refused, Err(ConfigError::UnconfirmedWithinLane { unconfirmed: 32, lane: "sms-concurrency", concurrency: 32 }));
+        assert!(refused.unwrap_err().to_string().starts_with("--unconfirmed-sends (32) must be more than --sms-concurrency (32)"));
+        let push = parse(&["--unconfirmed-sends", "5", "--sms-concurrency", "4"]).settings().map(drop);
+        assert_eq!(push, Err(ConfigError::UnconfirmedWithinLane { unconfirmed: 5, lane: "push-concurrency", concurrency: 32 }));
+        assert_eq!(parse(&["--unconfirmed-sends", "5", "--sms-concurrency", "4", "--push-concurrency", "4"]).settings().map(drop), Ok(()));
+    }
+
+    #[test]
+    fn bounds_a_semaphore_cannot_hold_are_refused_not_a_panic() {
+        let huge = usize::MAX.to_string();
+        assert_eq!(parse(&["--unconfirmed-sends", &huge]).settings().map(drop), Err(ConfigError::TooLarge("unconfirmed-sends", usize::MAX)));
+        assert_eq!(parse(&["--channel-queue", &huge]).settings().map(drop), Err(ConfigError::TooLarge("channel-queue", usize::MAX)));
+        let most = tokio::sync::Semaphore::MAX_PERMITS.to_string();
+        assert_eq!(parse(&["--unconfirmed-sends", &most]).settings().map(drop), Ok(()));
     }
 
     #[test]

@@ -216,7 +216,7 @@ async fn with_no_status_acknowledged_calls_stop_at_the_unconfirmed_sends() {
     let requests: Vec<_> = (0..3000).map(|i| sms(&format!("u-{i}"), &format!("user-{}", i % 300), "+14155550100", &format!("u-{i}"))).collect();
     let ids: Vec<String> = requests.iter().map(|r| r.event_id.clone()).collect();
     h.send_many(&requests).await;
-    let (herald, admin) = h.start_with_admin(&["--sms-rate-limit", "off", "--sms-concurrency", "4", "--unconfirmed-sends", "12"]);
+    let (herald, admin) = h.start_with_admin(&["--sms-rate-limit", "off", "--sms-concurrency", "4", "--push-concurrency", "4", "--unconfirmed-sends", "12"]);
     let started = std::time::Instant::now();
     while h.twilio.count() < 200 {
         assert!(started.elapsed() < Duration::from_secs(60), "only {} calls", h.twilio.count());
