@@ -118,14 +118,31 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// A reader for records that are still arriving: a test waiting on
+    /// one gets it within about 10 ms.
     pub fn new(bootstrap: &str, topic: &str) -> Reader {
+        // tansu answers a fetch only when this wait runs out, even when
+        // records are there: with its default of 500 ms, each read of a
+        // record a test waits on would take half a second.
+        Reader::with_wait(bootstrap, topic, Duration::from_millis(10))
+    }
+
+    /// A reader for a large topic that is already written, such as a load
+    /// phase's output. tansu fills a fetch one stored batch at a time, each
+    /// step listing the partition's batches, and answers with what it has
+    /// when the wait runs out: with 10 ms, a partition of ~9,000 small
+    /// batches came back one batch or none per 40 ms fetch, and 500,000
+    /// records took 7-100 s to read where 1 s reads them in 2 s.
+    pub fn backlog(bootstrap: &str, topic: &str) -> Reader {
+        Reader::with_wait(bootstrap, topic, Duration::from_secs(1))
+    }
+
+    fn with_wait(bootstrap: &str, topic: &str, wait: Duration) -> Reader {
         let count = partitions(bootstrap, topic, Duration::from_secs(30));
         let consumer: StreamConsumer<Quiet> = config(bootstrap)
             .set("group.id", format!("reader-{topic}-{}", std::process::id()))
             .set("enable.auto.commit", "false")
-            // tansu answers a fetch only when this wait runs out, even when
-            // records are there: with its default of 500 ms, reads crawl.
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", wait.as_millis().to_string())
             // The end of a partition is known from a fetch's high watermark,
             // which tansu reports correctly (its ListOffsets does not).
             .set("enable.partition.eof", "true")
