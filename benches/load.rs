@@ -599,7 +599,7 @@ async fn measure(
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
     let mut child = command.spawn().expect("starting the phase");
     let pid = child.id() as i32;
-    wait_committed(bootstrap, group, input, records, &log).await;
+    wait_committed(bootstrap, group, input, records, &mut child, &log).await;
     // Read here, not from wait4: a child's ru_maxrss starts from its
     // parent's peak at fork, and this process holds whole topics.
     let peak_rss_kb = vm_hwm_kb(pid);
@@ -764,9 +764,14 @@ async fn fakes() {
     std::future::pending::<()>().await;
 }
 
-async fn wait_committed(bootstrap: &str, group: &str, input: &str, records: usize, log: &Path) {
+async fn wait_committed(bootstrap: &str, group: &str, input: &str, records: usize, child: &mut std::process::Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
+        // A phase that exits early (a flag an older --herald build does not
+        // know) would otherwise be waited on until the deadline.
+        if let Some(status) = child.try_wait().expect("the phase's status") {
+            panic!("the phase exited ({status}) before group {group} committed {records} records; see {}", log.display());
+        }
         let (bootstrap, g, input) = (bootstrap.to_owned(), group.to_owned(), input.to_owned());
         let committed: i64 = tokio::task::spawn_blocking(move || kafka::committed(&bootstrap, &g, &input))
             .await
@@ -1119,7 +1124,7 @@ async fn latency(bootstrap: &str, group: &str, requested: &str, output: &str, ch
     while acks.next().await.is_some() {}
     // Read only once the phase has finished: a reader fetching a million
     // records from the same broker would slow the last records it waits for.
-    wait_committed(bootstrap, group, requested, total + 1, Path::new("the phase's output")).await;
+    wait_committed(bootstrap, group, requested, total + 1, &mut child, Path::new("the phase's output")).await;
     let mut outputs = Reader::backlog(bootstrap, output);
     let messages = outputs.read_until(Duration::from_secs(120), |m| m.len() > total).await;
     let warm_up_id = format!("latency-{warm_up:09}");
