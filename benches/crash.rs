@@ -109,6 +109,7 @@ async fn crash_run(args: &Args, seed: u64) -> Result {
         "--topic-partitions", &PARTITIONS.to_string(), "--sms-rate-limit", "off",
         // Should anything fail, its retry comes in seconds, not minutes.
         "--retry-delays", "1s,2s,4s",
+        "--envelope-key", herald_testkit::ENVELOPE_KEY,
     ]
     .map(str::to_owned)
     .into();

@@ -627,7 +627,7 @@ async fn store_phase(bootstrap: &str, requested: &str, statuses: &str, records: 
     let base: Vec<String> = ["herald", "--brokers", bootstrap, "--group-id", &group].map(str::to_owned).into_iter().chain(cql.args()).collect();
     herald::migrate(&herald::Config::try_parse_from(&base).expect("migrate arguments")).await.expect("herald migrate");
     let mut command = herald(bootstrap, &group, requested, statuses, &[]);
-    command.args(cql.args()).args(["api", "--api-token", "bench", "--api-listen", "127.0.0.1:0"]);
+    command.args(cql.args()).args(["api", "--api-token", herald_testkit::API_TOKEN, "--api-listen", "127.0.0.1:0"]);
     let log = std::env::temp_dir().join("herald-bench-store.log");
     command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log).expect("log file"));
     let mut child = command.spawn().expect("starting herald api");
@@ -701,6 +701,7 @@ fn herald(bootstrap: &str, group: &str, requested: &str, status: &str, extra: &[
     c.args(["--brokers", bootstrap, "--group-id", group, "--admin-listen", "127.0.0.1:0", "--topic-requested", requested, "--topic-status", status])
         .args(["--topic-dead-letter", &format!("{status}.dead-letter"), "--topic-suppressions", &format!("{status}.suppressions")])
         .args(["--retry-topics", &format!("{status}.retry-10m,{status}.retry-20m,{status}.retry-40m")])
+        .args(["--envelope-key", herald_testkit::ENVELOPE_KEY])
         .args(consumer_args())
         .args(extra)
         .env("RUST_LOG", "warn");
@@ -911,7 +912,7 @@ fn send(
 async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str, fakes: Option<(FakeUrls, Slot)>) {
     use clap::Parser;
     let config = herald::Config::try_parse_from(
-        ["herald", "--brokers", bootstrap, "--group-id", group, "--kafka-consumer-option", "auto.commit.interval.ms=500"]
+        ["herald", "--brokers", bootstrap, "--group-id", group, "--envelope-key", herald_testkit::ENVELOPE_KEY, "--kafka-consumer-option", "auto.commit.interval.ms=500"]
             .into_iter()
             .map(str::to_owned)
             .chain(consumer_args()),

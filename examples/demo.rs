@@ -76,12 +76,18 @@ struct Sample {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if std::env::var_os("RUST_LOG").is_none() {
-        // kassandra has no system.peers, and the CQL driver says so at
-        // every metadata refresh; that is expected here, not news.
-        std::env::set_var("RUST_LOG", "warn,scylla=off");
-    }
-    herald::telemetry::init(herald::telemetry::LogFormat::Text);
+    // herald's log goes to a file, named at the end: the terminal is for
+    // the demo's own story. kassandra has no system.peers, and the CQL
+    // driver says so at every metadata refresh; that is expected here.
+    let log = std::env::temp_dir().join(format!("herald-demo-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).expect("creating the demo's log file");
+    herald::telemetry::init_file(herald::telemetry::LogFormat::Text, file, "info,scylla=off");
+    let ok = run(args).await;
+    println!("\nherald's log: {}", log.display());
+    ok
+}
+
+async fn run(args: Args) -> std::process::ExitCode {
 
     let broker = Broker::start();
     let cql = Cql::start();
@@ -157,14 +163,18 @@ async fn replay_the_outage(config: &Config, statuses: &mut StatusLog, started: I
 /// `herald api`, beside the pipeline: one notification's history, one
 /// user's stats, and a cancellation, as curl would show them.
 async fn ask_herald(config: &Config, sender: &Sender, statuses: &mut StatusLog, started: Instant) -> bool {
-    const TOKEN: &str = "demo-token";
-    let api = herald::config::ApiArgs { listen: "127.0.0.1:0".parse().unwrap(), token: TOKEN.into(), group_id: None };
+    const TOKEN: &str = herald_testkit::API_TOKEN;
+    let parsed = Config::try_parse_from(["herald", "api", "--api-token", TOKEN, "--api-listen", "127.0.0.1:0"]).expect("the API's arguments parse");
+    let Some(herald::config::Command::Api(api)) = parsed.command else { unreachable!("parsed as api") };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the API listener");
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = config.clone();
     let task = tokio::spawn(async move {
-        herald::api(&config, &api, Some(listener), async {
+        // Its admin endpoints on a port of their own, beside the pipeline's.
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the API's admin listener");
+        let provided = herald::Provided { api: Some(listener), admin: Some(admin), ..Default::default() };
+        herald::api(&config, &api, provided, async {
             let _ = stopped.await;
         })
         .await
@@ -374,6 +384,8 @@ fn herald_config(broker: &Broker, names: &Names, providers: &Providers, cql: &Cq
         zones.day.name(),
         "--templates-dir",
         TEMPLATES,
+        "--envelope-key",
+        herald_testkit::ENVELOPE_KEY,
     ]
     .map(str::to_owned)
     .into();

@@ -1,9 +1,11 @@
-//! The admin listener (`--admin-listen`): `/metrics` for Prometheus,
-//! `/healthz` (the process is alive and its consume loop turning) and
-//! `/readyz` (partitions assigned, the suppression list loaded, the broker
-//! and ScyllaDB answering now). Both health answers are JSON naming each
-//! check, with 503 when one fails.
+//! The admin listener (`--admin-listen`) of each long-running program:
+//! `/metrics` for Prometheus, `/healthz` (the process is alive and its
+//! consume loop turning) and `/readyz` (what it needs is there and
+//! answering now). Both health answers are JSON naming each check, with 503
+//! when one fails. Each program says what it shows by implementing
+//! [`Observed`]: the pipeline below, the status store in `store`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use rdkafka::producer::Producer;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::metrics::Health;
 use crate::pipeline::Pipeline;
 use crate::serve::{self, Limits};
 
@@ -23,17 +26,27 @@ use crate::serve::{self, Limits};
 /// once a second when idle.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 /// How long a readiness probe waits for the broker or ScyllaDB.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct Admin {
-    pipeline: Arc<Pipeline>,
-    /// One probe of the broker at a time: a flood of `/readyz` requests
-    /// cannot pile up blocking metadata requests.
-    probing: tokio::sync::Mutex<()>,
+/// One named check of a health answer.
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What a program shows on its admin listener.
+pub trait Observed: Send + Sync + 'static {
+    /// Its metrics: OpenMetrics, or the classic text format.
+    fn metrics(&self, openmetrics: bool) -> String;
+    /// Whether it is alive.
+    fn liveness(&self) -> Vec<Check>;
+    /// Whether it can do its work now.
+    fn readiness(&self) -> impl Future<Output = Vec<Check>> + Send;
 }
 
 #[derive(Serialize)]
-struct Check {
+struct Answer {
     ok: bool,
     detail: String,
 }
@@ -41,74 +54,106 @@ struct Check {
 #[derive(Serialize)]
 struct Report {
     ok: bool,
-    checks: std::collections::BTreeMap<&'static str, Check>,
+    checks: std::collections::BTreeMap<&'static str, Answer>,
 }
 
 impl Report {
-    fn new(checks: Vec<(&'static str, bool, String)>) -> Report {
-        let ok = checks.iter().all(|(_, ok, _)| *ok);
-        Report { ok, checks: checks.into_iter().map(|(name, ok, detail)| (name, Check { ok, detail })).collect() }
-    }
-
-    fn answer(self) -> Response {
-        let status = if self.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-        (status, axum::Json(self)).into_response()
+    fn answer(checks: Vec<Check>) -> Response {
+        let ok = checks.iter().all(|c| c.ok);
+        let report = Report { ok, checks: checks.into_iter().map(|c| (c.name, Answer { ok: c.ok, detail: c.detail })).collect() };
+        let status = if report.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        (status, axum::Json(report)).into_response()
     }
 }
 
-/// Serves the admin endpoints on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, pipeline: Arc<Pipeline>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+/// Serves the admin endpoints of `observed` on `listener` until
+/// `shutdown` completes.
+pub async fn serve<O: Observed>(listener: TcpListener, observed: Arc<O>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     tracing::info!(message = "Admin endpoints listening.", listen = %listener.local_addr()?);
-    let admin = Arc::new(Admin { pipeline, probing: tokio::sync::Mutex::new(()) });
-    let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(admin);
+    let app = Router::new().route("/metrics", get(metrics::<O>)).route("/healthz", get(healthz::<O>)).route("/readyz", get(readyz::<O>)).with_state(observed);
     serve::accept(listener, app, Limits::new(64), shutdown).await
 }
 
 /// OpenMetrics when the scraper asks for it, as Prometheus does; the
 /// classic text format otherwise.
-async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    let metrics = admin.pipeline.metrics();
-    metrics.set_state(&admin.pipeline.state());
+async fn metrics<O: Observed>(State(observed): State<Arc<O>>, headers: HeaderMap) -> Response {
     let accepts = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     if accepts.contains("application/openmetrics-text") {
-        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode()).into_response()
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], observed.metrics(true)).into_response()
     } else {
-        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics.encode_classic()).into_response()
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], observed.metrics(false)).into_response()
     }
 }
 
-async fn healthz(State(admin): State<Arc<Admin>>) -> Response {
-    let check = match admin.pipeline.metrics().health.since_turned() {
+async fn healthz<O: Observed>(State(observed): State<Arc<O>>) -> Response {
+    Report::answer(observed.liveness())
+}
+
+async fn readyz<O: Observed>(State(observed): State<Arc<O>>) -> Response {
+    Report::answer(observed.readiness().await)
+}
+
+/// A consume loop's liveness, from when it last turned.
+pub fn turning(name: &'static str, health: &Health) -> Check {
+    let (ok, detail) = match health.since_turned() {
         Some(ago) if ago < STUCK_AFTER => (true, format!("turned {} ms ago", ago.as_millis())),
         Some(ago) => (false, format!("has not turned for {} s", ago.as_secs())),
         None => (false, "not started".to_owned()),
     };
-    Report::new(vec![("consume_loop", check.0, check.1)]).answer()
+    Check { name, ok, detail }
 }
 
-async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
-    let health = &admin.pipeline.metrics().health;
-    let assigned = health.assigned();
-    let mut checks = vec![
-        ("partitions_assigned", assigned > 0, format!("{assigned} input partitions")),
-        ("suppression_list", health.are_suppressions_loaded(), "read to its end at startup".to_owned()),
-    ];
-    let broker = {
-        let _one = admin.probing.lock().await;
-        let producer = admin.pipeline.publisher().producer().clone();
-        let asked = tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, PROBE_TIMEOUT).map(|m| m.brokers().len()));
-        match asked.await {
-            Ok(Ok(brokers)) => (true, format!("metadata from {brokers} brokers")),
-            Ok(Err(error)) => (false, format!("no metadata within {PROBE_TIMEOUT:?}: {error}")),
-            Err(_) => (false, "the probe failed".to_owned()),
-        }
+/// Whether the cluster answers a metadata request now: `brokers` asks it,
+/// within the timeout it is given, and counts the brokers. One probe at a
+/// time (`one`): a flood of `/readyz` requests cannot pile up blocking
+/// metadata requests.
+pub async fn broker(one: &tokio::sync::Mutex<()>, brokers: impl FnOnce(Duration) -> rdkafka::error::KafkaResult<usize> + Send + 'static) -> Check {
+    let _one = one.lock().await;
+    let asked = tokio::task::spawn_blocking(move || brokers(PROBE_TIMEOUT));
+    let (ok, detail) = match asked.await {
+        Ok(Ok(brokers)) => (true, format!("metadata from {brokers} brokers")),
+        Ok(Err(error)) => (false, format!("no metadata within {PROBE_TIMEOUT:?}: {error}")),
+        Err(_) => (false, "the probe failed".to_owned()),
     };
-    checks.push(("broker", broker.0, broker.1));
-    if let Some(result) = admin.pipeline.limiter().reachable(PROBE_TIMEOUT).await {
-        checks.push(match result {
-            Ok(()) => ("scylla", true, "answers".to_owned()),
-            Err(error) => ("scylla", false, error),
-        });
+    Check { name: "broker", ok, detail }
+}
+
+/// The pipeline, as its admin listener shows it.
+pub struct PipelineObserved {
+    pub pipeline: Arc<Pipeline>,
+    pub probing: tokio::sync::Mutex<()>,
+}
+
+impl Observed for PipelineObserved {
+    fn metrics(&self, openmetrics: bool) -> String {
+        let metrics = self.pipeline.metrics();
+        metrics.set_state(&self.pipeline.state());
+        if openmetrics {
+            metrics.encode()
+        } else {
+            metrics.encode_classic()
+        }
     }
-    Report::new(checks).answer()
+
+    fn liveness(&self) -> Vec<Check> {
+        vec![turning("consume_loop", &self.pipeline.metrics().health)]
+    }
+
+    async fn readiness(&self) -> Vec<Check> {
+        let health = &self.pipeline.metrics().health;
+        let assigned = health.assigned();
+        let mut checks = vec![
+            Check { name: "partitions_assigned", ok: assigned > 0, detail: format!("{assigned} input partitions") },
+            Check { name: "suppression_list", ok: health.are_suppressions_loaded(), detail: "read to its end at startup".to_owned() },
+        ];
+        let producer = self.pipeline.publisher().producer().clone();
+        checks.push(broker(&self.probing, move |timeout| producer.client().fetch_metadata(None, timeout).map(|m| m.brokers().len())).await);
+        if let Some(result) = self.pipeline.limiter().reachable(PROBE_TIMEOUT).await {
+            checks.push(match result {
+                Ok(()) => Check { name: "scylla", ok: true, detail: "answers".to_owned() },
+                Err(error) => Check { name: "scylla", ok: false, detail: error },
+            });
+        }
+        checks
+    }
 }

@@ -24,7 +24,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::cancel::Cancel;
 use crate::model::{Channel, Status, StatusEvent};
-use crate::ratelimit::{self, Table};
+use crate::ratelimit::Table;
 use crate::serve::{self, Limits};
 use crate::store::{Notification, Store, RETENTION_DAYS};
 const MAX_ID_BYTES: usize = 256;
@@ -36,11 +36,26 @@ pub struct Api {
     pub store: Arc<Store>,
     /// The rate-limit table, for the capacity left in each window.
     pub limits: Table,
-    pub rate_limits: ratelimit::Settings,
+    /// The pipeline's consumer group, whose rate limits are reported: the
+    /// limits it wrote to ScyllaDB, not flags of the API's own.
+    pub pipeline_group: String,
     pub producer: FutureProducer,
     pub cancellations: String,
     pub token: SecretString,
+    /// Cancels per token: each is kept on a topic every instance reads.
+    pub cancels: Throttle,
 }
+
+/// A rate per token, told apart by a digest of the token.
+pub type Throttle = governor::DefaultKeyedRateLimiter<[u8; 32]>;
+
+/// `quota` for each token.
+pub fn throttle(quota: governor::Quota) -> Throttle {
+    governor::RateLimiter::keyed(quota)
+}
+
+/// A reason is for people reading the topic, and is kept this short.
+const MAX_REASON_CHARS: usize = 200;
 
 pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     tracing::info!(message = "API listening.", listen = %listener.local_addr()?);
@@ -93,11 +108,13 @@ pub enum ApiError {
     Final(Status),
     MethodNotAllowed,
     Unavailable(String),
+    /// Over the token's rate; try again after this many seconds.
+    TooManyRequests { retry_after: u64 },
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
-    /// unauthorized, bad-request, not-found, already-final, unavailable.
+    /// unauthorized, bad-request, not-found, already-final, unavailable, too-many-requests.
     pub error: String,
     pub message: String,
     /// already-final: the notification's current status.
@@ -116,6 +133,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "this endpoint takes another method".to_owned(), None),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m, None),
+            ApiError::TooManyRequests { retry_after } => {
+                let message = format!("too many cancels from this token; try again in {retry_after} s");
+                let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(ErrorBody { error: "too-many-requests".into(), message, status: None })).into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
+                return response;
+            }
         };
         let mut response = (code, Json(ErrorBody { error: error.into(), message, status })).into_response();
         if code == StatusCode::UNAUTHORIZED {
@@ -132,14 +155,23 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+/// The caller's token, as a digest that stands for it (in rate limits),
+/// once it is known to be valid.
+fn authorize(api: &Api, headers: &HeaderMap) -> Result<[u8; 32], ApiError> {
+    // The scheme is matched whatever its case (RFC 9110, 11.1).
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim_start());
     // Compared in constant time, so the token cannot be guessed a byte at
     // a time from response times.
     let expected = api.token.expose_secret().as_bytes();
     let same = given.len() == expected.len() && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
     if same && !expected.is_empty() {
-        Ok(())
+        use sha2::Digest;
+        Ok(sha2::Sha256::digest(expected).into())
     } else {
         Err(ApiError::Unauthorized)
     }
@@ -426,7 +458,10 @@ pub struct ChannelStats {
     pub failed_today: u32,
     /// Scheduled, deferred, or waiting to retry.
     pub pending: u32,
-    /// Empty when the channel has no limit.
+    /// The limit the pipeline enforces, as it wrote it (`10/1h`, `off`);
+    /// null when no pipeline of this group has written one.
+    pub rate_limit: Option<String>,
+    /// Empty when the channel has no limit, or it is not known.
     pub windows: Vec<WindowView>,
 }
 
@@ -458,6 +493,14 @@ async fn stats(State(api): State<Arc<Api>>, headers: HeaderMap, path: Result<Pat
     for read in reads {
         events.extend(read?);
     }
+    let published = match tokio::time::timeout(STORE_TIMEOUT, api.limits.published(&api.pipeline_group)).await {
+        Ok(Ok(limits)) => limits,
+        Ok(Err(error)) => {
+            tracing::warn!(message = "Reading the pipeline's rate limits failed.", %error);
+            return Err(ApiError::Unavailable("the rate-limit table is unavailable".into()));
+        }
+        Err(_) => return Err(ApiError::Unavailable("the rate-limit table did not answer in time".into())),
+    };
     let counted = match tokio::time::timeout(STORE_TIMEOUT, api.limits.load(&user_id)).await {
         Ok(Ok(rows)) => rows,
         Ok(Err(error)) => {
@@ -486,8 +529,10 @@ async fn stats(State(api): State<Arc<Api>>, headers: HeaderMap, path: Result<Pat
             }
             let mut ats: Vec<DateTime<Utc>> = counted.iter().filter(|(c, _)| *c == channel).map(|(_, counted)| counted.at).collect();
             ats.sort_unstable();
-            let windows = api.rate_limits.of(channel).limit.windows.iter().map(|w| window(w.max, w.length, &ats, now)).collect();
-            ChannelStats { channel: channel.symbol().into(), sent_last_hour, sent_today, failed_today, pending, windows }
+            let limit = published.iter().find(|(c, _)| *c == channel).map(|(_, limit)| limit);
+            let windows = limit.map_or_else(Vec::new, |l| l.windows.iter().map(|w| window(w.max, w.length, &ats, now)).collect());
+            let rate_limit = limit.map(ToString::to_string);
+            ChannelStats { channel: channel.symbol().into(), sent_last_hour, sent_today, failed_today, pending, rate_limit, windows }
         })
         .collect();
     Ok(Json(Stats { user_id, at: now, channels }))
@@ -531,11 +576,16 @@ pub struct CancelAccepted {
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 409, description = "Final already: sent, failed, cancelled...", body = ErrorBody),
+        (status = 429, description = "Too many cancels from this token; see Retry-After", body = ErrorBody),
         (status = 503, body = ErrorBody),
     )
 )]
 async fn cancel(State(api): State<Arc<Api>>, headers: HeaderMap, path: Result<Path<String>, PathRejection>, body: Bytes) -> Result<Response, ApiError> {
-    authorize(&api, &headers)?;
+    let token = authorize(&api, &headers)?;
+    if let Err(not_until) = api.cancels.check_key(&token) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        return Err(ApiError::TooManyRequests { retry_after: wait.as_secs() + 1 });
+    }
     let event_id = id("event_id", path)?;
     let request: CancelRequest = match body.is_empty() {
         true => CancelRequest::default(),
@@ -546,7 +596,8 @@ async fn cancel(State(api): State<Arc<Api>>, headers: HeaderMap, path: Result<Pa
     if let Some(status) = current.filter(|s| s.is_terminal()) {
         return Err(ApiError::Final(status));
     }
-    let value = serde_json::to_vec(&Cancel { requested_by: "api".into(), reason: request.reason }).expect("a cancel serializes");
+    let reason = request.reason.map(|r| crate::mask::scrub(&r, MAX_REASON_CHARS));
+    let value = serde_json::to_vec(&Cancel { requested_by: "api".into(), reason }).expect("a cancel serializes");
     let record = FutureRecord::to(&api.cancellations).key(event_id.as_bytes()).payload(&value);
     // The whole write is bounded, not only the wait for queue room: a
     // stalled broker must not hold the caller for message.timeout.ms.

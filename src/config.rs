@@ -44,9 +44,9 @@ pub struct Config {
     #[command(flatten)]
     pub receipts: ReceiptsArgs,
 
-    /// Address of the admin endpoints (/metrics, /healthz, /readyz), or off.
-    #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_listen)]
-    pub admin_listen: Listen,
+    /// Address of the admin endpoints (/metrics, /healthz, /readyz), or off. Loopback by default, 127.0.0.1:9464 for the pipeline and 127.0.0.1:9465 for `herald api`, so both run on one host: they need no token, and exposing them is a choice (compose and the manifests listen on 0.0.0.0).
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", value_parser = parse_listen)]
+    pub admin_listen: Option<Listen>,
 
     /// On shutdown, how long in-flight work may take before herald gives up on it.
     #[arg(long, env = "HERALD_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -130,6 +130,14 @@ pub struct TopicArgs {
     /// Delay of each retry topic, same order (humantime: 10m, 1h, 250ms).
     #[arg(long, env = "HERALD_RETRY_DELAYS", value_delimiter = ',', default_value = "10m,20m,40m", value_parser = humantime::parse_duration)]
     pub retry_delays: Vec<Duration>,
+
+    /// Secret (at least 32 bytes) that signs what herald parks on its delay topics, so that a record written there by anyone else is judged as a new request. The same on every instance of a deployment; required by the pipeline.
+    #[arg(long, env = "HERALD_ENVELOPE_KEY", hide_env_values = true)]
+    pub envelope_key: Option<SecretString>,
+
+    /// A file holding --envelope-key (as Kubernetes and Docker mount secrets).
+    #[arg(long, env = "HERALD_ENVELOPE_KEY_FILE", conflicts_with = "envelope_key")]
+    pub envelope_key_file: Option<PathBuf>,
 
     /// Create missing topics at startup. With false, herald refuses to start if one is missing.
     #[arg(long, env = "HERALD_CREATE_TOPICS", default_value_t = true, action = ArgAction::Set)]
@@ -280,19 +288,22 @@ pub struct DeliveryArgs {
     pub default_locale: String,
 }
 
-/// The old SMS service's environment names, where they mean what one of
-/// herald's does: `TWILIO_FROM_NUMBER` is `TWILIO_FROM`, and
+/// The environment names of the services herald replaces, where they mean
+/// what one of herald's does: `TWILIO_FROM_NUMBER` (the SMS service) and
+/// `TWILIO_PHONE_NUMBER` (the SMS-and-push service) are `TWILIO_FROM`, and
 /// `SMS_PROVIDER` picks the first SMS provider (the others follow in
-/// herald's order). Returns the variables to set. herald's own name wins
-/// when both are set alike; set differently, they are an error, since
-/// either reading would surprise someone.
+/// herald's order). Returns the variables to set. Names set alike are one
+/// setting; set differently, they are an error, since either reading would
+/// surprise someone.
 pub fn legacy_env(get: impl Fn(&str) -> Option<String>) -> Result<Vec<(&'static str, String)>, String> {
     let mut set = Vec::new();
-    if let Some(number) = get("TWILIO_FROM_NUMBER") {
-        match get("TWILIO_FROM") {
-            Some(from) if from != number => return Err("TWILIO_FROM_NUMBER and TWILIO_FROM are both set, and differ: set one".into()),
-            Some(_) => {}
-            None => set.push(("TWILIO_FROM", number)),
+    let senders: Vec<(&str, String)> = ["TWILIO_FROM", "TWILIO_FROM_NUMBER", "TWILIO_PHONE_NUMBER"].into_iter().filter_map(|n| Some((n, get(n)?))).collect();
+    if let Some((first, number)) = senders.first() {
+        if let Some((other, _)) = senders.iter().find(|(_, v)| v != number) {
+            return Err(format!("{first} and {other} are both set, and differ: set one"));
+        }
+        if *first != "TWILIO_FROM" {
+            set.push(("TWILIO_FROM", number.clone()));
         }
     }
     if let Some(provider) = get("SMS_PROVIDER") {
@@ -332,13 +343,21 @@ pub struct TwilioArgs {
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub twilio_auth_token: Option<SecretString>,
 
+    /// A file holding the Twilio auth token.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN_FILE", conflicts_with = "twilio_auth_token")]
+    pub twilio_auth_token_file: Option<PathBuf>,
+
     /// Twilio API key SID (SK...): with its secret, authenticates requests instead of the auth token, which then only checks receipt signatures.
-    #[arg(long, env = "TWILIO_API_KEY_SID", requires = "twilio_api_key_secret")]
+    #[arg(long, env = "TWILIO_API_KEY_SID")]
     pub twilio_api_key_sid: Option<String>,
 
     /// The API key's secret.
-    #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true, requires = "twilio_api_key_sid")]
+    #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true)]
     pub twilio_api_key_secret: Option<SecretString>,
+
+    /// A file holding the API key's secret.
+    #[arg(long, env = "TWILIO_API_KEY_SECRET_FILE", conflicts_with = "twilio_api_key_secret")]
+    pub twilio_api_key_secret_file: Option<PathBuf>,
 
     /// Sender: an E.164 number, or a Messaging Service SID (MG...).
     #[arg(long, env = "TWILIO_FROM")]
@@ -357,15 +376,19 @@ pub struct VonageArgs {
     pub vonage_base_url: Url,
 
     /// Vonage API key. Vonage is left out without it.
-    #[arg(long, env = "VONAGE_API_KEY", requires_all = ["vonage_api_secret", "vonage_from"])]
+    #[arg(long, env = "VONAGE_API_KEY")]
     pub vonage_api_key: Option<String>,
 
     /// Vonage API secret.
-    #[arg(long, env = "VONAGE_API_SECRET", hide_env_values = true, requires = "vonage_api_key")]
+    #[arg(long, env = "VONAGE_API_SECRET", hide_env_values = true)]
     pub vonage_api_secret: Option<SecretString>,
 
+    /// A file holding the Vonage API secret.
+    #[arg(long, env = "VONAGE_API_SECRET_FILE", conflicts_with = "vonage_api_secret")]
+    pub vonage_api_secret_file: Option<PathBuf>,
+
     /// Vonage sender: a number (E.164) or an alphanumeric sender id.
-    #[arg(long, env = "VONAGE_FROM", requires = "vonage_api_key", value_parser = parse_vonage_sender)]
+    #[arg(long, env = "VONAGE_FROM", value_parser = parse_vonage_sender)]
     pub vonage_from: Option<String>,
 
     /// Most Vonage requests per second; unlimited without it.
@@ -397,16 +420,20 @@ pub struct FcmArgs {
 #[command(next_help_heading = "Delivery receipts")]
 pub struct ReceiptsArgs {
     /// Address to accept Twilio status callbacks (delivery receipts) on, e.g. 0.0.0.0:8080. Off without it.
-    #[arg(long, env = "HERALD_RECEIPTS_LISTEN", requires = "receipts_public_url")]
+    #[arg(long, env = "HERALD_RECEIPTS_LISTEN")]
     pub receipts_listen: Option<std::net::SocketAddr>,
 
     /// The callback URL as Twilio reaches it (behind any proxy), e.g. https://herald.example.com/twilio/status; its path is served.
-    #[arg(long, env = "HERALD_RECEIPTS_PUBLIC_URL", requires = "receipts_listen")]
+    #[arg(long, env = "HERALD_RECEIPTS_PUBLIC_URL")]
     pub receipts_public_url: Option<Url>,
 
     /// Key that signs the ids in callback URLs, so a callback can only name a send herald made. Derived from the auth token when not given.
-    #[arg(long, env = "HERALD_RECEIPTS_KEY", requires = "receipts_listen")]
+    #[arg(long, env = "HERALD_RECEIPTS_KEY", hide_env_values = true)]
     pub receipts_key: Option<SecretString>,
+
+    /// A file holding --receipts-key.
+    #[arg(long, env = "HERALD_RECEIPTS_KEY_FILE", conflicts_with = "receipts_key")]
+    pub receipts_key_file: Option<PathBuf>,
 
     /// Webhook connections open at once; more wait to be accepted.
     #[arg(long, env = "HERALD_RECEIPTS_MAX_CONNECTIONS", default_value_t = 256)]
@@ -425,21 +452,57 @@ pub enum Command {
     },
     /// Keep the status store from notification.status, and serve the query and cancel API (needs SCYLLA_URI).
     Api(ApiArgs),
+    /// Check the configuration as the pipeline (or `check api`, the API) would at startup, without connecting to anything; exit 0 when it would start.
+    Check {
+        #[command(subcommand)]
+        program: Option<CheckProgram>,
+    },
+}
+
+/// What `herald check` checks, besides the pipeline.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CheckProgram {
+    /// The configuration of `herald api`, with the same flags.
+    Api(ApiArgs),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
-    /// Address the API listens on.
-    #[arg(long = "api-listen", env = "HERALD_API_LISTEN", default_value = "0.0.0.0:8080")]
+    /// Address the API listens on: loopback by default; compose and the manifests listen on 0.0.0.0:8080.
+    #[arg(long = "api-listen", env = "HERALD_API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
 
-    /// Bearer token every API request must carry.
-    #[arg(long = "api-token", env = "HERALD_API_TOKEN")]
-    pub token: SecretString,
+    /// Bearer token every API request must carry, at least 32 bytes.
+    #[arg(long = "api-token", env = "HERALD_API_TOKEN", hide_env_values = true, required_unless_present = "token_file")]
+    pub token: Option<SecretString>,
+
+    /// A file holding --api-token.
+    #[arg(long = "api-token-file", env = "HERALD_API_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+
+    /// Cancels one token may make, as COUNT/PERIOD (10/1s): a burst of COUNT, refilled over PERIOD. Each is a record on a topic every pipeline instance reads whole at startup.
+    #[arg(long = "api-cancel-rate", env = "HERALD_API_CANCEL_RATE", default_value = "10/1s", value_parser = parse_rate)]
+    pub cancel_rate: governor::Quota,
 
     /// Consumer group of the status store; --group-id with ".api" appended by default.
     #[arg(long = "api-group-id", env = "HERALD_API_GROUP_ID")]
     pub group_id: Option<String>,
+}
+
+impl ApiArgs {
+    /// The token, read from its file when given as one, and long enough.
+    pub fn bearer(&self) -> Result<SecretString, ConfigError> {
+        let token = match (&self.token, &self.token_file) {
+            (_, Some(path)) => read_secret("--api-token-file", path)?,
+            (Some(token), None) => token.clone(),
+            (None, None) => SecretString::from(String::new()),
+        };
+        let len = secrecy::ExposeSecret::expose_secret(&token).len();
+        if len < MIN_SECRET_BYTES {
+            return Err(ConfigError::SecretTooShort { flag: "--api-token", len });
+        }
+        Ok(token)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -468,8 +531,25 @@ pub enum ConfigError {
     Keyspace(String),
     #[error("delivery receipts need Twilio credentials: their signatures are checked with the auth token")]
     ReceiptsWithoutTwilio,
-    #[error("--receipts-public-url {0:?} is not an http or https URL")]
+    #[error("--receipts-public-url {0:?} is not an https URL (plain http only to a loopback host): Twilio's signature and herald's own travel in it")]
     ReceiptsUrl(String),
+    #[error("--receipts-listen and --receipts-public-url must be given together")]
+    ReceiptsIncomplete,
+    #[error("--vonage-api-key, --vonage-api-secret and --vonage-from must be given together (missing {0})")]
+    VonageIncomplete(&'static str),
+    #[error("--twilio-api-key-sid and --twilio-api-key-secret must be given together (missing {0})")]
+    TwilioApiKeyIncomplete(&'static str),
+    #[error(
+        "--envelope-key (or --envelope-key-file) is required: herald signs what it parks on its delay topics with it, so that a record written there by anyone else is judged as a new request. Give every instance of a deployment the same secret of at least {min} bytes, e.g. `openssl rand -base64 32`",
+        min = MIN_SECRET_BYTES
+    )]
+    NoEnvelopeKey,
+    #[error("{flag} is {len} bytes; it must be at least {min}, e.g. `openssl rand -base64 32`", min = MIN_SECRET_BYTES)]
+    SecretTooShort { flag: &'static str, len: usize },
+    #[error("{flag} {path}: {reason}")]
+    SecretFile { flag: &'static str, path: String, reason: String },
+    #[error("--retry-delays has a delay of 0; each retry must wait")]
+    ZeroRetryDelay,
     #[error("--sms-template does not parse: {0}")]
     SmsTemplate(String),
     #[error("--sms-providers names a provider twice")]
@@ -478,14 +558,14 @@ pub enum ConfigError {
     MigrateWithoutScylla,
     #[error("`herald api` needs SCYLLA_URI (--scylla-uri): the status store is in ScyllaDB")]
     ApiWithoutScylla,
-    #[error("--api-token is empty")]
-    EmptyApiToken,
     #[error("--max-message-bytes is {0}; it must be at least {min}", min = MIN_MESSAGE_BYTES)]
     MaxMessageBytes(usize),
 }
 
 /// Room for a request of a few KB besides the headers herald adds.
 const MIN_MESSAGE_BYTES: usize = 16 * 1024;
+/// The shortest key or token herald accepts: 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The settings of every module, converted from a checked [`Config`].
 #[derive(Debug, Clone)]
@@ -516,31 +596,78 @@ pub struct Settings {
     pub templates: Option<(std::path::PathBuf, String)>,
     /// Where the admin endpoints listen, if anywhere.
     pub admin: Option<std::net::SocketAddr>,
+    /// Seals what the pipeline parks; only the pipeline needs it (`validate`).
+    pub seal: Option<crate::record::Seal>,
 }
 
 impl Config {
     /// Parses the command line and environment. Environment values are
     /// hidden from `--help` for every flag: any of them may hold a secret
     /// (a password in a URL, `sasl.password` in Kafka options).
+    ///
+    /// Call it before any thread is started (`main` does, before the
+    /// runtime): it sets the variables the old services' names stand for.
     pub fn from_env() -> Config {
-        use clap::{CommandFactory, FromArgMatches};
-        match legacy_env(|name| std::env::var(name).ok()) {
-            // Before any thread is started: the runtime's workers read no
-            // environment, and this is the first thing `main` does.
+        use clap::FromArgMatches;
+        match legacy_env(|name| std::env::var(name).ok().filter(|v| !v.is_empty())) {
             Ok(set) => set.into_iter().for_each(|(name, value)| std::env::set_var(name, value)),
             Err(error) => {
                 eprintln!("error: {error}");
                 std::process::exit(2);
             }
         }
-        let mut matches = Config::command().mut_args(|a| a.hide_env_values(true)).get_matches();
+        let mut matches = Config::command_from_env().get_matches();
         Config::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// herald's command line as `from_env` parses it: for every flag of
+    /// every subcommand, environment values are hidden from `--help`, and a
+    /// variable set to the empty string counts as unset, which is how
+    /// Kubernetes and compose files say "not given".
+    pub fn command_from_env() -> clap::Command {
+        fn prepare(command: clap::Command) -> clap::Command {
+            command
+                .mut_args(|a| {
+                    let a = a.hide_env_values(true);
+                    let empty = a.get_env().is_some_and(|name| std::env::var_os(name).is_some_and(|v| v.is_empty()));
+                    if empty {
+                        a.env(None)
+                    } else {
+                        a
+                    }
+                })
+                .mut_subcommands(prepare)
+        }
+        prepare(<Config as clap::CommandFactory>::command())
     }
 
     /// Checks what clap cannot (relations between values), then converts
     /// each group of flags into its module's settings.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        self.validate()?;
+        let config = self.with_secret_files()?;
+        config.validate()?;
+        config.convert()
+    }
+
+    /// A copy with every secret given as a file read into its flag.
+    fn with_secret_files(&self) -> Result<Config, ConfigError> {
+        let mut c = self.clone();
+        let files = [
+            ("--envelope-key-file", &c.topics.envelope_key_file, &mut c.topics.envelope_key),
+            ("--twilio-auth-token-file", &c.twilio.twilio_auth_token_file, &mut c.twilio.twilio_auth_token),
+            ("--twilio-api-key-secret-file", &c.twilio.twilio_api_key_secret_file, &mut c.twilio.twilio_api_key_secret),
+            ("--vonage-api-secret-file", &c.vonage.vonage_api_secret_file, &mut c.vonage.vonage_api_secret),
+            ("--receipts-key-file", &c.receipts.receipts_key_file, &mut c.receipts.receipts_key),
+        ];
+        for (flag, file, secret) in files {
+            if let Some(path) = file {
+                *secret = Some(read_secret(flag, path)?);
+            }
+        }
+        Ok(c)
+    }
+
+    fn convert(&self) -> Result<Settings, ConfigError> {
         let (k, t, d) = (&self.kafka, &self.topics, &self.delivery);
         let sms = SmsRules::new(d.sms_max_chars, d.sms_over_length, d.sms_template.clone()).map_err(ConfigError::SmsTemplate)?;
         let receipts = self.receipts_settings();
@@ -595,10 +722,11 @@ impl Config {
             ),
             templates: d.templates_dir.clone().map(|dir| (dir, d.default_locale.clone())),
             propagate_headers: t.propagate_headers.clone(),
-            admin: match self.admin_listen {
+            admin: match self.admin_listen.unwrap_or_else(|| self.default_admin()) {
                 Listen::Off => None,
                 Listen::At(address) => Some(address),
             },
+            seal: t.envelope_key.as_ref().map(|key| crate::record::Seal::new(secrecy::ExposeSecret::expose_secret(key).as_bytes(), &k.group_id)),
         })
     }
 
@@ -608,6 +736,16 @@ impl Config {
     fn cancel_keep(&self) -> Duration {
         let window = self.rate_limits.sms_rate_limit.longest().max(self.rate_limits.push_rate_limit.longest()).unwrap_or_default();
         self.topics.max_schedule_ahead + window + self.topics.retry_delays.iter().sum::<Duration>()
+    }
+
+    /// Where a program's admin endpoints listen when `--admin-listen` is
+    /// not given: each its own port, on loopback.
+    fn default_admin(&self) -> Listen {
+        let port = match self.command {
+            Some(Command::Api(_)) => 9465,
+            _ => 9464,
+        };
+        Listen::At(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     /// ScyllaDB's settings, when `SCYLLA_URI` is set.
@@ -689,6 +827,9 @@ impl Config {
         if t.retry_topics.len() != t.retry_delays.len() {
             return Err(ConfigError::RetryScheduleMismatch { topics: t.retry_topics.len(), delays: t.retry_delays.len() });
         }
+        if t.retry_delays.iter().any(Duration::is_zero) {
+            return Err(ConfigError::ZeroRetryDelay);
+        }
         let mut seen = std::collections::HashSet::new();
         let all = [&t.topic_requested, &t.topic_status, &t.topic_dead_letter, &t.topic_suppressions, &t.topic_cancellations]
             .into_iter()
@@ -742,6 +883,11 @@ impl Config {
         if d.sms_max_chars > 1600 {
             return Err(ConfigError::SmsTooLong(d.sms_max_chars));
         }
+        match (&tw.twilio_api_key_sid, &tw.twilio_api_key_secret) {
+            (Some(_), None) => return Err(ConfigError::TwilioApiKeyIncomplete("--twilio-api-key-secret")),
+            (None, Some(_)) => return Err(ConfigError::TwilioApiKeyIncomplete("--twilio-api-key-sid")),
+            _ => {}
+        }
         let twilio = [
             ("--twilio-account-sid", tw.twilio_account_sid.is_some()),
             ("--twilio-auth-token or --twilio-api-key-sid", tw.twilio_auth_token.is_some() || tw.twilio_api_key_sid.is_some()),
@@ -752,12 +898,22 @@ impl Config {
                 return Err(ConfigError::TwilioIncomplete(missing));
             }
         }
+        let v = &self.vonage;
+        let vonage = [("--vonage-api-key", v.vonage_api_key.is_some()), ("--vonage-api-secret", v.vonage_api_secret.is_some()), ("--vonage-from", v.vonage_from.is_some())];
+        if vonage.iter().any(|(_, set)| *set) {
+            if let Some((missing, _)) = vonage.iter().find(|(_, set)| !set) {
+                return Err(ConfigError::VonageIncomplete(missing));
+            }
+        }
         let providers = &d.sms_providers;
         if (1..providers.len()).any(|i| providers[..i].contains(&providers[i])) {
             return Err(ConfigError::DuplicateProvider);
         }
-        if let Some(url) = self.receipts.receipts_public_url.as_ref().filter(|u| !matches!(u.scheme(), "http" | "https")) {
+        if let Some(url) = self.receipts.receipts_public_url.as_ref().filter(|u| !secure_or_local(u)) {
             return Err(ConfigError::ReceiptsUrl(url.to_string()));
+        }
+        if self.receipts.receipts_listen.is_some() != self.receipts.receipts_public_url.is_some() {
+            return Err(ConfigError::ReceiptsIncomplete);
         }
         if self.receipts.receipts_listen.is_some() && tw.twilio_auth_token.is_none() {
             return Err(ConfigError::ReceiptsWithoutTwilio);
@@ -773,12 +929,17 @@ impl Config {
         if matches!(self.command, Some(Command::Migrate)) && self.scylla.scylla_uri.is_none() {
             return Err(ConfigError::MigrateWithoutScylla);
         }
-        if let Some(Command::Api(api)) = &self.command {
+        if let Some(Command::Api(api) | Command::Check { program: Some(CheckProgram::Api(api)) }) = &self.command {
             if self.scylla.scylla_uri.is_none() {
                 return Err(ConfigError::ApiWithoutScylla);
             }
-            if secrecy::ExposeSecret::expose_secret(&api.token).is_empty() {
-                return Err(ConfigError::EmptyApiToken);
+            api.bearer()?;
+        }
+        if matches!(self.command, None | Some(Command::Check { program: None })) {
+            let key = t.envelope_key.as_ref().ok_or(ConfigError::NoEnvelopeKey)?;
+            let len = secrecy::ExposeSecret::expose_secret(key).len();
+            if len < MIN_SECRET_BYTES {
+                return Err(ConfigError::SecretTooShort { flag: "--envelope-key", len });
             }
         }
         Ok(())
@@ -790,6 +951,42 @@ impl Config {
 pub enum Listen {
     Off,
     At(std::net::SocketAddr),
+}
+
+/// https, or http to this host only (a test, or a proxy on the host).
+fn secure_or_local(url: &Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// A secret from a file: the whole file but a final line break, which
+/// editors and `echo` add and no secret means.
+fn read_secret(flag: &'static str, path: &std::path::Path) -> Result<SecretString, ConfigError> {
+    let failed = |reason: String| ConfigError::SecretFile { flag, path: path.display().to_string(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(format!("cannot read it: {e}")))?;
+    let text = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+    if text.is_empty() {
+        return Err(failed("it is empty".into()));
+    }
+    Ok(SecretString::from(text.to_owned()))
+}
+
+/// `COUNT/PERIOD`: a burst of COUNT, one more each PERIOD/COUNT.
+fn parse_rate(s: &str) -> Result<governor::Quota, String> {
+    let (count, period) = s.split_once('/').ok_or_else(|| format!("{s:?}: give COUNT/PERIOD, such as 10/1s"))?;
+    let count: u32 = count.trim().parse().map_err(|_| format!("{count:?} is not a count"))?;
+    let count = std::num::NonZeroU32::new(count).ok_or("the count must be at least 1")?;
+    let period = humantime::parse_duration(period.trim()).map_err(|e| format!("period {period:?}: {e}"))?;
+    let quota = governor::Quota::with_period(period / count.get()).ok_or("the period must be longer than 0")?;
+    Ok(quota.allow_burst(count))
 }
 
 fn parse_listen(s: &str) -> Result<Listen, String> {
@@ -814,8 +1011,12 @@ mod tests {
     use crate::model::Channel;
     use crate::ratelimit::Window;
 
+    const KEY: &str = "an envelope key of 32 bytes or more";
+
+    /// The pipeline's command line, with an envelope key unless `args` give one.
     fn parse(args: &[&str]) -> Config {
-        Config::try_parse_from(std::iter::once("herald").chain(args.iter().copied())).unwrap()
+        let key = (!args.iter().any(|a| a.starts_with("--envelope-key"))).then_some(["--envelope-key", KEY]);
+        Config::try_parse_from(std::iter::once("herald").chain(key.into_iter().flatten()).chain(args.iter().copied())).unwrap()
     }
 
     #[test]
@@ -825,6 +1026,10 @@ mod tests {
         assert_eq!(legacy_env(env(&[("TWILIO_FROM_NUMBER", "+14155550100")])), Ok(vec![("TWILIO_FROM", "+14155550100".into())]));
         assert_eq!(legacy_env(env(&[("TWILIO_FROM_NUMBER", "+14155550100"), ("TWILIO_FROM", "+14155550100")])), Ok(vec![]));
         assert!(legacy_env(env(&[("TWILIO_FROM_NUMBER", "+14155550100"), ("TWILIO_FROM", "+14155550199")])).unwrap_err().contains("differ"));
+        assert_eq!(legacy_env(env(&[("TWILIO_PHONE_NUMBER", "+14155550100")])), Ok(vec![("TWILIO_FROM", "+14155550100".into())]));
+        assert_eq!(legacy_env(env(&[("TWILIO_PHONE_NUMBER", "+14155550100"), ("TWILIO_FROM_NUMBER", "+14155550100")])), Ok(vec![("TWILIO_FROM", "+14155550100".into())]));
+        let differ = legacy_env(env(&[("TWILIO_PHONE_NUMBER", "+14155550100"), ("TWILIO_FROM_NUMBER", "+14155550199")])).unwrap_err();
+        assert_eq!(differ, "TWILIO_FROM_NUMBER and TWILIO_PHONE_NUMBER are both set, and differ: set one");
         assert_eq!(legacy_env(env(&[("SMS_PROVIDER", "Vonage")])), Ok(vec![("HERALD_SMS_PROVIDERS", "vonage,twilio".into())]));
         assert_eq!(legacy_env(env(&[("SMS_PROVIDER", "twilio")])), Ok(vec![("HERALD_SMS_PROVIDERS", "twilio,vonage".into())]));
         assert_eq!(legacy_env(env(&[("SMS_PROVIDER", "vonage"), ("HERALD_SMS_PROVIDERS", "vonage")])), Ok(vec![]));
@@ -904,14 +1109,16 @@ mod tests {
         assert_eq!(c.settings().map(drop), Err(ConfigError::TwilioIncomplete("--twilio-auth-token or --twilio-api-key-sid")));
         let key = parse(&["--twilio-account-sid", "AC1", "--twilio-from", "+14155550100", "--twilio-api-key-sid", "SK1", "--twilio-api-key-secret", "s"]);
         assert_eq!(key.settings().map(drop), Ok(()), "an API key instead of the auth token");
-        assert!(Config::try_parse_from(["herald", "--twilio-api-key-sid", "SK1"]).is_err(), "a key needs its secret");
+        let no_secret = parse(&["--twilio-api-key-sid", "SK1"]).settings().map(drop);
+        assert_eq!(no_secret, Err(ConfigError::TwilioApiKeyIncomplete("--twilio-api-key-secret")), "a key needs its secret");
     }
 
     #[test]
     fn vonage_credentials_come_together_and_providers_have_an_order() {
-        assert!(Config::try_parse_from(["herald", "--vonage-api-key", "k", "--vonage-from", "herald"]).is_err(), "no secret");
-        assert!(Config::try_parse_from(["herald", "--vonage-api-key", "k", "--vonage-api-secret", "s"]).is_err(), "no sender");
-        assert!(Config::try_parse_from(["herald", "--vonage-api-secret", "s"]).is_err(), "a secret needs its key");
+        let settings = |args: &[&str]| parse(args).settings().map(drop);
+        assert_eq!(settings(&["--vonage-api-key", "k", "--vonage-from", "herald"]), Err(ConfigError::VonageIncomplete("--vonage-api-secret")));
+        assert_eq!(settings(&["--vonage-api-key", "k", "--vonage-api-secret", "s"]), Err(ConfigError::VonageIncomplete("--vonage-from")));
+        assert_eq!(settings(&["--vonage-api-secret", "s"]), Err(ConfigError::VonageIncomplete("--vonage-api-key")));
         assert_eq!(parse(&[]).delivery.sms_providers, [SmsProvider::Twilio, SmsProvider::Vonage]);
         assert_eq!(parse(&["--sms-providers", "vonage,twilio"]).delivery.sms_providers, [SmsProvider::Vonage, SmsProvider::Twilio]);
         assert_eq!(parse(&["--sms-providers", "vonage,vonage"]).settings().map(drop), Err(ConfigError::DuplicateProvider));
@@ -941,7 +1148,11 @@ mod tests {
         let twilio = ["--twilio-account-sid", "AC1", "--twilio-auth-token", "t", "--twilio-from", "+14155550100"];
         let with = |url: &str| parse(&[&twilio[..], &["--receipts-listen", "127.0.0.1:8080", "--receipts-public-url", url]].concat());
         assert_eq!(with("https://herald.example.com/twilio/status").settings().map(drop), Ok(()));
-        assert_eq!(with("mailto:ops@example.com").settings().map(drop), Err(ConfigError::ReceiptsUrl("mailto:ops@example.com".into())));
+        assert_eq!(with("http://127.0.0.1:8080/twilio/status").settings().map(drop), Ok(()), "a loopback proxy or a test");
+        assert_eq!(with("http://localhost/twilio/status").settings().map(drop), Ok(()));
+        for bad in ["mailto:ops@example.com", "http://herald.example.com/twilio/status", "http://10.0.0.1/twilio/status"] {
+            assert_eq!(with(bad).settings().map(drop), Err(ConfigError::ReceiptsUrl(bad.into())), "{bad}");
+        }
     }
 
     #[test]
@@ -950,6 +1161,68 @@ mod tests {
             assert_eq!(parse(&["--scylla-keyspace", bad]).settings().map(drop), Err(ConfigError::Keyspace(bad.into())), "{bad}");
         }
         assert_eq!(parse(&["--scylla-keyspace", "herald_2"]).settings().map(drop), Ok(()));
+    }
+
+    #[test]
+    fn the_pipeline_needs_an_envelope_key_of_32_bytes_and_other_programs_do_not() {
+        let without = |args: &[&str]| Config::try_parse_from(std::iter::once("herald").chain(args.iter().copied())).unwrap().settings().map(drop);
+        assert_eq!(without(&[]), Err(ConfigError::NoEnvelopeKey));
+        assert_eq!(without(&["check"]), Err(ConfigError::NoEnvelopeKey));
+        assert_eq!(without(&["--envelope-key", "short"]), Err(ConfigError::SecretTooShort { flag: "--envelope-key", len: 5 }));
+        assert_eq!(without(&["--envelope-key", KEY]), Ok(()));
+        assert_eq!(without(&["--scylla-uri", "127.0.0.1:9042", "migrate"]), Ok(()));
+        assert_eq!(without(&["dlq", "list"]), Ok(()));
+        let s = parse(&["--group-id", "eu"]).settings().unwrap();
+        assert!(format!("{:?}", s.seal).contains("eu") && !format!("{s:?}").contains(KEY), "owned by the group; the key never shows");
+    }
+
+    #[test]
+    fn secrets_come_from_files_too_without_their_final_line_break() {
+        let dir = std::env::temp_dir().join(format!("herald-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let key = file("key", &format!("{KEY}\n"));
+        let token = file("token", "twilio-token\r\n");
+        let s = parse(&["--envelope-key-file", &key, "--twilio-account-sid", "AC1", "--twilio-from", "+14155550100", "--twilio-auth-token-file", &token])
+            .settings()
+            .unwrap();
+        match s.delivery.twilio.unwrap().auth {
+            TwilioAuth::AuthToken(t) => assert_eq!(secrecy::ExposeSecret::expose_secret(&t), "twilio-token"),
+            other => panic!("{other:?}"),
+        }
+        let empty = file("empty", "\n");
+        assert!(matches!(parse(&["--envelope-key-file", &empty]).settings(), Err(ConfigError::SecretFile { flag: "--envelope-key-file", .. })));
+        let missing = parse(&["--envelope-key-file", "/nonexistent/key"]).settings().map(drop).unwrap_err().to_string();
+        assert!(missing.starts_with("--envelope-key-file /nonexistent/key: cannot read it"), "{missing}");
+        assert!(Config::try_parse_from(["herald", "--envelope-key", KEY, "--envelope-key-file", &key]).is_err(), "one or the other");
+        let api = |token: &str| Config::try_parse_from(["herald", "--scylla-uri", "h:9042", "api", "--api-token", token]).unwrap().settings().map(drop);
+        assert_eq!(api("a"), Err(ConfigError::SecretTooShort { flag: "--api-token", len: 1 }));
+        assert_eq!(api(KEY), Ok(()));
+        let from_file = Config::try_parse_from(["herald", "--scylla-uri", "h:9042", "api", "--api-token-file", &key]).unwrap();
+        assert_eq!(from_file.settings().map(drop), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn listeners_are_on_loopback_unless_told_otherwise_each_program_on_its_own_port() {
+        let loopback = |port| Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        assert_eq!(parse(&[]).settings().unwrap().admin, loopback(9464));
+        let api = Config::try_parse_from(["herald", "--scylla-uri", "h:9042", "api", "--api-token", KEY]).unwrap();
+        assert_eq!(api.settings().unwrap().admin, loopback(9465), "beside a pipeline on the same host");
+        let Some(Command::Api(args)) = &api.command else { unreachable!() };
+        assert_eq!(args.listen, loopback(8080).unwrap());
+        assert_eq!(parse(&["--admin-listen", "0.0.0.0:9464"]).settings().unwrap().admin, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(parse(&["--admin-listen", "off"]).settings().unwrap().admin, None);
+    }
+
+    #[test]
+    fn a_retry_must_wait() {
+        assert_eq!(parse(&["--retry-delays", "0s,0s,0s"]).settings().map(drop), Err(ConfigError::ZeroRetryDelay));
+        assert_eq!(parse(&["--retry-delays", "1s,0s,3s"]).settings().map(drop), Err(ConfigError::ZeroRetryDelay));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use scylla::client::session_builder::SessionBuilder;
 pub const SCHEMAS: &[(&str, &str)] = &[
     ("001_rate_limit.cql", include_str!("../schemas/scylla/001_rate_limit.cql")),
     ("002_status_store.cql", include_str!("../schemas/scylla/002_status_store.cql")),
+    ("003_rate_limit_settings.cql", include_str!("../schemas/scylla/003_rate_limit_settings.cql")),
 ];
 
 /// Where and how to reach ScyllaDB.

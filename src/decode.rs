@@ -83,6 +83,24 @@ impl Decoder {
     }
 
     pub async fn decode(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Request, DecodeError> {
+        let request = self.read(payload).await?;
+        let invalid = |reason| DecodeError::Invalid { ids: request.ids(), reason };
+        if request.event_id.is_empty() {
+            return Err(invalid(InvalidReason::EmptyEventId));
+        }
+        if request.user_id.is_empty() {
+            return Err(invalid(InvalidReason::EmptyUserId));
+        }
+        if key != Some(request.user_id.as_bytes()) {
+            return Err(invalid(InvalidReason::KeyMismatch));
+        }
+        Ok(request)
+    }
+
+    /// The request `payload` holds, as written, without the checks a
+    /// request must pass to be sent (ids, the record key): for showing what
+    /// an invalid request said.
+    pub async fn read(&self, payload: Option<&[u8]>) -> Result<Request, DecodeError> {
         let undecodable = |e: Undecodable| DecodeError::Undecodable(e);
         let (schema_id, mut datum) = codec::unframe(payload.unwrap_or_default()).map_err(|e| undecodable(e.into()))?;
         let request = match self.writer_schema(schema_id).await? {
@@ -99,16 +117,6 @@ impl Decoder {
                 DecodeError::Invalid { ids, reason: InvalidReason::UnknownChannel(symbol) }
             }
         })?;
-        let invalid = |reason| DecodeError::Invalid { ids: request.ids(), reason };
-        if request.event_id.is_empty() {
-            return Err(invalid(InvalidReason::EmptyEventId));
-        }
-        if request.user_id.is_empty() {
-            return Err(invalid(InvalidReason::EmptyUserId));
-        }
-        if key != Some(request.user_id.as_bytes()) {
-            return Err(invalid(InvalidReason::KeyMismatch));
-        }
         Ok(request)
     }
 }

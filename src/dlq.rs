@@ -134,6 +134,8 @@ pub enum DlqError {
     Io(#[from] std::io::Error),
     #[error("topic {0:?} does not exist")]
     NoTopic(String),
+    #[error("nothing was replayed: {0} dead letters matched; pass --yes (or answer y at the prompt) to replay them, or --dry-run to only count")]
+    NotConfirmed(usize),
 }
 
 type Reader = BaseConsumer<kafka::ReaderContext>;
@@ -246,8 +248,10 @@ impl Context {
         let mut letters = Vec::with_capacity(messages.len());
         for message in messages {
             let envelope = Envelope::read(message.headers()).unwrap_or_default();
-            // A record that does not decode is still listed, without a request.
-            let request = self.decoder.decode(message.key(), message.payload()).await.ok();
+            // A record that does not decode is still listed, without a
+            // request; one that decodes but was invalid (its key not its
+            // user id, say) is shown as it was written.
+            let request = self.decoder.read(message.payload()).await.ok();
             let at = message.timestamp().to_millis().and_then(|ms| Utc.timestamp_millis_opt(ms).single());
             letters.push(Letter { origin: origin(message.headers()), envelope, at, request, message });
         }
@@ -273,29 +277,90 @@ pub async fn run(command: DlqCommand, context: Context) -> Result<(), DlqError> 
 }
 
 async fn list(context: &Context, filter: &Filter, json: bool) -> Result<(), DlqError> {
-    let letters = context.all().await?;
-    let mut out = std::io::stdout().lock();
-    if !json {
-        writeln!(out, "{:<12} {:<25} {:>3} {:<24} {:<5} {:<16} message", "at", "time", "try", "code", "chan", "recipient")?;
-    }
-    for letter in letters.iter().filter(|l| l.matches(filter)) {
-        let s = letter.summary();
-        if json {
-            writeln!(out, "{s}")?;
-        } else {
-            let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
-            writeln!(out, "{:<12} {:<25} {:>3} {:<24} {:<5} {:<16} {}", text("at"), text("time"), letter.envelope.attempts, text("code"), text("channel"), text("recipient"), text("message"))?;
+    let mut letters: Vec<Letter> = context.all().await?.into_iter().filter(|l| l.matches(filter)).collect();
+    // Oldest first, as they were dead-lettered, whatever their partition.
+    letters.sort_by_key(|l| (l.at, l.message.partition(), l.message.offset()));
+    quietly_on_a_closed_pipe(write_list(&letters, json))
+}
+
+/// The table or JSON lines of `letters`, on stdout.
+fn write_list(letters: &[Letter], json: bool) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        for letter in letters {
+            writeln!(out, "{}", letter.summary())?;
         }
+        return out.flush();
     }
-    Ok(())
+    const COLUMNS: [(&str, &str); 6] = [("at", "at"), ("time", "time"), ("attempts", "try"), ("code", "code"), ("channel", "chan"), ("recipient", "recipient")];
+    let rows: Vec<Vec<String>> = letters
+        .iter()
+        .map(|l| {
+            let s = l.summary();
+            let text = |k: &str| match &s[k] {
+                serde_json::Value::String(v) => v.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => "-".to_owned(),
+            };
+            COLUMNS.iter().map(|(k, _)| text(k)).chain([text("message")]).collect()
+        })
+        .collect();
+    // Each column as wide as its widest cell, so rows line up whatever the
+    // codes and times are.
+    let widths: Vec<usize> = COLUMNS.iter().enumerate().map(|(i, (_, title))| rows.iter().map(|r| r[i].chars().count()).chain([title.len()]).max().unwrap_or(0)).collect();
+    let line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = widths.get(i).map_or(0, |w| w.saturating_sub(cell.chars().count()));
+            // The attempts column is numbers: right-aligned.
+            if COLUMNS.get(i).is_some_and(|(k, _)| *k == "attempts") {
+                text.push_str(&" ".repeat(pad));
+                text.push_str(cell);
+            } else {
+                text.push_str(cell);
+                if i + 1 < cells.len() {
+                    text.push_str(&" ".repeat(pad));
+                }
+            }
+            if i + 1 < cells.len() {
+                text.push_str("  ");
+            }
+        }
+        text
+    };
+    let titles: Vec<&str> = COLUMNS.iter().map(|(_, t)| *t).chain(["message"]).collect();
+    writeln!(out, "{}", line(&titles))?;
+    for row in &rows {
+        writeln!(out, "{}", line(&row.iter().map(String::as_str).collect::<Vec<_>>()))?;
+    }
+    out.flush()
+}
+
+/// A reader that stopped reading (`dlq list | head`) is not an error: what
+/// it wanted, it has.
+fn quietly_on_a_closed_pipe(written: std::io::Result<()>) -> Result<(), DlqError> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 async fn show(context: &Context, at: &str, reveal: bool) -> Result<(), DlqError> {
     let (partition, offset) = at.split_once(':').and_then(|(p, o)| Some((p.parse::<i32>().ok()?, o.parse::<i64>().ok()?))).filter(|(p, o)| *p >= 0 && *o >= 0).ok_or_else(|| DlqError::At(at.to_owned()))?;
     let consumer = context.consumer(&format!("{}.dlq-reader", context.kafka.group_id))?;
+    let not_found = || DlqError::NotFound(at.to_owned());
+    if partition >= context.partitions(&consumer, &context.dead_letter)? {
+        return Err(not_found());
+    }
+    // Past the partition's end there is nothing to wait for: said at once.
+    let probe = context.consumer(&format!("{}.dlq-reader.probe", context.kafka.group_id))?;
+    let end = high_watermarks(&probe, &[(context.dead_letter.clone(), partition)])?;
+    if end.first().is_none_or(|(_, high)| offset >= *high) {
+        return Err(not_found());
+    }
     let from = HashMap::from([(partition, Offset::Offset(offset))]);
-    let messages: Vec<OwnedMessage> = context.read(&consumer, &context.dead_letter, &from)?.into_iter().filter(|m| m.partition() == partition && m.offset() == offset).collect();
-    let letter = context.letters(messages).await.into_iter().next().ok_or_else(|| DlqError::NotFound(at.to_owned()))?;
+    let messages: Vec<OwnedMessage> = read_from(&consumer, &context.dead_letter, &from)?.into_iter().filter(|m| m.offset() == offset).collect();
+    let letter = context.letters(messages).await.into_iter().next().ok_or_else(not_found)?;
     let headers: BTreeMap<String, String> = letter
         .message
         .headers()
@@ -303,8 +368,7 @@ async fn show(context: &Context, at: &str, reveal: bool) -> Result<(), DlqError>
         .unwrap_or_default();
     let request = letter.request.as_ref().map(|r| request_json(r, reveal));
     let out = json!({ "at": letter.id(), "time": letter.at.map(|t| t.to_rfc3339()), "key": letter.message.key().map(|k| String::from_utf8_lossy(k).into_owned()), "headers": headers, "request": request });
-    println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
-    Ok(())
+    quietly_on_a_closed_pipe(writeln!(std::io::stdout().lock(), "{}", serde_json::to_string_pretty(&out).expect("JSON")))
 }
 
 /// The request as JSON; personal data masked unless `reveal`.
@@ -313,6 +377,27 @@ fn request_json(r: &Request, reveal: bool) -> serde_json::Value {
     let recipient = if reveal { r.recipient.clone() } else { Masked(&r.recipient).to_string() };
     let vars: BTreeMap<&str, String> = r.content.template_vars.iter().map(|(k, v)| (k.as_str(), hide(v))).collect();
     let data: BTreeMap<&str, String> = r.content.data.iter().map(|(k, v)| (k.as_str(), hide(v))).collect();
+    let android = r.content.android.as_deref().map(|a| {
+        json!({
+            "priority": a.priority.map(|p| p.symbol()),
+            "ttl_seconds": a.ttl_seconds,
+            "collapse_key": a.collapse_key,
+            "channel_id": a.channel_id,
+            "sound": a.sound,
+            "click_action": a.click_action,
+        })
+    });
+    let apns = r.content.apns.as_deref().map(|a| {
+        let headers: BTreeMap<&str, &str> = a.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        json!({
+            "headers": headers,
+            "sound": a.sound,
+            "badge": a.badge,
+            "category": a.category,
+            "thread_id": a.thread_id,
+            "content_available": a.content_available,
+        })
+    });
     json!({
         "event_id": r.event_id,
         "user_id": r.user_id,
@@ -320,10 +405,16 @@ fn request_json(r: &Request, reveal: bool) -> serde_json::Value {
         "recipient": recipient,
         "title": r.content.title.as_deref().map(hide),
         "body": hide(&r.content.body),
+        "template_id": r.content.template_id,
         "template_vars": vars,
         "data": data,
+        "android": android,
+        "apns": apns,
         "scheduled_at": r.scheduled_at.map(|t| t.to_rfc3339()),
         "created_at": r.created_at.to_rfc3339(),
+        "time_zone": r.prefs.time_zone,
+        "locale": r.prefs.locale,
+        "priority": r.prefs.priority.symbol(),
     })
 }
 
@@ -342,10 +433,44 @@ pub struct Replay {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     pub replayed: usize,
-    /// Matching, but not replayed: invalid (without `--include-invalid`),
-    /// stripped of their bytes, or replayed already by an earlier run.
-    pub skipped: usize,
+    pub skipped: Skipped,
     pub failed: usize,
+}
+
+/// Dead letters that matched, and were not replayed, by why.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// INVALID, without `--include-invalid`.
+    pub invalid: usize,
+    /// Too large to copy: herald kept none of their bytes.
+    pub stripped: usize,
+    /// Naming no original topic, without `--to`.
+    pub no_topic: usize,
+    /// Replayed by an earlier run of this replay.
+    pub replayed_already: usize,
+}
+
+impl Skipped {
+    pub fn total(&self) -> usize {
+        self.invalid + self.stripped + self.no_topic + self.replayed_already
+    }
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} skipped", self.total())?;
+        let reasons = [
+            (self.invalid, "invalid (--include-invalid replays them)"),
+            (self.stripped, "without their bytes"),
+            (self.no_topic, "naming no original topic (--to sets one)"),
+            (self.replayed_already, "replayed already"),
+        ];
+        let given: Vec<String> = reasons.iter().filter(|(n, _)| *n > 0).map(|(n, why)| format!("{n} {why}")).collect();
+        if !given.is_empty() {
+            write!(f, ": {}", given.join(", "))?;
+        }
+        Ok(())
+    }
 }
 
 impl Replay {
@@ -371,18 +496,21 @@ impl Replay {
         let producer: FutureProducer = kafka::producer(&context.kafka)?;
         let probe = context.consumer(&format!("{group}.probe"))?;
         let mut plan = Vec::new();
-        let mut skipped = 0;
+        let mut skipped = Skipped::default();
         let mut by_code: BTreeMap<String, usize> = BTreeMap::new();
         for letter in letters.iter().filter(|l| l.matches(&self.filter)) {
-            if letter.stripped() || (letter.class() == Some(ErrorClass::Invalid) && !self.include_invalid) {
-                skipped += 1;
+            if letter.stripped() {
+                skipped.stripped += 1;
+                continue;
+            }
+            if letter.class() == Some(ErrorClass::Invalid) && !self.include_invalid {
+                skipped.invalid += 1;
                 continue;
             }
             let Some(topic) = self.to.clone().or_else(|| letter.origin.as_ref().map(|o| o.topic.clone())) else {
-                skipped += 1;
+                skipped.no_topic += 1;
                 continue;
             };
-            *by_code.entry(letter.code().to_owned()).or_default() += 1;
             plan.push((letter, topic));
         }
         // A run killed after producing and before committing: what it
@@ -392,8 +520,11 @@ impl Replay {
         let done = replayed_since(context, &probe, &marks)?;
         let before = plan.len();
         plan.retain(|(letter, _)| !done.contains(&letter.source()));
-        skipped += before - plan.len();
-        eprintln!("{} dead letters read from {}; {} to replay, {skipped} skipped (invalid, stripped, or replayed already)", letters.len(), context.dead_letter, plan.len());
+        skipped.replayed_already += before - plan.len();
+        for (letter, _) in &plan {
+            *by_code.entry(letter.code().to_owned()).or_default() += 1;
+        }
+        eprintln!("{} dead letters read from {}; {} to replay, {skipped}", letters.len(), context.dead_letter, plan.len());
         for (code, n) in &by_code {
             eprintln!("  {n:>6}  {code}");
         }
@@ -402,11 +533,13 @@ impl Replay {
             // replay is done, and its position says so.
             commit_all(&consumer, &context.dead_letter, &letters)?;
         }
-        if plan.is_empty() || self.dry_run || !self.confirmed(plan.len())? {
-            if !plan.is_empty() && !self.dry_run {
-                eprintln!("dry run: nothing written; pass --yes to replay");
-            }
+        if plan.is_empty() || self.dry_run {
             return Ok(Summary { replayed: 0, skipped, failed: 0 });
+        }
+        // Declined, or no terminal to ask on: a script that left out --yes
+        // must hear that nothing happened.
+        if !self.confirmed(plan.len())? {
+            return Err(DlqError::NotConfirmed(plan.len()));
         }
         let bar = progress(plan.len());
         let mut summary = Summary { replayed: 0, skipped, failed: 0 };
@@ -443,7 +576,7 @@ impl Replay {
                     Err(error) => {
                         summary.failed += 1;
                         bar.abandon();
-                        eprintln!("replayed {}, skipped {}, failed {}", summary.replayed, summary.skipped, summary.failed);
+                        eprintln!("replayed {}, {}, failed {}", summary.replayed, summary.skipped, summary.failed);
                         return Err(DlqError::Produce { from: letter.source(), error });
                     }
                 }
@@ -460,7 +593,7 @@ impl Replay {
         commit_all(&consumer, &context.dead_letter, &letters)?;
         commit_marks(&consumer, &acked.into_iter().collect::<Vec<_>>())?;
         bar.finish_and_clear();
-        eprintln!("replayed {}, skipped {}, failed {}", summary.replayed, summary.skipped, summary.failed);
+        eprintln!("replayed {}, {}, failed {}", summary.replayed, summary.skipped, summary.failed);
         Ok(summary)
     }
 

@@ -191,5 +191,9 @@ mod tests {
         assert_eq!(producer.get("linger.ms"), Some("20"));
         assert_eq!(producer.get("session.timeout.ms"), Some("7000"), "--kafka-option is for every client");
         assert_eq!((consumer.get("client.id"), producer.get("client.id")), (Some("all"), Some("all")));
+        // Offsets are stored by herald, and committed every --commit-interval.
+        let every = Settings { commit_interval: Duration::from_millis(200), ..config };
+        let consumer = consumer_config(&every);
+        assert_eq!((consumer.get("auto.commit.interval.ms"), consumer.get("enable.auto.offset.store")), (Some("200"), Some("false")));
     }
 }

@@ -110,6 +110,8 @@ pub enum Error {
 pub struct Provided {
     pub receipts: Option<std::net::TcpListener>,
     pub admin: Option<std::net::TcpListener>,
+    /// `herald api`'s own listener (`--api-listen`).
+    pub api: Option<std::net::TcpListener>,
     pub clock: clock::Clock,
 }
 
@@ -141,17 +143,8 @@ impl App {
     /// template, provider credentials, listeners), so a mistake there is
     /// reported at once and names its flag; then connects.
     pub async fn build(config: Config, provided: Provided) -> Result<App, Error> {
-        let settings = config.settings()?;
-        let Provided { receipts: receipts_listener, admin: admin_listener, clock } = provided;
-        let templates = match &settings.templates {
-            Some((dir, default_locale)) => Some(templates::TemplateSet::load(dir, default_locale)?),
-            None => None,
-        };
-        let credentials = |source| {
-            let path = settings.delivery.fcm.as_ref().map(|f| f.credentials.display().to_string()).unwrap_or_default();
-            Error::Credentials { path, source }
-        };
-        let fcm = settings.delivery.load_fcm().map_err(credentials)?;
+        let Checked { settings, templates, sms, push, calls, http, metrics } = check(&config)?;
+        let Provided { receipts: receipts_listener, admin: admin_listener, clock, api: _ } = provided;
         let receipts = match &settings.receipts {
             Some(r) => Some((bind("--receipts-listen", r.listen, receipts_listener).await?, r.clone())),
             None => None,
@@ -160,15 +153,7 @@ impl App {
             Some(addr) => Some(bind("--admin-listen", addr, admin_listener).await?),
             None => None,
         };
-        let metrics = Arc::new(metrics::Metrics::new());
-        let http = reqwest::Client::builder()
-            .timeout(settings.http_timeout)
-            .user_agent(USER_AGENT)
-            .build()
-            .expect("static HTTP client settings");
-        let calls = Calls::default();
-        let (sms, push) = deliver::stages(settings.delivery.clone(), fcm, &http, &calls, &metrics).map_err(credentials)?;
-
+        drop(http);
         reachable(&settings.kafka.brokers).await?;
         let topics = Arc::new(settings.topics.clone());
         topics::ensure(&kafka::admin(&settings.kafka)?, &topics, settings.creation, &settings.kafka.brokers).await?;
@@ -187,7 +172,8 @@ impl App {
         let router = Router::new(Lane::new(sms, settings.sms_lane), Lane::new(push, settings.push_lane), settings.settled_queue, settings.unconfirmed_sends, calls, templates.clone());
         let max_bytes = kafka::max_message_bytes(&settings.kafka);
         let propagated = record::Propagated::new(&settings.propagate_headers);
-        let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, propagated, metrics.clone());
+        let seal = settings.seal.clone().ok_or(config::ConfigError::NoEnvelopeKey)?;
+        let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, propagated, seal, metrics.clone());
         let limits = settings.rate_limits.clone();
         let pipeline = Arc::new(Pipeline::new(pipeline::Stages {
             decoder: decode::Decoder::new(codec::Bundled::load(), registry),
@@ -242,7 +228,7 @@ impl App {
             let stopped = async {
                 let _ = admin_stopped.await;
             };
-            tokio::spawn(admin::serve(listener, pipeline.clone(), stopped))
+            tokio::spawn(admin::serve(listener, Arc::new(admin::PipelineObserved { pipeline: pipeline.clone(), probing: Default::default() }), stopped))
         });
         let consumed = consume(&settings, pipeline, shutdown).await;
         let _ = stop_receipts.send(());
@@ -260,6 +246,60 @@ impl App {
         following.shutdown().await;
         consumed
     }
+}
+
+/// What the pipeline checks before it connects to anything.
+struct Checked {
+    settings: Settings,
+    templates: Option<templates::TemplateSet>,
+    sms: deliver::sms::SmsStage,
+    push: deliver::push::PushStage,
+    calls: Calls,
+    http: reqwest::Client,
+    metrics: Arc<metrics::Metrics>,
+}
+
+/// Everything the pipeline can check without a connection: flags, secret
+/// files, templates, the SMS template, provider credentials.
+fn check(config: &Config) -> Result<Checked, Error> {
+    let settings = config.settings()?;
+    let templates = match &settings.templates {
+        Some((dir, default_locale)) => Some(templates::TemplateSet::load(dir, default_locale)?),
+        None => None,
+    };
+    let credentials = |source| {
+        let path = settings.delivery.fcm.as_ref().map(|f| f.credentials.display().to_string()).unwrap_or_default();
+        Error::Credentials { path, source }
+    };
+    let fcm = settings.delivery.load_fcm().map_err(credentials)?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let http = reqwest::Client::builder().timeout(settings.http_timeout).user_agent(USER_AGENT).build().expect("static HTTP client settings");
+    let calls = Calls::default();
+    let (sms, push) = deliver::stages(settings.delivery.clone(), fcm, &http, &calls, &metrics).map_err(credentials)?;
+    Ok(Checked { settings, templates, sms, push, calls, http, metrics })
+}
+
+/// `herald check`: the configuration of the pipeline, or of `herald api`,
+/// checked as each would at startup, with nothing connected to. Says what
+/// it found on stdout.
+pub fn check_config(config: &Config) -> Result<(), Error> {
+    match &config.command {
+        Some(config::Command::Check { program: Some(config::CheckProgram::Api(_)) }) => {
+            config.settings()?;
+            println!("herald api: the configuration is valid");
+        }
+        _ => {
+            let checked = check(config)?;
+            let s = &checked.settings;
+            println!(
+                "herald: the configuration is valid (group {}; SMS: {}; push: {})",
+                s.kafka.group_id,
+                checked.sms.stage.describe(),
+                checked.push.stage.describe()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Joins the group and consumes until `shutdown` completes.
@@ -302,11 +342,19 @@ pub async fn dlq(config: &Config, command: dlq::DlqCommand) -> Result<(), Error>
 }
 
 /// `herald api`: keeps the status store from the status topic, and serves
-/// the API, until `shutdown` completes. `listener`, if given, replaces
-/// `--api-listen` (a test binds port 0).
-pub async fn api(config: &Config, args: &config::ApiArgs, listener: Option<std::net::TcpListener>, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+/// the API and its admin endpoints, until `shutdown` completes. Listeners
+/// in `provided` replace `--api-listen` and `--admin-listen` (a test binds
+/// port 0).
+pub async fn api(config: &Config, args: &config::ApiArgs, provided: Provided, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let settings = config.settings()?;
+    let token = args.bearer()?;
     let (cql, _) = settings.scylla.clone().ok_or(config::ConfigError::ApiWithoutScylla)?;
+    let listener = bind("--api-listen", args.listen, provided.api).await?;
+    let admin = match (settings.admin, provided.admin) {
+        (_, Some(given)) => Some(bind("--admin-listen", given.local_addr().map_err(|source| Error::Listen { flag: "--admin-listen", addr: args.listen, source })?, Some(given)).await?),
+        (Some(addr), None) => Some(bind("--admin-listen", addr, None).await?),
+        (None, None) => None,
+    };
     let session = cql::connect(&cql).await?;
     let store = Arc::new(store::Store::open(session.clone(), &cql.keyspace).await?);
     let limits = ratelimit::Table::open(session, &cql.keyspace, settings.rate_limits.longest(), 1).await?;
@@ -314,25 +362,37 @@ pub async fn api(config: &Config, args: &config::ApiArgs, listener: Option<std::
     let topics = settings.topics.clone();
     topics::ensure(&kafka::admin(&settings.kafka)?, &topics, settings.creation, &settings.kafka.brokers).await?;
     let group = args.group_id.clone().unwrap_or_else(|| format!("{}.api", settings.kafka.group_id));
-    let consumer = store::consumer(kafka::consumer_config_in(&settings.kafka, &group), &topics.status)?;
-    let listener = bind("--api-listen", args.listen, listener).await?;
+    let metrics = Arc::new(metrics::StoreMetrics::default());
+    let consumer = Arc::new(store::consumer(kafka::consumer_config_in(&settings.kafka, &group), &topics.status, metrics)?);
     let api = Arc::new(api::Api {
         store: store.clone(),
         limits,
-        rate_limits: settings.rate_limits.clone(),
+        pipeline_group: settings.kafka.group_id.clone(),
         producer: kafka::producer(&settings.kafka)?,
         cancellations: topics.cancellations.clone(),
-        token: args.token.clone(),
+        token,
+        cancels: api::throttle(args.cancel_rate),
     });
     tracing::info!(message = "Keeping the status store.", topic = topics.status, group, keyspace = cql.keyspace);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, api, async {
-        let _ = stopped.await;
-    }));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let server = tokio::spawn(api::serve(listener, api, stopped(stopping.clone())));
+    let admin = admin.map(|listener| {
+        let observed = Arc::new(store::StoreObserved { store: store.clone(), consumer: consumer.clone(), probing: Default::default() });
+        tokio::spawn(admin::serve(listener, observed, stopped(stopping.clone())))
+    });
     store::ingest(consumer, store, shutdown).await;
-    let _ = stop.send(());
+    let _ = stop.send(true);
     if let Ok(Err(error)) = server.await {
         tracing::warn!(message = "The API server failed.", %error);
+    }
+    if let Some(Ok(Err(error))) = match admin {
+        Some(admin) => Some(admin.await),
+        None => None,
+    } {
+        tracing::warn!(message = "The admin server failed.", %error);
     }
     Ok(())
 }
@@ -383,6 +443,7 @@ async fn rate_limit_store(settings: &Settings, metrics: &Arc<metrics::Metrics>) 
     };
     let session = cql::connect(cql).await?;
     let table = ratelimit::Table::open(session, &cql.keyspace, settings.rate_limits.longest(), *max_writes).await?.with_metrics(metrics.clone());
+    table.publish(&settings.kafka.group_id, &settings.rate_limits).await?;
     tracing::info!(message = "Rate limits are kept in ScyllaDB.", nodes = cql.nodes, keyspace = cql.keyspace, ?limits);
     Ok(Store::ScyllaDb(table))
 }

@@ -4,16 +4,23 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() {
+use herald::config::Command;
+
+fn main() {
+    // Before the runtime starts its threads: reading the configuration may
+    // set environment variables (the old services' names).
     let config = herald::Config::from_env();
     herald::telemetry::init(config.log_format);
-    let result = match config.command.clone() {
-        Some(herald::config::Command::Migrate) => herald::migrate(&config).await,
-        Some(herald::config::Command::Dlq { command }) => herald::dlq(&config, command).await,
-        Some(herald::config::Command::Api(args)) => herald::api(&config, &args, None, shutdown_signal()).await,
-        None => herald::run(config, shutdown_signal()).await,
-    };
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let result = runtime.block_on(async {
+        match config.command.clone() {
+            Some(Command::Migrate) => herald::migrate(&config).await,
+            Some(Command::Dlq { command }) => herald::dlq(&config, command).await,
+            Some(Command::Api(args)) => herald::api(&config, &args, herald::Provided::default(), shutdown_signal()).await,
+            Some(Command::Check { .. }) => herald::check_config(&config),
+            None => herald::run(config, shutdown_signal()).await,
+        }
+    });
     // Exits here rather than by returning: dropping the runtime would wait
     // for its blocking threads, and a consumer closing against a stalled
     // broker (given up on at the shutdown deadline) holds one for minutes.

@@ -68,9 +68,67 @@ impl fmt::Debug for Masked<'_> {
     }
 }
 
+/// Free text that people wrote and other people will read (a cancel's
+/// reason): control characters become spaces, anything that looks like a
+/// phone number (7 digits or more, maybe with `+`, spaces, `-`, `.` or
+/// brackets between them) keeps only its last 4 digits, and the whole is
+/// cut to `max` characters, ending in `…` when it was longer.
+pub fn scrub(text: &str, max: usize) -> String {
+    let chars: Vec<char> = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out: Vec<char> = Vec::with_capacity(chars.len().min(max + 1));
+    let mut i = 0;
+    while i < chars.len() {
+        let (end, digits) = number_at(&chars, i);
+        if digits >= 7 {
+            let mut left = digits - 4;
+            for &c in &chars[i..end] {
+                let hidden = c.is_ascii_digit() && left > 0;
+                left -= usize::from(hidden);
+                out.push(if hidden { '*' } else { c });
+            }
+            i = end;
+        } else {
+            out.push(chars[i]);
+            i += 1;
+        }
+    }
+    if out.len() > max {
+        out.truncate(max.saturating_sub(1));
+        out.push('…');
+    }
+    out.into_iter().collect()
+}
+
+/// Where a number starting at `start` ends, and how many digits it has.
+fn number_at(chars: &[char], start: usize) -> (usize, usize) {
+    if !(chars[start] == '+' || chars[start] == '(' || chars[start].is_ascii_digit()) {
+        return (start, 0);
+    }
+    let (mut end, mut digits) = (start, 0);
+    for (j, c) in chars.iter().enumerate().skip(start) {
+        if c.is_ascii_digit() {
+            digits += 1;
+            end = j + 1;
+        } else if !(matches!(c, ' ' | '-' | '.' | '(' | ')') || (j == start && *c == '+')) {
+            break;
+        }
+    }
+    (end, digits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_text_loses_control_characters_and_numbers_and_is_clipped() {
+        assert_eq!(scrub("wrong\nnumber\u{7}", 200), "wrong number ");
+        assert_eq!(scrub("sent to +1 (415) 555-0100 by mistake", 200), "sent to +* (***) ***-0100 by mistake");
+        assert_eq!(scrub("order 123456 and +14155550100", 200), "order 123456 and +*******0100");
+        assert_eq!(scrub(&"x".repeat(300), 200), format!("{}…", "x".repeat(199)));
+        assert_eq!(scrub("ünïcödé", 4), "ünï…");
+        assert_eq!(scrub("", 200), "");
+    }
 
     #[test]
     fn phone_numbers_keep_only_the_last_four_digits() {

@@ -63,6 +63,11 @@ struct ErrorLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SealLabel {
+    seal: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LaneLabel {
     lane: &'static str,
 }
@@ -172,6 +177,8 @@ pub struct Metrics {
     call_seconds: Indexed<ProviderLabel, Histogram>,
     errors: Family<ErrorLabels, Counter>,
     rate_limited: [Counter; Channel::ALL.len()],
+    foreign: Family<TopicLabel, Counter>,
+    unsealed: Family<SealLabel, Counter>,
     cql_seconds: Vec<Histogram>,
     cql_errors: Vec<Counter>,
     committed: Counter,
@@ -217,6 +224,14 @@ impl Metrics {
         let limited = Family::<ChannelLabel, Counter>::default();
         let rate_limited = Channel::ALL.map(|c| limited.get_or_create(&ChannelLabel { channel: c.symbol() }).clone());
         registry.register("rate_limit_denials", "Requests over their user's window (rejected or deferred)", limited);
+        let foreign = Family::<TopicLabel, Counter>::default();
+        registry.register("foreign_records", "Records another deployment (another group id) parked on a delay topic: skipped", foreign.clone());
+        let unsealed = Family::<SealLabel, Counter>::default();
+        registry.register(
+            "unsealed_records",
+            "Records on a delay topic without a valid seal of this deployment (written by a producer, or an older build): judged as new requests",
+            unsealed.clone(),
+        );
 
         let cql_latency = Family::<OperationLabel, Histogram>::new_with_constructor(latency_buckets as fn() -> Histogram);
         let cql_error_family = Family::<OperationLabel, Counter>::default();
@@ -255,6 +270,8 @@ impl Metrics {
             call_seconds,
             errors,
             rate_limited,
+            foreign,
+            unsealed,
             cql_seconds,
             cql_errors,
             committed,
@@ -301,6 +318,14 @@ impl Metrics {
         if let Some(took) = took {
             self.call_seconds.get(p, || ProviderLabel { provider: provider.name() }).observe(took.as_secs_f64());
         }
+    }
+
+    pub fn foreign(&self, topic: &str) {
+        self.foreign.get_or_create(&TopicLabel { topic: topic.to_owned() }).inc();
+    }
+
+    pub fn unsealed(&self, why: crate::record::Unsealed) {
+        self.unsealed.get_or_create(&SealLabel { seal: why.label() }).inc();
     }
 
     pub fn rate_limited(&self, channel: Channel) {
@@ -390,6 +415,76 @@ fn classic(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// What `herald api`'s status store counts (its own registry: the API runs
+/// apart from the pipeline).
+pub struct StoreMetrics {
+    registry: Registry,
+    written: Counter,
+    write_errors: Counter,
+    skipped: Counter,
+    lag: Family<PartitionLabels, Gauge>,
+    pub health: Health,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let written = Counter::default();
+        registry.register("store_statuses_written", "Status events written to the status store", written.clone());
+        let write_errors = Counter::default();
+        registry.register("store_write_errors", "Writes of status events that ScyllaDB failed (each batch is tried again)", write_errors.clone());
+        let skipped = Counter::default();
+        registry.register("store_skipped_records", "Records on the status topic that are not status events: not stored", skipped.clone());
+        let lag = Family::<PartitionLabels, Gauge>::default();
+        registry.register("store_consumer_lag", "Status events behind the end of each assigned status partition (librdkafka's statistics)", lag.clone());
+        StoreMetrics { registry, written, write_errors, skipped, lag, health: Health::default() }
+    }
+}
+
+impl StoreMetrics {
+    pub fn written(&self, statuses: usize) {
+        self.written.inc_by(statuses as u64);
+    }
+
+    pub fn write_failed(&self) {
+        self.write_errors.inc();
+    }
+
+    pub fn skipped(&self) {
+        self.skipped.inc();
+    }
+
+    /// The lag of every assigned status partition, replacing the last.
+    pub fn set_lag(&self, lags: &[(String, i32, i64)]) {
+        self.lag.clear();
+        for (topic, partition, lag) in lags {
+            self.lag.get_or_create(&PartitionLabels { topic: topic.clone(), partition: partition.to_string() }).set(*lag);
+        }
+    }
+
+    pub fn encode(&self, openmetrics: bool) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        if openmetrics {
+            out
+        } else {
+            classic(&out)
+        }
+    }
+}
+
+/// The lag of each partition in librdkafka's statistics, for the lag
+/// gauges: `(topic, partition, lag)`, leaving out `skip`'s.
+pub fn lags(statistics: &rdkafka::Statistics, skip: Option<&str>) -> Vec<(String, i32, i64)> {
+    let mut lags = Vec::new();
+    for (name, topic) in statistics.topics.iter().filter(|(name, _)| Some(name.as_str()) != skip) {
+        for partition in topic.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0) {
+            lags.push((name.clone(), partition.partition, partition.consumer_lag));
+        }
+    }
+    lags
 }
 
 /// What the scrape-time gauges are read from.

@@ -8,6 +8,10 @@
 //! hands the outcome to the producer.
 //!
 //! The checks run in this order, each for a reason:
+//! 0. provenance: a record another deployment parked on a shared delay
+//!    topic is that deployment's to act on, and is skipped; one whose
+//!    seal does not prove it herald's is judged as new (see
+//!    `record::seal`), so the checks below see it as a fresh request;
 //! 1. size: a record herald cannot copy with its headers can go nowhere
 //!    but the dead letters, stripped;
 //! 2. a parked record that is not due yet goes back to wait, unchecked;
@@ -18,7 +22,8 @@
 //!    uses up a window;
 //! 5. cancellation, at every attempt, so a cancel finds a request wherever
 //!    it waits;
-//! 6. a request scheduled for later is parked;
+//! 6. a request scheduled for later, that herald has not parked yet, is
+//!    parked;
 //! 7. suppression, at every attempt, since a number may opt out while its
 //!    retry waits, and before the rate limit, so a skipped send uses no
 //!    window; before quiet hours too, so a request that will never be sent
@@ -46,7 +51,7 @@ use crate::model::{Channel, Ids, InvalidReason, Request, SmsCost, Tried};
 use crate::outcome::{self, Deferral, Outcome, ProduceError, Publisher};
 use crate::quiet::QuietHours;
 use crate::ratelimit::{self, Decision, Limiter, OverLimit, Pending, StoreError, Subject};
-use crate::record::Consumed;
+use crate::record::{Consumed, Provenance};
 use crate::registry::RegistryError;
 use crate::route::{Prepared, Router};
 use crate::suppression::{Change, Suppressions};
@@ -217,6 +222,14 @@ impl Pipeline {
         now: DateTime<Utc>,
     ) -> Result<(Admitted, Option<Pending>), AdmitError> {
         let settled = |ids, outcome| Ok((Admitted::Settled { ids, outcome }, None));
+        match record.provenance {
+            Provenance::Foreign => {
+                self.metrics.foreign(record.topic.as_str());
+                return settled(None, Outcome::Foreign);
+            }
+            Provenance::Unsealed(why) => self.metrics.unsealed(why),
+            Provenance::Request | Provenance::Own => {}
+        }
         if let Some(error) = &record.unreadable {
             return settled(None, Outcome::Undecodable(Undecodable::Envelope(error.clone())));
         }
@@ -257,7 +270,7 @@ impl Pipeline {
         if self.cancellations.is_cancelled(&request.event_id) {
             return settled(ids(), Outcome::Cancelled);
         }
-        if let (Source::Requested, Some(not_before)) = (source, request.scheduled_at.filter(|t| *t > now)) {
+        if let (false, Some(not_before)) = (record.parked_by_us(), request.scheduled_at.filter(|t| *t > now)) {
             return settled(ids(), Outcome::Scheduled { hold: self.hold_for(not_before, now), not_before });
         }
         if let Some(reason) = self.suppressions.check(request.channel, &request.recipient) {
@@ -309,7 +322,8 @@ impl Pipeline {
                 Ok(Resolved { ids, outcome, attempts: record.envelope.attempts, now, suppress: None })
             }
             Admitted::Deliver { request, prepared, locale, made } => {
-                let attempt = Attempt { number: made + 1, partition: record.partition };
+                // `made` is bounded by the envelope (`MAX_ATTEMPTS`).
+                let attempt = Attempt { number: made.saturating_add(1), partition: record.partition };
                 if let Some(delivered) = self.router.answer_now(request.channel) {
                     return Ok(self.decided(request, &prepared, locale, attempt, Ok(delivered), Vec::new(), now));
                 }

@@ -28,6 +28,7 @@ use scylla::statement::prepared::PreparedStatement;
 
 use crate::backoff::Backoff;
 use crate::codec;
+use crate::metrics::StoreMetrics;
 use crate::model::StatusEvent;
 
 type Source = Box<dyn std::error::Error + Send + Sync>;
@@ -203,12 +204,19 @@ impl Notification {
 /// Reads the status topic into `store` until `shutdown` completes. The
 /// consumer stores no offset itself (`enable.auto.offset.store=false`):
 /// an offset is stored once its record's rows are written.
-pub async fn ingest(consumer: StreamConsumer, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
+pub async fn ingest(consumer: Arc<StoreConsumer>, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let metrics = consumer.context().metrics.clone();
+    // The loop turns at least this often, however idle: `/healthz` tells a
+    // turning loop from a stuck one.
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        metrics.health.turned();
         let first = tokio::select! {
             biased;
             () = &mut shutdown => return,
+            _ = heartbeat.tick() => continue,
             message = consumer.recv() => message,
         };
         // What is already fetched is written in one go, concurrently.
@@ -234,13 +242,17 @@ pub async fn ingest(consumer: StreamConsumer, store: Arc<Store>, shutdown: impl 
             match codec::read_status(bytes) {
                 Ok(event) => writes.push((event, bytes)),
                 // Not a status herald can read: nothing to store, ever.
-                Err(error) => tracing::warn!(message = "Skipped a record that is not a status.", partition = message.partition(), offset = message.offset(), %error),
+                Err(error) => {
+                    metrics.skipped();
+                    tracing::warn!(message = "Skipped a record that is not a status.", partition = message.partition(), offset = message.offset(), %error);
+                }
             }
         }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let all = futures::future::join_all(writes.iter().map(|(event, bytes)| store.write(event, bytes))).await;
             let Some(error) = all.into_iter().find_map(Result::err) else { break };
+            metrics.write_failed();
             tracing::warn!(message = "Writing statuses failed; retrying.", %error);
             tokio::select! {
                 biased;
@@ -249,6 +261,7 @@ pub async fn ingest(consumer: StreamConsumer, store: Arc<Store>, shutdown: impl 
                 () = tokio::time::sleep(backoff.next_pause()) => {}
             }
         }
+        metrics.written(writes.len());
         for message in written {
             if let Err(error) = consumer.store_offset_from_message(message) {
                 tracing::warn!(message = "Storing an offset failed.", %error);
@@ -262,8 +275,69 @@ const BATCH: usize = 512;
 
 /// The store's consumer: herald's consumer settings in group `group`,
 /// offsets stored by [`ingest`] and committed by librdkafka.
-pub fn consumer(config: ClientConfig, topic: &str) -> Result<StreamConsumer, rdkafka::error::KafkaError> {
-    let consumer: StreamConsumer = config.create()?;
+pub fn consumer(mut config: ClientConfig, topic: &str, metrics: Arc<StoreMetrics>) -> Result<StoreConsumer, rdkafka::error::KafkaError> {
+    // For the lag gauges (see `StoreContext::stats`).
+    config.set("statistics.interval.ms", "5000");
+    let consumer: StoreConsumer = config.create_with_context(StoreContext { metrics })?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
+}
+
+pub type StoreConsumer = StreamConsumer<StoreContext>;
+
+/// Counts the store consumer's lag and assignment for its admin listener.
+pub struct StoreContext {
+    pub metrics: Arc<StoreMetrics>,
+}
+
+impl rdkafka::ClientContext for StoreContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        crate::kafka::client_error(error, reason);
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics.set_lag(&crate::metrics::lags(&statistics, None));
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for StoreContext {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &rdkafka::consumer::Rebalance<'_>) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Assign(assigned) => self.metrics.health.set_assigned(assigned.count()),
+            rdkafka::consumer::Rebalance::Revoke(_) => self.metrics.health.set_assigned(0),
+            rdkafka::consumer::Rebalance::Error(_) => {}
+        }
+    }
+}
+
+/// `herald api`'s store, as its admin listener shows it.
+pub struct StoreObserved {
+    pub store: Arc<Store>,
+    pub consumer: Arc<StoreConsumer>,
+    pub probing: tokio::sync::Mutex<()>,
+}
+
+impl crate::admin::Observed for StoreObserved {
+    fn metrics(&self, openmetrics: bool) -> String {
+        self.consumer.context().metrics.encode(openmetrics)
+    }
+
+    fn liveness(&self) -> Vec<crate::admin::Check> {
+        vec![crate::admin::turning("store_loop", &self.consumer.context().metrics.health)]
+    }
+
+    async fn readiness(&self) -> Vec<crate::admin::Check> {
+        use crate::admin::{Check, PROBE_TIMEOUT};
+        let assigned = self.consumer.context().metrics.health.assigned();
+        let mut checks = vec![Check { name: "partitions_assigned", ok: assigned > 0, detail: format!("{assigned} status partitions") }];
+        let consumer = self.consumer.clone();
+        checks.push(crate::admin::broker(&self.probing, move |timeout| consumer.fetch_metadata(None, timeout).map(|m| m.brokers().len())).await);
+        let scylla = match tokio::time::timeout(PROBE_TIMEOUT, self.store.history("herald-readiness-probe")).await {
+            Ok(Ok(_)) => Check { name: "scylla", ok: true, detail: "answers".to_owned() },
+            Ok(Err(error)) => Check { name: "scylla", ok: false, detail: error.to_string() },
+            Err(_) => Check { name: "scylla", ok: false, detail: format!("no answer within {PROBE_TIMEOUT:?}") },
+        };
+        checks.push(scylla);
+        checks
+    }
 }

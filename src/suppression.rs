@@ -87,7 +87,11 @@ impl Change {
         let channel = Channel::from_symbol(symbol).ok_or_else(|| format!("unknown channel {}", Masked(symbol)))?;
         let entry = match value {
             None => None,
-            Some(v) => Some(serde_json::from_slice(v).map_err(|e| format!("value is not an entry: {e}"))?),
+            // serde's message quotes what it could not read, which may be
+            // a phone number: only where and what kind of mistake.
+            Some(v) => Some(serde_json::from_slice(v).map_err(|e| {
+                format!("value is not an entry like {{\"reason\":\"opted-out\",\"cause\":\"...\"}} ({:?} error at column {})", e.classify(), e.column())
+            })?),
         };
         Ok(Change { channel, recipient: recipient.to_owned(), entry })
     }
@@ -165,6 +169,10 @@ mod tests {
         let error = Change::from_record(Some(b"+14155550177:SMS"), None).unwrap_err();
         assert!(!error.contains("4155550177"), "no phone number in {error:?}");
         assert!(Change::from_record(Some(b"SMS:+1"), Some(b"{}")).unwrap_err().contains("not an entry"));
+        for value in [&br#"{"reason":"+14155550179","cause":"x"}"#[..], br#"{"reason":"opted-out","cause":+14155550179}"#, b"+14155550179"] {
+            let error = Change::from_record(Some(b"SMS:+1"), Some(value)).unwrap_err();
+            assert!(!error.contains("4155550179") && error.contains("not an entry"), "no phone number in {error:?}");
+        }
     }
 
     #[test]

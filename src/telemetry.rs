@@ -24,3 +24,15 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// Logs to `file` instead of stderr, filtered by RUST_LOG or else by
+/// `default_filter`: for a program whose own output is on the terminal
+/// (the demo), so that herald's log lines do not run through it.
+pub fn init_file(format: LogFormat, file: std::fs::File, default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::sync::Mutex::new(file)).with_ansi(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -2,8 +2,9 @@
 (kubernetes-validate, strict), and what no schema knows: that the
 kustomization lists what is here, selectors match their pods, probes name
 ports that exist, every environment name is one herald reads, KEDA's cap is
-the partition count, and memory requests cover the RSS measured in the
-load benchmark.
+the partition count, memory requests cover the RSS measured in the load
+benchmark, and that each Deployment starts as shipped: `herald check` runs
+with the environment and the mounted files its pods would have.
 
     python3 deploy/k8s/check.py [HERALD_BIN]
 """
@@ -11,6 +12,7 @@ load benchmark.
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import kubernetes_validate
@@ -61,7 +63,7 @@ secret_keys = {k for s in by_kind["Secret"].values() for k in s.get("stringData"
 herald = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("HERALD_BIN", "target/release/herald")
 help_text = subprocess.run([herald, "--help"], capture_output=True, text=True, check=True).stdout
 help_text += subprocess.run([herald, "api", "--help"], capture_output=True, text=True, check=True).stdout
-for key in list(config) + [k for k in secret_keys if k != "key.json"] + ["GOOGLE_APPLICATION_CREDENTIALS"]:
+for key in list(config) + [k for k in secret_keys if k != "key.json"]:
     if key != "RUST_LOG" and f"[env: {key}]" not in help_text and f"[env: {key}=" not in help_text:
         fail(f"{key} is not an environment name herald reads (herald --help)")
 
@@ -85,9 +87,55 @@ for name, deployment in by_kind["Deployment"].items():
         deadline = int(config["HERALD_SHUTDOWN_DEADLINE"].rstrip("s"))
         if grace <= deadline:
             fail(f"{name}: terminationGracePeriodSeconds {grace} must exceed the shutdown deadline {deadline}s")
-    envs = [e["name"] for c in spec["template"]["spec"]["containers"] for e in c.get("env", [])]
-    if name == "herald" and "GOOGLE_APPLICATION_CREDENTIALS" not in envs:
-        fail("herald: the FCM key is not pointed at")
+
+secrets = {name: doc.get("stringData") or {} for name, doc in by_kind["Secret"].items()}
+
+
+def started_as_shipped(name, pod):
+    """`herald check` with the environment and files of `pod`'s container,
+    as Kubernetes would give them; mounted secrets are written to a
+    directory of their own, and paths into them follow."""
+    container = pod["containers"][0]
+    with tempfile.TemporaryDirectory() as root:
+        mounts = {}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for mount in container.get("volumeMounts", []):
+            secret = volumes[mount["name"]]["secret"]
+            local = Path(root) / mount["name"]
+            local.mkdir()
+            for file, text in secrets.get(secret["secretName"], {}).items():
+                (local / file).write_text(text)
+            mounts[mount["mountPath"]] = str(local)
+        env = {"PATH": os.environ.get("PATH", "")}
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                env.update(by_kind["ConfigMap"][source["configMapRef"]["name"]]["data"])
+            if "secretRef" in source:
+                env.update(secrets[source["secretRef"]["name"]])
+        for entry in container.get("env", []):
+            if "value" in entry:
+                env[entry["name"]] = entry["value"]
+            else:
+                ref = entry["valueFrom"]["secretKeyRef"]
+                env[entry["name"]] = secrets[ref["name"]][ref["key"]]
+        for key, value in env.items():
+            for path, local in mounts.items():
+                if value.startswith(path):
+                    env[key] = local + value[len(path):]
+        args = container.get("args", [])
+        run = subprocess.run([herald, "check", *args], env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            fail(f"{name} does not start as shipped: herald check {' '.join(args)}: {run.stderr.strip()}")
+        else:
+            print(f"{name}: {run.stdout.strip()}")
+
+
+for name, deployment in by_kind["Deployment"].items():
+    started_as_shipped(name, deployment["spec"]["template"]["spec"])
+fcm = config.get("GOOGLE_APPLICATION_CREDENTIALS", "")
+herald_mounts = [m["mountPath"] for m in by_kind["Deployment"]["herald"]["spec"]["template"]["spec"]["containers"][0].get("volumeMounts", [])]
+if fcm and not any(fcm.startswith(path) for path in herald_mounts):
+    fail(f"GOOGLE_APPLICATION_CREDENTIALS {fcm} is in no mounted volume")
 
 admin = config["HERALD_ADMIN_LISTEN"].rsplit(":", 1)[1]
 herald_ports = {p["containerPort"] for p in by_kind["Deployment"]["herald"]["spec"]["template"]["spec"]["containers"][0]["ports"]}

@@ -169,6 +169,15 @@ impl<G: Gateway> Stage<G> {
         }
     }
 
+    /// The providers in failover order, for people.
+    pub fn describe(&self) -> String {
+        match self {
+            Stage::Providers(_) => self.providers().iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+            Stage::DryRun => "dry run".into(),
+            Stage::Disabled => "off (no provider configured)".into(),
+        }
+    }
+
     pub fn providers(&self) -> Vec<Provider> {
         match self {
             Stage::Providers(providers) => providers.iter().map(|g| g.gateway().provider()).collect(),

@@ -65,13 +65,7 @@ impl ClientContext for IngestContext {
     /// librdkafka's statistics (`statistics.interval.ms`): the lag of each
     /// assigned partition, from the fetch responses' high watermarks.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let mut lags = Vec::new();
-        for (name, topic) in statistics.topics.iter().filter(|(name, _)| **name != self.status_topic) {
-            for partition in topic.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0) {
-                lags.push((name.clone(), partition.partition, partition.consumer_lag));
-            }
-        }
-        self.metrics.set_lag(&lags, &self.delay_topics);
+        self.metrics.set_lag(&crate::metrics::lags(&statistics, Some(&self.status_topic)), &self.delay_topics);
     }
 }
 

@@ -267,7 +267,8 @@ impl Loop {
             self.pause(consumer, (source, partition), offset, Until::Ledger(partition));
             return Ok(());
         }
-        let record = Consumed::read(message, matches!(source, Source::Retry(_)));
+        let parked = matches!(source, Source::Retry(_)).then(|| self.pipeline.publisher().seal());
+        let record = Consumed::read(message, parked);
         self.consumed[match source {
             Source::Requested => 0,
             Source::Retry(i) => i + 1,
@@ -506,7 +507,8 @@ impl Loop {
         let (consumer, reader, topic, ledger) =
             (self.consumer.clone(), self.ledger_reader.clone(), self.pipeline.topics().status.clone(), self.pipeline.ledger().clone());
         let number = self.next_restore;
-        self.restores.spawn(async move { (number, restore::restore(consumer, reader, topic, partitions, ledger).await) });
+        let seal = self.pipeline.publisher().seal().clone();
+        self.restores.spawn(async move { (number, restore::restore(consumer, reader, topic, partitions, ledger, seal).await) });
     }
 
     /// The ledger of these partitions is read: their records go ahead.

@@ -20,6 +20,7 @@ use crate::backoff::Backoff;
 use crate::codec;
 use crate::kafka::{Reader, ReaderContext};
 use crate::ledger::Ledger;
+use crate::record::Seal;
 
 /// A restore's attempts give up after this long and start over.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,10 +34,11 @@ pub async fn restore(
     topic: String,
     partitions: Vec<i32>,
     ledger: Arc<Ledger>,
+    seal: Seal,
 ) -> Vec<(i32, i64)> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        let attempt = read(&consumer, &reader, &topic, &partitions, &ledger);
+        let attempt = read(&consumer, &reader, &topic, &partitions, &ledger, &seal);
         match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
             Ok(Ok(ends)) => return ends,
             Ok(Err(error)) => tracing::warn!(message = "Reading the send ledger failed; trying again.", topic, %error),
@@ -52,6 +54,7 @@ async fn read(
     topic: &str,
     partitions: &[i32],
     ledger: &Ledger,
+    seal: &Seal,
 ) -> KafkaResult<Vec<(i32, i64)>> {
     let mut wanted = TopicPartitionList::new();
     for p in partitions {
@@ -83,6 +86,12 @@ async fn read(
         match message {
             Ok(m) => {
                 ends.insert(m.partition(), m.offset() + 1);
+                // Another deployment's sends on a shared status topic are
+                // not this one's to skip.
+                if seal.foreign_status(m.headers()) {
+                    skipped += 1;
+                    continue;
+                }
                 match codec::read_status(m.payload().unwrap_or_default()) {
                     Ok(status) => {
                         ledger.restore(m.partition(), &status, Utc::now());

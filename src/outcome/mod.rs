@@ -52,6 +52,9 @@ pub enum Outcome {
     /// Another copy of this event is being sent at this moment: this one is
     /// dropped, with no status and no copy, and that one's outcome stands.
     InFlight,
+    /// Parked by another deployment on the same delay topic: that one acts
+    /// on it; this one skips it, with no status and no copy.
+    Foreign,
 }
 
 /// Why a request waits.
@@ -116,7 +119,7 @@ impl Outcome {
             Outcome::Deferred { .. } => Status::Deferred,
             Outcome::Suppressed(_) => Status::Suppressed,
             Outcome::Cancelled => Status::Cancelled,
-            Outcome::Held { .. } | Outcome::Undecodable(_) | Outcome::InFlight => return None,
+            Outcome::Held { .. } | Outcome::Undecodable(_) | Outcome::InFlight | Outcome::Foreign => return None,
         })
     }
 
@@ -128,7 +131,13 @@ impl Outcome {
             | Outcome::Deferred { hold, .. }
             | Outcome::Held { hold, .. } => Some(Destination::Retry(*hold)),
             Outcome::DeadLettered(_) | Outcome::Invalid(_) | Outcome::Undecodable(_) => Some(Destination::DeadLetter),
-            Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RateLimited { .. } | Outcome::Suppressed(_) | Outcome::Cancelled | Outcome::InFlight => None,
+            Outcome::Sent(_)
+            | Outcome::Failed(_)
+            | Outcome::RateLimited { .. }
+            | Outcome::Suppressed(_)
+            | Outcome::Cancelled
+            | Outcome::InFlight
+            | Outcome::Foreign => None,
         }
     }
 
@@ -204,7 +213,9 @@ impl Outcome {
             }
             Outcome::Suppressed(reason) => (ErrorClass::Permanent, reason.code(), reason.to_string()),
             Outcome::Undecodable(u) => (ErrorClass::Invalid, u.code(), u.to_string()),
-            Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } | Outcome::Cancelled | Outcome::InFlight => return None,
+            Outcome::Sent(_) | Outcome::Scheduled { .. } | Outcome::Held { .. } | Outcome::Cancelled | Outcome::InFlight | Outcome::Foreign => {
+                return None
+            }
         };
         Some(ErrorHeaders { class, code, message })
     }

@@ -29,7 +29,7 @@ use crate::backoff::Backoff;
 use crate::codec;
 use crate::metrics::Metrics;
 use crate::model::{ErrorClass, ErrorCode, Ids, Status, StatusEvent};
-use crate::record::{Consumed, Envelope, ErrorHeaders, Origin, Propagated, MAX_PROPAGATED_BYTES};
+use crate::record::{Consumed, Envelope, ErrorHeaders, Origin, Propagated, Seal, MAX_PROPAGATED_BYTES};
 use crate::suppression::Change;
 use crate::topics::Topics;
 
@@ -71,6 +71,8 @@ pub struct Publisher {
     /// The producer's `message.max.bytes`.
     max_message_bytes: usize,
     propagated: Propagated,
+    /// Marks every copy as this deployment's, provably (see `record::seal`).
+    seal: Seal,
     /// Stamps the records herald writes, when a test moves the clock: a
     /// parked record's due time is reckoned from its timestamp.
     clock: Clock,
@@ -83,9 +85,14 @@ impl Publisher {
         status_schema_id: u32,
         max_message_bytes: usize,
         propagated: Propagated,
+        seal: Seal,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Publisher { producer, metrics, topics, status_schema_id, max_message_bytes, propagated, clock: Clock::system() }
+        Publisher { producer, metrics, topics, status_schema_id, max_message_bytes, propagated, seal, clock: Clock::system() }
+    }
+
+    pub fn seal(&self) -> &Seal {
+        &self.seal
     }
 
     pub fn with_clock(self, clock: Clock) -> Self {
@@ -139,6 +146,7 @@ impl Publisher {
                 trace: trace.clone(),
                 dead_letter: self.topics.dead_letter.clone(),
                 key: stripped_key(record),
+                seal: self.seal.clone(),
                 envelope,
                 origin: record.origin(),
                 size: record.size(),
@@ -208,7 +216,7 @@ impl Publisher {
             payload: Some(codec::encode_status(self.status_schema_id, &event)),
             key: Some(event.user_id.into_bytes()),
             partition,
-            headers: trace,
+            headers: Some(self.seal.own(trace)),
             timestamp: None,
         }
     }
@@ -224,16 +232,11 @@ impl Publisher {
             Destination::DeadLetter => (&self.topics.dead_letter, None),
         };
         if !self.fits(record) {
-            return stripped(self.topics.dead_letter.clone(), stripped_key(record), envelope, &record.origin(), record.size(), trace);
+            return stripped(&self.seal, self.topics.dead_letter.clone(), stripped_key(record), envelope, &record.origin(), record.size(), trace);
         }
-        Outgoing {
-            topic: topic.clone(),
-            key: record.key.clone(),
-            partition,
-            payload: record.payload.clone(),
-            headers: Some(envelope.write(record.headers.as_ref(), &record.origin(), None)),
-            timestamp: None,
-        }
+        let headers = envelope.write(record.headers.as_ref(), &record.origin(), None);
+        let headers = self.seal.seal(record.key.as_deref(), record.payload.as_deref(), headers);
+        Outgoing { topic: topic.clone(), key: record.key.clone(), partition, payload: record.payload.clone(), headers: Some(headers), timestamp: None }
     }
 
     fn durable(&self, out: Outgoing) -> impl Future<Output = Result<i64, Failure>> + Send + 'static {
@@ -249,8 +252,9 @@ fn stripped_key(record: &Consumed) -> Option<Vec<u8>> {
 /// A dead-letter copy with none of the producer's value, and of its
 /// headers only the propagated ones (`trace`): herald's headers, the
 /// original size, and the key if it is short.
-fn stripped(topic: String, key: Option<Vec<u8>>, envelope: &Envelope, origin: &Origin, size: usize, trace: Option<&OwnedHeaders>) -> Outgoing {
-    Outgoing { topic, key, partition: None, payload: None, headers: Some(envelope.write(trace, origin, Some(size))), timestamp: None }
+fn stripped(seal: &Seal, topic: String, key: Option<Vec<u8>>, envelope: &Envelope, origin: &Origin, size: usize, trace: Option<&OwnedHeaders>) -> Outgoing {
+    let headers = seal.seal(key.as_deref(), None, envelope.write(trace, origin, Some(size)));
+    Outgoing { topic, key, partition: None, payload: None, headers: Some(headers), timestamp: None }
 }
 
 /// What a rerouted copy becomes when it can never be written: a stripped
@@ -263,6 +267,7 @@ struct Fallback {
     trace: Option<OwnedHeaders>,
     dead_letter: String,
     key: Option<Vec<u8>>,
+    seal: Seal,
     envelope: Envelope,
     origin: Origin,
     size: usize,
@@ -274,7 +279,7 @@ impl Fallback {
         let code = ErrorCode::produce(error.error.rdkafka_error_code().map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}")));
         let reason = ErrorHeaders { class: ErrorClass::Permanent, code: code.clone(), message: format!("herald cannot write the record to {}", error.topic) };
         let envelope = Envelope { error: Some(reason), ..self.envelope };
-        let copy = durable(self.producer.clone(), stripped(self.dead_letter, self.key, &envelope, &self.origin, self.size, self.trace.as_ref()));
+        let copy = durable(self.producer.clone(), stripped(&self.seal, self.dead_letter, self.key, &envelope, &self.origin, self.size, self.trace.as_ref()));
         let status = self.status.map(|(topic, schema_id, event, partition)| {
             let event = StatusEvent { error_class: Some(ErrorClass::Permanent), error_code: Some(code), ..event };
             durable(self.producer.clone(), Outgoing {
@@ -282,7 +287,7 @@ impl Fallback {
                 key: Some(event.user_id.clone().into_bytes()),
                 partition: Some(partition),
                 payload: Some(codec::encode_status(schema_id, &event)),
-                headers: self.trace,
+                headers: Some(self.seal.own(self.trace)),
                 timestamp: None,
             })
         });

@@ -72,6 +72,20 @@ impl RateLimit {
     }
 }
 
+/// As it is written on the command line: `10/1h,50/1d`, or `off`.
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.windows.is_empty() {
+            return f.write_str("off");
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            let comma = if i > 0 { "," } else { "" };
+            write!(f, "{comma}{}/{}", w.max, humantime::format_duration(w.length))?;
+        }
+        Ok(())
+    }
+}
+
 impl FromStr for RateLimit {
     type Err = String;
 
@@ -107,6 +121,10 @@ mod tests {
             "10/1h, 50/1d".parse::<RateLimit>(),
             Ok(RateLimit { windows: vec![Window { max: 10, length: Duration::from_secs(3600) }, daily_cap] })
         );
+        for limit in ["off", "10/1h", "10/1h,50/1day", "5/250ms"] {
+            let parsed: RateLimit = limit.parse().unwrap();
+            assert_eq!(parsed.to_string().parse::<RateLimit>(), Ok(parsed), "{limit} round-trips");
+        }
         for bad in ["10", "0/1h", "10/0s", "x/1h", "10/soon", "10/1h,", "10/1h,off"] {
             assert!(bad.parse::<RateLimit>().is_err(), "{bad} should be rejected");
         }

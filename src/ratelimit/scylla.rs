@@ -16,6 +16,8 @@ use crate::metrics::{CqlOperation, Metrics};
 use crate::model::Channel;
 
 pub const TABLE: &str = "rate_limit_events";
+/// The limits each pipeline enforces, by consumer group.
+pub const SETTINGS_TABLE: &str = "rate_limit_settings";
 
 type Source = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,6 +32,10 @@ pub enum StoreError {
          raise the table's default_time_to_live"
     )]
     TtlTooShort { keyspace: String, ttl_secs: i64, window_secs: u64 },
+    #[error("table {keyspace}.{SETTINGS_TABLE} is missing or differs ({source}); run `herald migrate`")]
+    NoSettingsTable { keyspace: String, source: Source },
+    #[error("writing this pipeline's rate limits failed: {0}")]
+    Publish(Source),
     #[error("reading a user's counted events failed: {0}")]
     Read(Source),
     #[error("writing a counted event failed: {0}")]
@@ -45,6 +51,8 @@ pub struct Table {
     session: Arc<Session>,
     select: PreparedStatement,
     insert: PreparedStatement,
+    publish: PreparedStatement,
+    published: PreparedStatement,
     /// Bounds writes in flight; the consume loop waits when it is empty.
     writes: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -96,7 +104,38 @@ impl Table {
         let insert =
             prepare(format!("INSERT INTO {keyspace}.{TABLE} (user_id, channel, event_id, at) VALUES (?, ?, ?, ?)"))
                 .await?;
-        Ok(Table { session, select, insert, writes: Arc::new(Semaphore::new(max_writes)), metrics: Arc::default() })
+        let settings = |cql: String| {
+            let session = session.clone();
+            async move { session.prepare(cql).await.map_err(|e| StoreError::NoSettingsTable { keyspace: keyspace.to_owned(), source: e.into() }) }
+        };
+        let publish = settings(format!("INSERT INTO {keyspace}.{SETTINGS_TABLE} (group_id, channel, rate_limit, written_at) VALUES (?, ?, ?, ?)")).await?;
+        let published = settings(format!("SELECT channel, rate_limit FROM {keyspace}.{SETTINGS_TABLE} WHERE group_id = ?")).await?;
+        Ok(Table { session, select, insert, publish, published, writes: Arc::new(Semaphore::new(max_writes)), metrics: Arc::default() })
+    }
+
+    /// Records the limits the pipeline of consumer group `group` enforces,
+    /// for `herald api` to report.
+    pub async fn publish(&self, group: &str, limits: &super::Settings) -> Result<(), StoreError> {
+        for channel in Channel::ALL {
+            let limit = limits.of(channel).limit.to_string();
+            let values = (group, channel.symbol(), limit.as_str(), Utc::now());
+            self.session.execute_unpaged(&self.publish, values).await.map_err(|e| StoreError::Publish(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    /// The limits the pipeline of `group` said it enforces, by channel;
+    /// a channel it has not written is absent.
+    pub async fn published(&self, group: &str) -> Result<Vec<(Channel, super::RateLimit)>, StoreError> {
+        let rows = self.session.execute_unpaged(&self.published, (group,)).await.map_err(read_failed)?.into_rows_result().map_err(read_failed)?;
+        let mut limits = Vec::new();
+        for row in rows.rows::<(String, String)>().map_err(read_failed)? {
+            let (channel, limit) = row.map_err(read_failed)?;
+            if let (Some(channel), Ok(limit)) = (Channel::from_symbol(&channel), limit.parse()) {
+                limits.push((channel, limit));
+            }
+        }
+        Ok(limits)
     }
 
     /// Counts its requests in `metrics`.

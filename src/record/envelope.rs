@@ -20,7 +20,30 @@ pub const ERROR_MESSAGE: &str = "herald-error-message";
 /// key, value and headers the record had.
 pub const ORIGINAL_SIZE: &str = "herald-original-size";
 
-const PREFIX: &str = "herald-";
+/// Every header herald writes on a copy. A copy replaces these and keeps
+/// every other header, `herald-replayed-from` included, so a replayed
+/// record that is dead-lettered again still says where it came from.
+const OWN: [&str; 11] = [
+    ATTEMPTS,
+    NOT_BEFORE,
+    ORIGINAL_TOPIC,
+    ORIGINAL_PARTITION,
+    ORIGINAL_OFFSET,
+    ERROR_CLASS,
+    ERROR_CODE,
+    ERROR_MESSAGE,
+    ORIGINAL_SIZE,
+    super::seal::OWNER,
+    super::seal::TAG,
+];
+
+/// More attempts than any retry schedule has: a header over it was not
+/// written by herald, and must not overflow a count.
+pub const MAX_ATTEMPTS: u32 = 1000;
+
+fn own(key: &str) -> bool {
+    OWN.contains(&key)
+}
 
 /// herald's error message headers are cut to this many bytes, so the
 /// headers herald adds stay within a fixed room (see `Publisher`).
@@ -50,7 +73,7 @@ pub struct Envelope {
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-#[error("header {header} is not a valid number")]
+#[error("header {header} is not a valid number, or out of range")]
 pub struct EnvelopeError {
     pub header: &'static str,
 }
@@ -62,12 +85,17 @@ impl Envelope {
         let (mut topic, mut partition, mut offset) = (None, None, None);
         let (mut class, mut code, mut message) = (None, None, None);
         for h in headers.iter() {
-            if !h.key.starts_with(PREFIX) {
+            if !own(h.key) {
                 continue;
             }
             let value = h.value.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
             match h.key {
-                ATTEMPTS => envelope.attempts = number(ATTEMPTS, value)?,
+                ATTEMPTS => {
+                    envelope.attempts = number(ATTEMPTS, value)?;
+                    if envelope.attempts > MAX_ATTEMPTS {
+                        return Err(EnvelopeError { header: ATTEMPTS });
+                    }
+                }
                 NOT_BEFORE => {
                     let millis: i64 = number(NOT_BEFORE, value)?;
                     envelope.not_before = Some(Utc.timestamp_millis_opt(millis).single().ok_or(EnvelopeError { header: NOT_BEFORE })?);
@@ -97,7 +125,7 @@ impl Envelope {
     pub fn write(&self, original: Option<&OwnedHeaders>, origin: &Origin, original_size: Option<usize>) -> OwnedHeaders {
         let mut out = OwnedHeaders::new();
         if let Some(original) = original {
-            for h in original.iter().filter(|h| !h.key.starts_with(PREFIX)) {
+            for h in original.iter().filter(|h| !own(h.key)) {
                 out = out.insert(Header { key: h.key, value: h.value });
             }
         }
@@ -175,10 +203,10 @@ mod tests {
         let origin = Origin { topic: "t".into(), partition: 0, offset: 0 };
         let written = Envelope::default().write(None, &origin, Some(2_000_000));
         assert_eq!(header(&written, ORIGINAL_SIZE), Some("2000000"));
-        assert!(written.iter().all(|h| h.key.starts_with(PREFIX)), "none of the producer's headers");
+        assert!(written.iter().all(|h| own(h.key)), "none of the producer's headers");
         // The caller keeps what it chooses (the propagated trace headers).
         let kept = Envelope::default().write(Some(&original), &origin, Some(2_000_000));
-        assert_eq!(kept.iter().filter(|h| !h.key.starts_with(PREFIX)).map(|h| h.key).collect::<Vec<_>>(), ["big"]);
+        assert_eq!(kept.iter().filter(|h| !own(h.key)).map(|h| h.key).collect::<Vec<_>>(), ["big"]);
     }
 
     #[test]
@@ -198,7 +226,22 @@ mod tests {
 
     #[test]
     fn garbled_numbers_are_errors() {
-        let h = OwnedHeaders::new().insert(Header { key: ATTEMPTS, value: Some("two") });
-        assert_eq!(Envelope::read(Some(&h)), Err(EnvelopeError { header: ATTEMPTS }));
+        for bad in ["two", "-1", "4294967295", "4294967296", "1001"] {
+            let h = OwnedHeaders::new().insert(Header { key: ATTEMPTS, value: Some(bad) });
+            assert_eq!(Envelope::read(Some(&h)), Err(EnvelopeError { header: ATTEMPTS }), "{bad}");
+        }
+        let h = OwnedHeaders::new().insert(Header { key: ATTEMPTS, value: Some("1000") });
+        assert_eq!(Envelope::read(Some(&h)).map(|e| e.attempts), Ok(MAX_ATTEMPTS));
+    }
+
+    #[test]
+    fn a_replayed_record_keeps_saying_so_when_it_is_copied_again() {
+        let original = OwnedHeaders::new()
+            .insert(Header { key: "herald-replayed-from", value: Some("dlq/0/7") })
+            .insert(Header { key: super::super::seal::TAG, value: Some("old") });
+        let origin = Origin { topic: "t".into(), partition: 0, offset: 0 };
+        let written = Envelope::default().write(Some(&original), &origin, None);
+        assert_eq!(header(&written, "herald-replayed-from"), Some("dlq/0/7"));
+        assert_eq!(header(&written, super::super::seal::TAG), None, "an old tag is dropped");
     }
 }

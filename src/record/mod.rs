@@ -2,11 +2,13 @@
 //! between topics. Every stage reads it; it depends on no stage.
 
 pub mod envelope;
+pub mod seal;
 
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 
 pub use envelope::{Envelope, EnvelopeError, ErrorHeaders, Origin};
+pub use seal::{Provenance, Seal, Unsealed};
 
 /// A producer's headers that herald copies onto everything it writes for
 /// a request (status events, and the stripped dead letter that carries no
@@ -64,24 +66,34 @@ pub struct Consumed {
     /// When the broker appended it, for a record herald parked (one with a
     /// not-before time).
     pub appended: Option<DateTime<Utc>>,
-    /// herald's headers on it; the defaults when they are `unreadable`.
+    /// herald's headers on it; the defaults when they are `unreadable`, or
+    /// not proven to be this deployment's (see `seal`).
     pub envelope: Envelope,
     /// Headers with herald's names that another writer filled wrongly.
     pub unreadable: Option<EnvelopeError>,
+    pub provenance: Provenance,
 }
 
 impl Consumed {
     /// The record `message` holds, copied out of the consumer's buffer.
-    /// herald's headers are read only where herald wrote them (`parked`: a
-    /// delay topic). On the requests topic they are a producer's, and a
-    /// producer must not make a request skip its rate limit or its
-    /// retries by claiming attempts were made.
-    pub fn read(message: &BorrowedMessage<'_>, parked: bool) -> Consumed {
+    /// herald's headers are read only where herald wrote them: on a delay
+    /// topic (`parked`, with the seal that proves it). On the requests
+    /// topic they are a producer's, and a producer must not make a request
+    /// skip its rate limit or its retries by claiming attempts were made.
+    pub fn read(message: &BorrowedMessage<'_>, parked: Option<&Seal>) -> Consumed {
         let headers = message.headers().map(|h| h.detach());
-        let (envelope, unreadable) = match parked.then(|| Envelope::read(headers.as_ref())) {
-            None => (Envelope::default(), None),
-            Some(Ok(envelope)) => (envelope, None),
-            Some(Err(error)) => (Envelope::default(), Some(error)),
+        let provenance = parked.map_or(Provenance::Request, |seal| seal.check(message.key(), message.payload(), headers.as_ref()));
+        let (envelope, unreadable) = match provenance {
+            Provenance::Request | Provenance::Foreign => (Envelope::default(), None),
+            Provenance::Own => match Envelope::read(headers.as_ref()) {
+                Ok(envelope) => (envelope, None),
+                Err(error) => (Envelope::default(), Some(error)),
+            },
+            // Judged as new; only its wait is kept (see `seal`).
+            Provenance::Unsealed(_) => {
+                let not_before = Envelope::read(headers.as_ref()).ok().and_then(|e| e.not_before);
+                (Envelope { not_before, ..Envelope::default() }, None)
+            }
         };
         // Only a parked record's append time matters (see `Topics::due`),
         // and reading it is not free.
@@ -96,7 +108,14 @@ impl Consumed {
             appended,
             envelope,
             unreadable,
+            provenance,
         }
+    }
+
+    /// Whether herald parked this record itself: otherwise it is judged
+    /// as a new request.
+    pub fn parked_by_us(&self) -> bool {
+        self.provenance == Provenance::Own
     }
 
     /// Where the record first entered herald: kept across every hop.

@@ -15,6 +15,12 @@ pub use broker::Broker;
 pub use cql::Cql;
 pub use providers::Providers;
 
+/// The envelope key herald is given wherever the testkit runs it: a secret
+/// only in name, long enough to be accepted.
+pub const ENVELOPE_KEY: &str = "testkit-envelope-key-0123456789abcdef";
+/// The API token of `herald api` wherever the testkit runs it.
+pub const API_TOKEN: &str = "testkit-api-token-0123456789abcdefghij";
+
 /// A free TCP port on 127.0.0.1, for a server that must be told its port
 /// before it starts (tansu). It is below the kernel's ephemeral range
 /// (32768 and up), so no outgoing connection takes it between now and its

@@ -80,13 +80,20 @@ async fn a_replay_killed_halfway_and_run_again_produces_each_record_once() {
     let revealed = String::from_utf8(dlq(&h, &["show", at, "--reveal"]).stdout).unwrap();
     assert!(revealed.contains(DOWN) && revealed.contains("provider down"), "{revealed}");
 
-    // Without --yes, and no terminal to ask on: counts, and nothing written.
-    let dry = dlq(&h, &["replay", "--code", "twilio:20503"]);
-    assert!(dry.status.success() && String::from_utf8_lossy(&dry.stderr).contains("40 to replay"), "{}", String::from_utf8_lossy(&dry.stderr));
-    assert!(replayed(&h).await.is_empty(), "a dry run wrote");
-    // Invalid requests are skipped unless asked for.
+    // Without --yes, and no terminal to ask on: counts, nothing written,
+    // and a failure, so that a script that forgot --yes hears of it.
+    let declined = dlq(&h, &["replay", "--code", "twilio:20503"]);
+    let said = String::from_utf8_lossy(&declined.stderr);
+    assert_eq!(declined.status.code(), Some(1), "{said}");
+    assert!(said.contains("40 to replay") && said.contains("nothing was replayed: 40 dead letters matched; pass --yes"), "{said}");
+    assert!(replayed(&h).await.is_empty(), "a declined replay wrote");
+    // A dry run only counts, and succeeds.
+    let dry = dlq(&h, &["replay", "--code", "twilio:20503", "--dry-run"]);
+    assert!(dry.status.success() && String::from_utf8_lossy(&dry.stderr).contains("40 to replay, 0 skipped"), "{}", String::from_utf8_lossy(&dry.stderr));
+    // Invalid requests are skipped unless asked for, and said so.
     let invalid = dlq(&h, &["replay", "--code", "invalid-phone-number", "--dry-run"]);
-    assert!(String::from_utf8_lossy(&invalid.stderr).contains("0 to replay, 30 skipped"), "{}", String::from_utf8_lossy(&invalid.stderr));
+    let said = String::from_utf8_lossy(&invalid.stderr);
+    assert!(said.contains("0 to replay, 30 skipped: 30 invalid (--include-invalid replays them)"), "{said}");
 
     let replay = ["--code", "twilio:20503", "--yes", "--name", "outage-1"];
     let mut first = spawn_replay(&h, &[&replay[..], &["--max-per-second", "20"]].concat());
@@ -172,4 +179,117 @@ async fn a_replay_interrupted_twice_in_a_row_still_writes_each_record_once() {
     let copy = &reader.read_to_end(Duration::from_secs(30)).await[0];
     assert_eq!(header(copy, "trace"), Some("t-1"));
     assert_eq!(header(copy, herald::record::envelope::ERROR_CODE), None);
+}
+
+/// `dlq list`'s table: its rows, split at the columns the header starts.
+fn columns(table: &str) -> Vec<Vec<String>> {
+    let header = table.lines().next().unwrap();
+    let starts: Vec<usize> = ["at", "time", "try", "code", "chan", "recipient", "message"].iter().map(|t| header.find(&format!("{t} ")).or_else(|| header.rfind(t)).unwrap()).collect();
+    table
+        .lines()
+        .skip(1)
+        .map(|line| {
+            (0..starts.len())
+                .map(|i| {
+                    let end = starts.get(i + 1).copied().unwrap_or(line.len()).min(line.len());
+                    line.get(starts[i]..end).unwrap_or("").trim().to_owned()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_shows_every_field_lines_up_its_table_and_answers_at_once_past_the_end() {
+    use herald::model::{AndroidOverrides, AndroidPriority, ApnsOverrides, Priority};
+    let h = Harness::new().await;
+    h.fcm.script("tok-down", vec![Reply::fail(503, "UNAVAILABLE"); 4]);
+    let herald = h.start(&["--breaker-failures", "1000"]);
+    let mut rich = crate::support::push("rich", "u-rich", "tok-down", "Title", "Body");
+    rich.prefs.time_zone = Some("Europe/Lisbon".into());
+    rich.prefs.locale = Some("pt-BR".into());
+    rich.prefs.priority = Priority::Urgent;
+    rich.content.android = Some(Box::new(AndroidOverrides { priority: Some(AndroidPriority::High), ttl_seconds: Some(600), collapse_key: Some("inbox".into()), ..Default::default() }));
+    rich.content.apns = Some(Box::new(ApnsOverrides { headers: [("apns-priority".to_owned(), "10".to_owned())].into(), badge: Some(2), ..Default::default() }));
+    h.send(&rich).await;
+    // Its key is not its user id: invalid, and still readable.
+    let mismatched = sms("mismatched", "u-real", "+14155550100", "keyed wrongly");
+    let bytes = herald::codec::encode_request(&h.bundled.request, 1, &mismatched).unwrap();
+    h.send_raw(b"u-other", &bytes).await;
+    // Forty more, so the list is longer than a pipe reader wants.
+    let invalid: Vec<_> = (0..40).map(|i| sms(&format!("bad-{i}"), &format!("u-bad-{i}"), "12345", "not E.164")).collect();
+    h.send_many(&invalid).await;
+    let mut ids: Vec<String> = invalid.iter().map(|r| r.event_id.clone()).collect();
+    ids.extend(["rich".into(), "mismatched".into()]);
+    h.statuses().terminal(Duration::from_secs(60), &ids).await;
+    herald.stop().await.unwrap();
+
+    let listed = dlq(&h, &["list", "--json"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(listed.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 42);
+    let times: Vec<&str> = lines.iter().map(|l| l["time"].as_str().unwrap()).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "oldest first, across partitions");
+    let at = |event: &str| lines.iter().find(|l| l["event_id"] == event).unwrap()["at"].as_str().unwrap().to_owned();
+
+    let table = String::from_utf8(dlq(&h, &["list"]).stdout).unwrap();
+    let rows = columns(&table);
+    assert_eq!(rows.len(), 42, "{table}");
+    for row in &rows {
+        assert!(row[0].contains(':') && row[1].contains('T') && row[2].parse::<u32>().is_ok(), "misaligned: {row:?}\n{table}");
+        assert!(["invalid-phone-number", "fcm:UNAVAILABLE", "key-mismatch"].contains(&row[3].as_str()), "misaligned: {row:?}\n{table}");
+        assert!(["SMS", "PUSH"].contains(&row[4].as_str()), "misaligned: {row:?}\n{table}");
+    }
+
+    // Every field of the request, the newer ones too; personal data masked.
+    let shown: serde_json::Value = serde_json::from_slice(&dlq(&h, &["show", &at("rich")]).stdout).unwrap();
+    let r = &shown["request"];
+    assert_eq!((r["time_zone"].as_str(), r["locale"].as_str(), r["priority"].as_str()), (Some("Europe/Lisbon"), Some("pt-BR"), Some("URGENT")), "{shown}");
+    assert_eq!((r["android"]["priority"].as_str(), r["android"]["ttl_seconds"].as_i64(), r["android"]["collapse_key"].as_str()), (Some("HIGH"), Some(600), Some("inbox")), "{shown}");
+    assert_eq!((r["apns"]["headers"]["apns-priority"].as_str(), r["apns"]["badge"].as_i64()), (Some("10"), Some(2)), "{shown}");
+    assert_eq!(r["body"], "<4 characters>", "{shown}");
+    let revealed: serde_json::Value = serde_json::from_slice(&dlq(&h, &["show", &at("rich"), "--reveal"]).stdout).unwrap();
+    assert_eq!((revealed["request"]["body"].as_str(), revealed["request"]["locale"].as_str()), (Some("Body"), Some("pt-BR")), "{revealed}");
+    let keyed: serde_json::Value = serde_json::from_slice(&dlq(&h, &["show", &at("mismatched")]).stdout).unwrap();
+    assert_eq!((keyed["key"].as_str(), keyed["request"]["user_id"].as_str(), keyed["request"]["channel"].as_str()), (Some("u-other"), Some("u-real"), Some("SMS")), "{keyed}");
+    assert_eq!(lines.iter().find(|l| l["event_id"] == "mismatched").unwrap()["recipient"], "+*******0100");
+
+    // Past a partition's end, or a partition that does not exist: said at
+    // once, not after a poll gives up.
+    let partition = at("rich").split(':').next().unwrap().to_owned();
+    for past in [format!("{partition}:999999"), "99:0".to_owned()] {
+        let answer = dlq(&h, &["show", &past]);
+        let said = String::from_utf8_lossy(&answer.stderr);
+        assert_eq!(answer.status.code(), Some(1), "{said}");
+        assert!(said.contains(&format!("no dead letter at {past}")), "{said}");
+    }
+
+    // A reader that stops early is not an error.
+    let mut all = h.args(&[]);
+    all.extend(["dlq", "list", "--json"].map(str::to_owned));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herald")).args(&all[1..]).env("RUST_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(first.starts_with('{') && output.status.success() && !stderr.contains("ERROR"), "{:?}: {stderr}", output.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_record_that_is_dead_lettered_again_still_says_where_it_came_from() {
+    let h = Harness::new().await;
+    h.twilio.script(DOWN, vec![Reply::fail(503, "20503"); 8]);
+    let herald = h.start(&["--breaker-failures", "1000"]);
+    h.send(&sms("twice", "u-twice", DOWN, "down, and down again")).await;
+    let mut statuses = h.statuses();
+    statuses.until(Duration::from_secs(60), |e| e.iter().any(|e| e.event_id == "twice" && e.status == Status::DeadLettered)).await;
+    let replay = dlq(&h, &["replay", "--code", "twilio:20503", "--yes", "--name", "again"]);
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    statuses.until(Duration::from_secs(60), |e| e.iter().filter(|e| e.event_id == "twice" && e.status == Status::DeadLettered).count() == 2).await;
+    let dead = h.reader(&h.topics.dead_letter).read_until(Duration::from_secs(30), |m| m.len() >= 2).await.to_vec();
+    let first = format!("{}/{}/{}", h.topics.dead_letter, rdkafka::Message::partition(&dead[0]), rdkafka::Message::offset(&dead[0]));
+    assert_eq!(header(&dead[0], REPLAYED_FROM), None);
+    assert_eq!(header(&dead[1], REPLAYED_FROM), Some(first.as_str()), "the second dead letter names the first");
+    herald.stop().await.unwrap();
 }

@@ -20,6 +20,7 @@ mod receipts;
 mod registry;
 mod retry;
 mod scylla;
+mod shared_topics;
 mod shutdown;
 mod status_event;
 mod suppression;

@@ -26,7 +26,7 @@ fn the_python_client_installs_and_its_tests_pass_against_tansu_and_herald() {
     let tests = std::env::temp_dir().join(format!("herald-python-client-tests-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tests);
     std::fs::create_dir_all(&tests).unwrap();
-    for file in ["conftest.py", "test_client.py"] {
+    for file in ["conftest.py", "test_client.py", "test_unit.py"] {
         std::fs::copy(format!("{root}/clients/python/tests/{file}"), tests.join(file)).unwrap();
     }
     let status = Command::new("python3")

@@ -113,6 +113,7 @@ impl Harness {
             ("--http-timeout", "5s"),
             ("--shutdown-deadline", "10s"),
             ("--admin-listen", "127.0.0.1:0"),
+            ("--envelope-key", herald_testkit::ENVELOPE_KEY),
         ];
         let mut args = vec!["herald".to_owned()];
         for (flag, value) in defaults.into_iter().filter(|(flag, _)| !extra.contains(flag)) {

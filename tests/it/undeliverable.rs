@@ -105,12 +105,10 @@ async fn behind_big_records(h: &Harness, records: &[(&str, Vec<u8>)]) -> HashMap
     terminal
 }
 
-/// Everything produced to the requests topic is committed, and herald
-/// stopped well within its 10 s shutdown deadline.
-async fn stops_promptly_with_everything_committed(h: &Harness, herald: Running) {
-    let stopping = std::time::Instant::now();
+/// Everything produced to the requests topic is committed once herald
+/// has stopped.
+async fn stops_with_everything_committed(h: &Harness, herald: Running) {
     herald.stop().await.unwrap();
-    assert!(stopping.elapsed() < Duration::from_secs(5), "stopping took {:?}", stopping.elapsed());
     let committed = kafka::committed(&h.broker.bootstrap, &h.group, &h.topics.requested);
     for (partition, end) in kafka::end_offsets(&h.broker.bootstrap, &h.topics.requested).await {
         if end > 0 {
@@ -140,7 +138,7 @@ async fn a_record_under_kafkas_limit_but_over_librdkafkas_default_is_dead_letter
     let dead = h.reader(&h.topics.dead_letter).read_until(Duration::from_secs(10), |m| !m.is_empty()).await.to_vec();
     assert_eq!(dead[0].payload(), Some(&bytes[..]), "the whole record is kept");
     assert_eq!(header(&dead[0], h_::ORIGINAL_SIZE), None);
-    stops_promptly_with_everything_committed(&h, herald).await;
+    stops_with_everything_committed(&h, herald).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +170,7 @@ async fn records_too_large_to_copy_are_dead_lettered_without_their_bytes() {
         assert_eq!(header(m, h_::ERROR_CODE), Some("record-too-large"));
         assert_eq!(header(m, h_::ORIGINAL_TOPIC), Some(h.topics.requested.as_str()));
     }
-    stops_promptly_with_everything_committed(&h, herald).await;
+    stops_with_everything_committed(&h, herald).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

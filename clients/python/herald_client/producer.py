@@ -36,7 +36,9 @@ class Producer:
                  config: Optional[Dict[str, object]] = None):
         bootstrap_servers = bootstrap_servers or os.environ.get("KAFKA_BROKERS", "localhost:9092")
         schema_registry_url = schema_registry_url or os.environ.get("SCHEMA_REGISTRY_URL") or None
-        conf = {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+        # A library sends the broker no client metrics (KIP-714) unless asked to.
+        conf = {"bootstrap.servers": bootstrap_servers, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                "enable.metrics.push": False}
         conf.update(config or {})
         self._producer = confluent_kafka.Producer(conf)
         self.topic = topic

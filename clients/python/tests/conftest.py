@@ -9,11 +9,14 @@ import subprocess
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
+
+from herald_client.wire import STATUS_SCHEMA, frame
 
 # The repository: where the tests run from a copy, the caller says.
 # The tests say which broker and registry each side uses.
@@ -23,6 +26,13 @@ for name in ("KAFKA_BROKERS", "SCHEMA_REGISTRY_URL"):
 ROOT = Path(os.environ.get("HERALD_ROOT") or Path(__file__).resolve().parents[3])
 FAST_GROUP = ["session.timeout.ms=6000", "heartbeat.interval.ms=1000", "max.poll.interval.ms=10000"]
 CLIENT = {"enable.metrics.push": False}
+
+
+def status_value(event_id, status="SENT", attempt=1, **fields):
+    """A status record as herald writes it without a registry."""
+    record = {"event_id": event_id, "user_id": "u1", "channel": "SMS", "status": status, "attempt": attempt,
+              "occurred_at": datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc), **fields}
+    return frame(0, STATUS_SCHEMA, record)
 
 
 def free_port():
@@ -165,10 +175,10 @@ def herald_bin():
 
 
 class Herald:
-    def __init__(self, broker, twilio, extra=()):
+    def __init__(self, broker, twilio, extra=(), topics=None):
         prefix = f"py{uuid.uuid4().hex[:8]}"
         self.topics = {"requested": f"{prefix}.requested", "status": f"{prefix}.status",
-                       "cancellations": f"{prefix}.cancellations"}
+                       "cancellations": f"{prefix}.cancellations", **(topics or {})}
         args = [herald_bin(), "--brokers", broker, "--group-id", f"{prefix}.herald",
                 "--topic-requested", self.topics["requested"], "--topic-status", self.topics["status"],
                 "--topic-dead-letter", f"{prefix}.dead-letter", "--topic-suppressions", f"{prefix}.suppressions",
@@ -179,7 +189,9 @@ class Herald:
                 "--twilio-from", "+15005550006", "--twilio-base-url", twilio.url]
         for option in FAST_GROUP:
             args += ["--kafka-consumer-option", option]
-        self.process = subprocess.Popen(args + list(extra), env={**os.environ, "RUST_LOG": "warn"}, stdin=subprocess.DEVNULL)
+        # HERALD_ENVELOPE_KEY: for a herald that requires --envelope-key; an older one ignores it.
+        env = {**os.environ, "RUST_LOG": "warn", "HERALD_ENVELOPE_KEY": "python-client-tests-envelope-key-0123456789abcdef"}
+        self.process = subprocess.Popen(args + list(extra), env=env, stdin=subprocess.DEVNULL)
 
     def stop(self):
         self.process.terminate()
@@ -193,8 +205,8 @@ class Herald:
 def start_herald(broker, twilio):
     started = []
 
-    def start(*extra):
-        herald = Herald(broker, twilio, extra)
+    def start(*extra, topics=None):
+        herald = Herald(broker, twilio, extra, topics)
         started.append(herald)
         return herald
 

@@ -1,6 +1,12 @@
 """The client against tansu and a real herald binary."""
 
 import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -10,13 +16,12 @@ import confluent_kafka
 import pytest
 from confluent_kafka.admin import AdminClient
 
+import herald_client
 from herald_client import Priority, Producer, StatusConsumer, push, sms
 from herald_client.status import StatusEvent
 from herald_client.wire import STATUS_SCHEMA, STATUS_SCHEMA_TEXT, frame, unframe
 
-from conftest import CLIENT, ROOT
-
-CONSUMER = {**CLIENT, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+from conftest import CLIENT, ROOT, status_value
 
 
 def wait_topics(broker, *topics, timeout=30):
@@ -32,10 +37,11 @@ def wait_topics(broker, *topics, timeout=30):
 
 def clients(broker, herald, registry_url=None):
     wait_topics(broker, herald.topics["requested"], herald.topics["status"], herald.topics["cancellations"])
+    # The client's own defaults, as a user has them.
     producer = Producer(broker, topic=herald.topics["requested"], cancellations_topic=herald.topics["cancellations"],
-                        schema_registry_url=registry_url, config=CLIENT)
+                        schema_registry_url=registry_url)
     statuses = StatusConsumer(broker, f"reader-{uuid.uuid4().hex[:6]}", topic=herald.topics["status"],
-                              schema_registry_url=registry_url, config=CONSUMER)
+                              schema_registry_url=registry_url)
     return producer, statuses
 
 
@@ -109,7 +115,7 @@ def test_a_redelivered_status_is_yielded_once_and_the_current_one_wins(broker):
     for value in (scheduled, sent, scheduled, sent, scheduled2, limited, scheduled2):
         producer.produce(topic, key=b"u1", value=value)
     producer.flush(30)
-    statuses = StatusConsumer(broker, "dedup", topic=topic, config=CONSUMER)
+    statuses = StatusConsumer(broker, "dedup", topic=topic)
     seen = []
     deadline = time.time() + 30
     while len(seen) < 4 and time.time() < deadline:
@@ -139,3 +145,96 @@ def test_a_status_written_before_the_enrichment_reads_with_defaults():
     event = StatusEvent.from_record(decode(data, STATUS_SCHEMA, lambda _id: fastavro.parse_schema(older_schema)))
     assert (event.status, event.recipient, event.providers_tried, event.locale) == ("SENT", None, (), None)
     assert unframe(data)[0] == 7
+
+
+def produce(broker, topic, *values):
+    producer = confluent_kafka.Producer({"bootstrap.servers": broker, **CLIENT})
+    for value in values:
+        producer.produce(topic, key=b"u1", value=value)
+    assert producer.flush(30) == 0
+
+
+def next_event(statuses, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = statuses.poll(0.5)
+        if event is not None:
+            return event.event_id
+    raise TimeoutError(f"no status within {timeout}s")
+
+
+def test_a_consumer_started_before_its_topic_exists_reads_on_once_it_does(broker, caplog):
+    topic = f"statuses-{uuid.uuid4().hex[:6]}"
+    statuses = StatusConsumer(broker, "early", topic=topic)
+    # tansu answers a consumer's metadata request for a missing topic with
+    # UNKNOWN_TOPIC_OR_PART (it creates topics only for producers): wait to see it.
+    deadline = time.monotonic() + 60
+    with caplog.at_level(logging.WARNING, logger="herald_client"):
+        while "UNKNOWN_TOPIC_OR_PART" not in caplog.text:
+            assert time.monotonic() < deadline, "the consumer was never told the topic is missing"
+            assert statuses.poll(0.5) is None
+    produce(broker, topic, status_value("e1"))
+    assert next_event(statuses) == "e1"
+    statuses.close()
+
+
+def test_an_event_in_hand_at_close_comes_again_and_handled_ones_do_not(broker):
+    topic, group = f"statuses-{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    produce(broker, topic, *(status_value(e) for e in ("e1", "e2", "e3")))
+    first = StatusConsumer(broker, group, topic=topic)
+    assert [next_event(first), next_event(first)] == ["e1", "e2"]
+    first.close()  # e2 is still in hand
+    with StatusConsumer(broker, group, topic=topic) as second:
+        assert [next_event(second), next_event(second)] == ["e2", "e3"]
+    # The block ended normally: e3 was handled.
+    produce(broker, topic, status_value("e4"))
+    third = StatusConsumer(broker, group, topic=topic)
+    assert next_event(third) == "e4"
+    third.close()
+
+
+DIES_HOLDING_E2 = """
+import sys
+from herald_client import StatusConsumer
+
+statuses = StatusConsumer(sys.argv[1], sys.argv[2], topic=sys.argv[3])
+assert [statuses.poll(60).event_id, statuses.poll(60).event_id] == ["e1", "e2"]
+# What auto-commit does every 5 s, at once; then the process dies with e2 in hand.
+statuses._consumer.commit(asynchronous=False)
+print("holding e2", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_an_event_in_hand_when_the_process_dies_comes_again(broker):
+    topic, group = f"statuses-{uuid.uuid4().hex[:6]}", f"g-{uuid.uuid4().hex[:6]}"
+    produce(broker, topic, *(status_value(e) for e in ("e1", "e2", "e3")))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(herald_client.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", DIES_HOLDING_E2, broker, group, topic], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "holding e2"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    # It joins once the dead member's session has expired.
+    statuses = StatusConsumer(broker, group, topic=topic)
+    assert [next_event(statuses), next_event(statuses)] == ["e2", "e3"]
+    statuses.close()
+
+
+def test_the_readme_example_runs_as_written(broker, twilio, start_herald):
+    herald = start_herald(topics={"requested": "notification.requested", "status": "notification.status",
+                                  "cancellations": "notification.cancellations"})
+    wait_topics(broker, *herald.topics.values())
+    readme = (ROOT / "clients" / "python" / "README.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    env = {**os.environ, "KAFKA_BROKERS": broker,
+           "PYTHONPATH": os.pathsep.join([str(Path(herald_client.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    # The timeout only ends a hung example; it stops by itself after its three notifications.
+    run = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    statuses = {line.split()[1] for line in run.stdout.splitlines()}
+    # The code is sent, the reminder cancelled, and the push INVALID: this herald has no FCM credentials.
+    assert {"SENT", "CANCELLED", "INVALID"} <= statuses, run.stdout
+    assert twilio.bodies() == ["Your code is 123456"]
