@@ -106,6 +106,7 @@ async fn crash_run(args: &Args, seed: u64) -> Result {
         "--topic-requested", &requested, "--topic-status", &format!("{unique}.status"),
         "--topic-dead-letter", &format!("{unique}.dead-letter"), "--topic-suppressions", &format!("{unique}.suppressions"),
         "--retry-topics", &format!("{unique}.retry-10m,{unique}.retry-20m,{unique}.retry-40m"),
+        "--wait-topics", &herald::topics::DEFAULT_WAIT_TOPICS.split(',').map(|t| format!("{unique}.{t}")).collect::<Vec<_>>().join(","),
         "--topic-partitions", &PARTITIONS.to_string(), "--sms-rate-limit", "off",
         // Should anything fail, its retry comes in seconds, not minutes.
         "--retry-delays", "1s,2s,4s",

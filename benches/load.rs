@@ -102,6 +102,10 @@ struct Args {
     charts: PathBuf,
     phases: Vec<String>,
     instructions: bool,
+    /// `--timing`: the mixed load of the timing wheel instead (see `timing`).
+    timing: bool,
+    /// `--timing-kill`: the same, with herald SIGKILLed once.
+    timing_kill: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -134,6 +138,8 @@ fn main() -> std::process::ExitCode {
         charts: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench"),
         phases: ["passthrough", "noop", "noop-5s", "bare-http", "bare-http-held", "http", "store", "latency"].map(str::to_owned).into(),
         instructions: false,
+        timing: false,
+        timing_kill: false,
     };
     let (mut records, mut latency_secs) = (None, None);
     let mut it = argv.iter();
@@ -150,6 +156,8 @@ fn main() -> std::process::ExitCode {
             "--check" => args.check = true,
             "--smoke" => args.smoke = true,
             "--instructions" => args.instructions = true,
+            "--timing" => args.timing = true,
+            "--timing-kill" => args.timing_kill = true,
             // cargo bench passes --bench; filters do not apply here.
             _ => {}
         }
@@ -165,7 +173,69 @@ fn main() -> std::process::ExitCode {
     if args.instructions {
         return runtime.block_on(instructions(args));
     }
+    if args.timing || args.timing_kill {
+        return runtime.block_on(timing_bench(args));
+    }
     runtime.block_on(bench(args))
+}
+
+#[path = "load/timing.rs"]
+mod timing;
+
+/// `--timing` (and `--timing-kill`): the timing wheel under a mixed load,
+/// checked against `timing` in `benches/floors.json`.
+async fn timing_bench(args: Args) -> std::process::ExitCode {
+    let herald_bin = HERALD.get_or_init(|| PathBuf::from(env!("CARGO_BIN_EXE_herald"))).clone();
+    let floors = floors();
+    let floor = |name: &str| floors["timing"][name].as_i64().unwrap_or_else(|| panic!("timing.{name} in benches/floors.json"));
+    let mut failed = false;
+    for kill in [false, true].into_iter().filter(|k| if *k { args.timing_kill } else { args.timing }) {
+        let label = if kill { "timing, SIGKILL 60 s in" } else { "timing" };
+        println!("{label}: 10,000 scheduled 0-120 s ahead, 2,000 SMS up the 20/40/80 s ladder, 1,000 deferred pushes");
+        let t = timing::run(&herald_bin, kill, 7).await;
+        println!("\n| run | waits | early | lost | lateness p50 | p99 | max |\n|---|---|---|---|---|---|---|");
+        println!(
+            "| {label} | {} | {} | {} | {} ms | {} ms | {} ms |",
+            t.waits,
+            t.early,
+            t.lost,
+            t.percentile(0.5),
+            t.percentile(0.99),
+            t.lateness.last().copied().unwrap_or(0)
+        );
+        if kill {
+            println!("({} waits announced for before the restart had its partitions back are counted as early or not, and left out of the lateness)", t.in_flight);
+        }
+        for (kind, late) in &t.by_kind {
+            let at = |p: f64| late.get(((late.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0);
+            println!("  {kind}: {} waits, p50 {} ms, p99 {} ms, max {} ms", late.len(), at(0.5), at(0.99), late.last().copied().unwrap_or(0));
+        }
+        let copies: Vec<String> = t.copies.iter().map(|(n, count)| format!("{count} with {n}")).collect();
+        println!("copies on the delay topics per request: {}", copies.join(", "));
+        let name = if kill { "timing-kill.svg" } else { "timing.svg" };
+        std::fs::create_dir_all(&args.charts).ok();
+        if let Err(error) = timing::chart(&args.charts.join(name), &t) {
+            println!("chart not written: {error}");
+        }
+        if args.check {
+            let checks = [
+                ("early", t.early as i64, floor("early")),
+                ("lost", t.lost as i64, floor("lost")),
+                ("lateness p99 ms", t.percentile(0.99), floor("p99_ms")),
+                ("lateness max ms", t.lateness.last().copied().unwrap_or(0), floor("max_ms")),
+            ];
+            for (what, measured, most) in checks {
+                let ok = measured <= most;
+                failed |= !ok;
+                println!("  {} {what}: {measured} (at most {most})", if ok { "ok  " } else { "FAIL" });
+            }
+        }
+    }
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
 }
 
 /// The phases whose throughput is compared.
@@ -701,11 +771,17 @@ fn herald(bootstrap: &str, group: &str, requested: &str, status: &str, extra: &[
     c.args(["--brokers", bootstrap, "--group-id", group, "--admin-listen", "127.0.0.1:0", "--topic-requested", requested, "--topic-status", status])
         .args(["--topic-dead-letter", &format!("{status}.dead-letter"), "--topic-suppressions", &format!("{status}.suppressions")])
         .args(["--retry-topics", &format!("{status}.retry-10m,{status}.retry-20m,{status}.retry-40m")])
+        .args(["--wait-topics", &wait_topics(status)])
         .args(["--envelope-key", herald_testkit::ENVELOPE_KEY])
         .args(consumer_args())
         .args(extra)
         .env("RUST_LOG", "warn");
     c
+}
+
+/// The timing wheel's tiers, named after `status` as the other topics are.
+fn wait_topics(status: &str) -> String {
+    herald::topics::DEFAULT_WAIT_TOPICS.split(',').map(|t| format!("{status}.{t}")).collect::<Vec<_>>().join(",")
 }
 
 /// Where the next phase's instruction counts go, with `--instructions`.

@@ -336,6 +336,7 @@ struct Names {
     suppressions: String,
     cancellations: String,
     retries: String,
+    waits: String,
     group: String,
 }
 
@@ -351,6 +352,7 @@ impl Names {
             suppressions: topic("notification.suppressions"),
             cancellations: topic("notification.cancellations"),
             retries: ["retry-10m", "retry-20m", "retry-40m"].map(topic).join(","),
+            waits: herald::topics::DEFAULT_WAIT_TOPICS.split(',').map(topic).collect::<Vec<_>>().join(","),
             group: topic("herald-demo"),
         }
     }
@@ -375,6 +377,8 @@ fn herald_config(broker: &Broker, names: &Names, providers: &Providers, cql: &Cq
         &names.cancellations,
         "--retry-topics",
         &names.retries,
+        "--wait-topics",
+        &names.waits,
         "--retry-delays",
         RETRY_DELAYS,
         "--sms-quiet-hours",

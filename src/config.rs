@@ -20,7 +20,7 @@ use crate::quiet::{Quiet, QuietHours};
 use crate::receipts;
 use crate::route::LaneSettings;
 use crate::telemetry::LogFormat;
-use crate::topics::{self, RetryTopic, Topics};
+use crate::topics::{self, DelayTopic, Topics};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald", version, about = "Kafka notification pipeline: requests in, SMS and push out, every outcome on notification.status")]
@@ -130,6 +130,22 @@ pub struct TopicArgs {
     /// Delay of each retry topic, same order (humantime: 10m, 1h, 250ms).
     #[arg(long, env = "HERALD_RETRY_DELAYS", value_delimiter = ',', default_value = "10m,20m,40m", value_parser = humantime::parse_duration)]
     pub retry_delays: Vec<Duration>,
+
+    /// The timing wheel's tiers: topics whose records all wait one fixed time, for scheduled sends, deferrals and waits for a circuit to close. A record waits on the tiers that take it there in the fewest copies.
+    #[arg(long, env = "HERALD_WAIT_TOPICS", value_delimiter = ',', default_value = topics::DEFAULT_WAIT_TOPICS)]
+    pub wait_topics: Vec<String>,
+
+    /// Delay of each tier, same order (humantime). The shortest must be at most --hold-window.
+    #[arg(long, env = "HERALD_WAIT_DELAYS", value_delimiter = ',', default_value = topics::DEFAULT_WAIT_DELAYS, value_parser = humantime::parse_duration)]
+    pub wait_delays: Vec<Duration>,
+
+    /// Parked records due within this long are held in memory until their time, and the partition read on past them: a tier then serves every wait from its delay less this to its delay, on time.
+    #[arg(long, env = "HERALD_HOLD_WINDOW", default_value = topics::DEFAULT_HOLD, value_parser = humantime::parse_duration)]
+    pub hold_window: Duration,
+
+    /// Parked records held in memory at most; past it, a delay topic's partition waits for room.
+    #[arg(long, env = "HERALD_HOLD_RECORDS", default_value_t = 20_000)]
+    pub hold_records: usize,
 
     /// Secret (at least 32 bytes) that signs what herald parks on its delay topics, so that a record written there by anyone else is judged as a new request. The same on every instance of a deployment; required by the pipeline.
     #[arg(long, env = "HERALD_ENVELOPE_KEY", hide_env_values = true)]
@@ -550,6 +566,12 @@ pub enum ConfigError {
     SecretFile { flag: &'static str, path: String, reason: String },
     #[error("--retry-delays has a delay of 0; each retry must wait")]
     ZeroRetryDelay,
+    #[error("--wait-topics has {topics} entries but --wait-delays has {delays}; give one delay per tier")]
+    WaitScheduleMismatch { topics: usize, delays: usize },
+    #[error("at least one --wait-topics tier is needed")]
+    NoWaitTopics,
+    #[error("the shortest --wait-delays ({shortest:?}) must be at most --hold-window ({hold:?}), and the hold more than 0: a record due sooner than the shortest tier's delay less the hold could wait behind one due later")]
+    WaitBeyondHold { shortest: Duration, hold: Duration },
     #[error("--sms-template does not parse: {0}")]
     SmsTemplate(String),
     #[error("--sms-providers names a provider twice")]
@@ -583,6 +605,8 @@ pub struct Settings {
     pub settled_queue: usize,
     /// The crash bound, shared by the lanes (`route::Router`).
     pub unconfirmed_sends: usize,
+    /// Parked records the consume loop holds in memory at most.
+    pub hold_records: usize,
     /// Of one provider HTTP request, and of schema registry requests.
     pub http_timeout: Duration,
     pub delivery: deliver::Settings,
@@ -694,6 +718,7 @@ impl Config {
             push_lane: lane(d.push_concurrency),
             settled_queue: d.channel_queue,
             unconfirmed_sends: d.unconfirmed_sends,
+            hold_records: t.hold_records,
             http_timeout: d.http_timeout,
             delivery: deliver::Settings {
                 mode: d.delivery,
@@ -764,15 +789,17 @@ impl Config {
 
     fn topic_roles(&self) -> Topics {
         let t = &self.topics;
-        Topics {
+        let roles = topics::Roles {
             requested: t.topic_requested.clone(),
             status: t.topic_status.clone(),
             dead_letter: t.topic_dead_letter.clone(),
             suppressions: t.topic_suppressions.clone(),
             cancellations: t.topic_cancellations.clone(),
             cancel_keep: self.cancel_keep(),
-            retries: t.retry_topics.iter().zip(&t.retry_delays).map(|(name, delay)| RetryTopic { name: name.clone(), delay: *delay }).collect(),
-        }
+        };
+        let delays = |names: &[String], delays: &[Duration]| names.iter().zip(delays).map(|(name, delay)| DelayTopic { name: name.clone(), delay: *delay }).collect();
+        // Planned for the longest anything can wait: as long as a cancel is kept.
+        Topics::new(roles, delays(&t.retry_topics, &t.retry_delays), delays(&t.wait_topics, &t.wait_delays), t.hold_window, self.cancel_keep())
     }
 
     fn twilio_settings(&self, callbacks: Option<StatusCallbacks>) -> Option<deliver::TwilioSettings> {
@@ -830,10 +857,21 @@ impl Config {
         if t.retry_delays.iter().any(Duration::is_zero) {
             return Err(ConfigError::ZeroRetryDelay);
         }
+        if t.wait_topics.is_empty() {
+            return Err(ConfigError::NoWaitTopics);
+        }
+        if t.wait_topics.len() != t.wait_delays.len() {
+            return Err(ConfigError::WaitScheduleMismatch { topics: t.wait_topics.len(), delays: t.wait_delays.len() });
+        }
+        let shortest = t.wait_delays.iter().min().copied().unwrap_or_default();
+        if shortest.is_zero() || shortest > t.hold_window || t.hold_window.is_zero() {
+            return Err(ConfigError::WaitBeyondHold { shortest, hold: t.hold_window });
+        }
         let mut seen = std::collections::HashSet::new();
         let all = [&t.topic_requested, &t.topic_status, &t.topic_dead_letter, &t.topic_suppressions, &t.topic_cancellations]
             .into_iter()
-            .chain(&t.retry_topics);
+            .chain(&t.retry_topics)
+            .chain(&t.wait_topics);
         for topic in all {
             if topic.is_empty() {
                 return Err(ConfigError::EmptyTopic);
@@ -854,6 +892,7 @@ impl Config {
             ("breaker-failures", d.breaker_failures as usize),
             ("receipts-max-connections", self.receipts.receipts_max_connections),
             ("commit-interval", self.kafka.commit_interval.as_millis() as usize),
+            ("hold-records", t.hold_records),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -1072,7 +1111,7 @@ mod tests {
         let s = parse(&["--brokers", "k:9092", "--sms-concurrency", "7", "--retry-delays", "1s,2s,3s", "--push-rate-limit", "5/1m"]).settings().unwrap();
         assert_eq!(s.kafka.brokers, "k:9092");
         assert_eq!((s.sms_lane.concurrency, s.push_lane.concurrency, s.sms_lane.queue, s.unconfirmed_sends), (7, 32, 2048, 64));
-        assert_eq!(s.topics.retries[2], RetryTopic { name: "retry-40m".into(), delay: Duration::from_secs(3) });
+        assert_eq!(s.topics.retries[2], DelayTopic { name: "retry-40m".into(), delay: Duration::from_secs(3) });
         assert_eq!(s.rate_limits.of(Channel::Push).limit, RateLimit::per(5, Duration::from_secs(60)));
         assert!(s.scylla.is_none() && s.receipts.is_none() && s.delivery.twilio.is_none() && s.delivery.fcm.is_none());
     }

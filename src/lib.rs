@@ -156,6 +156,14 @@ impl App {
         drop(http);
         reachable(&settings.kafka.brokers).await?;
         let topics = Arc::new(settings.topics.clone());
+        let tiers: Vec<String> = topics.waits.iter().map(|w| humantime::format_duration(w.delay).to_string()).collect();
+        tracing::info!(
+            message = "Timing wheel.",
+            ?tiers,
+            hold = %humantime::format_duration(topics.hold),
+            most_copies = topics.most_copies(settings.max_schedule_ahead),
+            up_to = %humantime::format_duration(settings.max_schedule_ahead)
+        );
         topics::ensure(&kafka::admin(&settings.kafka)?, &topics, settings.creation, &settings.kafka.brokers).await?;
         let registry = settings.schema_registry.clone().map(|url| Arc::new(registry::Registry::new(url, settings.http_timeout)));
         // Without a registry, status events carry schema id 0: readers use
@@ -311,7 +319,7 @@ async fn consume(settings: &Settings, pipeline: Arc<Pipeline>, shutdown: impl Fu
     let handover = Arc::new(ingest::Handover::default());
     let handover_wait = settings.shutdown_deadline.min(kafka::max_poll_interval(&settings.kafka) / 2);
     let producer = pipeline.publisher().producer().clone();
-    let delay_topics = topics.retries.iter().map(|r| r.name.clone()).collect();
+    let delay_topics = topics.delays().map(|(_, t)| t.name.clone()).collect();
     let context = ingest::IngestContext::new(topics.status.clone(), handover.clone(), producer, handover_wait, pipeline.metrics().clone(), delay_topics);
     let consumer = kafka::consumer(&settings.kafka, context)?;
     let mut subscription = topics.inputs();
@@ -319,7 +327,7 @@ async fn consume(settings: &Settings, pipeline: Arc<Pipeline>, shutdown: impl Fu
     consumer.subscribe(&subscription)?;
     tracing::info!(message = "Consuming.", topics = ?topics.inputs(), group = settings.kafka.group_id);
     let ledger_reader = kafka::reader_config(&settings.kafka, "ledger");
-    let ingest = ingest::Settings { deadline: settings.shutdown_deadline, handover, ledger_reader };
+    let ingest = ingest::Settings { deadline: settings.shutdown_deadline, handover, ledger_reader, hold_records: settings.hold_records };
     Ok(ingest::consume(consumer, pipeline, ingest, shutdown).await?)
 }
 

@@ -191,6 +191,7 @@ pub struct Metrics {
     unconfirmed: Gauge,
     circuit: Family<ProviderLabel, Gauge>,
     producer_queue: Gauge,
+    held: Gauge,
     pub health: Health,
 }
 
@@ -261,6 +262,8 @@ impl Metrics {
         registry.register("circuit_state", "Each provider's circuit: 0 closed, 1 open, 2 trial", circuit.clone());
         let producer_queue = Gauge::default();
         registry.register("producer_queue_messages", "Records handed to the producer and not yet acknowledged", producer_queue.clone());
+        let held = Gauge::default();
+        registry.register("held_records", "Parked records due within the hold window, held in memory until their time", held.clone());
 
         Metrics {
             registry,
@@ -284,6 +287,7 @@ impl Metrics {
             unconfirmed,
             circuit,
             producer_queue,
+            held,
             health: Health::default(),
         }
     }
@@ -326,6 +330,10 @@ impl Metrics {
 
     pub fn unsealed(&self, why: crate::record::Unsealed) {
         self.unsealed.get_or_create(&SealLabel { seal: why.label() }).inc();
+    }
+
+    pub fn held(&self, records: usize) {
+        self.held.set(records as i64);
     }
 
     pub fn rate_limited(&self, channel: Channel) {

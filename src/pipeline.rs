@@ -119,13 +119,17 @@ pub enum Admitted {
     Settled { ids: Option<Ids>, outcome: Outcome },
     /// A provider accepted it already: its recorded SENT is reported again.
     SentAlready { ids: Ids, sent: Sent },
+    /// Due too soon to be parked and read back in time: held in memory by
+    /// the loop until `until`, and judged again then, with no copy and no
+    /// status. When the hold is full, `otherwise` (parked) instead.
+    Soon { until: DateTime<Utc>, ids: Option<Ids>, otherwise: Outcome },
 }
 
 impl Admitted {
     pub fn channel(&self) -> Option<Channel> {
         match self {
             Admitted::Deliver { request, .. } => Some(request.channel),
-            Admitted::Settled { .. } | Admitted::SentAlready { .. } => None,
+            Admitted::Settled { .. } | Admitted::SentAlready { .. } | Admitted::Soon { .. } => None,
         }
     }
 }
@@ -247,7 +251,9 @@ impl Pipeline {
         // The loop let it through (see `ingest`), so it is due, or its
         // topic's delay ran out first.
         if let Due::ParkAgain { not_before } = self.topics.due(source, record.envelope.not_before, record.appended, now) {
-            return settled(None, Outcome::Held { hold: self.hold_for(not_before, now), not_before });
+            // Only just short of its time (a timer and the wall clock a
+            // hair apart): held, not copied again.
+            return self.wait(None, Outcome::Held { hold: self.hold_for(not_before, now), not_before }, now);
         }
         // Sent already, before a crash or by this partition's last owner:
         // before every other check, since none of them may change what
@@ -271,14 +277,14 @@ impl Pipeline {
             return settled(ids(), Outcome::Cancelled);
         }
         if let (false, Some(not_before)) = (record.parked_by_us(), request.scheduled_at.filter(|t| *t > now)) {
-            return settled(ids(), Outcome::Scheduled { hold: self.hold_for(not_before, now), not_before });
+            return self.wait(ids(), Outcome::Scheduled { hold: self.hold_for(not_before, now), not_before }, now);
         }
         if let Some(reason) = self.suppressions.check(request.channel, &request.recipient) {
             return settled(ids(), Outcome::Suppressed(reason));
         }
         if let Some(until) = self.quiet.until(&request, zone, now) {
             let outcome = Outcome::Deferred { hold: self.hold_for(until, now), not_before: until, why: Deferral::QuietHours(zone) };
-            return settled(ids(), outcome);
+            return self.wait(ids(), outcome, now);
         }
         let made = record.envelope.attempts;
         // Only the first attempt counts: a retry was counted when it was new.
@@ -298,15 +304,24 @@ impl Pipeline {
                         OverLimit::Reject => Outcome::RateLimited { until },
                         OverLimit::Defer => Outcome::Deferred { hold: self.hold_for(until, now), not_before: until, why: Deferral::Window },
                     };
-                    return settled(ids(), outcome);
+                    return self.wait(ids(), outcome, now);
                 }
             }
         }
         Ok((Admitted::Deliver { request, prepared, locale, made }, count))
     }
 
+    /// A record that must wait: parked with `outcome`, unless it is due
+    /// so soon that a copy could not be written and read back in time.
+    fn wait(&self, ids: Option<Ids>, outcome: Outcome, now: DateTime<Utc>) -> Result<(Admitted, Option<Pending>), AdmitError> {
+        match outcome.not_before() {
+            Some(until) if (until - now).to_std().is_ok_and(|wait| wait <= self.topics.soon()) => Ok((Admitted::Soon { until, ids, otherwise: outcome }, None)),
+            _ => Ok((Admitted::Settled { ids, outcome }, None)),
+        }
+    }
+
     fn hold_for(&self, not_before: DateTime<Utc>, now: DateTime<Utc>) -> usize {
-        self.topics.hold_for((not_before - now).to_std().unwrap_or_default())
+        self.topics.wait_for((not_before - now).to_std().unwrap_or_default())
     }
 
     /// The outcome, when it needs no waiting: a settled record, or a
@@ -335,6 +350,8 @@ impl Pipeline {
                 };
                 Err(ToDeliver { request, prepared, locale, attempt, calling })
             }
+            // Held no longer (the hold was full): parked after all.
+            Admitted::Soon { ids, otherwise, .. } => Ok(Resolved { ids, outcome: otherwise, attempts: record.envelope.attempts, now, suppress: None }),
             Admitted::SentAlready { ids, sent: Sent { delivered, attempt } } => {
                 tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = ids.event_id, attempt);
                 Ok(Resolved { ids: Some(ids), outcome: Outcome::Sent(delivered), attempts: attempt, now, suppress: None })

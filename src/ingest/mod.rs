@@ -9,6 +9,7 @@
 
 mod acker;
 mod context;
+mod hold;
 mod offsets;
 mod pauses;
 mod restore;
@@ -30,6 +31,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 pub use context::{Assignment, Handover, IngestContext};
+use hold::{Held, Hold};
 use offsets::{Offsets, Ticket};
 use pauses::{Pauses, Rests, Until};
 
@@ -72,6 +74,8 @@ struct Loop {
     offsets: Offsets,
     pauses: Pauses,
     rests: Rests,
+    /// Parked records due within the hold window, until their time.
+    hold: Hold,
     /// Records whose delivery waits on a provider, each a task that yields
     /// its ticket once the record's outcome is durable.
     tasks: JoinSet<Finished>,
@@ -110,6 +114,8 @@ pub struct Settings {
     pub deadline: Duration,
     pub handover: Arc<Handover>,
     pub ledger_reader: ClientConfig,
+    /// Parked records held in memory at most (see `hold`).
+    pub hold_records: usize,
 }
 
 /// Consumes until `shutdown` completes (or a produce error that no retry
@@ -130,6 +136,7 @@ pub async fn consume(
         offsets: Offsets::default(),
         pauses: Pauses::default(),
         rests: Rests::default(),
+        hold: Hold::new(settings.hold_records),
         tasks: JoinSet::new(),
         settled,
         batch: Vec::new(),
@@ -173,7 +180,10 @@ impl Loop {
             if let Some(error) = self.failed.take() {
                 return Err(error.into());
             }
-            let resume_at = self.pauses.next_due();
+            let resume_at = match (self.pauses.next_due(), self.hold.next_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if resume_at != timer_at {
                 if let Some(at) = resume_at {
                     timer.as_mut().reset(at);
@@ -207,6 +217,7 @@ impl Loop {
                 () = &mut timer, if resume_at.is_some() => {
                     timer_at = None;
                     self.pauses.resume_due(&self.consumer, self.pipeline.topics(), Instant::now());
+                    self.release_held().await?;
                 }
                 Some(restored) = self.restores.join_next(), if !self.restores.is_empty() => {
                     if let Ok((number, ends)) = restored {
@@ -260,27 +271,49 @@ impl Loop {
             // Fetched before the pause took effect; the seek brings it back.
             return Ok(());
         }
-        if let Source::Retry(_) = source {
+        if source != Source::Requested {
             self.rests.heard((source, partition));
         }
         if self.restoring.contains_key(&partition) {
             self.pause(consumer, (source, partition), offset, Until::Ledger(partition));
             return Ok(());
         }
-        let parked = matches!(source, Source::Retry(_)).then(|| self.pipeline.publisher().seal());
+        let parked = (source != Source::Requested).then(|| self.pipeline.publisher().seal());
         let record = Consumed::read(message, parked);
-        self.consumed[match source {
-            Source::Requested => 0,
-            Source::Retry(i) => i + 1,
-        }]
-        .inc();
+        self.consumed[self.pipeline.topics().index(source)].inc();
         let now = self.pipeline.clock().now();
         if let Due::Wait { release } = self.pipeline.topics().due(source, record.envelope.not_before, record.appended, now) {
-            let until = Instant::now() + (release - now).to_std().unwrap_or_default();
-            self.pause(consumer, (source, partition), offset, Until::Due(until));
+            let wait = (release - now).to_std().unwrap_or_default();
+            // A tier's records may be due up to the hold window apart, and
+            // are held that far ahead. A rung's come due in the order they
+            // were written, and are held only a little ahead: pausing on
+            // each of a burst in turn made the last of it seconds late.
+            let hold = match source {
+                Source::Wait(_) => self.pipeline.topics().hold,
+                Source::Requested | Source::Retry(_) => self.pipeline.topics().soon(),
+            };
+            if wait > hold {
+                // Nothing behind it is due before the window reaches it.
+                self.pause(consumer, (source, partition), offset, Until::Due(Instant::now() + (wait - hold)));
+            } else if self.hold.has_room() {
+                let ticket = self.ticket(source, partition, offset);
+                self.hold.add(Instant::now() + wait, Held { record, source, ticket });
+                self.pipeline.metrics().held(self.hold.len());
+            } else {
+                self.pause(consumer, (source, partition), offset, Until::Hold);
+            }
             return Ok(());
         }
         let (admitted, count) = self.pipeline.admit(&record, source, now).await?;
+        if let crate::pipeline::Admitted::Soon { until, .. } = &admitted {
+            if self.hold.has_room() {
+                let at = Instant::now() + (*until - now).to_std().unwrap_or_default();
+                let ticket = self.ticket(source, partition, offset);
+                self.hold.add(at, Held { record, source, ticket });
+                self.pipeline.metrics().held(self.hold.len());
+                return Ok(());
+            }
+        }
         let lane = admitted.channel();
         let Some(permit) = self.room(lane).await else {
             // Its rate-limit count, if any, is kept: the record comes back,
@@ -288,8 +321,20 @@ impl Loop {
             self.pause(consumer, (source, partition), offset, Until::Room(lane));
             return Ok(());
         };
+        let ticket = self.ticket(source, partition, offset);
+        self.go(record, admitted, count, ticket, permit, now);
+        Ok(())
+    }
+
+    /// A record's place in its partition's offsets, taken in read order.
+    fn ticket(&mut self, source: Source, partition: i32, offset: i64) -> Ticket {
         let mark = self.status_end.get(&partition).copied().unwrap_or(0);
-        let ticket = self.offsets.register(source, partition, offset, mark);
+        self.offsets.register(source, partition, offset, mark)
+    }
+
+    /// An admitted record, with room in its lane: resolved now, or sent
+    /// to its provider.
+    fn go(&mut self, record: Consumed, admitted: crate::pipeline::Admitted, count: Option<Pending>, ticket: Ticket, permit: OwnedSemaphorePermit, now: chrono::DateTime<chrono::Utc>) {
         let pipeline = self.pipeline.clone();
         match pipeline.resolve_now(&record, admitted, now) {
             // Most records: published, and their acks awaited, by the acker.
@@ -297,6 +342,32 @@ impl Loop {
                 self.batch.push(acker::Settled { record, resolved, ticket, permit, counted: count });
             }
             Err(to_deliver) => self.deliver(record, to_deliver, ticket, permit, count),
+        }
+    }
+
+    /// Works on the held records whose time has come. One whose lane has
+    /// no room now is held a little longer: its partition has been read
+    /// past it, so it cannot be paused on.
+    async fn release_held(&mut self) -> Result<(), IngestError> {
+        const AGAIN: Duration = Duration::from_millis(20);
+        for Held { record, source, ticket } in self.hold.take_due(Instant::now()) {
+            let now = self.pipeline.clock().now();
+            let (admitted, count) = self.pipeline.admit(&record, source, now).await?;
+            if let crate::pipeline::Admitted::Soon { until, .. } = &admitted {
+                // Its time is not quite here, by the wall clock.
+                let at = Instant::now() + (*until - now).to_std().unwrap_or_default();
+                self.hold.add(at, Held { record, source, ticket });
+                continue;
+            }
+            match self.pipeline.router().try_admit(admitted.channel()) {
+                Some(permit) => self.go(record, admitted, count, ticket, permit, now),
+                None => self.hold.add(Instant::now() + AGAIN, Held { record, source, ticket }),
+            }
+        }
+        self.hand_over();
+        self.pipeline.metrics().held(self.hold.len());
+        if self.hold.has_room() {
+            self.pauses.resume_hold(&self.consumer, self.pipeline.topics());
         }
         Ok(())
     }
@@ -454,6 +525,7 @@ impl Loop {
                         let Some(source) = topics.source(&topic) else { continue };
                         self.offsets.revoke(source, partition);
                         self.pauses.forget(source, partition);
+                        self.hold.forget(source, partition);
                         self.rests.forget((source, partition));
                         self.pipeline.forget_counts(partition);
                     }
@@ -485,12 +557,12 @@ impl Loop {
         let topics = self.pipeline.topics().clone();
         let now = Instant::now();
         for element in assignment.elements() {
-            let Some(source @ Source::Retry(i)) = topics.source(element.topic()) else { continue };
+            let Some(source) = topics.source(element.topic()).filter(|s| *s != Source::Requested) else { continue };
             let at = (source, element.partition());
             if self.pauses.is_paused(source, at.1) || !self.rests.may_rest(at) {
                 continue;
             }
-            if let Err(error) = self.pauses.rest(&self.consumer, &topics, at, now + Rests::length(topics.retries[i].delay)) {
+            if let Err(error) = self.pauses.rest(&self.consumer, &topics, at, now + Rests::length(&topics, source)) {
                 tracing::warn!(message = "Pausing a partition failed.", topic = element.topic(), partition = at.1, %error);
             }
         }

@@ -39,6 +39,9 @@ pub enum Until {
     Ledger(i32),
     /// A delay-topic partition with nothing to read, resting until then.
     Rest(Instant),
+    /// A delay-topic partition whose next record is due within the hold
+    /// window, while the hold is full.
+    Hold,
 }
 
 #[derive(Default)]
@@ -143,6 +146,13 @@ impl Pauses {
         self.resume_waiting(consumer, topics, Until::Room(lane));
     }
 
+    /// Resumes the partitions that wait for room in the hold.
+    pub fn resume_hold(&mut self, consumer: &HeraldConsumer, topics: &Topics) {
+        if self.paused.values().any(|(_, until)| *until == Until::Hold) {
+            self.resume_waiting(consumer, topics, Until::Hold);
+        }
+    }
+
     /// Resumes the partitions of number `partition` that wait for its ledger.
     pub fn resume_ledger(&mut self, consumer: &HeraldConsumer, topics: &Topics, partition: i32) {
         self.resume_waiting(consumer, topics, Until::Ledger(partition));
@@ -191,9 +201,18 @@ pub struct Rests {
 }
 
 impl Rests {
-    /// How long a partition of a topic with `delay` rests at a time.
-    pub fn length(delay: Duration) -> Duration {
-        (delay / 20).min(Duration::from_secs(5))
+    /// How long a partition of the delay topic `source` rests at a time. A
+    /// retry waits its rung's whole delay: a twentieth of it is nothing. A
+    /// record on a tier of the wheel may be due as soon as the tier's delay
+    /// less the hold after it lands, and must be read before: half of that,
+    /// and a quarter of a second at least, for the tier that takes the
+    /// records due at once.
+    pub fn length(topics: &Topics, source: Source) -> Duration {
+        const MOST: Duration = Duration::from_secs(5);
+        match (source, topics.delay(source)) {
+            (Source::Wait(_), Some(delay)) => (delay.saturating_sub(topics.hold) / 2).clamp(Duration::from_millis(250), MOST),
+            (_, delay) => (delay.unwrap_or_default() / 20).min(MOST),
+        }
     }
 
     pub fn heard(&mut self, at: (Source, i32)) {

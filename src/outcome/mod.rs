@@ -28,18 +28,18 @@ pub enum Outcome {
     /// Transient failure: to retry topic `retry`, due at `not_before`.
     RetryScheduled { retry: usize, not_before: DateTime<Utc>, error: DeliveryError },
     /// No provider was called (each one's circuit was open), so no attempt
-    /// was used: parked in delay topic `hold` until `not_before`, spread
-    /// out after the circuit is due to close.
+    /// was used: parked on tier `hold` of the timing wheel until
+    /// `not_before`, spread out after the circuit is due to close.
     Postponed { hold: usize, not_before: DateTime<Utc>, error: DeliveryError },
     /// Transient failure with the schedule exhausted.
     DeadLettered(DeliveryError),
     /// Never deliverable as written: reported, and kept on the dead-letter topic.
     Invalid(InvalidReason),
     RateLimited { until: DateTime<Utc> },
-    /// Not to be sent before `not_before`: parked in delay topic `hold`
-    /// and checked again then.
+    /// Not to be sent before `not_before`: parked on tier `hold` and
+    /// checked again then.
     Deferred { hold: usize, not_before: DateTime<Utc>, why: Deferral },
-    /// A request scheduled for later, first parked in delay topic `hold`.
+    /// A request scheduled for later, first parked on tier `hold`.
     Scheduled { hold: usize, not_before: DateTime<Utc> },
     /// A parked record released early by its topic's delay, parked again.
     Held { hold: usize, not_before: DateTime<Utc> },
@@ -69,7 +69,10 @@ pub enum Deferral {
 /// Where a record goes besides its status event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
+    /// A rung of the retry ladder.
     Retry(usize),
+    /// A tier of the timing wheel.
+    Wait(usize),
     DeadLetter,
 }
 
@@ -94,7 +97,7 @@ pub fn decide(
     };
     if let DeliveryError::CircuitOpen { retry_after, .. } = &error {
         let wait = *retry_after + jitter;
-        return Outcome::Postponed { hold: topics.hold_for(wait), not_before: now + wait, error };
+        return Outcome::Postponed { hold: topics.wait_for(wait), not_before: now + wait, error };
     }
     match (error.class(), topics.retry_after_attempt(attempt)) {
         (ErrorClass::Transient, Some(retry)) => {
@@ -129,7 +132,7 @@ impl Outcome {
             Outcome::Postponed { hold, .. }
             | Outcome::Scheduled { hold, .. }
             | Outcome::Deferred { hold, .. }
-            | Outcome::Held { hold, .. } => Some(Destination::Retry(*hold)),
+            | Outcome::Held { hold, .. } => Some(Destination::Wait(*hold)),
             Outcome::DeadLettered(_) | Outcome::Invalid(_) | Outcome::Undecodable(_) => Some(Destination::DeadLetter),
             Outcome::Sent(_)
             | Outcome::Failed(_)
@@ -325,11 +328,16 @@ mod tests {
             (Outcome::DeadLettered(unavailable(None)), Some(Status::DeadLettered), Some(Destination::DeadLetter)),
             (Outcome::Invalid(InvalidReason::EmptyBody), Some(Status::Invalid), Some(Destination::DeadLetter)),
             (Outcome::RateLimited { until: now() }, Some(Status::RateLimited), None),
-            (Outcome::Scheduled { hold: 2, not_before: now() }, Some(Status::Scheduled), Some(Destination::Retry(2))),
-            (Outcome::Deferred { hold: 0, not_before: now(), why: Deferral::Window }, Some(Status::Deferred), Some(Destination::Retry(0))),
-            (Outcome::Held { hold: 1, not_before: now() }, None, Some(Destination::Retry(1))),
+            (Outcome::Scheduled { hold: 2, not_before: now() }, Some(Status::Scheduled), Some(Destination::Wait(2))),
+            (Outcome::Deferred { hold: 0, not_before: now(), why: Deferral::Window }, Some(Status::Deferred), Some(Destination::Wait(0))),
+            (Outcome::Held { hold: 1, not_before: now() }, None, Some(Destination::Wait(1))),
             (
                 Outcome::Postponed { hold: 1, not_before: now(), error: circuit_open(1) },
+                Some(Status::RetryScheduled),
+                Some(Destination::Wait(1)),
+            ),
+            (
+                Outcome::RetryScheduled { retry: 1, not_before: now(), error: unavailable(None) },
                 Some(Status::RetryScheduled),
                 Some(Destination::Retry(1)),
             ),

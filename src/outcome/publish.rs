@@ -138,7 +138,7 @@ impl Publisher {
             let copy = self.copy(record, destination, &envelope, trace.as_ref());
             // If the copy can never be written, a stripped copy goes to the
             // dead letters instead, and a record that was to be retried says so.
-            let retried = matches!(destination, Destination::Retry(_));
+            let retried = matches!(destination, Destination::Retry(_) | Destination::Wait(_));
             let dead = status.as_ref().filter(|_| retried).map(|s| StatusEvent { status: Status::DeadLettered, ..s.clone() });
             let fallback = Fallback {
                 producer: self.producer.clone(),
@@ -229,6 +229,7 @@ impl Publisher {
         // every input topic (see `ratelimit`).
         let (topic, partition) = match destination {
             Destination::Retry(i) => (&self.topics.retries[i].name, Some(record.partition)),
+            Destination::Wait(i) => (&self.topics.waits[i].name, Some(record.partition)),
             Destination::DeadLetter => (&self.topics.dead_letter, None),
         };
         if !self.fits(record) {

@@ -134,7 +134,11 @@ impl Envelope {
         };
         add(ATTEMPTS, &self.attempts.to_string());
         if let Some(t) = self.not_before {
-            add(NOT_BEFORE, &t.timestamp_millis().to_string());
+            // Rounded up: a record must not come due a fraction of a
+            // millisecond before its time (a rate-limit window that frees
+            // then would still be full).
+            let millis = t.timestamp_millis() + i64::from(t.timestamp_subsec_nanos() % 1_000_000 != 0);
+            add(NOT_BEFORE, &millis.to_string());
         }
         add(ORIGINAL_TOPIC, &origin.topic);
         add(ORIGINAL_PARTITION, &origin.partition.to_string());

@@ -25,6 +25,7 @@ mod shutdown;
 mod status_event;
 mod suppression;
 mod templates;
+mod timing;
 mod support;
 mod topics;
 mod undeliverable;

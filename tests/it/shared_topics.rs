@@ -30,7 +30,7 @@ async fn scrape(admin: &str) -> String {
 /// Reads every delay topic to its end.
 async fn parked(h: &Harness) -> Vec<rdkafka::message::OwnedMessage> {
     let mut all = Vec::new();
-    for topic in &h.topics.retries {
+    for topic in h.topics.retries.iter().chain(&h.topics.waits) {
         all.extend(h.reader(topic).read_to_end(Duration::from_secs(30)).await.iter().cloned());
     }
     all
@@ -42,7 +42,7 @@ async fn caught_up(h: &Harness, group: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let mut behind = Vec::new();
-        for topic in &h.topics.retries {
+        for topic in h.topics.retries.iter().chain(&h.topics.waits) {
             let end = herald_testkit::kafka::end_offsets(&h.broker.bootstrap, topic).await;
             let committed = herald_testkit::kafka::committed(&h.broker.bootstrap, group, topic);
             behind.extend(end.iter().filter(|(p, e)| **e > 0 && committed.get(p).copied().unwrap_or(0) < **e).map(|(p, _)| (topic.clone(), *p)));

@@ -43,10 +43,17 @@ pub struct TestTopics {
     pub suppressions: String,
     pub cancellations: String,
     pub retries: [String; 3],
+    /// The timing wheel's tiers (see [`WAIT_DELAYS`]).
+    pub waits: [String; 3],
 }
 
 /// Short delays so the whole retry schedule runs in about 2 s.
 pub const RETRY_DELAYS: [Duration; 3] = [Duration::from_millis(300), Duration::from_millis(600), Duration::from_millis(1200)];
+
+/// The timing wheel's tiers in tests, and the hold window: a wait of a few
+/// seconds takes a few copies, as days do in production.
+pub const WAIT_DELAYS: &str = "500ms,1500ms,4s";
+pub const HOLD_WINDOW: &str = "500ms";
 
 pub const PARTITIONS: i32 = 3;
 
@@ -72,6 +79,7 @@ impl Harness {
             suppressions: format!("{unique}.suppressions"),
             cancellations: format!("{unique}.cancellations"),
             retries: ["10m", "20m", "40m"].map(|d| format!("{unique}.retry-{d}")),
+            waits: ["a", "b", "c"].map(|d| format!("{unique}.wait-{d}")),
         };
         let providers = Providers::start().await;
         // The requests topic belongs to the producers, as in production; it
@@ -98,6 +106,7 @@ impl Harness {
         let delays: Vec<String> = RETRY_DELAYS.iter().map(|d| format!("{}ms", d.as_millis())).collect();
         let partitions = PARTITIONS.to_string();
         let retries = self.topics.retries.join(",");
+        let waits = self.topics.waits.join(",");
         let delays = delays.join(",");
         let defaults = [
             ("--brokers", self.broker.bootstrap.as_str()),
@@ -108,6 +117,9 @@ impl Harness {
             ("--topic-suppressions", &self.topics.suppressions),
             ("--topic-cancellations", &self.topics.cancellations),
             ("--retry-topics", &retries),
+            ("--wait-topics", &waits),
+            ("--wait-delays", WAIT_DELAYS),
+            ("--hold-window", HOLD_WINDOW),
             ("--retry-delays", &delays),
             ("--topic-partitions", &partitions),
             ("--http-timeout", "5s"),
@@ -306,6 +318,11 @@ pub struct Statuses {
 }
 
 impl Statuses {
+    /// The status topic `topic` of the cluster at `bootstrap`.
+    pub fn on(bootstrap: &str, topic: &str, bundled: &Bundled) -> Statuses {
+        Statuses { reader: Reader::new(bootstrap, topic), schema: bundled.status.clone(), events: vec![] }
+    }
+
     /// Reads until `done` holds for every event read so far.
     pub async fn until(&mut self, timeout: Duration, done: impl Fn(&[StatusEvent]) -> bool) -> &[StatusEvent] {
         let deadline = tokio::time::Instant::now() + timeout;

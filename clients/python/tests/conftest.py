@@ -184,6 +184,7 @@ class Herald:
                 "--topic-dead-letter", f"{prefix}.dead-letter", "--topic-suppressions", f"{prefix}.suppressions",
                 "--topic-cancellations", self.topics["cancellations"],
                 "--retry-topics", f"{prefix}.r1,{prefix}.r2,{prefix}.r3", "--retry-delays", "1s,2s,3s",
+                "--wait-topics", f"{prefix}.w1,{prefix}.w2,{prefix}.w3", "--wait-delays", "1s,4s,16s", "--hold-window", "1s",
                 "--topic-partitions", "3", "--admin-listen", "127.0.0.1:0",
                 "--twilio-account-sid", "AC" + "0" * 32, "--twilio-auth-token", "test-token",
                 "--twilio-from", "+15005550006", "--twilio-base-url", twilio.url]
