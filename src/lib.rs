@@ -407,6 +407,9 @@ pub async fn api(config: &Config, args: &config::ApiArgs, provided: Provided, sh
 
 /// Applies the CQL schema to `SCYLLA_URI` (`herald migrate`).
 pub async fn migrate(config: &Config) -> Result<(), Error> {
+    // Checked as `herald migrate`, whatever the caller parsed: the
+    // pipeline's own flags (its envelope key) are not needed here.
+    let config = Config { command: Some(config::Command::Migrate), ..config.clone() };
     config.settings()?;
     let cql = config.cql().ok_or(config::ConfigError::MigrateWithoutScylla)?;
     let session = cql::connect(&cql).await?;

@@ -120,9 +120,9 @@ pub enum Admitted {
     /// A provider accepted it already: its recorded SENT is reported again.
     SentAlready { ids: Ids, sent: Sent },
     /// Due too soon to be parked and read back in time: held in memory by
-    /// the loop until `until`, and judged again then, with no copy and no
-    /// status. When the hold is full, `otherwise` (parked) instead.
-    Soon { until: DateTime<Utc>, ids: Option<Ids>, otherwise: Outcome },
+    /// the loop, and judged again then, with no copy and no status. Boxed:
+    /// rare, and every record's `Admitted` is moved a few times.
+    Soon(Box<Soon>),
 }
 
 impl Admitted {
@@ -315,7 +315,9 @@ impl Pipeline {
     /// so soon that a copy could not be written and read back in time.
     fn wait(&self, ids: Option<Ids>, outcome: Outcome, now: DateTime<Utc>) -> Result<(Admitted, Option<Pending>), AdmitError> {
         match outcome.not_before() {
-            Some(until) if (until - now).to_std().is_ok_and(|wait| wait <= self.topics.soon()) => Ok((Admitted::Soon { until, ids, otherwise: outcome }, None)),
+            Some(until) if (until - now).to_std().is_ok_and(|wait| wait <= self.topics.soon()) => {
+                Ok((Admitted::Soon(Box::new(Soon { until, ids, otherwise: outcome })), None))
+            }
             _ => Ok((Admitted::Settled { ids, outcome }, None)),
         }
     }
@@ -351,7 +353,10 @@ impl Pipeline {
                 Err(ToDeliver { request, prepared, locale, attempt, calling })
             }
             // Held no longer (the hold was full): parked after all.
-            Admitted::Soon { ids, otherwise, .. } => Ok(Resolved { ids, outcome: otherwise, attempts: record.envelope.attempts, now, suppress: None }),
+            Admitted::Soon(soon) => {
+                let Soon { ids, otherwise, .. } = *soon;
+                Ok(Resolved { ids, outcome: otherwise, attempts: record.envelope.attempts, now, suppress: None })
+            }
             Admitted::SentAlready { ids, sent: Sent { delivered, attempt } } => {
                 tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = ids.event_id, attempt);
                 Ok(Resolved { ids: Some(ids), outcome: Outcome::Sent(delivered), attempts: attempt, now, suppress: None })
@@ -419,6 +424,14 @@ fn about(ids: Ids, prepared: &Prepared, locale: Option<String>, tried: Vec<Tried
         Prepared::Push(_) => None,
     };
     Ids { sms, tried, locale, ..ids }
+}
+
+/// A record due too soon to be parked.
+pub struct Soon {
+    pub until: DateTime<Utc>,
+    ids: Option<Ids>,
+    /// Parked after all, when the hold is full.
+    otherwise: Outcome,
 }
 
 /// A validated request whose provider call is still to be made.

@@ -42,8 +42,9 @@ pub struct Timing {
     pub lost: usize,
     /// Lateness of every matched wait, in ms, sorted.
     pub lateness: Vec<i64>,
-    /// Of those, the ones announced before the restart was back (with a kill).
-    pub in_flight: usize,
+    /// Lateness of the waits under way at the kill (announced before it,
+    /// due after it), sorted; left out of `lateness`.
+    pub in_flight: Vec<i64>,
     /// Copies on the delay topics per request: how many requests had each count.
     pub copies: std::collections::BTreeMap<usize, usize>,
     /// Lateness by kind of wait (scheduled, retried, deferred), sorted.
@@ -149,13 +150,13 @@ pub async fn run(herald_bin: &Path, kill: bool, seed: u64) -> Timing {
     let started = Utc::now();
     futures::future::join_all(requests.into_iter().map(produce)).await;
 
-    let mut back_at = None;
+    let mut killed_at = None;
     if kill {
         tokio::time::sleep(Duration::from_secs(60).saturating_sub((Utc::now() - started).to_std().unwrap_or_default())).await;
+        killed_at = Some(Utc::now());
         herald.kill().expect("SIGKILL");
         herald.wait().expect("reaped");
         herald = start(&std::env::temp_dir().join(format!("{run}.after-kill.log")));
-        back_at = Some(Utc::now());
     }
 
     // Until every request has a terminal status (at most a few minutes).
@@ -175,13 +176,12 @@ pub async fn run(herald_bin: &Path, kill: bool, seed: u64) -> Timing {
     let _ = herald.kill();
     let _ = herald.wait();
     // A restart after the kill may report again what was sent: both kept.
-    let ready = back_at.map(|at| at + chrono::Duration::seconds(10));
 
     let mut by_event: HashMap<&str, Vec<&StatusEvent>> = HashMap::new();
     for e in &events {
         by_event.entry(e.event_id.as_str()).or_default().push(e);
     }
-    let (mut lateness, mut early, mut in_flight) = (Vec::new(), 0, 0);
+    let (mut lateness, mut early, mut in_flight) = (Vec::new(), 0, Vec::new());
     let mut by_kind: std::collections::BTreeMap<&'static str, Vec<i64>> = std::collections::BTreeMap::new();
     for history in by_event.values() {
         for (i, waiting) in history.iter().enumerate() {
@@ -202,8 +202,10 @@ pub async fn run(herald_bin: &Path, kill: bool, seed: u64) -> Timing {
             if late < -1 {
                 early += 1;
             }
-            if ready.is_some_and(|ready| due < ready) {
-                in_flight += 1;
+            // Waiting when herald was killed: parked or held by the instance
+            // that died, and found again by the next. Counted apart.
+            if killed_at.is_some_and(|kill| waiting.occurred_at < kill && due >= kill) {
+                in_flight.push(late);
                 continue;
             }
             lateness.push(late);
@@ -216,6 +218,7 @@ pub async fn run(herald_bin: &Path, kill: bool, seed: u64) -> Timing {
         }
     }
     lateness.sort_unstable();
+    in_flight.sort_unstable();
     by_kind.values_mut().for_each(|v| v.sort_unstable());
 
     // Every request but the deferred users' first has a user of its own:
@@ -235,7 +238,7 @@ pub async fn run(herald_bin: &Path, kill: bool, seed: u64) -> Timing {
         };
         *histogram.entry(copies.get(user.as_bytes()).copied().unwrap_or(0)).or_default() += 1;
     }
-    Timing { waits: lateness.len() + in_flight, early, lost: open, lateness, in_flight, copies: histogram, by_kind }
+    Timing { waits: lateness.len() + in_flight.len(), early, lost: open, lateness, in_flight, copies: histogram, by_kind }
 }
 
 /// The lateness distribution, as an SVG histogram.

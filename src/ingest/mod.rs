@@ -305,9 +305,9 @@ impl Loop {
             return Ok(());
         }
         let (admitted, count) = self.pipeline.admit(&record, source, now).await?;
-        if let crate::pipeline::Admitted::Soon { until, .. } = &admitted {
+        if let crate::pipeline::Admitted::Soon(soon) = &admitted {
             if self.hold.has_room() {
-                let at = Instant::now() + (*until - now).to_std().unwrap_or_default();
+                let at = Instant::now() + (soon.until - now).to_std().unwrap_or_default();
                 let ticket = self.ticket(source, partition, offset);
                 self.hold.add(at, Held { record, source, ticket });
                 self.pipeline.metrics().held(self.hold.len());
@@ -353,9 +353,9 @@ impl Loop {
         for Held { record, source, ticket } in self.hold.take_due(Instant::now()) {
             let now = self.pipeline.clock().now();
             let (admitted, count) = self.pipeline.admit(&record, source, now).await?;
-            if let crate::pipeline::Admitted::Soon { until, .. } = &admitted {
+            if let crate::pipeline::Admitted::Soon(soon) = &admitted {
                 // Its time is not quite here, by the wall clock.
-                let at = Instant::now() + (*until - now).to_std().unwrap_or_default();
+                let at = Instant::now() + (soon.until - now).to_std().unwrap_or_default();
                 self.hold.add(at, Held { record, source, ticket });
                 continue;
             }
