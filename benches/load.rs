@@ -1004,7 +1004,7 @@ async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str, fa
     let settings = config.settings().expect("passthrough settings");
     let producer = herald::kafka::producer(&settings.kafka).expect("producer");
     // herald's consumer context, with no status topic to keep paused.
-    let context = herald::ingest::IngestContext::new(String::new(), Default::default(), producer.clone(), Duration::from_secs(10), Default::default(), vec![]);
+    let context = herald::pipeline::ingest::IngestContext::new(String::new(), Default::default(), producer.clone(), Duration::from_secs(10), Default::default(), vec![]);
     let consumer = herald::kafka::consumer(&settings.kafka, context).expect("consumer");
     consumer.subscribe(&[input]).expect("subscribe");
     let http = match fakes {

@@ -11,11 +11,11 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use herald::codec::{self, Bundled};
-use herald::ratelimit::RateLimit;
-use herald::deliver::{Delivered, DeliveryError, Provider};
+use herald::pipeline::ratelimit::RateLimit;
+use herald::pipeline::deliver::{Delivered, DeliveryError, Provider};
 use herald::model::{Channel, Content, Request, Status, StatusEvent};
-use herald::outcome;
-use herald::ratelimit::{Limiter, Store, Subject};
+use herald::pipeline::outcome;
+use herald::pipeline::ratelimit::{Limiter, Store, Subject};
 use futures::FutureExt;
 use herald::topics::Topics;
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use clap::Parser;
 use herald::model::Channel;
-use herald::ratelimit::{self, Decision, Limiter, Pending, RateLimit, Store, Subject};
+use herald::pipeline::ratelimit::{self, Decision, Limiter, Pending, RateLimit, Store, Subject};
 use herald_testkit::Cql;
 
 #[derive(Parser)]

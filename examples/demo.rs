@@ -267,8 +267,8 @@ quiet hours ({QUIET_HOURS}, --sms-quiet-hours): it is {} in {night}", local.form
     let mut ok = statuses.until_status("night-owl", Status::Deferred, started, Duration::from_secs(30)).await;
     ok &= statuses.until_terminal_is("login-code", Status::Sent, started).await;
     let deferred = statuses.events.iter().find(|e| e.event_id == "night-owl" && e.status == Status::Deferred);
-    let expected = match QUIET_HOURS.parse::<herald::quiet::Quiet>() {
-        Ok(herald::quiet::Quiet::Window(w)) => deferred.map(|d| w.next_end(night, d.occurred_at)),
+    let expected = match QUIET_HOURS.parse::<herald::pipeline::quiet::Quiet>() {
+        Ok(herald::pipeline::quiet::Quiet::Window(w)) => deferred.map(|d| w.next_end(night, d.occurred_at)),
         _ => None,
     };
     match deferred.and_then(|d| d.next_attempt_at) {

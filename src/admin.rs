@@ -3,7 +3,8 @@
 //! consume loop turning) and `/readyz` (what it needs is there and
 //! answering now). Both health answers are JSON naming each check, with 503
 //! when one fails. Each program says what it shows by implementing
-//! [`Observed`]: the pipeline below, the status store in `store`.
+//! [`Observed`]: the pipeline in `pipeline::observed`, the status store in
+//! `api::store`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,12 +15,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use rdkafka::producer::Producer;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::metrics::Health;
-use crate::pipeline::Pipeline;
 use crate::serve::{self, Limits};
 
 /// A loop that has not turned for this long is stuck: it turns at least
@@ -116,44 +115,4 @@ pub async fn broker(one: &tokio::sync::Mutex<()>, brokers: impl FnOnce(Duration)
         Err(_) => (false, "the probe failed".to_owned()),
     };
     Check { name: "broker", ok, detail }
-}
-
-/// The pipeline, as its admin listener shows it.
-pub struct PipelineObserved {
-    pub pipeline: Arc<Pipeline>,
-    pub probing: tokio::sync::Mutex<()>,
-}
-
-impl Observed for PipelineObserved {
-    fn metrics(&self, openmetrics: bool) -> String {
-        let metrics = self.pipeline.metrics();
-        metrics.set_state(&self.pipeline.state());
-        if openmetrics {
-            metrics.encode()
-        } else {
-            metrics.encode_classic()
-        }
-    }
-
-    fn liveness(&self) -> Vec<Check> {
-        vec![turning("consume_loop", &self.pipeline.metrics().health)]
-    }
-
-    async fn readiness(&self) -> Vec<Check> {
-        let health = &self.pipeline.metrics().health;
-        let assigned = health.assigned();
-        let mut checks = vec![
-            Check { name: "partitions_assigned", ok: assigned > 0, detail: format!("{assigned} input partitions") },
-            Check { name: "suppression_list", ok: health.are_suppressions_loaded(), detail: "read to its end at startup".to_owned() },
-        ];
-        let producer = self.pipeline.publisher().producer().clone();
-        checks.push(broker(&self.probing, move |timeout| producer.client().fetch_metadata(None, timeout).map(|m| m.brokers().len())).await);
-        if let Some(result) = self.pipeline.limiter().reachable(PROBE_TIMEOUT).await {
-            checks.push(match result {
-                Ok(()) => Check { name: "scylla", ok: true, detail: "answers".to_owned() },
-                Err(error) => Check { name: "scylla", ok: false, detail: error },
-            });
-        }
-        checks
-    }
 }

@@ -11,14 +11,14 @@ use reqwest::Url;
 use secrecy::SecretString;
 
 use crate::cql::{self, Consistency};
-use crate::deliver::sms::{OverLength, SmsRules, StatusCallbacks};
-use crate::deliver::{self, BreakerSettings, DeliveryMode, SmsProvider, TwilioAuth, TwilioSender};
+use crate::pipeline::deliver::sms::{OverLength, SmsRules, StatusCallbacks};
+use crate::pipeline::deliver::{self, BreakerSettings, DeliveryMode, SmsProvider, TwilioAuth, TwilioSender};
 use crate::kafka;
-use crate::ratelimit::{self, ChannelLimit, OverLimit, RateLimit};
+use crate::pipeline::ratelimit::{self, ChannelLimit, OverLimit, RateLimit};
 use crate::model::Channel;
-use crate::quiet::{Quiet, QuietHours};
-use crate::receipts;
-use crate::route::LaneSettings;
+use crate::pipeline::quiet::{Quiet, QuietHours};
+use crate::pipeline::receipts;
+use crate::pipeline::route::LaneSettings;
 use crate::telemetry::LogFormat;
 use crate::topics::{self, DelayTopic, Topics};
 
@@ -845,7 +845,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let (t, d, tw) = (&self.topics, &self.delivery, &self.twilio);
-        if !crate::templates::is_locale(&d.default_locale) {
+        if !crate::pipeline::templates::is_locale(&d.default_locale) {
             return Err(ConfigError::DefaultLocale(d.default_locale.clone()));
         }
         if t.retry_topics.is_empty() {
@@ -1048,7 +1048,7 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 mod tests {
     use super::*;
     use crate::model::Channel;
-    use crate::ratelimit::Window;
+    use crate::pipeline::ratelimit::Window;
 
     const KEY: &str = "an envelope key of 32 bytes or more";
 

@@ -355,12 +355,12 @@ async fn a_store_killed_while_consuming_loses_no_status() {
     // The store reads the status topic from the start, and is killed as
     // soon as some of it is written.
     let session = herald::cql::connect(&h.config(&refs(&args)).cql().unwrap()).await.unwrap();
-    let store = herald::store::Store::open(session, &cql.keyspace).await.unwrap();
+    let store = herald::api::store::Store::open(session, &cql.keyspace).await.unwrap();
     let today = Utc::now().date_naive();
     let stored = || async {
         let mut n = 0;
         for u in &users {
-            n += herald::store::Notification::group(store.day(u, today).await.unwrap()).len();
+            n += herald::api::store::Notification::group(store.day(u, today).await.unwrap()).len();
         }
         n
     };
@@ -384,7 +384,7 @@ async fn a_store_killed_while_consuming_loses_no_status() {
     }
     second.terminate();
     for u in &users {
-        let notifications = herald::store::Notification::group(store.day(u, today).await.unwrap());
+        let notifications = herald::api::store::Notification::group(store.day(u, today).await.unwrap());
         assert_eq!(notifications.len(), 1_000, "{u}");
         for n in &notifications {
             assert_eq!((n.current().status, n.history.len()), (Status::Sent, 1), "{}: written once, whatever was written twice", n.event_id());

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use herald::model::Status;
-use herald::receipts::{signature, SIGNATURE_HEADER};
+use herald::pipeline::receipts::{signature, SIGNATURE_HEADER};
 use herald_testkit::providers::AUTH_TOKEN;
 
 use crate::support::*;

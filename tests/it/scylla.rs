@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use herald::model::{Status, StatusEvent};
-use herald::ratelimit::{self, StoreError};
+use herald::pipeline::ratelimit::{self, StoreError};
 use herald_testkit::Cql;
 
 use crate::support::*;

@@ -148,8 +148,8 @@ async fn records_too_large_to_copy_are_dead_lettered_without_their_bytes() {
     // herald copies whole a record of up to --max-message-bytes (Kafka's
     // default, 1,048,588) less the 3,072 bytes its headers may need
     // (its own, and the trace headers it propagates).
-    let limit = 1_048_588 - herald::outcome::HEADER_ROOM;
-    assert_eq!(herald::outcome::HEADER_ROOM, 3_072, "the README says so");
+    let limit = 1_048_588 - herald::pipeline::outcome::HEADER_ROOM;
+    assert_eq!(herald::pipeline::outcome::HEADER_ROOM, 3_072, "the README says so");
     let records = [
         ("at-limit", request_of_size(&h, "at-limit", "big-user", limit)),
         ("over-limit", request_of_size(&h, "over-limit", "big-user", limit + 1)),

@@ -1,0 +1,640 @@
+//! Push through FCM HTTP v1, authorised by an OAuth2 access token obtained
+//! with a service-account JWT and cached until shortly before it expires.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{StatusCode, Url};
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Answer, Call, Delivered, DeliveryError, Gateway, Provider, Stage};
+use crate::model::{AndroidOverrides, ApnsOverrides, Channel, ErrorCode, InvalidReason, Request};
+use crate::pipeline::suppression::Reason;
+
+const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+/// Refresh this long before expiry so a token never dies mid-request.
+const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+
+/// The fields herald needs from a Google service-account key file.
+#[derive(Clone, Deserialize)]
+pub struct ServiceAccount {
+    pub client_email: String,
+    /// Named in the JWT's `kid`, so Google picks the key without trying each.
+    pub private_key_id: Option<String>,
+    private_key: SecretString,
+    pub token_uri: String,
+    pub project_id: Option<String>,
+}
+
+impl std::fmt::Debug for ServiceAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceAccount").field("client_email", &self.client_email).finish_non_exhaustive()
+    }
+}
+
+/// What is wrong with the key file; the caller names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read it: {0}")]
+    Read(std::io::Error),
+    #[error("it is not a service-account key: {0}")]
+    Parse(serde_json::Error),
+    #[error("its private key ({0}) is not an RSA key in PEM")]
+    Key(String),
+    #[error("it names no Firebase project: set --fcm-project-id or use a key file with project_id")]
+    NoProject,
+}
+
+pub struct Fcm {
+    http: reqwest::Client,
+    /// `{base}/v1/projects/{project}/messages:send`, built once.
+    send_url: Url,
+    account: ServiceAccount,
+    key: EncodingKey,
+    /// Held across the token exchange so concurrent sends wait for one
+    /// exchange instead of each starting their own.
+    token: Mutex<Option<AccessToken>>,
+}
+
+struct AccessToken {
+    value: SecretString,
+    refresh_at: Instant,
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    scope: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct Sent {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: GoogleError,
+}
+
+#[derive(Deserialize)]
+struct GoogleError {
+    status: Option<String>,
+    #[serde(default)]
+    details: Vec<ErrorDetail>,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(rename = "errorCode")]
+    error_code: Option<String>,
+}
+
+impl Fcm {
+    pub fn load_credentials(path: &Path) -> Result<ServiceAccount, CredentialsError> {
+        let text = std::fs::read_to_string(path).map_err(CredentialsError::Read)?;
+        serde_json::from_str(&text).map_err(CredentialsError::Parse)
+    }
+
+    /// Whether the key signs: checked at startup, before any connection.
+    pub fn check_key(account: &ServiceAccount) -> Result<(), CredentialsError> {
+        EncodingKey::from_rsa_pem(account.private_key.expose_secret().as_bytes())
+            .map(|_| ())
+            .map_err(|_| CredentialsError::Key(account.client_email.clone()))
+    }
+
+    pub fn new(
+        http: reqwest::Client,
+        base: &Url,
+        account: ServiceAccount,
+        project: Option<String>,
+    ) -> Result<Self, CredentialsError> {
+        let project = project.or_else(|| account.project_id.clone()).ok_or(CredentialsError::NoProject)?;
+        let key = EncodingKey::from_rsa_pem(account.private_key.expose_secret().as_bytes())
+            .map_err(|_| CredentialsError::Key(account.client_email.clone()))?;
+        let send_url = base.join(&format!("v1/projects/{project}/messages:send")).expect("project id forms a valid path");
+        Ok(Fcm { http, send_url, account, key, token: Mutex::new(None) })
+    }
+
+    async fn post(&self, message: &PushMessage) -> Result<Delivered, DeliveryError> {
+        let token = self.access_token().await?;
+        let request = self
+            .http
+            .post(self.send_url.clone())
+            .bearer_auth(token.expose_secret())
+            // Without it FCM may leave out `details[].errorCode`, by which
+            // herald tells UNREGISTERED (suppress the token) from NOT_FOUND.
+            .header("X-GOOG-API-FORMAT-VERSION", "2")
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(message.body.clone());
+        let answer = Answer::of(Provider::Fcm, request).await?;
+        let (status, retry_after) = (answer.status, answer.retry_after);
+        if status.is_success() {
+            let sent: Sent = answer.body().await?;
+            return Ok(Delivered { provider: Provider::Fcm, message_id: Some(sent.name) });
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            // Revoked or expired early: the next attempt exchanges afresh.
+            *self.token.lock().await = None;
+        }
+        let body: Option<ErrorBody> = answer.error().await;
+        Err(classify(status, body.map(|b| b.error), retry_after))
+    }
+
+    async fn access_token(&self) -> Result<SecretString, DeliveryError> {
+        let mut cached = self.token.lock().await;
+        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+            return Ok(token.value.clone());
+        }
+        let unavailable = |code: ErrorCode, message: String| DeliveryError::Unavailable { provider: Provider::Fcm, code, message, retry_after: None };
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            iss: &self.account.client_email,
+            scope: SCOPE,
+            aud: &self.account.token_uri,
+            iat: now,
+            exp: now + 3600,
+        };
+        let header = Header { kid: self.account.private_key_id.clone(), ..Header::new(Algorithm::RS256) };
+        let assertion = jsonwebtoken::encode(&header, &claims, &self.key)
+            .map_err(|e| unavailable(ErrorCode::herald("oauth:sign"), e.to_string()))?;
+        let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", &assertion)];
+        let answer = Answer::of(Provider::Fcm, self.http.post(&self.account.token_uri).form(&form)).await?;
+        if !answer.status.is_success() {
+            // An auth failure stops every push; retries keep the messages
+            // while an operator fixes the key.
+            return Err(unavailable(ErrorCode::token_exchange(answer.status.as_u16()), "token exchange refused".into()));
+        }
+        let token: TokenResponse = answer.body().await?;
+        let lifetime = Duration::from_secs(token.expires_in).saturating_sub(REFRESH_MARGIN);
+        let value = SecretString::from(token.access_token);
+        *cached = Some(AccessToken { value: value.clone(), refresh_at: Instant::now() + lifetime });
+        Ok(value)
+    }
+}
+
+/// FCM's request body, borrowed from the request.
+#[derive(Serialize)]
+struct Message<'a> {
+    message: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    token: &'a str,
+    notification: Notification<'a>,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    data: &'a HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    android: Option<Android<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apns: Option<Apns<'a>>,
+}
+
+#[derive(Serialize)]
+struct Notification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    body: &'a str,
+}
+
+/// FCM's `AndroidConfig`. Only what is set is sent, so FCM's defaults
+/// apply to the rest.
+#[derive(Serialize)]
+struct Android<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collapse_key: Option<&'a str>,
+    /// A protobuf Duration, in JSON: seconds with an "s".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<AndroidNotification<'a>>,
+}
+
+#[derive(Serialize)]
+struct AndroidNotification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    click_action: Option<&'a str>,
+}
+
+/// FCM's `ApnsConfig`: headers, and the `aps` dictionary of the payload.
+#[derive(Serialize)]
+struct Apns<'a> {
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    headers: &'a HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<ApnsPayload<'a>>,
+}
+
+#[derive(Serialize)]
+struct ApnsPayload<'a> {
+    aps: Aps<'a>,
+}
+
+#[derive(Serialize)]
+struct Aps<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<&'a str>,
+    #[serde(rename = "thread-id", skip_serializing_if = "Option::is_none")]
+    thread_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    badge: Option<i32>,
+    #[serde(rename = "content-available", skip_serializing_if = "Option::is_none")]
+    content_available: Option<u8>,
+}
+
+impl<'a> Message<'a> {
+    fn of(request: &'a Request) -> Self {
+        let content = &request.content;
+        Message {
+            message: Inner {
+                token: &request.recipient,
+                notification: Notification { title: content.title.as_deref(), body: &content.body },
+                data: &content.data,
+                android: content.android.as_deref().and_then(Android::of),
+                apns: content.apns.as_deref().and_then(Apns::of),
+            },
+        }
+    }
+}
+
+impl<'a> Android<'a> {
+    /// `None` when nothing is set: empty overrides add nothing.
+    fn of(a: &'a AndroidOverrides) -> Option<Self> {
+        let notification = AndroidNotification { channel_id: a.channel_id.as_deref(), sound: a.sound.as_deref(), click_action: a.click_action.as_deref() };
+        let notification = (notification.channel_id.is_some() || notification.sound.is_some() || notification.click_action.is_some()).then_some(notification);
+        let android = Android {
+            priority: a.priority.map(|p| p.symbol()),
+            collapse_key: a.collapse_key.as_deref(),
+            ttl: a.ttl_seconds.map(|s| format!("{s}s")),
+            notification,
+        };
+        (android.priority.is_some() || android.collapse_key.is_some() || android.ttl.is_some() || android.notification.is_some()).then_some(android)
+    }
+}
+
+impl<'a> Apns<'a> {
+    fn of(a: &'a ApnsOverrides) -> Option<Self> {
+        let aps = Aps {
+            sound: a.sound.as_deref(),
+            category: a.category.as_deref(),
+            thread_id: a.thread_id.as_deref(),
+            badge: a.badge,
+            content_available: a.content_available.then_some(1),
+        };
+        let set = aps.sound.is_some() || aps.category.is_some() || aps.thread_id.is_some() || aps.badge.is_some() || aps.content_available.is_some();
+        let apns = Apns { headers: &a.headers, payload: set.then_some(ApnsPayload { aps }) };
+        (!apns.headers.is_empty() || apns.payload.is_some()).then_some(apns)
+    }
+}
+
+const PERMANENT: &[&str] = &["UNREGISTERED", "INVALID_ARGUMENT", "SENDER_ID_MISMATCH", "THIRD_PARTY_AUTH_ERROR"];
+
+fn classify(status: StatusCode, error: Option<GoogleError>, retry_after: Option<Duration>) -> DeliveryError {
+    let fcm_code = error.as_ref().and_then(|e| e.details.iter().find_map(|d| d.error_code.clone()));
+    let code = fcm_code.clone().or_else(|| error.and_then(|e| e.status));
+    let (code, message) = match code {
+        Some(c) => (ErrorCode::provider(Provider::Fcm, &c), format!("FCM answered {c}")),
+        None => (ErrorCode::http(status.as_u16()), format!("FCM answered HTTP {status}")),
+    };
+    let permanent = match fcm_code.as_deref() {
+        Some(c) => PERMANENT.contains(&c),
+        None => status.is_client_error() && !matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::UNAUTHORIZED),
+    };
+    if fcm_code.as_deref() == Some("UNREGISTERED") {
+        return DeliveryError::RecipientGone { provider: Provider::Fcm, code, message, reason: Reason::TokenUnregistered };
+    }
+    if permanent {
+        DeliveryError::Rejected { provider: Provider::Fcm, code, message }
+    } else {
+        DeliveryError::Unavailable { provider: Provider::Fcm, code, message, retry_after }
+    }
+}
+
+/// FCM refuses messages whose payload is larger. Counted here: the
+/// notification, the data and the platform overrides.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+/// FCM keeps a message at most 28 days.
+const MAX_TTL_SECONDS: i64 = 28 * 24 * 3600;
+
+/// The push stage: FCM (or a dry run).
+pub struct PushStage {
+    pub stage: Stage<Fcm>,
+}
+
+impl PushStage {
+    /// The message to send for `request`, encoded, or why it can never be
+    /// sent here.
+    pub fn prepare(&self, request: &Request) -> Result<PushMessage, InvalidReason> {
+        if let Some(reason) = self.stage.refuses(Channel::Push) {
+            return Err(reason);
+        }
+        prepare(request)
+    }
+}
+
+/// FCM's request body for one push, checked against FCM's rules and
+/// encoded once: every attempt, and every provider, sends these bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushMessage {
+    body: bytes::Bytes,
+}
+
+impl PushMessage {
+    pub fn json(&self) -> &[u8] {
+        &self.body
+    }
+}
+
+impl Gateway for Fcm {
+    type Message = PushMessage;
+
+    fn provider(&self) -> Provider {
+        Provider::Fcm
+    }
+
+    async fn send(&self, message: &PushMessage, _: Call<'_>) -> Result<Delivered, DeliveryError> {
+        self.post(message).await
+    }
+}
+
+/// Checks a push request against FCM's rules, the size of its payload
+/// among them, and encodes it. The parts FCM counts are written one by
+/// one, so their sizes are known without writing anything twice.
+fn prepare(request: &Request) -> Result<PushMessage, InvalidReason> {
+    if request.recipient.trim().is_empty() {
+        return Err(InvalidReason::EmptyPushToken);
+    }
+    if request.content.body.trim().is_empty() && request.content.title.as_deref().unwrap_or("").trim().is_empty() {
+        return Err(InvalidReason::EmptyBody);
+    }
+    if let Some(ttl) = request.content.android.as_ref().and_then(|a| a.ttl_seconds) {
+        if !(0..=MAX_TTL_SECONDS).contains(&ttl) {
+            return Err(InvalidReason::InvalidOverride("android.ttl_seconds"));
+        }
+    }
+    if request.content.apns.as_ref().and_then(|a| a.badge).is_some_and(|b| b < 0) {
+        return Err(InvalidReason::InvalidOverride("apns.badge"));
+    }
+    let message = Message::of(request).message;
+    let mut body = Vec::with_capacity(256 + request.content.body.len());
+    body.extend_from_slice(b"{\"message\":{\"token\":");
+    write_str(&mut body, message.token);
+    body.extend_from_slice(b",\"notification\":");
+    let mut payload = write_notification(&mut body, &message.notification);
+    if !message.data.is_empty() {
+        body.extend_from_slice(b",\"data\":");
+        payload += write(&mut body, message.data);
+    }
+    if let Some(android) = &message.android {
+        body.extend_from_slice(b",\"android\":");
+        payload += write(&mut body, android);
+    }
+    if let Some(apns) = &message.apns {
+        body.extend_from_slice(b",\"apns\":");
+        payload += write(&mut body, apns);
+    }
+    body.extend_from_slice(b"}}");
+    if payload > MAX_PAYLOAD_BYTES {
+        return Err(InvalidReason::PayloadTooLarge { bytes: payload, max: MAX_PAYLOAD_BYTES });
+    }
+    Ok(PushMessage { body: body.into() })
+}
+
+/// Appends `value` as JSON, and says how many bytes that took.
+fn write<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> usize {
+    let before = out.len();
+    serde_json::to_writer(&mut *out, value).expect("a message serializes");
+    out.len() - before
+}
+
+/// [`write`] for the notification every push has, by hand: serde's
+/// struct and string machinery was most of what preparing a push cost.
+fn write_notification(out: &mut Vec<u8>, notification: &Notification<'_>) -> usize {
+    let before = out.len();
+    out.push(b'{');
+    if let Some(title) = notification.title {
+        out.extend_from_slice(b"\"title\":");
+        write_str(out, title);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"body\":");
+    write_str(out, notification.body);
+    out.push(b'}');
+    out.len() - before
+}
+
+/// Appends `s` as a JSON string, byte for byte as serde_json writes it.
+/// Most strings need no escape, and saying so takes comparisons without
+/// branches, which the compiler turns into vector code; serde_json looks
+/// each byte up in a table.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    let escapes = s.as_bytes().iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if escapes {
+        write(out, s);
+    } else {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ErrorClass;
+
+    fn message(request: &Request) -> serde_json::Value {
+        let encoded = prepare(request).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(encoded.json()).unwrap();
+        assert_eq!(value, serde_json::to_value(Message::of(request)).unwrap(), "encoded in parts as serde would whole");
+        value
+    }
+
+    fn validate(request: &Request) -> Result<(), InvalidReason> {
+        prepare(request).map(|_| ())
+    }
+
+    #[test]
+    fn payloads_over_4096_bytes_are_refused_before_sending() {
+        let mut r = Request {
+            prefs: Default::default(),
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: crate::model::Channel::Push,
+            recipient: "token".into(),
+            content: crate::model::Content { title: Some("t".into()), body: "b".into(), ..Default::default() },
+            scheduled_at: None,
+            created_at: chrono::Utc::now(),
+        };
+        assert_eq!(validate(&r), Ok(()));
+        // {"body":"…","title":"t"} is 23 bytes around the body.
+        r.content.body = "x".repeat(MAX_PAYLOAD_BYTES - 23);
+        assert!(validate(&r).is_ok(), "exactly at the limit");
+        r.content.data.insert("k".into(), "v".into());
+        assert_eq!(validate(&r), Err(InvalidReason::PayloadTooLarge { bytes: MAX_PAYLOAD_BYTES + 9, max: MAX_PAYLOAD_BYTES }), "data counts too");
+        r.content.data.clear();
+        r.content.body = "é".repeat(2040);
+        assert!(matches!(validate(&r), Err(InvalidReason::PayloadTooLarge { .. })), "bytes, not characters");
+    }
+
+    fn google(status: &str, fcm: Option<&str>) -> Option<GoogleError> {
+        Some(GoogleError {
+            status: Some(status.into()),
+            details: vec![ErrorDetail { error_code: fcm.map(str::to_owned) }],
+        })
+    }
+
+    #[test]
+    fn classification_table() {
+        use StatusCode as S;
+        let rows = [
+            (S::NOT_FOUND, google("NOT_FOUND", Some("UNREGISTERED")), ErrorClass::Permanent, "fcm:UNREGISTERED"),
+            (S::BAD_REQUEST, google("INVALID_ARGUMENT", Some("INVALID_ARGUMENT")), ErrorClass::Permanent, "fcm:INVALID_ARGUMENT"),
+            (S::FORBIDDEN, google("PERMISSION_DENIED", Some("SENDER_ID_MISMATCH")), ErrorClass::Permanent, "fcm:SENDER_ID_MISMATCH"),
+            (S::UNAUTHORIZED, google("UNAUTHENTICATED", Some("THIRD_PARTY_AUTH_ERROR")), ErrorClass::Permanent, "fcm:THIRD_PARTY_AUTH_ERROR"),
+            (S::SERVICE_UNAVAILABLE, google("UNAVAILABLE", Some("UNAVAILABLE")), ErrorClass::Transient, "fcm:UNAVAILABLE"),
+            (S::INTERNAL_SERVER_ERROR, google("INTERNAL", Some("INTERNAL")), ErrorClass::Transient, "fcm:INTERNAL"),
+            (S::TOO_MANY_REQUESTS, google("RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED")), ErrorClass::Transient, "fcm:QUOTA_EXCEEDED"),
+            (S::BAD_GATEWAY, None, ErrorClass::Transient, "http:502"),
+            (S::UNAUTHORIZED, None, ErrorClass::Transient, "http:401"),
+        ];
+        for (status, error, class, code) in rows {
+            let e = classify(status, error, None);
+            assert_eq!((e.class(), e.code().as_str()), (class, code), "{status}");
+            let gone = matches!(e, DeliveryError::RecipientGone { reason: Reason::TokenUnregistered, .. });
+            assert_eq!(gone, code == "fcm:UNREGISTERED", "only UNREGISTERED suppresses the token: {e:?}");
+        }
+    }
+
+    #[test]
+    fn message_shape() {
+        let request = Request {
+            prefs: Default::default(),
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: crate::model::Channel::Push,
+            recipient: "tok".into(),
+            content: crate::model::Content {
+                template_id: None,
+                title: Some("T".into()),
+                body: "B".into(),
+                template_vars: HashMap::new(),
+                data: HashMap::from([("k".into(), "v".into())]),
+                android: None,
+                apns: None,
+            },
+            scheduled_at: None,
+            created_at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            message(&request),
+            serde_json::json!({"message": {"token": "tok", "notification": {"title": "T", "body": "B"}, "data": {"k": "v"}}})
+        );
+        let overridden = Request {
+            content: crate::model::Content {
+                android: Some(Box::new(AndroidOverrides {
+                    priority: Some(crate::model::AndroidPriority::High),
+                    ttl_seconds: Some(90),
+                    channel_id: Some("orders".into()),
+                    ..Default::default()
+                })),
+                apns: Some(Box::new(ApnsOverrides {
+                    headers: HashMap::from([("apns-priority".into(), "5".into())]),
+                    badge: Some(0),
+                    thread_id: Some("orders".into()),
+                    content_available: true,
+                    ..Default::default()
+                })),
+                ..request.content.clone()
+            },
+            ..request.clone()
+        };
+        assert_eq!(
+            message(&overridden)["message"],
+            serde_json::json!({
+                "token": "tok", "notification": {"title": "T", "body": "B"}, "data": {"k": "v"},
+                "android": {"priority": "HIGH", "ttl": "90s", "notification": {"channel_id": "orders"}},
+                "apns": {"headers": {"apns-priority": "5"}, "payload": {"aps": {"badge": 0, "thread-id": "orders", "content-available": 1}}}
+            })
+        );
+        // Empty overrides add nothing.
+        let empty = Request {
+            content: crate::model::Content { android: Some(Box::default()), apns: Some(Box::default()), ..request.content.clone() },
+            ..request.clone()
+        };
+        assert_eq!(message(&empty), message(&request));
+    }
+
+    #[test]
+    fn strings_are_encoded_byte_for_byte_as_serde_json_would() {
+        let texts = [
+            "", "plain", "say \"hi\"", "back\\slash", "tab\tnew\nline", "\u{0}\u{1f}", "\u{7f} del", "é ü 中文",
+            "emoji 🎉", "</script>", "\\\"", "a\rb", &"x".repeat(1500),
+        ];
+        for (i, text) in texts.iter().enumerate() {
+            let title = (i % 2 == 0).then(|| text.to_string());
+            let request = Request {
+                prefs: Default::default(),
+                event_id: "e".into(),
+                user_id: "u".into(),
+                channel: crate::model::Channel::Push,
+                recipient: format!("tok{text}"),
+                content: crate::model::Content { title, body: format!("body {text}"), ..Default::default() },
+                scheduled_at: None,
+                created_at: chrono::Utc::now(),
+            };
+            let prepared = prepare(&request).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(prepared.json()),
+                serde_json::to_string(&Message::of(&request)).unwrap(),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn overrides_out_of_range_are_invalid() {
+        let mut r = Request {
+            prefs: Default::default(),
+            event_id: "e".into(),
+            user_id: "u".into(),
+            channel: crate::model::Channel::Push,
+            recipient: "tok".into(),
+            content: crate::model::Content { body: "b".into(), ..Default::default() },
+            scheduled_at: None,
+            created_at: chrono::Utc::now(),
+        };
+        for (ttl, ok) in [(0, true), (MAX_TTL_SECONDS, true), (-1, false), (MAX_TTL_SECONDS + 1, false)] {
+            r.content.android = Some(Box::new(AndroidOverrides { ttl_seconds: Some(ttl), ..Default::default() }));
+            assert_eq!(validate(&r).is_ok(), ok, "ttl {ttl}");
+        }
+        r.content.android = None;
+        r.content.apns = Some(Box::new(ApnsOverrides { badge: Some(-1), ..Default::default() }));
+        assert_eq!(validate(&r), Err(InvalidReason::InvalidOverride("apns.badge")));
+    }
+}
