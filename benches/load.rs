@@ -1001,7 +1001,7 @@ async fn passthrough(bootstrap: &str, input: &str, output: &str, group: &str, fa
             .chain(consumer_args()),
     )
     .expect("passthrough config");
-    let settings = config.settings().expect("passthrough settings");
+    let settings = config.pipeline().expect("passthrough settings");
     let producer = herald::kafka::producer(&settings.kafka).expect("producer");
     // herald's consumer context, with no status topic to keep paused.
     let context = herald::pipeline::ingest::IngestContext::new(String::new(), Default::default(), producer.clone(), Duration::from_secs(10), Default::default(), vec![]);

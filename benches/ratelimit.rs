@@ -59,8 +59,7 @@ async fn main() {
     let cql = Cql::start();
     let argv: Vec<String> = ["herald".to_owned()].into_iter().chain(cql.args()).collect();
     let config = herald::Config::try_parse_from(argv).expect("bench arguments parse");
-    let settings = config.cql().expect("a CQL server");
-    let max_writes = config.scylla.scylla_max_writes;
+    let (settings, max_writes) = config.scylla.settings().expect("ScyllaDB flags").expect("a CQL server");
     let session = herald::cql::connect(&settings).await.expect("connecting");
     herald::cql::migrate(&session, &cql.keyspace, &settings.replication).await.expect("migrating");
     let table = || async {

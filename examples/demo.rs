@@ -108,7 +108,8 @@ async fn run(args: Args) -> std::process::ExitCode {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the admin listener");
     let listeners = herald::Provided { admin: Some(admin_listener), ..Default::default() };
-    let app = match herald::App::build(config.clone(), listeners).await {
+    let settings = config.pipeline().expect("the demo's configuration is valid");
+    let app = match herald::App::build(settings, listeners).await {
         Ok(app) => app,
         Err(e) => {
             println!("herald did not start: {e}");

@@ -9,6 +9,59 @@ use rdkafka::producer::FutureProducer;
 
 use std::time::Duration;
 
+use crate::flags::{self, ConfigError};
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (host:port,...).
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+
+    /// Consumer group id; run more instances with the same id to scale out.
+    #[arg(long, env = "HERALD_GROUP_ID", default_value = "herald")]
+    pub group_id: String,
+
+    /// Extra librdkafka settings for every client, as key=value (repeat, or comma-separate).
+    #[arg(long = "kafka-option", env = "HERALD_KAFKA_OPTIONS", value_delimiter = ',', value_parser = flags::parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+
+    /// Extra librdkafka settings for the consumer only (group timeouts, fetch sizes); these win over --kafka-option.
+    #[arg(long = "kafka-consumer-option", env = "HERALD_KAFKA_CONSUMER_OPTIONS", value_delimiter = ',', value_parser = flags::parse_key_value)]
+    pub kafka_consumer_options: Vec<(String, String)>,
+
+    /// Extra librdkafka settings for the producer only (batching, compression); these win over --kafka-option.
+    #[arg(long = "kafka-producer-option", env = "HERALD_KAFKA_PRODUCER_OPTIONS", value_delimiter = ',', value_parser = flags::parse_key_value)]
+    pub kafka_producer_options: Vec<(String, String)>,
+
+    /// The largest record herald produces (librdkafka's message.max.bytes). Apache Kafka's default limit; a consumed record too large to copy with herald's headers within it is INVALID (record-too-large), and its dead letter carries none of its bytes.
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 1_048_588)]
+    pub max_message_bytes: usize,
+
+    /// How often stored offsets are committed; what was finished but not committed is delivered again after a crash (and not sent again: see the send ledger).
+    #[arg(long, env = "HERALD_COMMIT_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+}
+
+
+impl KafkaArgs {
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        if self.max_message_bytes < flags::MIN_MESSAGE_BYTES {
+            return Err(ConfigError::MaxMessageBytes(self.max_message_bytes));
+        }
+        flags::counts(&[("commit-interval", self.commit_interval.as_millis() as usize, false)])?;
+        Ok(Settings {
+            brokers: self.brokers.clone(),
+            group_id: self.group_id.clone(),
+            options: self.kafka_options.clone(),
+            consumer_options: self.kafka_consumer_options.clone(),
+            producer_options: self.kafka_producer_options.clone(),
+            max_message_bytes: self.max_message_bytes,
+            commit_interval: self.commit_interval,
+        })
+    }
+}
+
 /// How herald's Kafka clients connect, and the operator's own settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -196,4 +249,42 @@ mod tests {
         let consumer = consumer_config(&every);
         assert_eq!((consumer.get("auto.commit.interval.ms"), consumer.get("enable.auto.offset.store")), (Some("200"), Some("false")));
     }
+}
+
+/// No bootstrap server of `--brokers` accepts a connection.
+#[derive(Debug, thiserror::Error)]
+#[error("--brokers {brokers}: {reason}")]
+pub struct Unreachable {
+    pub brokers: String,
+    pub reason: String,
+}
+
+/// Whether any bootstrap server accepts a connection, tried at once
+/// rather than after the Kafka client's own retries: a wrong address is a
+/// configuration mistake, and the error should say so and name it.
+pub async fn reachable(brokers: &str) -> Result<(), Unreachable> {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let failed = |reason: String| Unreachable { brokers: brokers.to_owned(), reason };
+    let addresses: Vec<String> = brokers
+        .split(',')
+        .map(|b| b.trim().rsplit_once("://").map_or(b.trim(), |(_, a)| a).to_owned())
+        .filter(|b| !b.is_empty())
+        .map(|b| if b.contains(':') { b } else { format!("{b}:9092") })
+        .collect();
+    if addresses.is_empty() {
+        return Err(failed("no bootstrap server given".into()));
+    }
+    let attempts = addresses.iter().map(|address| async move {
+        match tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(address.as_str())).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("{address}: {error}")),
+            Err(_) => Err(format!("{address}: no answer within {TIMEOUT:?}")),
+        }
+    });
+    let results = futures::future::join_all(attempts).await;
+    if results.iter().any(Result::is_ok) {
+        return Ok(());
+    }
+    let reasons: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    Err(failed(format!("no bootstrap server accepts connections ({})", reasons.join("; "))))
 }

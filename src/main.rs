@@ -7,8 +7,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use herald::config::Command;
 
 fn main() {
-    // Before the runtime starts its threads: reading the configuration may
-    // set environment variables (the old services' names).
+    // Before the runtime starts: a mistake in the flags exits with clap's
+    // message, and nothing has been started that would need stopping.
     let config = herald::Config::from_env();
     herald::telemetry::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");

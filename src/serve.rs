@@ -48,6 +48,35 @@ impl Limits {
     }
 }
 
+/// What the caller hands herald instead of building it from
+/// configuration: listeners (a test binds port 0, learns the port, and
+/// hands the listener over), and the clock (a test moves it).
+#[derive(Debug, Default)]
+pub struct Provided {
+    pub receipts: Option<std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
+    /// `herald api`'s own listener (`--api-listen`).
+    pub api: Option<std::net::TcpListener>,
+    pub clock: crate::clock::Clock,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {addr}: cannot listen: {source}")]
+pub struct ListenError {
+    pub flag: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// The listener a caller handed over, or one bound to `addr`.
+pub async fn bind(flag: &'static str, addr: SocketAddr, given: Option<std::net::TcpListener>) -> Result<TcpListener, ListenError> {
+    let bound = match given {
+        Some(listener) => listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener)),
+        None => TcpListener::bind(addr).await,
+    };
+    bound.map_err(|source| ListenError { flag, addr, source })
+}
+
 /// Accepts connections, at most `limits.max_connections` at once, each
 /// served over HTTP/1 within the limits.
 pub async fn accept(

@@ -5,8 +5,11 @@
 //! follows. The OpenAPI document at `/openapi.json` is generated from the
 //! handlers below.
 
+mod args;
 pub mod run;
 pub mod store;
+
+pub use args::ApiArgs;
 
 use std::sync::Arc;
 use std::time::Duration;

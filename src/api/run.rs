@@ -4,31 +4,71 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::store;
-use crate::config::{self, Config};
 use crate::cql::rate_limits::Table;
-use crate::{admin, bind, cql, kafka, metrics, reachable, topics, Error, Provided};
+use crate::kafka::{reachable, Unreachable};
+use crate::serve::{bind, ListenError, Provided};
+use crate::{admin, cql, kafka, metrics, topics};
+
+/// What `herald api` runs with, converted from its flags by `config`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kafka: kafka::Settings,
+    pub topics: topics::Topics,
+    pub creation: topics::Creation,
+    pub cql: cql::Settings,
+    /// The longest rate-limit window of the pipeline: how long the
+    /// rate-limit table keeps counts.
+    pub longest_window: Option<std::time::Duration>,
+    pub listen: std::net::SocketAddr,
+    pub token: secrecy::SecretString,
+    pub cancel_rate: governor::Quota,
+    /// The status store's consumer group.
+    pub group_id: String,
+    /// Where the admin endpoints listen, if anywhere.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// Why `herald api` could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Brokers(#[from] Unreachable),
+    #[error("kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topics: {0}")]
+    Topics(#[from] topics::TopicError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("rate-limit store: {0}")]
+    RateLimitStore(#[from] cql::rate_limits::StoreError),
+    #[error("ScyllaDB: {0}")]
+    Cql(#[from] cql::CqlError),
+    #[error("status store: {0}")]
+    Store(#[from] store::StoreError),
+}
 
 /// `herald api`: keeps the status store from the status topic, and serves
 /// the API and its admin endpoints, until `shutdown` completes. Listeners
 /// in `provided` replace `--api-listen` and `--admin-listen` (a test binds
 /// port 0).
-pub async fn api(config: &Config, args: &config::ApiArgs, provided: Provided, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let settings = config.settings()?;
-    let token = args.bearer()?;
-    let (cql, _) = settings.scylla.clone().ok_or(config::ConfigError::ApiWithoutScylla)?;
-    let listener = bind("--api-listen", args.listen, provided.api).await?;
+pub async fn api(settings: Settings, provided: Provided, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+    let cql = &settings.cql;
+    let listener = bind("--api-listen", settings.listen, provided.api).await?;
     let admin = match (settings.admin, provided.admin) {
-        (_, Some(given)) => Some(bind("--admin-listen", given.local_addr().map_err(|source| Error::Listen { flag: "--admin-listen", addr: args.listen, source })?, Some(given)).await?),
+        (_, Some(given)) => {
+            let addr = given.local_addr().map_err(|source| ListenError { flag: "--admin-listen", addr: settings.listen, source })?;
+            Some(bind("--admin-listen", addr, Some(given)).await?)
+        }
         (Some(addr), None) => Some(bind("--admin-listen", addr, None).await?),
         (None, None) => None,
     };
-    let session = cql::connect(&cql).await?;
+    let session = cql::connect(cql).await?;
     let store = Arc::new(store::Store::open(session.clone(), &cql.keyspace).await?);
-    let limits = Table::open(session, &cql.keyspace, settings.rate_limits.longest(), 1).await?;
+    let limits = Table::open(session, &cql.keyspace, settings.longest_window, 1).await?;
     reachable(&settings.kafka.brokers).await?;
     let topics = settings.topics.clone();
     topics::ensure(&kafka::admin(&settings.kafka)?, &topics, settings.creation, &settings.kafka.brokers).await?;
-    let group = args.group_id.clone().unwrap_or_else(|| format!("{}.api", settings.kafka.group_id));
+    let group = settings.group_id.clone();
     let metrics = Arc::new(metrics::StoreMetrics::default());
     let consumer = Arc::new(store::consumer(kafka::consumer_config_in(&settings.kafka, &group), &topics.status, metrics)?);
     let api = Arc::new(super::Api {
@@ -37,8 +77,8 @@ pub async fn api(config: &Config, args: &config::ApiArgs, provided: Provided, sh
         pipeline_group: settings.kafka.group_id.clone(),
         producer: kafka::producer(&settings.kafka)?,
         cancellations: topics.cancellations.clone(),
-        token,
-        cancels: super::throttle(args.cancel_rate),
+        token: settings.token.clone(),
+        cancels: super::throttle(settings.cancel_rate),
     });
     tracing::info!(message = "Keeping the status store.", topic = topics.status, group, keyspace = cql.keyspace);
     let (stop, stopping) = tokio::sync::watch::channel(false);

@@ -21,6 +21,15 @@ pub enum RegistryError {
     Unavailable(String),
 }
 
+/// The flag of the schema registry.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct RegistryArgs {
+    /// Confluent Schema Registry base URL. Without it, herald reads and writes with its bundled schemas.
+    #[arg(long, env = "SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<Url>,
+}
+
 pub struct Registry {
     http: reqwest::Client,
     base: Url,

@@ -15,6 +15,8 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 
+use crate::flags::{self, ConfigError};
+
 /// Every schema file, in the order `herald migrate` applies them.
 pub const SCHEMAS: &[(&str, &str)] = &[
     ("001_rate_limit.cql", include_str!("../../schemas/scylla/001_rate_limit.cql")),
@@ -37,6 +39,68 @@ pub struct Settings {
     /// Off only for single-node test servers, which have no peers table.
     pub await_schema_agreement: bool,
     pub fetch_schema_metadata: bool,
+}
+
+/// The flags of ScyllaDB.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "ScyllaDB")]
+pub struct ScyllaArgs {
+    /// ScyllaDB contact points (host:port, comma-separated). Without it, rate limits are kept in memory and reset on restart.
+    #[arg(long, env = "SCYLLA_URI")]
+    pub scylla_uri: Option<String>,
+
+    /// Keyspace of herald's tables.
+    #[arg(long, env = "HERALD_SCYLLA_KEYSPACE", default_value = "herald")]
+    pub scylla_keyspace: String,
+
+    /// Replication of the keyspace, as CQL, used by `herald migrate` when it creates the keyspace.
+    #[arg(long, env = "HERALD_SCYLLA_REPLICATION", default_value = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}")]
+    pub scylla_replication: String,
+
+    /// Consistency of rate-limit reads and writes.
+    #[arg(long, env = "HERALD_SCYLLA_CONSISTENCY", value_enum, default_value_t = Consistency::LocalQuorum)]
+    pub scylla_consistency: Consistency,
+
+    /// Timeout of one ScyllaDB request, and of connecting.
+    #[arg(long, env = "HERALD_SCYLLA_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub scylla_timeout: Duration,
+
+    /// Rate-limit writes in flight at once; when they are all pending, the consumer waits.
+    #[arg(long, env = "HERALD_SCYLLA_MAX_WRITES", default_value_t = 1024)]
+    pub scylla_max_writes: usize,
+
+    /// Wait for schema agreement after schema changes (turn off only for single-node test servers).
+    #[arg(long, env = "HERALD_SCYLLA_AWAIT_SCHEMA_AGREEMENT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scylla_await_schema_agreement: bool,
+
+    /// Fetch schema metadata on connect (turn off only for test servers that lack it).
+    #[arg(long, env = "HERALD_SCYLLA_FETCH_SCHEMA_METADATA", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scylla_fetch_schema_metadata: bool,
+}
+
+impl ScyllaArgs {
+    /// ScyllaDB's settings when `SCYLLA_URI` is set, with the bound on
+    /// rate-limit writes in flight.
+    pub fn settings(&self) -> Result<Option<(Settings, usize)>, ConfigError> {
+        // Interpolated into CQL, so it must be an identifier and nothing more.
+        let ks = &self.scylla_keyspace;
+        let identifier = ks.len() <= 48 && ks.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && ks.chars().next().is_some_and(|c| !c.is_ascii_digit());
+        if !identifier {
+            return Err(ConfigError::Keyspace(ks.clone()));
+        }
+        flags::counts(&[("scylla-max-writes", self.scylla_max_writes, true)])?;
+        let Some(nodes) = self.scylla_uri.clone() else { return Ok(None) };
+        let settings = Settings {
+            nodes,
+            keyspace: ks.clone(),
+            replication: self.scylla_replication.clone(),
+            consistency: self.scylla_consistency,
+            timeout: self.scylla_timeout,
+            await_schema_agreement: self.scylla_await_schema_agreement,
+            fetch_schema_metadata: self.scylla_fetch_schema_metadata,
+        };
+        Ok(Some((settings, self.scylla_max_writes)))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

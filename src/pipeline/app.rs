@@ -1,9 +1,10 @@
-//! The pipeline, built and run: [`App::build`] checks a [`Config`] and
-//! connects; [`App::run`] consumes until shutdown.
+//! The pipeline, built and run: [`App::build`] checks its [`Settings`]
+//! and connects; [`App::run`] consumes until shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 
@@ -16,9 +17,90 @@ use super::route::{Lane, Router};
 use super::suppression;
 use super::templates;
 use super::{follow, ledger, outcome, Pipeline};
-use crate::config::{self, Config, Settings};
+use super::quiet::QuietHours;
+use super::ratelimit;
+use super::route::RouteSettings;
+use crate::kafka::{reachable, Unreachable};
 use crate::model::Channel;
-use crate::{admin, bind, codec, cql, kafka, metrics, reachable, record, topics, Error, Provided};
+use crate::record::Seal;
+use crate::serve::{bind, ListenError, Provided};
+use crate::{admin, codec, cql, kafka, metrics, record, topics};
+
+/// The pipeline's own flags, besides those of its stages.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Pipeline")]
+pub struct PipelineArgs {
+    /// The furthest ahead a request may be scheduled; later ones are INVALID (scheduled-too-far). It bounds how long a cancel is remembered.
+    #[arg(long, env = "HERALD_MAX_SCHEDULE_AHEAD", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub max_schedule_ahead: Duration,
+
+    /// Request headers copied onto its status events and dead letters, besides traceparent and tracestate (always).
+    #[arg(long, env = "HERALD_PROPAGATE_HEADERS", value_delimiter = ',')]
+    pub propagate_headers: Vec<String>,
+
+    /// How long the send ledger remembers a send after its status, or after the next attempt a status announced.
+    #[arg(long, env = "HERALD_LEDGER_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ledger_window: Duration,
+}
+
+/// What the pipeline is built from: each module's settings, converted
+/// from the flags by `config`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kafka: kafka::Settings,
+    pub topics: topics::Topics,
+    pub creation: topics::Creation,
+    pub schema_registry: Option<reqwest::Url>,
+    pub rate_limits: ratelimit::Settings,
+    /// With the table's bound on writes in flight; rate limits are kept in
+    /// memory without it.
+    pub scylla: Option<(cql::Settings, usize)>,
+    pub route: RouteSettings,
+    /// Parked records the consume loop holds in memory at most.
+    pub hold_records: usize,
+    /// Of one provider HTTP request, and of schema registry requests.
+    pub http_timeout: Duration,
+    pub delivery: deliver::Settings,
+    pub receipts: Option<receipts::Settings>,
+    pub ledger_window: Duration,
+    pub shutdown_deadline: Duration,
+    pub max_schedule_ahead: Duration,
+    pub propagate_headers: Vec<String>,
+    pub quiet: QuietHours,
+    /// `--templates-dir`, loaded by `App::build`, and its default locale.
+    pub templates: Option<(std::path::PathBuf, String)>,
+    /// Where the admin endpoints listen, if anywhere.
+    pub admin: Option<SocketAddr>,
+    /// Seals what the pipeline parks on its delay topics.
+    pub seal: Seal,
+}
+
+/// Why the pipeline could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Brokers(#[from] Unreachable),
+    #[error("kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("topics: {0}")]
+    Topics(#[from] topics::TopicError),
+    #[error("--fcm-credentials {path}: {source}")]
+    Credentials { path: String, source: deliver::push::CredentialsError },
+    #[error("schema registry: {0}")]
+    Registry(#[from] codec::registry::RegistryError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Follow(#[from] follow::FollowError),
+    #[error("rate-limit store: {0}")]
+    RateLimitStore(#[from] cql::rate_limits::StoreError),
+    #[error("ScyllaDB: {0}")]
+    Cql(#[from] cql::CqlError),
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+    #[error("--templates-dir: {0}")]
+    Templates(#[from] templates::LoadError),
+}
 
 /// herald, built: configuration checked, credentials loaded, listeners
 /// bound, topics in place, the suppression list read. [`App::run`] starts
@@ -37,18 +119,12 @@ pub struct App {
     templates: Option<templates::TemplateSet>,
 }
 
-/// Runs herald until `shutdown` completes, then drains in-flight work
-/// within the configured deadline, flushes, commits and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    App::build(config, Provided::default()).await?.run(shutdown).await
-}
-
 impl App {
     /// Checks everything that needs no connection first (flags, the SMS
     /// template, provider credentials, listeners), so a mistake there is
     /// reported at once and names its flag; then connects.
-    pub async fn build(config: Config, provided: Provided) -> Result<App, Error> {
-        let Checked { settings, templates, sms, push, calls, http, metrics } = check(&config)?;
+    pub async fn build(settings: Settings, provided: Provided) -> Result<App, PipelineError> {
+        let Prepared { settings, templates, sms, push, calls, http, metrics } = prepare(settings)?;
         let Provided { receipts: receipts_listener, admin: admin_listener, clock, api: _ } = provided;
         let receipts = match &settings.receipts {
             Some(r) => Some((bind("--receipts-listen", r.listen, receipts_listener).await?, r.clone())),
@@ -82,11 +158,10 @@ impl App {
         let cancellations = Arc::new(cancel::Cancellations::new(topics.cancel_keep));
         let cancellation_reader = follow::load(kafka::reader(&settings.kafka)?, &topics.cancellations, &*cancellations).await?;
         metrics.health.suppressions_loaded();
-        let router = Router::new(Lane::new(sms, settings.sms_lane), Lane::new(push, settings.push_lane), settings.settled_queue, settings.unconfirmed_sends, calls, templates.clone());
+        let router = Router::new(Lane::new(sms, settings.route.sms_lane), Lane::new(push, settings.route.push_lane), settings.route.settled_queue, settings.route.unconfirmed_sends, calls, templates.clone());
         let max_bytes = kafka::max_message_bytes(&settings.kafka);
         let propagated = record::Propagated::new(&settings.propagate_headers);
-        let seal = settings.seal.clone().ok_or(config::ConfigError::NoEnvelopeKey)?;
-        let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, propagated, seal, metrics.clone());
+        let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, propagated, settings.seal.clone(), metrics.clone());
         let limits = settings.rate_limits.clone();
         let pipeline = Arc::new(Pipeline::new(super::Stages {
             decoder: codec::decode::Decoder::new(codec::Bundled::load(), registry),
@@ -119,7 +194,7 @@ impl App {
 
     /// Consumes until `shutdown` completes, then drains within the
     /// shutdown deadline.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
         let App { settings, pipeline, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin, templates } = self;
         let topics = pipeline.topics().clone();
         // Dropping the set, however `run` returns, stops following.
@@ -162,7 +237,7 @@ impl App {
 }
 
 /// What the pipeline checks before it connects to anything.
-struct Checked {
+struct Prepared {
     settings: Settings,
     templates: Option<templates::TemplateSet>,
     sms: deliver::sms::SmsStage,
@@ -172,51 +247,39 @@ struct Checked {
     metrics: Arc<metrics::Metrics>,
 }
 
-/// Everything the pipeline can check without a connection: flags, secret
-/// files, templates, the SMS template, provider credentials.
-fn check(config: &Config) -> Result<Checked, Error> {
-    let settings = config.settings()?;
+/// Everything the pipeline can check without a connection: templates,
+/// provider credentials, the stages built from them.
+fn prepare(settings: Settings) -> Result<Prepared, PipelineError> {
     let templates = match &settings.templates {
         Some((dir, default_locale)) => Some(templates::TemplateSet::load(dir, default_locale)?),
         None => None,
     };
     let credentials = |source| {
         let path = settings.delivery.fcm.as_ref().map(|f| f.credentials.display().to_string()).unwrap_or_default();
-        Error::Credentials { path, source }
+        PipelineError::Credentials { path, source }
     };
     let fcm = settings.delivery.load_fcm().map_err(credentials)?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let http = reqwest::Client::builder().timeout(settings.http_timeout).user_agent(crate::USER_AGENT).build().expect("static HTTP client settings");
+    let http = reqwest::Client::builder().timeout(settings.http_timeout).user_agent(deliver::USER_AGENT).build().expect("static HTTP client settings");
     let calls = Calls::default();
     let (sms, push) = deliver::stages(settings.delivery.clone(), fcm, &http, &calls, &metrics).map_err(credentials)?;
-    Ok(Checked { settings, templates, sms, push, calls, http, metrics })
+    Ok(Prepared { settings, templates, sms, push, calls, http, metrics })
 }
 
-/// `herald check`: the configuration of the pipeline, or of `herald api`,
-/// checked as each would at startup, with nothing connected to. Says what
-/// it found on stdout.
-pub fn check_config(config: &Config) -> Result<(), Error> {
-    match &config.command {
-        Some(config::Command::Check { program: Some(config::CheckProgram::Api(_)) }) => {
-            config.settings()?;
-            println!("herald api: the configuration is valid");
-        }
-        _ => {
-            let checked = check(config)?;
-            let s = &checked.settings;
-            println!(
-                "herald: the configuration is valid (group {}; SMS: {}; push: {})",
-                s.kafka.group_id,
-                checked.sms.stage.describe(),
-                checked.push.stage.describe()
-            );
-        }
-    }
-    Ok(())
+/// `herald check`: what [`App::build`] checks before it connects, with
+/// nothing connected to; says what the pipeline would run with.
+pub fn check(settings: Settings) -> Result<String, PipelineError> {
+    let prepared = prepare(settings)?;
+    Ok(format!(
+        "group {}; SMS: {}; push: {}",
+        prepared.settings.kafka.group_id,
+        prepared.sms.stage.describe(),
+        prepared.push.stage.describe()
+    ))
 }
 
 /// Joins the group and consumes until `shutdown` completes.
-async fn consume(settings: &Settings, pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+async fn consume(settings: &Settings, pipeline: Arc<Pipeline>, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
     let topics = pipeline.topics().clone();
     // The status topic is in the subscription so that each instance is
     // assigned the status partitions of its requests, and commits the
@@ -236,7 +299,7 @@ async fn consume(settings: &Settings, pipeline: Arc<Pipeline>, shutdown: impl Fu
     Ok(ingest::consume(consumer, pipeline, ingest, shutdown).await?)
 }
 
-async fn rate_limit_store(settings: &Settings, metrics: &Arc<metrics::Metrics>) -> Result<Store, Error> {
+async fn rate_limit_store(settings: &Settings, metrics: &Arc<metrics::Metrics>) -> Result<Store, PipelineError> {
     let limits = Channel::ALL.map(|c| (c.symbol(), settings.rate_limits.of(c).limit.windows.clone()));
     let Some((cql, max_writes)) = &settings.scylla else {
         tracing::warn!(message = "No SCYLLA_URI: rate limits are kept in memory, and reset when herald restarts or a partition moves.", ?limits);

@@ -140,6 +140,39 @@ impl QuietHours {
     }
 }
 
+/// The flags of quiet hours.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Quiet hours")]
+pub struct QuietArgs {
+    /// SMS quiet hours in the recipient's time zone, e.g. 21:00-08:00 (may cross midnight), or off: requests not URGENT are DEFERRED until they end.
+    #[arg(long, env = "HERALD_SMS_QUIET_HOURS", default_value = "off")]
+    pub sms_quiet_hours: Quiet,
+
+    /// Push quiet hours, as --sms-quiet-hours.
+    #[arg(long, env = "HERALD_PUSH_QUIET_HOURS", default_value = "off")]
+    pub push_quiet_hours: Quiet,
+
+    /// The time zone of requests that name none (an IANA name).
+    #[arg(long, env = "HERALD_DEFAULT_TIME_ZONE", default_value = "UTC", value_parser = parse_time_zone)]
+    pub default_time_zone: chrono_tz::Tz,
+}
+
+impl QuietArgs {
+    pub fn settings(&self) -> QuietHours {
+        QuietHours::new(
+            |c| match c {
+                Channel::Sms => self.sms_quiet_hours,
+                Channel::Push => self.push_quiet_hours,
+            },
+            self.default_time_zone,
+        )
+    }
+}
+
+fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+    chrono_tz::Tz::from_str_insensitive(name).map_err(|_| format!("{name:?} is not an IANA time zone name, such as Europe/Lisbon"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

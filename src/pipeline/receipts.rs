@@ -45,6 +45,7 @@ use tokio::net::TcpListener;
 use crate::pipeline::deliver::sms::{CallbackError, CallbackIds, StatusCallbacks};
 use crate::pipeline::deliver::Provider;
 pub use crate::serve::Limits;
+use crate::flags::{self, ConfigError};
 use crate::mask::Masked;
 use secrecy::{ExposeSecret, SecretString};
 use crate::model::{Channel, ErrorClass, ErrorCode, Status, StatusEvent};
@@ -148,6 +149,55 @@ pub struct Settings {
     /// Checks Twilio's signatures.
     pub auth_token: SecretString,
     pub limits: Limits,
+}
+
+/// The flags of the receipts listener.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Delivery receipts")]
+pub struct ReceiptsArgs {
+    /// Address to accept Twilio status callbacks (delivery receipts) on, e.g. 0.0.0.0:8080. Off without it.
+    #[arg(long, env = "HERALD_RECEIPTS_LISTEN")]
+    pub receipts_listen: Option<SocketAddr>,
+
+    /// The callback URL as Twilio reaches it (behind any proxy), e.g. https://herald.example.com/twilio/status; its path is served.
+    #[arg(long, env = "HERALD_RECEIPTS_PUBLIC_URL")]
+    pub receipts_public_url: Option<Url>,
+
+    /// Key that signs the ids in callback URLs, so a callback can only name a send herald made. Derived from the auth token when not given.
+    #[arg(long, env = "HERALD_RECEIPTS_KEY", hide_env_values = true)]
+    pub receipts_key: Option<SecretString>,
+
+    /// A file holding --receipts-key.
+    #[arg(long, env = "HERALD_RECEIPTS_KEY_FILE", conflicts_with = "receipts_key")]
+    pub receipts_key_file: Option<std::path::PathBuf>,
+
+    /// Webhook connections open at once; more wait to be accepted.
+    #[arg(long, env = "HERALD_RECEIPTS_MAX_CONNECTIONS", default_value_t = 256)]
+    pub receipts_max_connections: usize,
+}
+
+impl ReceiptsArgs {
+    /// The listener's settings when receipts are on. Twilio's signatures
+    /// are checked with its `auth_token`, so receipts need one.
+    pub fn settings(&self, auth_token: Option<SecretString>) -> Result<Option<Settings>, ConfigError> {
+        flags::counts(&[("receipts-max-connections", self.receipts_max_connections, true)])?;
+        if let Some(url) = self.receipts_public_url.as_ref().filter(|u| !flags::secure_or_local(u)) {
+            return Err(ConfigError::ReceiptsUrl(url.to_string()));
+        }
+        let (listen, public_url) = match (self.receipts_listen, &self.receipts_public_url) {
+            (None, None) => return Ok(None),
+            (Some(listen), Some(url)) => (listen, url.clone()),
+            _ => return Err(ConfigError::ReceiptsIncomplete),
+        };
+        let auth_token = auth_token.ok_or(ConfigError::ReceiptsWithoutTwilio)?;
+        let key = flags::secret(&self.receipts_key, &self.receipts_key_file, "--receipts-key-file")?;
+        Ok(Some(Settings {
+            listen,
+            callbacks: StatusCallbacks::new(public_url, key, &auth_token),
+            auth_token,
+            limits: Limits::new(self.receipts_max_connections),
+        }))
+    }
 }
 
 /// Serves Twilio's webhooks on `listener` until `shutdown` completes.

@@ -302,6 +302,62 @@ impl Router {
     }
 }
 
+/// The lanes' flags: how many calls each channel makes at once, how many
+/// records it holds, and the crash bound over them all.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Delivery")]
+pub struct RouteArgs {
+    /// Concurrent SMS provider requests.
+    #[arg(long, env = "HERALD_SMS_CONCURRENCY", default_value_t = 32)]
+    pub sms_concurrency: usize,
+
+    /// Concurrent push provider requests.
+    #[arg(long, env = "HERALD_PUSH_CONCURRENCY", default_value_t = 32)]
+    pub push_concurrency: usize,
+
+    /// Sends, over all channels, from before the provider call until their status is acknowledged: the most a crash can repeat.
+    #[arg(long, env = "HERALD_UNCONFIRMED_SENDS", default_value_t = 64)]
+    pub unconfirmed_sends: usize,
+
+    /// Records one channel may hold (waiting plus in flight) before the consumer waits for it.
+    #[arg(long, env = "HERALD_CHANNEL_QUEUE", default_value_t = 2048)]
+    pub channel_queue: usize,
+}
+
+/// The lanes, as [`RouteArgs`] set them.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSettings {
+    pub sms_lane: LaneSettings,
+    pub push_lane: LaneSettings,
+    /// Records whose outcome needs no call, admitted at once.
+    pub settled_queue: usize,
+    /// The crash bound, shared by the lanes (see [`Router`]).
+    pub unconfirmed_sends: usize,
+}
+
+impl RouteArgs {
+    pub fn settings(&self) -> Result<RouteSettings, crate::flags::ConfigError> {
+        crate::flags::counts(&[
+            ("sms-concurrency", self.sms_concurrency, true),
+            ("push-concurrency", self.push_concurrency, true),
+            ("unconfirmed-sends", self.unconfirmed_sends, true),
+            ("channel-queue", self.channel_queue, true),
+        ])?;
+        for (lane, concurrency) in [("sms-concurrency", self.sms_concurrency), ("push-concurrency", self.push_concurrency)] {
+            if self.unconfirmed_sends <= concurrency {
+                return Err(crate::flags::ConfigError::UnconfirmedWithinLane { unconfirmed: self.unconfirmed_sends, lane, concurrency });
+            }
+        }
+        let lane = |concurrency| LaneSettings { queue: self.channel_queue, concurrency };
+        Ok(RouteSettings {
+            sms_lane: lane(self.sms_concurrency),
+            push_lane: lane(self.push_concurrency),
+            settled_queue: self.channel_queue,
+            unconfirmed_sends: self.unconfirmed_sends,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

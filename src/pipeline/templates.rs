@@ -414,6 +414,29 @@ impl fmt::Debug for BraceTemplate {
     }
 }
 
+/// The flags of localized templates.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Templates")]
+pub struct TemplateArgs {
+    /// Directory of localized templates: <template_id>/<locale>.sms, .push.title, .push.body. Loaded at startup, and again on SIGHUP.
+    #[arg(long, env = "HERALD_TEMPLATES_DIR")]
+    pub templates_dir: Option<std::path::PathBuf>,
+
+    /// The locale a template falls back to when neither the request's locale nor its parents have a file.
+    #[arg(long, env = "HERALD_DEFAULT_LOCALE", default_value = "en")]
+    pub default_locale: String,
+}
+
+impl TemplateArgs {
+    /// The directory, when templates are on, and the default locale.
+    pub fn settings(&self) -> Result<Option<(std::path::PathBuf, String)>, crate::flags::ConfigError> {
+        if !is_locale(&self.default_locale) {
+            return Err(crate::flags::ConfigError::DefaultLocale(self.default_locale.clone()));
+        }
+        Ok(self.templates_dir.clone().map(|dir| (dir, self.default_locale.clone())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

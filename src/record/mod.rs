@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 
 pub use envelope::{Envelope, EnvelopeError, ErrorHeaders, Origin};
-pub use seal::{Provenance, Seal, Unsealed};
+pub use seal::{Provenance, Seal, SealArgs, Unsealed};
 
 /// A producer's headers that herald copies onto everything it writes for
 /// a request (status events, and the stripped dead letter that carries no

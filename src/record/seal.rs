@@ -27,6 +27,8 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
+use crate::flags::{self, ConfigError};
+
 pub const OWNER: &str = "herald-owner";
 pub const TAG: &str = "herald-tag";
 
@@ -61,6 +63,28 @@ impl Unsealed {
             Unsealed::Missing => "missing",
             Unsealed::Forged => "invalid",
         }
+    }
+}
+
+/// The flag of the seal.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Topics")]
+pub struct SealArgs {
+    /// Secret (at least 32 bytes) that signs what herald parks on its delay topics, so that a record written there by anyone else is judged as a new request. The same on every instance of a deployment; required by the pipeline.
+    #[arg(long, env = "HERALD_ENVELOPE_KEY", hide_env_values = true)]
+    pub envelope_key: Option<secrecy::SecretString>,
+
+    /// A file holding --envelope-key (as Kubernetes and Docker mount secrets).
+    #[arg(long, env = "HERALD_ENVELOPE_KEY_FILE", conflicts_with = "envelope_key")]
+    pub envelope_key_file: Option<std::path::PathBuf>,
+}
+
+impl SealArgs {
+    /// The seal of the deployment `owner` (its consumer group).
+    pub fn seal(&self, owner: &str) -> Result<Seal, ConfigError> {
+        let key = flags::secret(&self.envelope_key, &self.envelope_key_file, "--envelope-key-file")?.ok_or(ConfigError::NoEnvelopeKey)?;
+        flags::long_enough("--envelope-key", &key)?;
+        Ok(Seal::new(key.expose_secret().as_bytes(), owner))
     }
 }
 

@@ -354,7 +354,7 @@ async fn a_store_killed_while_consuming_loses_no_status() {
 
     // The store reads the status topic from the start, and is killed as
     // soon as some of it is written.
-    let session = herald::cql::connect(&h.config(&refs(&args)).cql().unwrap()).await.unwrap();
+    let session = herald::cql::connect(&h.config(&refs(&args)).scylla.settings().unwrap().unwrap().0).await.unwrap();
     let store = herald::api::store::Store::open(session, &cql.keyspace).await.unwrap();
     let today = Utc::now().date_naive();
     let stored = || async {

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use herald::model::{Status, StatusEvent};
+use herald::pipeline::app::PipelineError;
 use herald::pipeline::ratelimit::{self, StoreError};
 use herald_testkit::Cql;
 
@@ -37,14 +38,14 @@ async fn herald_refuses_to_start_without_the_schema_and_migrate_is_idempotent() 
     let config = h.config(&refs(&args));
 
     let error = h.start(&refs(&args)).stop().await.expect_err("no schema yet");
-    assert!(matches!(error, herald::Error::RateLimitStore(StoreError::NoTable { .. })), "{error:?}");
+    assert!(matches!(error, herald::Error::Pipeline(PipelineError::RateLimitStore(StoreError::NoTable { .. }))), "{error:?}");
     assert!(error.to_string().contains("run `herald migrate`"), "{error}");
 
     herald::migrate(&config).await.expect("first migration");
     herald::migrate(&config).await.expect("a second migration changes nothing");
 
     // The table is there and round-trips a count.
-    let session = herald::cql::connect(&config.cql().unwrap()).await.unwrap();
+    let session = herald::cql::connect(&config.scylla.settings().unwrap().unwrap().0).await.unwrap();
     let table = ratelimit::Table::open(session, &cql.keyspace, Some(Duration::from_secs(3600)), 8).await.unwrap();
     let at = chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis()).unwrap();
     let counted = ratelimit::Counted { at, event_id: "e1".into() };
@@ -234,7 +235,7 @@ async fn on_real_scylla_a_ttl_shorter_than_the_window_is_refused() {
     assert!(!cql.is_local(), "set SCYLLA_URI to a real ScyllaDB to run this test");
     let argv: Vec<String> = ["herald".to_owned()].into_iter().chain(cql.args()).collect();
     let config = <herald::Config as clap::Parser>::try_parse_from(argv).unwrap();
-    let settings = config.cql().unwrap();
+    let settings = config.scylla.settings().unwrap().unwrap().0;
     let session = herald::cql::connect(&settings).await.unwrap();
     herald::cql::migrate(&session, &cql.keyspace, &settings.replication).await.unwrap();
     session

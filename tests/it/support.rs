@@ -181,11 +181,11 @@ impl Harness {
         let config = self.config(extra);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let app = herald::App::build(config, listeners).await?;
-            app.run(async {
+            let app = herald::App::build(config.pipeline()?, listeners).await?;
+            let stopped = async {
                 let _ = stopped.await;
-            })
-            .await
+            };
+            Ok(app.run(stopped).await?)
         });
         Running { stop: Some(stop), task }
     }

@@ -130,7 +130,7 @@ async fn startup_reads_the_whole_list_before_it_returns() {
     let topic = &h.topics.suppressions;
     kafka::create_topics(&h.broker.bootstrap, &[topic], 1).await;
     let empty = Suppressions::default();
-    let _ = herald::pipeline::follow::load(herald::kafka::reader(&config.settings().unwrap().kafka).unwrap(), topic, &empty).await.expect("an empty topic loads");
+    let _ = herald::pipeline::follow::load(herald::kafka::reader(&config.kafka.settings().unwrap()).unwrap(), topic, &empty).await.expect("an empty topic loads");
     assert!(empty.is_empty());
 
     let entry = |cause: &str| Some(Entry { reason: Reason::OptedOut, cause: cause.into() });
@@ -149,7 +149,7 @@ async fn startup_reads_the_whole_list_before_it_returns() {
     }
     kafka::produce(&h.producer, topic, b"not a key", b"{}", None).await;
     let list = Suppressions::default();
-    let _ = herald::pipeline::follow::load(herald::kafka::reader(&config.settings().unwrap().kafka).unwrap(), topic, &list).await.expect("the list loads");
+    let _ = herald::pipeline::follow::load(herald::kafka::reader(&config.kafka.settings().unwrap()).unwrap(), topic, &list).await.expect("the list loads");
     // Checked as soon as it returns: nothing follows the topic here.
     assert_eq!((list.check(Channel::Sms, "+14155550107"), list.check(Channel::Sms, "+14155550108")), (None, Some(Reason::OptedOut)));
     assert_eq!(list.len(), 1, "a bad record is skipped");
@@ -175,7 +175,7 @@ async fn startup_reads_a_batched_list_to_its_end_without_listoffsets() {
     let list = Suppressions::default();
     // Waiting for an end the broker misreports would never finish: the
     // bound only keeps that from hanging the suite.
-    let load = herald::pipeline::follow::load(herald::kafka::reader(&config.settings().unwrap().kafka).unwrap(), topic, &list);
+    let load = herald::pipeline::follow::load(herald::kafka::reader(&config.kafka.settings().unwrap()).unwrap(), topic, &list);
     let _ = tokio::time::timeout(Duration::from_secs(60), load).await.expect("the load finishes").expect("the list loads");
     assert_eq!(list.len(), numbers.len(), "every change, the last included");
 }

@@ -127,7 +127,7 @@ async fn a_send_scheduled_29_days_ahead_is_copied_no_more_than_the_wheel_s_bound
     let waits: Vec<String> = (0..delays.len()).map(|i| format!("{}.tier-{i}", h.topics.requested)).collect();
     let (waits, delays) = (waits.join(","), delays.join(","));
     let args = ["--wait-topics", &waits, "--wait-delays", &delays, "--hold-window", &hold, "--max-schedule-ahead", "60s"];
-    let topics = h.config(&args).settings().unwrap().topics;
+    let topics = h.config(&args).pipeline().unwrap().topics;
     let bound = topics.most_copies(Duration::from_secs(30 * 24 * 60) / 1000);
     assert!(bound <= 8, "the wheel's bound for 30 days: {bound}");
     let herald = h.start(&args);

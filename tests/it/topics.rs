@@ -1,5 +1,6 @@
 //! Topic creation at startup.
 
+use herald::pipeline::app::PipelineError;
 use herald::topics::TopicError;
 use herald_testkit::kafka;
 
@@ -10,7 +11,7 @@ async fn refuses_to_start_when_a_topic_is_missing_and_creation_is_off() {
     let h = Harness::new().await;
     let result = herald::run(h.config(&["--create-topics", "false"]), std::future::pending()).await;
     match result {
-        Err(herald::Error::Topics(TopicError::Missing(topic))) => {
+        Err(herald::Error::Pipeline(PipelineError::Topics(TopicError::Missing(topic)))) => {
             let t = &h.topics;
             let missing: Vec<&String> = [&t.status, &t.dead_letter].into_iter().chain(&t.retries).collect();
             assert!(missing.contains(&&topic), "names one of the missing topics: {topic}");
@@ -37,7 +38,7 @@ async fn refuses_to_start_when_the_topics_it_reads_differ_in_partitions() {
     // user's retries would land on a partition another instance owns.
     kafka::create_topics(&h.broker.bootstrap, &[&h.topics.retries[1]], PARTITIONS + 1).await;
     match herald::run(h.config(&[]), std::future::pending()).await {
-        Err(herald::Error::Topics(TopicError::NotCoPartitioned(found))) => {
+        Err(herald::Error::Pipeline(PipelineError::Topics(TopicError::NotCoPartitioned(found)))) => {
             let expected = format!("{}: {}", h.topics.retries[1], PARTITIONS + 1);
             assert!(found.contains(&expected), "names the odd topic: {found}");
         }

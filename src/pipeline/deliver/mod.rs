@@ -5,6 +5,7 @@
 //! classified here, once, into a [`DeliveryError`]; `outcome::decide` turns
 //! the class into what happens.
 
+mod args;
 pub mod breaker;
 mod build;
 mod guard;
@@ -14,12 +15,17 @@ pub mod sms;
 use std::future::Future;
 use std::time::Duration;
 
+pub use args::{DeliveryArgs, FcmArgs, TwilioArgs, VonageArgs};
 pub use build::{stages, BreakerSettings, DeliveryMode, FcmSettings, Settings, SmsProvider, TwilioSettings, VonageSettings};
 pub use guard::{Calls, Guarded};
 pub use push::{Fcm, PushMessage, PushStage, ServiceAccount};
 pub use sms::{SmsGateway, SmsRules, SmsStage, Text, Twilio, TwilioAuth, TwilioSender, Vonage};
 
 pub use crate::model::Provider;
+
+/// Every request herald makes to a provider says who it is.
+pub const USER_AGENT: &str = concat!("herald/", env!("CARGO_PKG_VERSION"));
+
 use crate::model::{Channel, ErrorClass, ErrorCode, InvalidReason, Request, Tried};
 use crate::pipeline::suppression::Reason;
 

@@ -47,3 +47,33 @@ impl Settings {
         Channel::ALL.iter().filter_map(|c| self.of(*c).limit.longest()).max()
     }
 }
+
+/// The flags of the rate limits.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Rate limits")]
+pub struct RateLimitArgs {
+    /// SMS rate limit per user: COUNT/WINDOW (10/1h), several comma-separated (10/1h,50/1d), or off.
+    #[arg(long, env = "HERALD_SMS_RATE_LIMIT", default_value = "10/1h")]
+    pub sms_rate_limit: RateLimit,
+
+    /// Push rate limit per user: COUNT/WINDOW[,COUNT/WINDOW] or off.
+    #[arg(long, env = "HERALD_PUSH_RATE_LIMIT", default_value = "off")]
+    pub push_rate_limit: RateLimit,
+
+    /// What happens to an SMS over its limit: reject (status RATE_LIMITED) or defer (DEFERRED, sent when the window allows).
+    #[arg(long, env = "HERALD_SMS_OVER_LIMIT", value_enum, default_value_t = OverLimit::Reject)]
+    pub sms_over_limit: OverLimit,
+
+    /// What happens to a push over its limit: reject or defer.
+    #[arg(long, env = "HERALD_PUSH_OVER_LIMIT", value_enum, default_value_t = OverLimit::Reject)]
+    pub push_over_limit: OverLimit,
+}
+
+impl RateLimitArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            sms: ChannelLimit { limit: self.sms_rate_limit.clone(), over: self.sms_over_limit },
+            push: ChannelLimit { limit: self.push_rate_limit.clone(), over: self.push_over_limit },
+        }
+    }
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use crate::cql::rate_limits::{Pending, StoreError, Table, TABLE};
-pub use self::limit::{ChannelLimit, OverLimit, RateLimit, Settings, Window};
+pub use self::limit::{ChannelLimit, OverLimit, RateLimit, RateLimitArgs, Settings, Window};
 pub use self::windows::{Checked, Counted, Windows};
 use crate::backoff::Backoff;
 use crate::model::Channel;
