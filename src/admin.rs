@@ -13,8 +13,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
+use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
 

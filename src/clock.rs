@@ -2,8 +2,8 @@
 //! timestamps of the records it writes. The system clock in production; a
 //! test can move it, so no test waits for real hours.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 

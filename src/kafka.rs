@@ -1,13 +1,13 @@
 //! librdkafka client settings, in one place.
 
+use std::time::Duration;
+
 use rdkafka::admin::AdminClient;
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::FutureProducer;
-
-use std::time::Duration;
 
 use crate::flags::{self, ConfigError};
 

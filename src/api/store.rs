@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::FutureExt;
+use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::ClientConfig;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 

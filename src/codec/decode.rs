@@ -5,9 +5,9 @@ use std::sync::{Arc, RwLock};
 
 use apache_avro::Schema;
 
+use crate::codec::registry::{Registry, RegistryError};
 use crate::codec::{self, Bundled, RequestError, WireError};
 use crate::model::{ErrorCode, Ids, InvalidReason, Request};
-use crate::codec::registry::{Registry, RegistryError};
 
 /// Why a record is not a usable request.
 #[derive(Debug, thiserror::Error)]

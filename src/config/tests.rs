@@ -1,11 +1,10 @@
 use std::time::Duration;
 
 use super::*;
+use crate::model::Channel;
 use crate::pipeline::deliver::{SmsProvider, TwilioAuth};
 use crate::pipeline::ratelimit::{OverLimit, RateLimit};
 use crate::topics::DelayTopic;
-use crate::model::Channel;
-
 
 const KEY: &str = "an envelope key of 32 bytes or more";
 

@@ -17,8 +17,8 @@
 //! and is dropped, on load and as the set is followed.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
 
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::message::{BorrowedMessage, Message};

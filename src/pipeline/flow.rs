@@ -40,21 +40,21 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::pipeline::cancel::Cancellations;
 use crate::clock::Clock;
 use crate::codec::decode::{DecodeError, Decoder, Undecodable};
-use crate::pipeline::deliver::{Attempt, Delivered, DeliveryError};
-use crate::pipeline::ledger::{Calling, Ledger, Sent};
+use crate::codec::registry::RegistryError;
 use crate::mask::Masked;
 use crate::metrics::Metrics;
 use crate::model::{Channel, Ids, InvalidReason, Request, SmsCost, Tried};
+use crate::pipeline::cancel::Cancellations;
+use crate::pipeline::deliver::{Attempt, Delivered, DeliveryError};
+use crate::pipeline::ledger::{Calling, Ledger, Sent};
 use crate::pipeline::outcome::{self, Deferral, Outcome, ProduceError, Publisher};
 use crate::pipeline::quiet::QuietHours;
 use crate::pipeline::ratelimit::{self, Decision, Limiter, OverLimit, Pending, StoreError, Subject};
-use crate::record::{Consumed, Provenance};
-use crate::codec::registry::RegistryError;
 use crate::pipeline::route::{Prepared, Router};
 use crate::pipeline::suppression::{Change, Suppressions};
+use crate::record::{Consumed, Provenance};
 use crate::topics::{Due, Source, Topics};
 
 /// The stages, strung together.

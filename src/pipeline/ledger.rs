@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::pipeline::deliver::Delivered;
 use crate::model::{Stage, Status, StatusEvent};
+use crate::pipeline::deliver::Delivered;
 
 /// Entries herald keeps at most, for every partition together: about
 /// 100 bytes each.

@@ -33,8 +33,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::Router;
+use axum::routing::post;
 use base64::Engine;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
@@ -42,8 +42,9 @@ use reqwest::Url;
 use sha1::Sha1;
 use tokio::net::TcpListener;
 
-use crate::pipeline::deliver::sms::{CallbackError, CallbackIds, StatusCallbacks};
 use crate::pipeline::deliver::Provider;
+use crate::pipeline::deliver::sms::{CallbackError, CallbackIds, StatusCallbacks};
+
 pub use crate::serve::Limits;
 use crate::flags::{self, ConfigError};
 use crate::mask::Masked;

@@ -19,9 +19,9 @@ use std::sync::RwLock;
 use rdkafka::message::{BorrowedMessage, Message};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::follow::Followed;
 use crate::mask::Masked;
 use crate::model::{Channel, ErrorCode};
+use crate::pipeline::follow::Followed;
 
 /// Why a recipient is suppressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,15 +3,15 @@
 //! provider turns into retries (or failover), not a storm.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 use super::breaker::{self, Admission, Breaker, CircuitState};
-use crate::metrics::{CallResult, Metrics};
 use super::{Call, Delivered, DeliveryError, Gateway};
+use crate::metrics::{CallResult, Metrics};
 
 /// Shared by every provider: once shutdown's deadline has passed, no call
 /// may start, whatever frees a slot or a token meanwhile.

@@ -9,15 +9,15 @@
 
 use std::sync::Arc;
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures::future::Either;
 use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::offsets::Ticket;
 use super::Finished;
-use crate::pipeline::{Pipeline, Resolved};
+use super::offsets::Ticket;
 use crate::pipeline::ratelimit::Pending;
+use crate::pipeline::{Pipeline, Resolved};
 use crate::record::Consumed;
 
 /// A record whose outcome is known, to publish.

@@ -9,9 +9,12 @@
 
 mod acker;
 mod context;
+mod drain;
+mod finish;
 mod hold;
 mod offsets;
 mod pauses;
+mod rebalance;
 mod restore;
 
 use std::future::Future;
@@ -20,14 +23,13 @@ use std::time::Duration;
 
 use foldhash::HashMap;
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use prometheus_client::metrics::counter::Counter;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::Producer;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
-use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 pub use context::{Assignment, Handover, IngestContext};
@@ -444,244 +446,5 @@ impl Loop {
         if let Until::Room(lane) = until {
             tracing::debug!(message = "Lane full; partition paused until it has room.", lane = lane.map(Channel::symbol), partition = at.1);
         }
-    }
-
-    fn joined(&mut self, joined: Result<Finished, tokio::task::JoinError>) -> Result<(), ProduceError> {
-        match joined {
-            Ok(finished) => self.finish(finished),
-            // Its offset is never stored, so the record is redelivered.
-            Err(error) => {
-                tracing::error!(message = "A record's task failed.", %error);
-                Ok(())
-            }
-        }
-    }
-
-    /// Gives the acker the records settled since it was last given some.
-    fn hand_over(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        // The next batch is sized like this one: growing it a record at a
-        // time copied every record several times.
-        let records = self.batch.len();
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(records));
-        // Only once the loop has stopped is the acker gone; the records'
-        // offsets are then never stored, and they are delivered again.
-        if self.settled.send(batch).is_ok() {
-            self.at_acker += records;
-        }
-    }
-
-    /// Tickets back from the acker.
-    fn acknowledged(&mut self, finished: Vec<Finished>) -> Result<(), ProduceError> {
-        self.at_acker -= finished.len();
-        let mut failed = Ok(());
-        for finished in finished {
-            if let Err(error) = self.finish(finished) {
-                failed = Err(error);
-            }
-        }
-        failed
-    }
-
-    fn finish(&mut self, (ticket, published): Finished) -> Result<(), ProduceError> {
-        if let Some(offset) = published? {
-            let end = self.status_end.entry(ticket.partition()).or_default();
-            *end = (*end).max(offset + 1);
-        }
-        self.offsets.finish(ticket);
-        Ok(())
-    }
-
-    /// After records finished: store what can be stored, and resume
-    /// partitions waiting for lanes that have room again.
-    fn progress(&mut self) {
-        self.store_offsets();
-        for lane in Channel::ALL.map(Some).into_iter().chain([None]) {
-            if self.pauses.waiting_for(lane) && self.pipeline.router().has_room(lane) {
-                self.pauses.resume_room(&self.consumer, self.pipeline.topics(), lane);
-            }
-        }
-    }
-
-    fn apply_rebalances(&mut self) {
-        let topics = self.pipeline.topics().clone();
-        let changes = self.consumer.context().take_changes();
-        if !changes.is_empty() {
-            let assigned = self.consumer.assignment().map_or(0, |l| l.elements().iter().filter(|e| topics.source(e.topic()).is_some()).count());
-            self.pipeline.metrics().health.set_assigned(assigned);
-        }
-        for change in changes {
-            match change {
-                Assignment::Revoked(partitions) => {
-                    for (topic, partition) in partitions {
-                        if topic == topics.status {
-                            self.pipeline.ledger().forget(partition);
-                            self.restoring.remove(&partition);
-                            self.status_end.remove(&partition);
-                            self.marks.remove(&partition);
-                        }
-                        let Some(source) = topics.source(&topic) else { continue };
-                        self.offsets.revoke(source, partition);
-                        self.pauses.forget(source, partition);
-                        self.hold.forget(source, partition);
-                        self.rests.forget((source, partition));
-                        self.pipeline.forget_counts(partition);
-                    }
-                }
-                Assignment::Assigned(partitions) => {
-                    // A partition paused under an earlier assignment starts
-                    // fresh: resume it so nothing stays paused by accident.
-                    // Status partitions stay paused: never fetched here.
-                    let mut list = TopicPartitionList::new();
-                    for (topic, partition) in partitions.iter().filter(|(t, _)| topics.source(t).is_some()) {
-                        list.add_partition(topic, *partition);
-                    }
-                    if let Err(error) = self.consumer.resume(&list) {
-                        tracing::debug!(message = "Resume after assignment failed.", %error);
-                    }
-                    let status: Vec<i32> = partitions.iter().filter(|(t, _)| *t == topics.status).map(|(_, p)| *p).collect();
-                    if !status.is_empty() {
-                        self.restore(status);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Rests the delay-topic partitions that had nothing to read since the
-    /// last heartbeat (see [`Rests`]).
-    fn rest_idle(&mut self) {
-        let Ok(assignment) = self.consumer.assignment() else { return };
-        let topics = self.pipeline.topics().clone();
-        let now = Instant::now();
-        for element in assignment.elements() {
-            let Some(source) = topics.source(element.topic()).filter(|s| *s != Source::Requested) else { continue };
-            let at = (source, element.partition());
-            if self.pauses.is_paused(source, at.1) || !self.rests.may_rest(at) {
-                continue;
-            }
-            if let Err(error) = self.pauses.rest(&self.consumer, &topics, at, now + Rests::length(&topics, source)) {
-                tracing::warn!(message = "Pausing a partition failed.", topic = element.topic(), partition = at.1, %error);
-            }
-        }
-        self.rests.swept();
-    }
-
-    /// Starts reading `partitions` of the status topic into the ledger;
-    /// their records wait until it is done.
-    fn restore(&mut self, partitions: Vec<i32>) {
-        self.next_restore += 1;
-        for p in &partitions {
-            self.restoring.insert(*p, self.next_restore);
-        }
-        let (consumer, reader, topic, ledger) =
-            (self.consumer.clone(), self.ledger_reader.clone(), self.pipeline.topics().status.clone(), self.pipeline.ledger().clone());
-        let number = self.next_restore;
-        let seal = self.pipeline.publisher().seal().clone();
-        self.restores.spawn(async move { (number, restore::restore(consumer, reader, topic, partitions, ledger, seal).await) });
-    }
-
-    /// The ledger of these partitions is read: their records go ahead.
-    fn restored(&mut self, number: u64, ends: Vec<(i32, i64)>) {
-        for (partition, end) in ends {
-            // Revoked, or assigned again, since it started: not this one's.
-            if self.restoring.get(&partition) != Some(&number) {
-                continue;
-            }
-            self.restoring.remove(&partition);
-            let known = self.status_end.entry(partition).or_default();
-            *known = (*known).max(end);
-            self.pauses.resume_ledger(&self.consumer, self.pipeline.topics(), partition);
-        }
-    }
-
-    /// Stores what finished, then each moved partition's ledger mark: the
-    /// status offset from which a new owner must read the statuses of the
-    /// records it may see again. The inputs first, so that a commit made
-    /// between the two holds an older mark, which only means reading more.
-    fn store_offsets(&mut self) {
-        self.apply_rebalances();
-        let storable = self.offsets.take_storable();
-        if storable.is_empty() {
-            return;
-        }
-        let topics = self.pipeline.topics();
-        let mut inputs = TopicPartitionList::new();
-        let mut marks = TopicPartitionList::new();
-        for (source, partition, next) in storable {
-            inputs.add_partition_offset(topics.name(source), partition, Offset::Offset(next)).expect("offset is valid");
-            let end = self.status_end.get(&partition).copied().unwrap_or(0);
-            let mark = self.offsets.oldest_mark(partition).unwrap_or(end);
-            if self.marks.insert(partition, mark) != Some(mark) {
-                marks.add_partition_offset(&topics.status, partition, Offset::Offset(mark)).expect("offset is valid");
-            }
-        }
-        if marks.count() > 0 {
-            tracing::debug!(message = "Storing ledger marks.", marks = ?marks.elements().iter().map(|e| (e.partition(), e.offset())).collect::<Vec<_>>());
-        }
-        for list in [inputs, marks].iter().filter(|l| l.count() > 0) {
-            if let Err(error) = self.consumer.store_offsets(list) {
-                // Typically a partition revoked meanwhile: its new owner
-                // re-reads from the last commit. Duplicates, never loss.
-                tracing::debug!(message = "Storing offsets failed.", %error);
-            }
-        }
-    }
-
-    /// Stop fetching, let in-flight records finish within `deadline`, flush
-    /// and commit what finished. Whatever the queues hold and whatever the
-    /// broker does, this returns within `deadline`, and leaves the close
-    /// its share of it; it returns when that deadline is.
-    async fn drain(&mut self, deadline: Duration) -> Instant {
-        let until = Instant::now() + deadline;
-        // The end of the deadline is kept for the flush, the final commit
-        // and leaving the group, a third each, so that they get a chance
-        // even when in-flight records use up the rest: a quarter of it, at
-        // most a second. Each stops at its own share's end: waiting past
-        // them on a stalled broker overran the deadline by 1.2 s.
-        let reserve = (deadline / 4).min(Duration::from_secs(1));
-        let (drained_by, flushed_by, committed_by) = (until - reserve, until - reserve * 2 / 3, until - reserve / 3);
-        self.hand_over();
-        let in_flight = self.tasks.len() + self.at_acker;
-        tracing::info!(message = "Shutting down: finishing in-flight records.", in_flight);
-        let drained = tokio::time::timeout_at(drained_by, async {
-            while let Some(joined) = self.tasks.join_next().await {
-                let _ = self.joined(joined);
-            }
-            while self.at_acker > 0 {
-                let Some(finished) = self.acked.recv().await else { break };
-                let _ = self.acknowledged(finished);
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                message = "Shutdown deadline passed; unfinished records will be redelivered.",
-                unfinished = self.tasks.len() + self.at_acker
-            );
-            // First, so that no call starts in a slot an aborted call frees.
-            self.pipeline.router().stop_calls();
-            self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
-        }
-        self.acker.abort();
-        self.store_offsets();
-        if let Err(error) = self.pipeline.publisher().producer().flush(flushed_by.saturating_duration_since(Instant::now())) {
-            tracing::warn!(message = "Producer flush failed.", %error);
-        }
-        // Synchronous commits and the consumer's close wait on the broker;
-        // off the runtime, and for no longer than the deadline allows.
-        let consumer = self.consumer.clone();
-        let commit = tokio::task::spawn_blocking(move || match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => tracing::warn!(message = "Final commit failed.", %error),
-        });
-        if tokio::time::timeout_at(committed_by, commit).await.is_err() {
-            tracing::warn!(message = "Final commit did not finish within the shutdown deadline; the broker will see the last automatic commit.");
-        }
-        tracing::info!(message = "Stopped.", uncommitted = self.offsets.in_flight());
-        until
     }
 }

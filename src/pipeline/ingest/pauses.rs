@@ -15,10 +15,9 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-
-use foldhash::{HashMap, HashSet};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashSet};
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaResult;
 use rdkafka::{Offset, TopicPartitionList};

@@ -24,13 +24,13 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{status_event, Destination, Outcome};
-use crate::clock::Clock;
 use crate::backoff::Backoff;
+use crate::clock::Clock;
 use crate::codec;
 use crate::metrics::Metrics;
 use crate::model::{ErrorClass, ErrorCode, Ids, Status, StatusEvent};
-use crate::record::{Consumed, Envelope, ErrorHeaders, Origin, Propagated, Seal, MAX_PROPAGATED_BYTES};
 use crate::pipeline::suppression::Change;
+use crate::record::{Consumed, Envelope, ErrorHeaders, Origin, Propagated, Seal, MAX_PROPAGATED_BYTES};
 use crate::topics::Topics;
 
 /// What herald's own headers may add to a copy (see `record::envelope`,

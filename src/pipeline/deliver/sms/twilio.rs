@@ -1,14 +1,13 @@
 //! The Twilio Messages API.
 
 use reqwest::{StatusCode, Url};
-use serde::Deserialize;
-
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 
 use super::callbacks::{CallbackIds, StatusCallbacks};
 use super::Text;
-use crate::pipeline::deliver::{http_is_transient, Answer, Call, Delivered, DeliveryError, Provider};
 use crate::model::ErrorCode;
+use crate::pipeline::deliver::{http_is_transient, Answer, Call, Delivered, DeliveryError, Provider};
 use crate::pipeline::suppression::Reason;
 
 /// How requests to Twilio authenticate: HTTP Basic with the account SID

@@ -3,13 +3,12 @@
 //! outcome is the `status` of each part in the body.
 
 use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use secrecy::{ExposeSecret, SecretString};
-
 use super::{Encoding, Text};
-use crate::pipeline::deliver::{http_is_transient, Answer, Call, Delivered, DeliveryError, Provider};
 use crate::model::ErrorCode;
+use crate::pipeline::deliver::{http_is_transient, Answer, Call, Delivered, DeliveryError, Provider};
 
 /// Status codes worth another attempt: throttled (1), internal error (5),
 /// too many binds (10), communication failure (13).

@@ -14,9 +14,8 @@
 //! number, token or event id.
 
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +24,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::TypedMetric as TypeInfo;
 use prometheus_client::registry::{Registry, Unit};
+
+mod health;
+mod store;
+
+pub use health::Health;
+pub use store::StoreMetrics;
 
 use crate::model::{Channel, ErrorClass, Provider, Status, StatusEvent};
 
@@ -425,64 +430,6 @@ fn classic(openmetrics: &str) -> String {
     out
 }
 
-/// What `herald api`'s status store counts (its own registry: the API runs
-/// apart from the pipeline).
-pub struct StoreMetrics {
-    registry: Registry,
-    written: Counter,
-    write_errors: Counter,
-    skipped: Counter,
-    lag: Family<PartitionLabels, Gauge>,
-    pub health: Health,
-}
-
-impl Default for StoreMetrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("herald");
-        let written = Counter::default();
-        registry.register("store_statuses_written", "Status events written to the status store", written.clone());
-        let write_errors = Counter::default();
-        registry.register("store_write_errors", "Writes of status events that ScyllaDB failed (each batch is tried again)", write_errors.clone());
-        let skipped = Counter::default();
-        registry.register("store_skipped_records", "Records on the status topic that are not status events: not stored", skipped.clone());
-        let lag = Family::<PartitionLabels, Gauge>::default();
-        registry.register("store_consumer_lag", "Status events behind the end of each assigned status partition (librdkafka's statistics)", lag.clone());
-        StoreMetrics { registry, written, write_errors, skipped, lag, health: Health::default() }
-    }
-}
-
-impl StoreMetrics {
-    pub fn written(&self, statuses: usize) {
-        self.written.inc_by(statuses as u64);
-    }
-
-    pub fn write_failed(&self) {
-        self.write_errors.inc();
-    }
-
-    pub fn skipped(&self) {
-        self.skipped.inc();
-    }
-
-    /// The lag of every assigned status partition, replacing the last.
-    pub fn set_lag(&self, lags: &[(String, i32, i64)]) {
-        self.lag.clear();
-        for (topic, partition, lag) in lags {
-            self.lag.get_or_create(&PartitionLabels { topic: topic.clone(), partition: partition.to_string() }).set(*lag);
-        }
-    }
-
-    pub fn encode(&self, openmetrics: bool) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        if openmetrics {
-            out
-        } else {
-            classic(&out)
-        }
-    }
-}
-
 /// The lag of each partition in librdkafka's statistics, for the lag
 /// gauges: `(topic, partition, lag)`, leaving out `skip`'s.
 pub fn lags(statistics: &rdkafka::Statistics, skip: Option<&str>) -> Vec<(String, i32, i64)> {
@@ -507,109 +454,5 @@ pub struct State {
     pub circuits: Vec<(Provider, CircuitState)>,
 }
 
-/// What `/healthz` and `/readyz` report besides the checks they make then.
-#[derive(Debug)]
-pub struct Health {
-    started: Instant,
-    /// When the consume loop last turned, in ms since `started`; 0 before
-    /// it first does.
-    turned_ms: AtomicU64,
-    running: AtomicBool,
-    /// Input partitions assigned to this instance.
-    assigned: AtomicUsize,
-    suppressions_loaded: AtomicBool,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            started: Instant::now(),
-            turned_ms: AtomicU64::new(0),
-            running: AtomicBool::new(false),
-            assigned: AtomicUsize::new(0),
-            suppressions_loaded: AtomicBool::new(false),
-        }
-    }
-}
-
-impl Health {
-    pub fn turned(&self) {
-        self.turned_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.running.store(true, Ordering::Relaxed);
-    }
-
-    /// How long ago the loop last turned, if it has.
-    pub fn since_turned(&self) -> Option<Duration> {
-        self.running.load(Ordering::Relaxed).then(|| {
-            let at = Duration::from_millis(self.turned_ms.load(Ordering::Relaxed));
-            self.started.elapsed().saturating_sub(at)
-        })
-    }
-
-    pub fn set_assigned(&self, partitions: usize) {
-        self.assigned.store(partitions, Ordering::Relaxed);
-    }
-
-    pub fn assigned(&self) -> usize {
-        self.assigned.load(Ordering::Relaxed)
-    }
-
-    pub fn suppressions_loaded(&self) {
-        self.suppressions_loaded.store(true, Ordering::Relaxed);
-    }
-
-    pub fn are_suppressions_loaded(&self) -> bool {
-        self.suppressions_loaded.load(Ordering::Relaxed)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::Utc;
-
-    fn event(status: Status, channel: Option<Channel>, provider: Option<Provider>) -> StatusEvent {
-        StatusEvent {
-            locale: None,
-            event_id: "e-secret".into(),
-            user_id: "u-secret".into(),
-            channel,
-            status,
-            attempt: 1,
-            provider,
-            provider_message_id: Some("SM-secret".into()),
-            error_code: None,
-            error_class: None,
-            error_message: None,
-            occurred_at: Utc::now(),
-            next_attempt_at: None,
-            recipient: None,
-            created_at: None,
-            scheduled_at: None,
-            sms: None,
-            origin: None,
-            tried: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn outcomes_count_under_their_own_labels_only() {
-        let m = Metrics::new();
-        m.status(&event(Status::Sent, Some(Channel::Sms), Some(Provider::Twilio)));
-        m.status(&event(Status::Sent, Some(Channel::Sms), Some(Provider::Twilio)));
-        m.status(&event(Status::Invalid, None, None));
-        m.call(Provider::Fcm, CallResult::Unavailable, Some(Duration::from_millis(20)));
-        let text = m.encode();
-        assert!(text.contains(r#"herald_outcomes_total{status="SENT",channel="SMS",provider="twilio"} 2"#), "{text}");
-        assert!(text.contains(r#"herald_outcomes_total{status="INVALID",channel="UNKNOWN",provider="none"} 1"#), "{text}");
-        assert!(!text.contains(r#"status="FAILED""#), "no series for what never happened");
-        assert!(text.contains(r#"herald_provider_calls_total{provider="fcm",result="unavailable"} 1"#), "{text}");
-        assert!(text.contains(r#"herald_provider_call_duration_seconds_count{provider="fcm"} 1"#), "{text}");
-        assert!(!text.contains("secret"), "no ids in labels");
-        let classic = m.encode_classic();
-        assert!(classic.contains("# TYPE herald_outcomes_total counter"), "{classic}");
-        assert!(classic.contains("# HELP herald_outcomes_total Status events"), "{classic}");
-        assert!(classic.contains("# TYPE herald_provider_call_duration_seconds histogram"), "{classic}");
-        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"), "{classic}");
-    }
-}
+mod tests;
