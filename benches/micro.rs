@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use herald::codec::{self, Bundled};
 use herald::pipeline::ratelimit::RateLimit;
 use herald::pipeline::deliver::{Delivered, DeliveryError, Provider};
-use herald::model::{Channel, Content, Request, Status, StatusEvent};
+use herald::model::{Attempts, Channel, Content, Request, Status, StatusEvent};
 use herald::pipeline::outcome;
 use herald::pipeline::ratelimit::{Limiter, Store, Subject};
 use futures::FutureExt;
@@ -51,26 +51,15 @@ fn codec(c: &mut Criterion) {
         b.iter(|| codec::encode_request(&schemas.request, 1, black_box(&request())).unwrap())
     });
     let status = StatusEvent {
-        locale: None,
-        event_id: "bench-000000001".into(),
-        user_id: "user-00001".into(),
         channel: Some(Channel::Sms),
-        status: Status::Sent,
-        attempt: 1,
         provider: Some(herald::model::Provider::Twilio),
         provider_message_id: Some("SM0123456789abcdef0123456789abcdef".into()),
-        error_code: None,
-        error_class: None,
-        error_message: None,
-        occurred_at: Utc.timestamp_millis_opt(1_700_000_000_000).unwrap(),
-        next_attempt_at: None,
         // What an SMS's status carries since the enrichment.
         recipient: Some("+*******0100".into()),
         created_at: Some(Utc.timestamp_millis_opt(1_699_999_999_000).unwrap()),
-        scheduled_at: None,
         sms: Some(herald::model::SmsCost { segments: 1, encoding: herald::model::Encoding::Gsm7 }),
         origin: Some(herald::model::Origin { topic: "notification.requested".into(), partition: 3, offset: 123_456_789 }),
-        tried: Vec::new(),
+        ..StatusEvent::new("bench-000000001", "user-00001", Status::Sent, 1, Utc.timestamp_millis_opt(1_700_000_000_000).unwrap())
     };
     c.bench_function("status: encode (herald's writer)", |b| b.iter(|| codec::encode_status(0, black_box(&status))));
 }
@@ -98,7 +87,7 @@ fn decide(c: &mut Criterion) {
     let topics = Topics::defaults();
     let now = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
     let sent = Delivered { provider: Provider::Twilio, message_id: Some("SM1".into()) };
-    c.bench_function("outcome: decide (sent)", |b| b.iter(|| outcome::decide(Ok(black_box(sent.clone())), 1, &topics, now, Duration::ZERO)));
+    c.bench_function("outcome: decide (sent)", |b| b.iter(|| outcome::decide(Ok(black_box(sent.clone())), Attempts::NONE, &topics, now, Duration::ZERO)));
     let unavailable = DeliveryError::Unavailable {
         provider: Provider::Twilio,
         code: herald::model::ErrorCode::provider(herald::model::Provider::Twilio, 20503),
@@ -106,7 +95,7 @@ fn decide(c: &mut Criterion) {
         retry_after: None,
     };
     c.bench_function("outcome: decide (transient, retry)", |b| {
-        b.iter(|| outcome::decide(Err(black_box(unavailable.clone())), 2, &topics, now, Duration::ZERO))
+        b.iter(|| outcome::decide(Err(black_box(unavailable.clone())), Attempts::made(1).unwrap(), &topics, now, Duration::ZERO))
     });
 }
 

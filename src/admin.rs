@@ -25,17 +25,17 @@ use crate::serve::{self, Limits};
 /// once a second when idle.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 /// How long a readiness probe waits for the broker or ScyllaDB.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One named check of a health answer.
-pub struct Check {
+pub(crate) struct Check {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
 }
 
 /// What a program shows on its admin listener.
-pub trait Observed: Send + Sync + 'static {
+pub(crate) trait Observed: Send + Sync + 'static {
     /// Its metrics: OpenMetrics, or the classic text format.
     fn metrics(&self, openmetrics: bool) -> String;
     /// Whether it is alive.
@@ -67,7 +67,7 @@ impl Report {
 
 /// Serves the admin endpoints of `observed` on `listener` until
 /// `shutdown` completes.
-pub async fn serve<O: Observed>(listener: TcpListener, observed: Arc<O>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub(crate) async fn serve<O: Observed>(listener: TcpListener, observed: Arc<O>, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     tracing::info!(message = "Admin endpoints listening.", listen = %listener.local_addr()?);
     let app = Router::new().route("/metrics", get(metrics::<O>)).route("/healthz", get(healthz::<O>)).route("/readyz", get(readyz::<O>)).with_state(observed);
     serve::accept(listener, app, Limits::new(64), shutdown).await
@@ -93,7 +93,7 @@ async fn readyz<O: Observed>(State(observed): State<Arc<O>>) -> Response {
 }
 
 /// A consume loop's liveness, from when it last turned.
-pub fn turning(name: &'static str, health: &Health) -> Check {
+pub(crate) fn turning(name: &'static str, health: &Health) -> Check {
     let (ok, detail) = match health.since_turned() {
         Some(ago) if ago < STUCK_AFTER => (true, format!("turned {} ms ago", ago.as_millis())),
         Some(ago) => (false, format!("has not turned for {} s", ago.as_secs())),
@@ -106,7 +106,7 @@ pub fn turning(name: &'static str, health: &Health) -> Check {
 /// within the timeout it is given, and counts the brokers. One probe at a
 /// time (`one`): a flood of `/readyz` requests cannot pile up blocking
 /// metadata requests.
-pub async fn broker(one: &tokio::sync::Mutex<()>, brokers: impl FnOnce(Duration) -> rdkafka::error::KafkaResult<usize> + Send + 'static) -> Check {
+pub(crate) async fn broker(one: &tokio::sync::Mutex<()>, brokers: impl FnOnce(Duration) -> rdkafka::error::KafkaResult<usize> + Send + 'static) -> Check {
     let _one = one.lock().await;
     let asked = tokio::task::spawn_blocking(move || brokers(PROBE_TIMEOUT));
     let (ok, detail) = match asked.await {

@@ -26,6 +26,7 @@ impl Clock {
         Clock { offset: Some(Arc::default()) }
     }
 
+    /// The time now, as this clock has it.
     pub fn now(&self) -> DateTime<Utc> {
         let now = Utc::now();
         match &self.offset {

@@ -11,10 +11,11 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 /// Room for a request of a few KB besides the headers herald adds.
-pub const MIN_MESSAGE_BYTES: usize = 16 * 1024;
+pub(crate) const MIN_MESSAGE_BYTES: usize = 16 * 1024;
 /// The shortest key or token herald accepts: 256 bits.
-pub const MIN_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SECRET_BYTES: usize = 32;
 
+/// A configuration mistake, naming the flag it is in.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("--default-locale {0:?} is not a BCP 47 tag such as en or pt-BR")]
@@ -80,7 +81,7 @@ pub enum ConfigError {
 
 /// A secret given as a value, or as a file (`file_flag`): the file's, when
 /// one is given (clap refuses both).
-pub fn secret(value: &Option<SecretString>, file: &Option<std::path::PathBuf>, file_flag: &'static str) -> Result<Option<SecretString>, ConfigError> {
+pub(crate) fn secret(value: &Option<SecretString>, file: &Option<std::path::PathBuf>, file_flag: &'static str) -> Result<Option<SecretString>, ConfigError> {
     match file {
         Some(path) => read_secret(file_flag, path).map(Some),
         None => Ok(value.clone()),
@@ -89,7 +90,7 @@ pub fn secret(value: &Option<SecretString>, file: &Option<std::path::PathBuf>, f
 
 /// A secret from a file: the whole file but a final line break, which
 /// editors and `echo` add and no secret means.
-pub fn read_secret(flag: &'static str, path: &Path) -> Result<SecretString, ConfigError> {
+pub(crate) fn read_secret(flag: &'static str, path: &Path) -> Result<SecretString, ConfigError> {
     let failed = |reason: String| ConfigError::SecretFile { flag, path: path.display().to_string(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| failed(format!("cannot read it: {e}")))?;
     let text = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
@@ -100,7 +101,7 @@ pub fn read_secret(flag: &'static str, path: &Path) -> Result<SecretString, Conf
 }
 
 /// A key or token long enough to be one.
-pub fn long_enough(flag: &'static str, secret: &SecretString) -> Result<(), ConfigError> {
+pub(crate) fn long_enough(flag: &'static str, secret: &SecretString) -> Result<(), ConfigError> {
     let len = secret.expose_secret().len();
     if len < MIN_SECRET_BYTES {
         return Err(ConfigError::SecretTooShort { flag, len });
@@ -110,7 +111,7 @@ pub fn long_enough(flag: &'static str, secret: &SecretString) -> Result<(), Conf
 
 /// Counts that must be at least 1 and, where they size a semaphore, fit
 /// one: `(flag, value, sizes a semaphore)`.
-pub fn counts(counts: &[(&'static str, usize, bool)]) -> Result<(), ConfigError> {
+pub(crate) fn counts(counts: &[(&'static str, usize, bool)]) -> Result<(), ConfigError> {
     for (name, value, semaphore) in counts {
         if *value == 0 {
             return Err(ConfigError::Zero(name));
@@ -123,7 +124,7 @@ pub fn counts(counts: &[(&'static str, usize, bool)]) -> Result<(), ConfigError>
 }
 
 /// https, or http to this host only (a test, or a proxy on the host).
-pub fn secure_or_local(url: &Url) -> bool {
+pub(crate) fn secure_or_local(url: &Url) -> bool {
     match url.scheme() {
         "https" => true,
         "http" => match url.host() {
@@ -143,14 +144,14 @@ pub enum Listen {
     At(std::net::SocketAddr),
 }
 
-pub fn parse_listen(s: &str) -> Result<Listen, String> {
+pub(crate) fn parse_listen(s: &str) -> Result<Listen, String> {
     match s.trim() {
         "off" => Ok(Listen::Off),
         address => address.parse().map(Listen::At).map_err(|e| format!("{address:?}: {e}; give host:port, or off")),
     }
 }
 
-pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("expected key=value, got {s:?}"))?;
     Ok((k.trim().to_owned(), v.trim().to_owned()))
 }

@@ -11,40 +11,42 @@ use rdkafka::producer::FutureProducer;
 
 use crate::flags::{self, ConfigError};
 
+/// The flags of herald's Kafka clients.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Kafka")]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers (host:port,...).
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
-    pub brokers: String,
+    pub(crate) brokers: String,
 
     /// Consumer group id; run more instances with the same id to scale out.
     #[arg(long, env = "HERALD_GROUP_ID", default_value = "herald")]
-    pub group_id: String,
+    pub(crate) group_id: String,
 
     /// Extra librdkafka settings for every client, as key=value (repeat, or comma-separate).
     #[arg(long = "kafka-option", env = "HERALD_KAFKA_OPTIONS", value_delimiter = ',', value_parser = flags::parse_key_value)]
-    pub kafka_options: Vec<(String, String)>,
+    pub(crate) kafka_options: Vec<(String, String)>,
 
     /// Extra librdkafka settings for the consumer only (group timeouts, fetch sizes); these win over --kafka-option.
     #[arg(long = "kafka-consumer-option", env = "HERALD_KAFKA_CONSUMER_OPTIONS", value_delimiter = ',', value_parser = flags::parse_key_value)]
-    pub kafka_consumer_options: Vec<(String, String)>,
+    pub(crate) kafka_consumer_options: Vec<(String, String)>,
 
     /// Extra librdkafka settings for the producer only (batching, compression); these win over --kafka-option.
     #[arg(long = "kafka-producer-option", env = "HERALD_KAFKA_PRODUCER_OPTIONS", value_delimiter = ',', value_parser = flags::parse_key_value)]
-    pub kafka_producer_options: Vec<(String, String)>,
+    pub(crate) kafka_producer_options: Vec<(String, String)>,
 
     /// The largest record herald produces (librdkafka's message.max.bytes). Apache Kafka's default limit; a consumed record too large to copy with herald's headers within it is INVALID (record-too-large), and its dead letter carries none of its bytes.
     #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 1_048_588)]
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
 
     /// How often stored offsets are committed; what was finished but not committed is delivered again after a crash (and not sent again: see the send ledger).
     #[arg(long, env = "HERALD_COMMIT_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub commit_interval: Duration,
+    pub(crate) commit_interval: Duration,
 }
 
 
 impl KafkaArgs {
+    /// The clients' settings, checked.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         if self.max_message_bytes < flags::MIN_MESSAGE_BYTES {
             return Err(ConfigError::MaxMessageBytes(self.max_message_bytes));
@@ -96,19 +98,20 @@ fn with_overrides(mut c: ClientConfig, config: &Settings, specific: &[(String, S
     c
 }
 
+/// A consumer in herald's group, with herald's settings and the operator's.
 pub fn consumer<C: ConsumerContext + 'static>(config: &Settings, context: C) -> KafkaResult<StreamConsumer<C>> {
     consumer_config(config).create_with_context(context)
 }
 
 /// The consumer's `max.poll.interval.ms`, as it will have it.
-pub fn max_poll_interval(config: &Settings) -> Duration {
+pub(crate) fn max_poll_interval(config: &Settings) -> Duration {
     let ms = consumer_config(config).get("max.poll.interval.ms").and_then(|v| v.parse().ok()).unwrap_or(300_000);
     Duration::from_millis(ms)
 }
 
 /// The settings of herald's consumer, in another group: offsets stored
 /// by the caller, committed in the background.
-pub fn consumer_config_in(config: &Settings, group: &str) -> ClientConfig {
+pub(crate) fn consumer_config_in(config: &Settings, group: &str) -> ClientConfig {
     let mut c = consumer_config(config);
     // No lag metrics there: rdkafka's default context would log every
     // statistics report, at info, every five seconds.
@@ -151,7 +154,7 @@ fn consumer_config(config: &Settings) -> ClientConfig {
 /// Reports librdkafka's errors, except partition EOF: herald turns EOF on
 /// to find where a topic ends, and librdkafka also reports each one as a
 /// client error, which here it is not.
-pub fn client_error(error: KafkaError, reason: &str) {
+pub(crate) fn client_error(error: KafkaError, reason: &str) {
     if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
         tracing::error!(message = "Kafka client error.", %error, reason);
     }
@@ -169,7 +172,7 @@ impl ClientContext for ReaderContext {
 
 impl ConsumerContext for ReaderContext {}
 
-pub type Reader = StreamConsumer<ReaderContext>;
+pub(crate) type Reader = StreamConsumer<ReaderContext>;
 
 /// A consumer outside the group, for reading a whole topic (the
 /// suppression list) by assignment; it commits nothing. The
@@ -180,7 +183,7 @@ pub fn reader(config: &Settings) -> KafkaResult<Reader> {
 }
 
 /// A [`reader`]'s settings; `role` names its group id's suffix.
-pub fn reader_config(config: &Settings, role: &str) -> ClientConfig {
+pub(crate) fn reader_config(config: &Settings, role: &str) -> ClientConfig {
     let mut c = base(config);
     c.set("group.id", format!("{}.{role}", config.group_id))
         .set("enable.auto.commit", "false")
@@ -196,10 +199,11 @@ pub fn reader_config(config: &Settings, role: &str) -> ClientConfig {
 
 /// The producer's `message.max.bytes`, as the producer will have it: an
 /// operator's `--kafka-producer-option` wins over `--max-message-bytes`.
-pub fn max_message_bytes(config: &Settings) -> usize {
+pub(crate) fn max_message_bytes(config: &Settings) -> usize {
     producer_config(config).get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(config.max_message_bytes)
 }
 
+/// An idempotent producer with herald's settings and the operator's.
 pub fn producer(config: &Settings) -> KafkaResult<FutureProducer> {
     producer_config(config).create()
 }
@@ -218,7 +222,7 @@ fn producer_config(config: &Settings) -> ClientConfig {
     with_overrides(c, config, &config.producer_options)
 }
 
-pub fn admin(config: &Settings) -> KafkaResult<AdminClient<DefaultClientContext>> {
+pub(crate) fn admin(config: &Settings) -> KafkaResult<AdminClient<DefaultClientContext>> {
     with_overrides(base(config), config, &[]).create()
 }
 
@@ -262,7 +266,7 @@ pub struct Unreachable {
 /// Whether any bootstrap server accepts a connection, tried at once
 /// rather than after the Kafka client's own retries: a wrong address is a
 /// configuration mistake, and the error should say so and name it.
-pub async fn reachable(brokers: &str) -> Result<(), Unreachable> {
+pub(crate) async fn reachable(brokers: &str) -> Result<(), Unreachable> {
     const TIMEOUT: Duration = Duration::from_secs(5);
     let failed = |reason: String| Unreachable { brokers: brokers.to_owned(), reason };
     let addresses: Vec<String> = brokers

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub, unnameable_types)]
 //! herald: a Kafka notification pipeline, and the programs around it.
 //!
 //! Three programs stand on shared ground:
@@ -5,8 +6,8 @@
 //! | program | module | entry point |
 //! |---|---|---|
 //! | `herald`: requests in, SMS and push out, every outcome on the status topic | [`pipeline`] | [`run`], or [`App::build`] then [`App::run`] |
-//! | `herald api`: the status store and the JSON API | [`api`] | [`api()`] |
-//! | `herald dlq`: the dead letters, listed, shown and replayed | [`dlq`] | [`dlq()`] |
+//! | `herald api`: the status store and the JSON API | [`mod@api`] | [`fn@api`] |
+//! | `herald dlq`: the dead letters, listed, shown and replayed | [`mod@dlq`] | [`fn@dlq`] |
 //!
 //! and `herald migrate` ([`migrate`]) and `herald check` ([`check_config`]).
 //!
@@ -18,21 +19,21 @@
 //! ([`kafka`]), topics and the timing wheel ([`topics`]), the consumed
 //! record and its sealed envelope ([`record`]), the wire format
 //! ([`codec`]), ScyllaDB ([`cql`]), metrics and the admin listener
-//! ([`metrics`], [`admin`]), what flags share ([`flags`]). No program's
+//! ([`metrics`], `admin`), what flags share (`flags`). No program's
 //! module imports another's, and the shared ground imports none.
 
 // The edge.
 pub mod config;
 
 // The shared ground.
-pub mod admin;
+mod admin;
 mod backoff;
 pub mod clock;
 pub mod codec;
 pub mod cql;
-pub mod flags;
+mod flags;
 pub mod kafka;
-pub mod mask;
+mod mask;
 pub mod metrics;
 pub mod model;
 pub mod record;
@@ -50,7 +51,7 @@ use std::sync::Arc;
 pub use config::Config;
 pub use pipeline::app::App;
 pub use pipeline::deliver::USER_AGENT;
-pub use serve::Provided;
+pub use serve::{ListenError, Provided};
 
 /// Why a program of herald's could not start, or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::fmt;
 
 /// Formats a recipient address keeping only its last 4 characters
 /// (`+*******0100`, `…a1b2`).
-pub struct Masked<'a>(pub &'a str);
+pub(crate) struct Masked<'a>(pub &'a str);
 
 /// Stars are written in slices of this, not a character at a time.
 const STARS: &str = "****************************************************************";
@@ -33,7 +33,7 @@ impl Masked<'_> {
 
     /// The masked form as a string of its own, allocated once: every
     /// status event carries one.
-    pub fn into_string(self) -> String {
+    pub(crate) fn into_string(self) -> String {
         let (lead, stars, tail) = self.parts();
         let mut out = String::with_capacity(lead.len() + stars + tail.len());
         out.push_str(lead);
@@ -73,7 +73,7 @@ impl fmt::Debug for Masked<'_> {
 /// phone number (7 digits or more, maybe with `+`, spaces, `-`, `.` or
 /// brackets between them) keeps only its last 4 digits, and the whole is
 /// cut to `max` characters, ending in `…` when it was longer.
-pub fn scrub(text: &str, max: usize) -> String {
+pub(crate) fn scrub(text: &str, max: usize) -> String {
     let chars: Vec<char> = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let mut out: Vec<char> = Vec::with_capacity(chars.len().min(max + 1));
     let mut i = 0;

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 /// characters of a non-Latin script, is about 15 KB percent-encoded; the
 /// admin endpoints take no body at all.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Connections open at once; past it, a new one takes the place of the
     /// oldest idle one (see `accept`), or waits.
     pub max_connections: usize,
@@ -37,7 +37,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(max_connections: usize) -> Self {
+    pub(crate) fn new(max_connections: usize) -> Self {
         Limits {
             max_connections,
             header_timeout: Duration::from_secs(5),
@@ -60,6 +60,7 @@ pub struct Provided {
     pub clock: crate::clock::Clock,
 }
 
+/// A listener could not be bound.
 #[derive(Debug, thiserror::Error)]
 #[error("{flag} {addr}: cannot listen: {source}")]
 pub struct ListenError {
@@ -69,7 +70,7 @@ pub struct ListenError {
 }
 
 /// The listener a caller handed over, or one bound to `addr`.
-pub async fn bind(flag: &'static str, addr: SocketAddr, given: Option<std::net::TcpListener>) -> Result<TcpListener, ListenError> {
+pub(crate) async fn bind(flag: &'static str, addr: SocketAddr, given: Option<std::net::TcpListener>) -> Result<TcpListener, ListenError> {
     let bound = match given {
         Some(listener) => listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener)),
         None => TcpListener::bind(addr).await,
@@ -79,7 +80,7 @@ pub async fn bind(flag: &'static str, addr: SocketAddr, given: Option<std::net::
 
 /// Accepts connections, at most `limits.max_connections` at once, each
 /// served over HTTP/1 within the limits.
-pub async fn accept(
+pub(crate) async fn accept(
     listener: TcpListener,
     app: Router,
     limits: Limits,

@@ -11,6 +11,7 @@ pub enum LogFormat {
     Json,
 }
 
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (info by default).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour codes only help a terminal; in a file or a pipe they are noise.

@@ -19,13 +19,13 @@ use crate::model::Cancel;
 use crate::model::Status;
 
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-pub struct CancelRequest {
+pub(crate) struct CancelRequest {
     /// Why, for people reading the cancellations topic.
     pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CancelAccepted {
+pub(crate) struct CancelAccepted {
     pub event_id: String,
     /// Its current status, when any is stored; null for a notification
     /// not seen yet (a cancel may come before its request).

@@ -8,14 +8,22 @@
 mod args;
 mod cancel;
 mod notifications;
-pub mod run;
+pub(crate) mod run;
 mod stats;
 pub mod store;
 
+pub use run::{ServiceError, Settings};
 pub use args::ApiArgs;
-pub use cancel::{CancelAccepted, CancelRequest};
-pub use notifications::{NotificationView, Page, StatusView, Summary, TriedView};
-pub use stats::{ChannelStats, Stats, WindowView};
+pub(crate) use cancel::CancelAccepted;
+pub(crate) use cancel::CancelRequest;
+pub(crate) use notifications::NotificationView;
+pub(crate) use notifications::Page;
+pub(crate) use notifications::StatusView;
+pub(crate) use notifications::Summary;
+pub(crate) use notifications::TriedView;
+pub(crate) use stats::ChannelStats;
+pub(crate) use stats::Stats;
+pub(crate) use stats::WindowView;
 use cancel::cancel;
 use notifications::{notification, notifications};
 use stats::stats;
@@ -43,7 +51,7 @@ const MAX_LIMIT: usize = 100;
 const DEFAULT_LIMIT: usize = 20;
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub struct Api {
+pub(crate) struct Api {
     pub store: Arc<Store>,
     /// The rate-limit table, for the capacity left in each window.
     pub limits: Table,
@@ -58,22 +66,22 @@ pub struct Api {
 }
 
 /// A rate per token, told apart by a digest of the token.
-pub type Throttle = governor::DefaultKeyedRateLimiter<[u8; 32]>;
+pub(crate) type Throttle = governor::DefaultKeyedRateLimiter<[u8; 32]>;
 
 /// `quota` for each token.
-pub fn throttle(quota: governor::Quota) -> Throttle {
+pub(crate) fn throttle(quota: governor::Quota) -> Throttle {
     governor::RateLimiter::keyed(quota)
 }
 
 /// A reason is for people reading the topic, and is kept this short.
 const MAX_REASON_CHARS: usize = 200;
 
-pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     tracing::info!(message = "API listening.", listen = %listener.local_addr()?);
     serve::accept(listener, router(api), Limits::new(256), shutdown).await
 }
 
-pub fn router(api: Arc<Api>) -> Router {
+pub(crate) fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/v1/notifications/{event_id}", get(notification))
         .route("/v1/notifications/{event_id}/cancel", post(cancel))
@@ -92,7 +100,7 @@ pub fn router(api: Arc<Api>) -> Router {
     components(schemas(NotificationView, StatusView, TriedView, Page, Summary, Stats, ChannelStats, WindowView, CancelRequest, CancelAccepted, ErrorBody)),
     modifiers(&Bearer)
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct Bearer;
 
@@ -111,7 +119,7 @@ async fn openapi() -> Response {
 
 /// Every error, as `{"error": code, "message": text}`.
 #[derive(Debug)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     Unauthorized,
     BadRequest(String),
     NotFound(String),
@@ -124,7 +132,7 @@ pub enum ApiError {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// unauthorized, bad-request, not-found, already-final, unavailable, too-many-requests.
     pub error: String,
     pub message: String,

@@ -18,7 +18,7 @@ use crate::model::StatusEvent;
 
 /// One status of a notification.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct StatusView {
+pub(crate) struct StatusView {
     pub status: String,
     pub attempt: u32,
     pub occurred_at: DateTime<Utc>,
@@ -33,7 +33,7 @@ pub struct StatusView {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TriedView {
+pub(crate) struct TriedView {
     pub provider: String,
     pub error_code: String,
 }
@@ -57,7 +57,7 @@ impl From<&StatusEvent> for StatusView {
 
 /// A notification: its current status, and every status it had.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct NotificationView {
+pub(crate) struct NotificationView {
     pub event_id: String,
     pub user_id: String,
     /// SMS or PUSH; null when the request named a channel herald does not know.
@@ -131,7 +131,7 @@ pub(super) struct ListParams {
 
 /// One of a user's notifications, in a list.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub event_id: String,
     pub channel: Option<String>,
     pub status: String,
@@ -142,7 +142,7 @@ pub struct Summary {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Page {
+pub(crate) struct Page {
     /// Newest first.
     pub notifications: Vec<Summary>,
     /// Pass as `cursor` for the next page; null on the last.

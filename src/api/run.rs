@@ -13,19 +13,19 @@ use crate::{admin, cql, kafka, metrics, topics};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub kafka: kafka::Settings,
-    pub topics: topics::Topics,
-    pub creation: topics::Creation,
-    pub cql: cql::Settings,
+    pub(crate) topics: topics::Topics,
+    pub(crate) creation: topics::Creation,
+    pub(crate) cql: cql::Settings,
     /// The longest rate-limit window of the pipeline: how long the
     /// rate-limit table keeps counts.
-    pub longest_window: Option<std::time::Duration>,
-    pub listen: std::net::SocketAddr,
-    pub token: secrecy::SecretString,
-    pub cancel_rate: governor::Quota,
+    pub(crate) longest_window: Option<std::time::Duration>,
+    pub(crate) listen: std::net::SocketAddr,
+    pub(crate) token: secrecy::SecretString,
+    pub(crate) cancel_rate: governor::Quota,
     /// The status store's consumer group.
-    pub group_id: String,
+    pub(crate) group_id: String,
     /// Where the admin endpoints listen, if anywhere.
-    pub admin: Option<std::net::SocketAddr>,
+    pub(crate) admin: Option<std::net::SocketAddr>,
 }
 
 /// Why `herald api` could not start, or stopped.
@@ -51,7 +51,7 @@ pub enum ServiceError {
 /// the API and its admin endpoints, until `shutdown` completes. Listeners
 /// in `provided` replace `--api-listen` and `--admin-listen` (a test binds
 /// port 0).
-pub async fn api(settings: Settings, provided: Provided, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
+pub(crate) async fn api(settings: Settings, provided: Provided, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
     let cql = &settings.cql;
     let listener = bind("--api-listen", settings.listen, provided.api).await?;
     let admin = match (settings.admin, provided.admin) {

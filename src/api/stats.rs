@@ -18,7 +18,7 @@ use crate::model::{Channel, Status};
 
 /// One rate-limit window of a channel, as the rate-limit table has it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WindowView {
+pub(crate) struct WindowView {
     pub max: u32,
     pub length_seconds: u64,
     /// Counted in the window now.
@@ -29,7 +29,7 @@ pub struct WindowView {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ChannelStats {
+pub(crate) struct ChannelStats {
     pub channel: String,
     pub sent_last_hour: u32,
     /// Since midnight UTC.
@@ -46,7 +46,7 @@ pub struct ChannelStats {
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub user_id: String,
     pub at: DateTime<Utc>,
     pub channels: Vec<ChannelStats>,

@@ -2,7 +2,7 @@
 //! `notification.status`, in ScyllaDB (tables in
 //! `schemas/scylla/002_status_store.cql`).
 //!
-//! [`ingest`] reads the status topic in a consumer group of its own, so the
+//! `ingest` reads the status topic in a consumer group of its own, so the
 //! store scales and fails apart from delivery. An offset is stored only once
 //! ScyllaDB has acknowledged the record's rows, so a killed store loses
 //! nothing; what it writes again lands on the same rows.
@@ -33,6 +33,7 @@ use crate::model::StatusEvent;
 
 type Source = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why the status store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the status store's tables in keyspace {keyspace} are missing or differ ({source}); run `herald migrate`")]
@@ -57,7 +58,7 @@ pub struct Store {
 }
 
 /// How far back a user's notifications are kept: the tables' TTL.
-pub const RETENTION_DAYS: i64 = 30;
+pub(crate) const RETENTION_DAYS: i64 = 30;
 
 /// A notification's partition in the user's timeline, when its status
 /// says enough: the UTC day of its request's `created_at`, the same for
@@ -73,6 +74,7 @@ fn plausible_day(event: &StatusEvent) -> Option<NaiveDate> {
 }
 
 impl Store {
+    /// The store in `keyspace`, checked to exist.
     pub async fn open(session: Arc<Session>, keyspace: &str) -> Result<Store, StoreError> {
         let prepare = |cql: String| {
             let session = session.clone();
@@ -95,7 +97,7 @@ impl Store {
 
     /// Writes `event` (framed as `bytes`) to both tables; done once both
     /// are acknowledged.
-    pub async fn write(&self, event: &StatusEvent, bytes: &[u8]) -> Result<(), StoreError> {
+    pub(crate) async fn write(&self, event: &StatusEvent, bytes: &[u8]) -> Result<(), StoreError> {
         let attempt = event.attempt.min(i32::MAX as u32) as i32;
         let status = event.status.symbol();
         let created_at = event.created_at.unwrap_or(event.occurred_at);
@@ -117,7 +119,7 @@ impl Store {
     }
 
     /// Every status of one notification, oldest first; empty if unknown.
-    pub async fn history(&self, event_id: &str) -> Result<Vec<StatusEvent>, StoreError> {
+    pub(crate) async fn history(&self, event_id: &str) -> Result<Vec<StatusEvent>, StoreError> {
         let mut events = self.select(&self.select_history, (event_id,)).await?;
         sort(&mut events);
         Ok(events)
@@ -142,16 +144,11 @@ impl Store {
         }
         Ok(events)
     }
-
-    /// Whether ScyllaDB answers a read within `timeout`.
-    pub async fn ping(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.history("herald-readiness-probe")).await.is_ok_and(|r| r.is_ok())
-    }
 }
 
 /// Oldest first, in the order a notification lives through them.
 fn sort(events: &mut [StatusEvent]) {
-    events.sort_by_key(|e| (e.attempt, e.status.stage(), e.occurred_at));
+    events.sort_by_key(|e| (e.attempt, e.status.phase(), e.occurred_at));
 }
 
 /// One notification as the store knows it.
@@ -191,12 +188,13 @@ impl Notification {
         current
     }
 
+    /// The notification's event id.
     pub fn event_id(&self) -> &str {
         &self.history[0].event_id
     }
 
     /// When the request was made: the order a user's list is in.
-    pub fn created_at(&self) -> DateTime<Utc> {
+    pub(crate) fn created_at(&self) -> DateTime<Utc> {
         self.history.iter().find_map(|e| e.created_at).unwrap_or(self.history[0].occurred_at)
     }
 }
@@ -204,7 +202,7 @@ impl Notification {
 /// Reads the status topic into `store` until `shutdown` completes. The
 /// consumer stores no offset itself (`enable.auto.offset.store=false`):
 /// an offset is stored once its record's rows are written.
-pub async fn ingest(consumer: Arc<StoreConsumer>, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
+pub(crate) async fn ingest(consumer: Arc<StoreConsumer>, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let metrics = consumer.context().metrics.clone();
     // The loop turns at least this often, however idle: `/healthz` tells a
@@ -275,7 +273,7 @@ const BATCH: usize = 512;
 
 /// The store's consumer: herald's consumer settings in group `group`,
 /// offsets stored by [`ingest`] and committed by librdkafka.
-pub fn consumer(mut config: ClientConfig, topic: &str, metrics: Arc<StoreMetrics>) -> Result<StoreConsumer, rdkafka::error::KafkaError> {
+pub(crate) fn consumer(mut config: ClientConfig, topic: &str, metrics: Arc<StoreMetrics>) -> Result<StoreConsumer, rdkafka::error::KafkaError> {
     // For the lag gauges (see `StoreContext::stats`).
     config.set("statistics.interval.ms", "5000");
     let consumer: StoreConsumer = config.create_with_context(StoreContext { metrics })?;
@@ -283,10 +281,10 @@ pub fn consumer(mut config: ClientConfig, topic: &str, metrics: Arc<StoreMetrics
     Ok(consumer)
 }
 
-pub type StoreConsumer = StreamConsumer<StoreContext>;
+pub(crate) type StoreConsumer = StreamConsumer<StoreContext>;
 
 /// Counts the store consumer's lag and assignment for its admin listener.
-pub struct StoreContext {
+pub(crate) struct StoreContext {
     pub metrics: Arc<StoreMetrics>,
 }
 
@@ -311,7 +309,7 @@ impl rdkafka::consumer::ConsumerContext for StoreContext {
 }
 
 /// `herald api`'s store, as its admin listener shows it.
-pub struct StoreObserved {
+pub(crate) struct StoreObserved {
     pub store: Arc<Store>,
     pub consumer: Arc<StoreConsumer>,
     pub probing: tokio::sync::Mutex<()>,

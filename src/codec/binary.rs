@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+/// Why a hand-read Avro datum is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
     #[error("datum ends early")]
@@ -27,22 +28,22 @@ pub enum ReadError {
     Boolean(u8),
 }
 
-pub struct Reader<'a> {
+pub(super) struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
     /// Whether every byte has been read: a datum from an older writer
     /// ends before the fields added since.
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
-    pub fn new(buf: &'a [u8]) -> Self {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
         Reader { buf }
     }
 
-    pub fn long(&mut self) -> Result<i64, ReadError> {
+    pub(super) fn long(&mut self) -> Result<i64, ReadError> {
         let mut value: u64 = 0;
         for (i, shift) in (0..64).step_by(7).enumerate() {
             let Some(&byte) = self.buf.get(i) else { return Err(ReadError::Eof) };
@@ -55,12 +56,12 @@ impl<'a> Reader<'a> {
         Err(ReadError::Varint)
     }
 
-    pub fn int(&mut self) -> Result<i32, ReadError> {
+    pub(super) fn int(&mut self) -> Result<i32, ReadError> {
         let n = self.long()?;
         i32::try_from(n).map_err(|_| ReadError::Int(n))
     }
 
-    pub fn boolean(&mut self) -> Result<bool, ReadError> {
+    pub(super) fn boolean(&mut self) -> Result<bool, ReadError> {
         let (&byte, rest) = self.buf.split_first().ok_or(ReadError::Eof)?;
         self.buf = rest;
         match byte {
@@ -71,19 +72,19 @@ impl<'a> Reader<'a> {
     }
 
     /// A union branch or enum symbol index below `count`.
-    pub fn index(&mut self, count: usize) -> Result<usize, ReadError> {
+    pub(super) fn index(&mut self, count: usize) -> Result<usize, ReadError> {
         let n = self.long()?;
         usize::try_from(n).ok().filter(|i| *i < count).ok_or(ReadError::Index(n))
     }
 
     /// An enum symbol's index, whatever the count: a writer may know
     /// symbols this reader does not (see `codec::read_request`).
-    pub fn enum_index(&mut self) -> Result<usize, ReadError> {
+    pub(super) fn enum_index(&mut self) -> Result<usize, ReadError> {
         let n = self.long()?;
         usize::try_from(n).map_err(|_| ReadError::Index(n))
     }
 
-    pub fn string(&mut self) -> Result<String, ReadError> {
+    pub(super) fn string(&mut self) -> Result<String, ReadError> {
         let n = self.long()?;
         let len = usize::try_from(n).ok().filter(|l| *l <= self.buf.len()).ok_or(ReadError::Length(n))?;
         let (bytes, rest) = self.buf.split_at(len);
@@ -92,7 +93,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A `["null", T]` union.
-    pub fn optional<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T, ReadError>) -> Result<Option<T>, ReadError> {
+    pub(super) fn optional<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T, ReadError>) -> Result<Option<T>, ReadError> {
         match self.index(2)? {
             0 => Ok(None),
             _ => read(self).map(Some),
@@ -101,7 +102,7 @@ impl<'a> Reader<'a> {
 
     /// A map of strings: blocks of entries, ending with an empty block. A
     /// negative count is followed by the block's size in bytes.
-    pub fn string_map(&mut self) -> Result<HashMap<String, String>, ReadError> {
+    pub(super) fn string_map(&mut self) -> Result<HashMap<String, String>, ReadError> {
         let mut map = HashMap::new();
         loop {
             let mut count = self.long()?;
@@ -121,12 +122,12 @@ impl<'a> Reader<'a> {
 }
 
 #[derive(Default)]
-pub struct Writer {
+pub(super) struct Writer {
     pub buf: Vec<u8>,
 }
 
 impl Writer {
-    pub fn long(&mut self, n: i64) {
+    pub(super) fn long(&mut self, n: i64) {
         let mut z = ((n << 1) ^ (n >> 63)) as u64;
         while z >= 0x80 {
             self.buf.push((z as u8) | 0x80);
@@ -135,17 +136,17 @@ impl Writer {
         self.buf.push(z as u8);
     }
 
-    pub fn index(&mut self, i: usize) {
+    pub(super) fn index(&mut self, i: usize) {
         self.long(i as i64);
     }
 
-    pub fn string(&mut self, s: &str) {
+    pub(super) fn string(&mut self, s: &str) {
         self.long(s.len() as i64);
         self.buf.extend_from_slice(s.as_bytes());
     }
 
     /// A `["null", T]` union.
-    pub fn optional<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
+    pub(super) fn optional<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
         match value {
             None => self.index(0),
             Some(v) => {

@@ -11,7 +11,7 @@ use crate::model::{ErrorCode, Ids, InvalidReason, Request};
 
 /// Why a record is not a usable request.
 #[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// Not a request at all; nothing in it can be trusted, so it can only
     /// be dead-lettered.
     #[error("undecodable: {0}")]
@@ -26,6 +26,7 @@ pub enum DecodeError {
     Unavailable(RegistryError),
 }
 
+/// Why a consumed record is not a request herald can read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Undecodable {
     #[error(transparent)]
@@ -42,7 +43,7 @@ pub enum Undecodable {
 
 impl Undecodable {
     /// Stable code for the dead-letter header.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         ErrorCode::herald(match self {
             Undecodable::Wire(_) => "not-wire-format",
             Undecodable::Schema(_) => "unknown-schema",
@@ -53,7 +54,7 @@ impl Undecodable {
     }
 }
 
-pub struct Decoder {
+pub(crate) struct Decoder {
     bundled: Bundled,
     /// Without a registry every record is read with the bundled schema,
     /// whatever id it carries.
@@ -64,7 +65,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(bundled: Bundled, registry: Option<Arc<Registry>>) -> Self {
+    pub(crate) fn new(bundled: Bundled, registry: Option<Arc<Registry>>) -> Self {
         Decoder { bundled, registry, writers: RwLock::default() }
     }
 
@@ -82,7 +83,7 @@ impl Decoder {
         Ok(writer)
     }
 
-    pub async fn decode(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Request, DecodeError> {
+    pub(crate) async fn decode(&self, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<Request, DecodeError> {
         let request = self.read(payload).await?;
         let invalid = |reason| DecodeError::Invalid { ids: request.ids(), reason };
         if request.event_id.is_empty() {
@@ -100,7 +101,7 @@ impl Decoder {
     /// The request `payload` holds, as written, without the checks a
     /// request must pass to be sent (ids, the record key): for showing what
     /// an invalid request said.
-    pub async fn read(&self, payload: Option<&[u8]>) -> Result<Request, DecodeError> {
+    pub(crate) async fn read(&self, payload: Option<&[u8]>) -> Result<Request, DecodeError> {
         let undecodable = |e: Undecodable| DecodeError::Undecodable(e);
         let (schema_id, mut datum) = codec::unframe(payload.unwrap_or_default()).map_err(|e| undecodable(e.into()))?;
         let request = match self.writer_schema(schema_id).await? {

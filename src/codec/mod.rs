@@ -12,16 +12,28 @@ use apache_avro::types::Value;
 use chrono::{DateTime, TimeZone, Utc};
 
 mod binary;
-pub mod decode;
-pub mod registry;
+
+pub use binary::ReadError;
+pub(crate) mod decode;
+pub(crate) mod registry;
 mod request;
 mod status;
 
-pub use request::{encode_request, read_request, request_from_value, FieldError, RequestError};
-pub use status::{decode_status, encode_status, read_status, StatusDecodeError};
+pub use request::encode_request;
+pub use request::read_request;
+pub use request::request_from_value;
+pub use request::FieldError;
+pub use decode::Undecodable;
+pub use registry::RegistryError;
+pub use request::RequestError;
+pub use status::StatusDecodeError;
+pub use status::decode_status;
+pub use status::encode_status;
+pub use status::read_status;
 
+/// `schemas/notification.requested.avsc`, compiled in.
 pub const REQUEST_SCHEMA: &str = include_str!("../../schemas/notification.requested.avsc");
-pub const STATUS_SCHEMA: &str = include_str!("../../schemas/notification.status.avsc");
+pub(crate) const STATUS_SCHEMA: &str = include_str!("../../schemas/notification.status.avsc");
 
 const MAGIC: u8 = 0;
 const HEADER_LEN: usize = 5;
@@ -34,6 +46,7 @@ pub struct Bundled {
 }
 
 impl Bundled {
+    /// Parses the bundled schemas.
     pub fn load() -> Self {
         // Both files are compiled in and covered by tests, so failing here
         // is a build defect, not an operational error.
@@ -44,6 +57,7 @@ impl Bundled {
     }
 }
 
+/// Why bytes are not in the Confluent wire format.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("record has no payload")]

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::backoff::Backoff;
 
+/// Why the schema registry could not answer, or answered no.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The registry answered that the id does not exist: the record is bad.
@@ -27,10 +28,10 @@ pub enum RegistryError {
 pub struct RegistryArgs {
     /// Confluent Schema Registry base URL. Without it, herald reads and writes with its bundled schemas.
     #[arg(long, env = "SCHEMA_REGISTRY_URL")]
-    pub schema_registry_url: Option<Url>,
+    pub(crate) schema_registry_url: Option<Url>,
 }
 
-pub struct Registry {
+pub(crate) struct Registry {
     http: reqwest::Client,
     base: Url,
 }
@@ -48,12 +49,12 @@ struct Registered {
 const ATTEMPTS: u32 = 5;
 
 impl Registry {
-    pub fn new(base: Url, timeout: Duration) -> Self {
+    pub(crate) fn new(base: Url, timeout: Duration) -> Self {
         let http = reqwest::Client::builder().timeout(timeout).build().expect("static HTTP client settings");
         Registry { http, base }
     }
 
-    pub async fn writer_schema(&self, id: u32) -> Result<Schema, RegistryError> {
+    pub(crate) async fn writer_schema(&self, id: u32) -> Result<Schema, RegistryError> {
         let url = self.url(&format!("schemas/ids/{id}"));
         let body: SchemaById = self
             .with_retries(|| self.http.get(url.clone()).send(), |status| {
@@ -65,7 +66,7 @@ impl Registry {
 
     /// Registers `schema` under `subject` (idempotent in the registry) and
     /// returns its id.
-    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
+    pub(crate) async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
         let url = self.url(&format!("subjects/{subject}/versions"));
         let body = serde_json::json!({ "schema": schema });
         let registered: Registered = self

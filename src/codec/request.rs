@@ -124,6 +124,7 @@ fn apns_from_value(value: Value) -> Option<ApnsOverrides> {
     })
 }
 
+/// A request from an Avro value read with any compatible writer schema.
 pub fn request_from_value(value: Value) -> Result<Request, RequestError> {
     let mut fields = record_fields(value).ok_or(FieldError::Missing("<record>"))?;
     let event_id = take_string(&mut fields, "event_id").ok_or(FieldError::Missing("event_id"))?;

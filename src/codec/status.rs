@@ -85,6 +85,7 @@ pub fn encode_status(schema_id: u32, e: &StatusEvent) -> Vec<u8> {
     w.buf
 }
 
+/// Why bytes are not a status event.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusDecodeError {
     #[error(transparent)]

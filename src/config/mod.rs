@@ -9,25 +9,30 @@ use std::time::Duration;
 use clap::Parser;
 use reqwest::Url;
 
-use crate::api::{self, ApiArgs};
-use crate::codec::registry::RegistryArgs;
-use crate::cql::{self, ScyllaArgs};
-use crate::flags::{parse_listen, Listen};
-use crate::kafka::{self, KafkaArgs};
-use crate::pipeline::app::PipelineArgs;
-use crate::pipeline::deliver::DeliveryArgs;
-use crate::pipeline::quiet::QuietArgs;
-use crate::pipeline::ratelimit::RateLimitArgs;
-use crate::pipeline::receipts::ReceiptsArgs;
-use crate::pipeline::route::RouteArgs;
-use crate::pipeline::templates::TemplateArgs;
+use crate::api;
+use crate::cql;
+use crate::flags::parse_listen;
+use crate::kafka;
 use crate::pipeline;
-use crate::record::SealArgs;
 use crate::telemetry::LogFormat;
-use crate::topics::{self, TopicArgs, Topics};
+use crate::topics::{self, Topics};
 
-pub use crate::flags::{ConfigError, MIN_SECRET_BYTES};
+pub use crate::api::ApiArgs;
+pub use crate::codec::registry::RegistryArgs;
+pub use crate::cql::ScyllaArgs;
+pub use crate::flags::{ConfigError, Listen};
+pub use crate::kafka::KafkaArgs;
+pub use crate::pipeline::app::PipelineArgs;
+pub use crate::pipeline::deliver::{DeliveryArgs, FcmArgs, TwilioArgs, VonageArgs};
+pub use crate::pipeline::quiet::QuietArgs;
+pub use crate::pipeline::ratelimit::RateLimitArgs;
+pub use crate::pipeline::receipts::ReceiptsArgs;
+pub use crate::pipeline::route::RouteArgs;
+pub use crate::pipeline::templates::TemplateArgs;
+pub use crate::record::SealArgs;
+pub use crate::topics::TopicArgs;
 
+/// herald's command line: every flag, grouped by the module that owns it, and the subcommand.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald", version, about = "Kafka notification pipeline: requests in, SMS and push out, every outcome on notification.status")]
 pub struct Config {

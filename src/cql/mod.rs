@@ -6,7 +6,7 @@
 //! server is used anywhere: whole-partition reads by key, plain inserts,
 //! and expiry from the table default.
 
-pub mod rate_limits;
+pub(crate) mod rate_limits;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use scylla::client::session_builder::SessionBuilder;
 use crate::flags::{self, ConfigError};
 
 /// Every schema file, in the order `herald migrate` applies them.
-pub const SCHEMAS: &[(&str, &str)] = &[
+pub(crate) const SCHEMAS: &[(&str, &str)] = &[
     ("001_rate_limit.cql", include_str!("../../schemas/scylla/001_rate_limit.cql")),
     ("002_status_store.cql", include_str!("../../schemas/scylla/002_status_store.cql")),
     ("003_rate_limit_settings.cql", include_str!("../../schemas/scylla/003_rate_limit_settings.cql")),
@@ -47,35 +47,35 @@ pub struct Settings {
 pub struct ScyllaArgs {
     /// ScyllaDB contact points (host:port, comma-separated). Without it, rate limits are kept in memory and reset on restart.
     #[arg(long, env = "SCYLLA_URI")]
-    pub scylla_uri: Option<String>,
+    pub(crate) scylla_uri: Option<String>,
 
     /// Keyspace of herald's tables.
     #[arg(long, env = "HERALD_SCYLLA_KEYSPACE", default_value = "herald")]
-    pub scylla_keyspace: String,
+    pub(crate) scylla_keyspace: String,
 
     /// Replication of the keyspace, as CQL, used by `herald migrate` when it creates the keyspace.
     #[arg(long, env = "HERALD_SCYLLA_REPLICATION", default_value = "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}")]
-    pub scylla_replication: String,
+    pub(crate) scylla_replication: String,
 
     /// Consistency of rate-limit reads and writes.
     #[arg(long, env = "HERALD_SCYLLA_CONSISTENCY", value_enum, default_value_t = Consistency::LocalQuorum)]
-    pub scylla_consistency: Consistency,
+    pub(crate) scylla_consistency: Consistency,
 
     /// Timeout of one ScyllaDB request, and of connecting.
     #[arg(long, env = "HERALD_SCYLLA_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub scylla_timeout: Duration,
+    pub(crate) scylla_timeout: Duration,
 
     /// Rate-limit writes in flight at once; when they are all pending, the consumer waits.
     #[arg(long, env = "HERALD_SCYLLA_MAX_WRITES", default_value_t = 1024)]
-    pub scylla_max_writes: usize,
+    pub(crate) scylla_max_writes: usize,
 
     /// Wait for schema agreement after schema changes (turn off only for single-node test servers).
     #[arg(long, env = "HERALD_SCYLLA_AWAIT_SCHEMA_AGREEMENT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub scylla_await_schema_agreement: bool,
+    pub(crate) scylla_await_schema_agreement: bool,
 
     /// Fetch schema metadata on connect (turn off only for test servers that lack it).
     #[arg(long, env = "HERALD_SCYLLA_FETCH_SCHEMA_METADATA", default_value_t = true, action = clap::ArgAction::Set)]
-    pub scylla_fetch_schema_metadata: bool,
+    pub(crate) scylla_fetch_schema_metadata: bool,
 }
 
 impl ScyllaArgs {
@@ -103,6 +103,7 @@ impl ScyllaArgs {
     }
 }
 
+/// The consistency of rate-limit reads and writes (`--scylla-consistency`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Consistency {
     One,
@@ -114,6 +115,7 @@ pub enum Consistency {
 
 type Source = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why ScyllaDB could not be reached or migrated.
 #[derive(Debug, thiserror::Error)]
 pub enum CqlError {
     #[error("cannot connect to ScyllaDB at {nodes}: {source}")]
@@ -156,7 +158,7 @@ impl From<Consistency> for scylla::statement::Consistency {
 }
 
 /// One schema's statements for `keyspace`, comments removed.
-pub fn statements(schema: &str, keyspace: &str, replication: &str) -> Vec<String> {
+pub(crate) fn statements(schema: &str, keyspace: &str, replication: &str) -> Vec<String> {
     let uncommented: String =
         schema.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
     uncommented

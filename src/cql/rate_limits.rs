@@ -14,6 +14,7 @@ use crate::backoff::Backoff;
 use crate::metrics::{CqlOperation, Metrics};
 use crate::model::{Channel, RateLimit};
 
+/// The table of counted sends, one row per send in a window.
 pub const TABLE: &str = "rate_limit_events";
 
 /// One counted event, as the store keeps it.
@@ -23,10 +24,11 @@ pub struct Counted {
     pub event_id: String,
 }
 /// The limits each pipeline enforces, by consumer group.
-pub const SETTINGS_TABLE: &str = "rate_limit_settings";
+pub(crate) const SETTINGS_TABLE: &str = "rate_limit_settings";
 
 type Source = Box<dyn std::error::Error + Send + Sync>;
 
+/// Why the rate-limit table could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("table {keyspace}.{TABLE} does not exist; run `herald migrate` first")]
@@ -121,7 +123,7 @@ impl Table {
 
     /// Records the limits the pipeline of consumer group `group` enforces,
     /// for `herald api` to report.
-    pub async fn publish(&self, group: &str, limits: impl Fn(Channel) -> RateLimit) -> Result<(), StoreError> {
+    pub(crate) async fn publish(&self, group: &str, limits: impl Fn(Channel) -> RateLimit) -> Result<(), StoreError> {
         for channel in Channel::ALL {
             let limit = limits(channel).to_string();
             let values = (group, channel.symbol(), limit.as_str(), Utc::now());
@@ -132,7 +134,7 @@ impl Table {
 
     /// The limits the pipeline of `group` said it enforces, by channel;
     /// a channel it has not written is absent.
-    pub async fn published(&self, group: &str) -> Result<Vec<(Channel, RateLimit)>, StoreError> {
+    pub(crate) async fn published(&self, group: &str) -> Result<Vec<(Channel, RateLimit)>, StoreError> {
         let rows = self.session.execute_unpaged(&self.published, (group,)).await.map_err(read_failed)?.into_rows_result().map_err(read_failed)?;
         let mut limits = Vec::new();
         for row in rows.rows::<(String, String)>().map_err(read_failed)? {
@@ -145,12 +147,12 @@ impl Table {
     }
 
     /// Counts its requests in `metrics`.
-    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Table {
+    pub(crate) fn with_metrics(self, metrics: Arc<Metrics>) -> Table {
         Table { metrics, ..self }
     }
 
     /// Whether ScyllaDB answers a read of the table now.
-    pub async fn ping(&self, timeout: Duration) -> Result<(), String> {
+    pub(crate) async fn ping(&self, timeout: Duration) -> Result<(), String> {
         let started = std::time::Instant::now();
         let read = self.session.execute_unpaged(&self.select, ("herald-readiness-probe",));
         let result = match tokio::time::timeout(timeout, read).await {
@@ -230,6 +232,7 @@ fn check_ttl(keyspace: &str, ttl: Option<i32>, longest: Option<Duration>) -> Res
 pub struct Pending(tokio::task::JoinHandle<()>);
 
 impl Pending {
+    /// Waits until the count is written, or its write has failed (and been logged).
     pub async fn durable(self) {
         // A panicked write leaves the record unfinished, so its offset is
         // never stored and it is redelivered after the next rebalance.

@@ -43,6 +43,7 @@ pub const REPLAYED_FROM: &str = "herald-replayed-from";
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 const BATCH: usize = 200;
 
+/// What `herald dlq` does.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum DlqCommand {
     /// The dead letters that match, as a table (or JSON lines).
@@ -121,6 +122,7 @@ fn parse_channel(s: &str) -> Result<Channel, String> {
     Channel::from_symbol(&s.to_ascii_uppercase()).ok_or_else(|| format!("{s:?}: sms or push"))
 }
 
+/// Why `herald dlq` could not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     #[error("kafka: {0}")]
@@ -145,7 +147,7 @@ type Reader = BaseConsumer<kafka::ReaderContext>;
 type Mark = ((String, i32), i64);
 
 /// What `dlq` reads from and writes to.
-pub struct Context {
+pub(crate) struct Context {
     pub kafka: kafka::Settings,
     pub dead_letter: String,
     pub decoder: Decoder,
@@ -200,7 +202,7 @@ impl Letter {
         json!({
             "at": self.id(),
             "time": self.at.map(|t| t.to_rfc3339()),
-            "attempts": self.envelope.attempts,
+            "attempts": self.envelope.attempts.count(),
             "class": error.map(|e| e.class.symbol()),
             "code": error.map(|e| e.code.as_str()),
             "channel": self.request.as_ref().map(|r| r.channel.symbol()),
@@ -266,10 +268,10 @@ impl Context {
     }
 }
 
-pub use replay::{Replay, Skipped, Summary};
+pub(crate) use replay::Replay;
 use read::{list, show};
 
-pub async fn run(command: DlqCommand, context: Context) -> Result<(), DlqError> {
+pub(crate) async fn run(command: DlqCommand, context: Context) -> Result<(), DlqError> {
     match command {
         DlqCommand::List { filter, json } => list(&context, &filter, json).await,
         DlqCommand::Show { at, reveal } => show(&context, &at, reveal).await,

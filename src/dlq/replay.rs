@@ -17,7 +17,7 @@ use crate::model::ErrorClass;
 use crate::record::envelope;
 
 /// `herald dlq replay`.
-pub struct Replay {
+pub(crate) struct Replay {
     pub filter: Filter,
     pub to: Option<String>,
     pub name: Option<String>,
@@ -29,7 +29,7 @@ pub struct Replay {
 
 /// What a replay came to.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub replayed: usize,
     pub skipped: Skipped,
     pub failed: usize,
@@ -37,7 +37,7 @@ pub struct Summary {
 
 /// Dead letters that matched, and were not replayed, by why.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Skipped {
+pub(crate) struct Skipped {
     /// INVALID, without `--include-invalid`.
     pub invalid: usize,
     /// Too large to copy: herald kept none of their bytes.
@@ -49,7 +49,7 @@ pub struct Skipped {
 }
 
 impl Skipped {
-    pub fn total(&self) -> usize {
+    pub(crate) fn total(&self) -> usize {
         self.invalid + self.stripped + self.no_topic + self.replayed_already
     }
 }
@@ -85,7 +85,7 @@ impl Replay {
 
     /// Replays, and returns what it did; with neither `--yes` nor a `y`
     /// at the prompt, only counts.
-    pub async fn run(&self, context: &Context) -> Result<Summary, DlqError> {
+    pub(crate) async fn run(&self, context: &Context) -> Result<Summary, DlqError> {
         let group = self.group(context);
         let consumer = context.consumer(&group)?;
         let positions = committed(&consumer, &context.dead_letter, context.partitions(&consumer, &context.dead_letter)?)?;

@@ -29,32 +29,32 @@ impl Default for Health {
 }
 
 impl Health {
-    pub fn turned(&self) {
+    pub(crate) fn turned(&self) {
         self.turned_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.running.store(true, Ordering::Relaxed);
     }
 
     /// How long ago the loop last turned, if it has.
-    pub fn since_turned(&self) -> Option<Duration> {
+    pub(crate) fn since_turned(&self) -> Option<Duration> {
         self.running.load(Ordering::Relaxed).then(|| {
             let at = Duration::from_millis(self.turned_ms.load(Ordering::Relaxed));
             self.started.elapsed().saturating_sub(at)
         })
     }
 
-    pub fn set_assigned(&self, partitions: usize) {
+    pub(crate) fn set_assigned(&self, partitions: usize) {
         self.assigned.store(partitions, Ordering::Relaxed);
     }
 
-    pub fn assigned(&self) -> usize {
+    pub(crate) fn assigned(&self) -> usize {
         self.assigned.load(Ordering::Relaxed)
     }
 
-    pub fn suppressions_loaded(&self) {
+    pub(crate) fn suppressions_loaded(&self) {
         self.suppressions_loaded.store(true, Ordering::Relaxed);
     }
 
-    pub fn are_suppressions_loaded(&self) -> bool {
+    pub(crate) fn are_suppressions_loaded(&self) -> bool {
         self.suppressions_loaded.load(Ordering::Relaxed)
     }
 }

@@ -29,12 +29,12 @@ mod health;
 mod store;
 
 pub use health::Health;
-pub use store::StoreMetrics;
+pub(crate) use store::StoreMetrics;
 
 use crate::model::{Channel, ErrorClass, Provider, Status, StatusEvent};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TopicLabel {
+pub(crate) struct TopicLabel {
     pub topic: String,
 }
 
@@ -90,7 +90,7 @@ struct OperationLabel {
 
 /// What a provider call came to, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallResult {
+pub(crate) enum CallResult {
     Sent,
     Rejected,
     RecipientGone,
@@ -118,7 +118,7 @@ impl CallResult {
 
 /// A circuit breaker's state, as a gauge: 0 closed, 1 open, 2 trial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
+pub(crate) enum CircuitState {
     Closed = 0,
     Open = 1,
     Trial = 2,
@@ -126,7 +126,7 @@ pub enum CircuitState {
 
 /// A ScyllaDB request herald makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CqlOperation {
+pub(crate) enum CqlOperation {
     Read,
     Write,
     Ping,
@@ -173,6 +173,7 @@ impl<L: EncodeLabelSet + Clone + Hash + Eq + std::fmt::Debug + Send + Sync + 'st
     }
 }
 
+/// What the pipeline counts, in one Prometheus registry.
 pub struct Metrics {
     registry: Registry,
     consumed: Family<TopicLabel, Counter>,
@@ -212,7 +213,7 @@ fn latency_buckets() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("herald");
         let consumed = Family::<TopicLabel, Counter>::default();
         registry.register("records_consumed", "Records read from each input topic", consumed.clone());
@@ -298,12 +299,12 @@ impl Metrics {
     }
 
     /// The counter of records read from `topic`, to keep and increment.
-    pub fn consumed(&self, topic: &str) -> Counter {
+    pub(crate) fn consumed(&self, topic: &str) -> Counter {
         self.consumed.get_or_create(&TopicLabel { topic: topic.to_owned() }).clone()
     }
 
     /// A status event on its way to the status topic.
-    pub fn status(&self, event: &StatusEvent) {
+    pub(crate) fn status(&self, event: &StatusEvent) {
         let status = Status::ALL.iter().position(|s| *s == event.status).expect("in ALL");
         let per_status = CHANNEL_LABELS.len() * PROVIDER_LABELS.len();
         let (channel, provider) = (channel_index(event.channel), provider_index(event.provider));
@@ -316,11 +317,11 @@ impl Metrics {
     }
 
     /// An error that is not on a status event (an undecodable record).
-    pub fn error(&self, code: &str, class: ErrorClass) {
+    pub(crate) fn error(&self, code: &str, class: ErrorClass) {
         self.errors.get_or_create(&ErrorLabels { code: code.to_owned(), class: class.symbol() }).inc();
     }
 
-    pub fn call(&self, provider: Provider, result: CallResult, took: Option<Duration>) {
+    pub(crate) fn call(&self, provider: Provider, result: CallResult, took: Option<Duration>) {
         let p = provider_index(Some(provider));
         let r = CallResult::ALL.iter().position(|c| *c == result).expect("in ALL");
         self.calls.get(p * CallResult::ALL.len() + r, || CallLabels { provider: provider.name(), result: result.label() }).inc();
@@ -329,23 +330,23 @@ impl Metrics {
         }
     }
 
-    pub fn foreign(&self, topic: &str) {
+    pub(crate) fn foreign(&self, topic: &str) {
         self.foreign.get_or_create(&TopicLabel { topic: topic.to_owned() }).inc();
     }
 
-    pub fn unsealed(&self, why: crate::record::Unsealed) {
+    pub(crate) fn unsealed(&self, why: crate::record::Unsealed) {
         self.unsealed.get_or_create(&SealLabel { seal: why.label() }).inc();
     }
 
-    pub fn held(&self, records: usize) {
+    pub(crate) fn held(&self, records: usize) {
         self.held.set(records as i64);
     }
 
-    pub fn rate_limited(&self, channel: Channel) {
+    pub(crate) fn rate_limited(&self, channel: Channel) {
         self.rate_limited[channel.index()].inc();
     }
 
-    pub fn cql(&self, operation: CqlOperation, took: Duration, ok: bool) {
+    pub(crate) fn cql(&self, operation: CqlOperation, took: Duration, ok: bool) {
         let i = CqlOperation::ALL.iter().position(|o| *o == operation).expect("in ALL");
         self.cql_seconds[i].observe(took.as_secs_f64());
         if !ok {
@@ -353,7 +354,7 @@ impl Metrics {
         }
     }
 
-    pub fn committed(&self, partitions: usize, ok: bool) {
+    pub(crate) fn committed(&self, partitions: usize, ok: bool) {
         match ok {
             true => self.committed.inc_by(partitions as u64),
             false => self.commit_failures.inc(),
@@ -362,7 +363,7 @@ impl Metrics {
 
     /// The lag of every assigned input partition, replacing the last; the
     /// delay topics' lag summed per topic.
-    pub fn set_lag(&self, lags: &[(String, i32, i64)], delay_topics: &[String]) {
+    pub(crate) fn set_lag(&self, lags: &[(String, i32, i64)], delay_topics: &[String]) {
         self.lag.clear();
         self.delay_waiting.clear();
         for topic in delay_topics {
@@ -377,7 +378,7 @@ impl Metrics {
     }
 
     /// State read at scrape time.
-    pub fn set_state(&self, state: &State) {
+    pub(crate) fn set_state(&self, state: &State) {
         self.suppression_list.set(state.suppressions as i64);
         self.producer_queue.set(state.producer_queue as i64);
         self.unconfirmed.set(state.unconfirmed as i64);
@@ -393,7 +394,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text format, which Prometheus asks for.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -401,7 +402,7 @@ impl Metrics {
 
     /// The classic Prometheus text format (0.0.4), for clients that do not
     /// ask for OpenMetrics (`promtool check metrics`, curl).
-    pub fn encode_classic(&self) -> String {
+    pub(crate) fn encode_classic(&self) -> String {
         classic(&self.encode())
     }
 }
@@ -432,7 +433,7 @@ fn classic(openmetrics: &str) -> String {
 
 /// The lag of each partition in librdkafka's statistics, for the lag
 /// gauges: `(topic, partition, lag)`, leaving out `skip`'s.
-pub fn lags(statistics: &rdkafka::Statistics, skip: Option<&str>) -> Vec<(String, i32, i64)> {
+pub(crate) fn lags(statistics: &rdkafka::Statistics, skip: Option<&str>) -> Vec<(String, i32, i64)> {
     let mut lags = Vec::new();
     for (name, topic) in statistics.topics.iter().filter(|(name, _)| Some(name.as_str()) != skip) {
         for partition in topic.partitions.values().filter(|p| p.partition >= 0 && p.consumer_lag >= 0) {
@@ -444,7 +445,7 @@ pub fn lags(statistics: &rdkafka::Statistics, skip: Option<&str>) -> Vec<(String
 
 /// What the scrape-time gauges are read from.
 #[derive(Debug, Default)]
-pub struct State {
+pub(crate) struct State {
     pub suppressions: usize,
     pub producer_queue: i32,
     /// `sms`, `push`, and `settled` (records whose outcome needs no call).

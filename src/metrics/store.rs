@@ -9,7 +9,7 @@ use super::{classic, Health, PartitionLabels};
 
 /// What `herald api`'s status store counts (its own registry: the API runs
 /// apart from the pipeline).
-pub struct StoreMetrics {
+pub(crate) struct StoreMetrics {
     registry: Registry,
     written: Counter,
     write_errors: Counter,
@@ -34,27 +34,27 @@ impl Default for StoreMetrics {
 }
 
 impl StoreMetrics {
-    pub fn written(&self, statuses: usize) {
+    pub(crate) fn written(&self, statuses: usize) {
         self.written.inc_by(statuses as u64);
     }
 
-    pub fn write_failed(&self) {
+    pub(crate) fn write_failed(&self) {
         self.write_errors.inc();
     }
 
-    pub fn skipped(&self) {
+    pub(crate) fn skipped(&self) {
         self.skipped.inc();
     }
 
     /// The lag of every assigned status partition, replacing the last.
-    pub fn set_lag(&self, lags: &[(String, i32, i64)]) {
+    pub(crate) fn set_lag(&self, lags: &[(String, i32, i64)]) {
         self.lag.clear();
         for (topic, partition, lag) in lags {
             self.lag.get_or_create(&PartitionLabels { topic: topic.clone(), partition: partition.to_string() }).set(*lag);
         }
     }
 
-    pub fn encode(&self, openmetrics: bool) -> String {
+    pub(crate) fn encode(&self, openmetrics: bool) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         if openmetrics {

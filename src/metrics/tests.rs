@@ -3,27 +3,8 @@ use chrono::Utc;
 use super::*;
 
 fn event(status: Status, channel: Option<Channel>, provider: Option<Provider>) -> StatusEvent {
-    StatusEvent {
-        locale: None,
-        event_id: "e-secret".into(),
-        user_id: "u-secret".into(),
-        channel,
-        status,
-        attempt: 1,
-        provider,
-        provider_message_id: Some("SM-secret".into()),
-        error_code: None,
-        error_class: None,
-        error_message: None,
-        occurred_at: Utc::now(),
-        next_attempt_at: None,
-        recipient: None,
-        created_at: None,
-        scheduled_at: None,
-        sms: None,
-        origin: None,
-        tried: Vec::new(),
-    }
+    let secret = StatusEvent::new("e-secret", "u-secret", status, 1, Utc::now());
+    StatusEvent { channel, provider, provider_message_id: Some("SM-secret".into()), ..secret }
 }
 
 #[test]

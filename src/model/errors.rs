@@ -15,6 +15,7 @@ pub enum Provider {
 }
 
 impl Provider {
+    /// Every provider.
     pub const ALL: [Provider; 4] = [Provider::Twilio, Provider::Vonage, Provider::Fcm, Provider::DryRun];
 
     /// As status events carry it. A name this build does not know (a
@@ -23,6 +24,7 @@ impl Provider {
         Provider::ALL.into_iter().find(|p| p.name() == name)
     }
 
+    /// The name statuses and metrics use.
     pub fn name(self) -> &'static str {
         match self {
             Provider::Twilio => "twilio",
@@ -49,8 +51,11 @@ impl fmt::Display for Provider {
 pub struct ErrorCode(std::borrow::Cow<'static, str>);
 
 impl ErrorCode {
+    /// Over the user's rate limit.
     pub const RATE_LIMIT_EXCEEDED: ErrorCode = ErrorCode::herald("rate-limit-exceeded");
+    /// Deferred until the recipient's quiet hours end.
     pub const QUIET_HOURS: ErrorCode = ErrorCode::herald("quiet-hours");
+    /// Not called: the provider's circuit is open.
     pub const CIRCUIT_OPEN: ErrorCode = ErrorCode::herald("circuit-open");
     /// No answer within the HTTP timeout.
     pub const TIMEOUT: ErrorCode = ErrorCode::herald("timeout");
@@ -87,6 +92,7 @@ impl ErrorCode {
         ErrorCode(code.into())
     }
 
+    /// The code as statuses carry it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -128,6 +134,7 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// The Avro enum symbol.
     pub fn symbol(self) -> &'static str {
         match self {
             ErrorClass::Invalid => "INVALID",
@@ -137,8 +144,10 @@ impl ErrorClass {
         }
     }
 
+    /// Every class.
     pub const ALL: [ErrorClass; 4] = [ErrorClass::Invalid, ErrorClass::Permanent, ErrorClass::Transient, ErrorClass::RateLimited];
 
+    /// The class of an Avro enum symbol.
     pub fn from_symbol(symbol: &str) -> Option<ErrorClass> {
         Self::ALL.into_iter().find(|c| c.symbol() == symbol)
     }

@@ -2,6 +2,7 @@
 //! program shares: channels, providers, statuses, error codes. Avro
 //! mapping lives in `codec`.
 
+mod attempts;
 mod errors;
 mod rate_limit;
 mod request;
@@ -11,10 +12,24 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-pub use errors::{ErrorClass, ErrorCode, InvalidReason, Provider};
+pub use attempts::Attempts;
+#[cfg(test)]
+pub(crate) use attempts::MAX_ATTEMPTS;
+pub use errors::ErrorClass;
+pub use errors::ErrorCode;
+pub use errors::InvalidReason;
+pub use errors::Provider;
 pub use rate_limit::{RateLimit, Window};
-pub use request::{AndroidOverrides, AndroidPriority, ApnsOverrides, Content, Prefs, Priority, Request};
-pub use status::{Stage, Status, StatusEvent};
+pub use request::AndroidOverrides;
+pub use request::AndroidPriority;
+pub use request::ApnsOverrides;
+pub use request::Content;
+pub use request::Prefs;
+pub use request::Priority;
+pub use request::Request;
+pub(crate) use status::Phase;
+pub use status::Status;
+pub use status::StatusEvent;
 
 /// A delivery channel. Adding one means a variant here, a symbol in both
 /// schemas, and a stage in `deliver`.
@@ -25,6 +40,7 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// Every channel herald delivers to.
     pub const ALL: [Channel; 2] = [Channel::Sms, Channel::Push];
 
     /// The Avro enum symbol.
@@ -35,10 +51,12 @@ impl Channel {
         }
     }
 
+    /// The channel of an Avro enum symbol, if herald delivers to it.
     pub fn from_symbol(symbol: &str) -> Option<Channel> {
         Channel::ALL.into_iter().find(|c| c.symbol() == symbol)
     }
 
+    /// A dense index, for per-channel arrays.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -94,8 +112,10 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// Both encodings.
     pub const ALL: [Encoding; 2] = [Encoding::Gsm7, Encoding::Ucs2];
 
+    /// The Avro enum symbol.
     pub fn symbol(self) -> &'static str {
         match self {
             Encoding::Gsm7 => "GSM7",
@@ -122,7 +142,7 @@ pub struct Tried {
 /// A cancel's value on the cancellations topic, as herald writes it; other
 /// producers may write anything (see `pipeline::cancel`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Cancel {
+pub(crate) struct Cancel {
     /// Who asked, for people reading the topic: `api`.
     pub requested_by: String,
     pub reason: Option<String>,

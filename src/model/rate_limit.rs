@@ -19,10 +19,12 @@ pub struct Window {
 }
 
 impl RateLimit {
+    /// One window: at most `max` in any `length`.
     pub fn per(max: u32, length: Duration) -> Self {
         RateLimit { windows: vec![Window { max, length }] }
     }
 
+    /// The longest window, if any: how long counts must be kept.
     pub fn longest(&self) -> Option<Duration> {
         self.windows.iter().map(|w| w.length).max()
     }

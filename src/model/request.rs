@@ -44,6 +44,7 @@ impl Priority {
     /// In the schema's symbol order, before UNKNOWN.
     pub const KNOWN: [Priority; 2] = [Priority::Normal, Priority::Urgent];
 
+    /// The Avro enum symbol.
     pub fn symbol(self) -> &'static str {
         match self {
             Priority::Normal => "NORMAL",
@@ -53,6 +54,7 @@ impl Priority {
     }
 }
 
+/// What is sent: the body, a push title, template and data.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Content {
     pub title: Option<String>,
@@ -70,6 +72,7 @@ pub struct Content {
     pub apns: Option<Box<ApnsOverrides>>,
 }
 
+/// FCM's Android options of a push.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AndroidOverrides {
     pub priority: Option<AndroidPriority>,
@@ -80,6 +83,7 @@ pub struct AndroidOverrides {
     pub click_action: Option<String>,
 }
 
+/// FCM's Android delivery priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AndroidPriority {
     Normal,
@@ -99,6 +103,7 @@ impl AndroidPriority {
     }
 }
 
+/// FCM's APNs options of a push.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ApnsOverrides {
     pub headers: HashMap<String, String>,
@@ -110,6 +115,7 @@ pub struct ApnsOverrides {
 }
 
 impl Request {
+    /// The ids a status of this request carries.
     pub fn ids(&self) -> Ids {
         Ids {
             event_id: self.event_id.clone(),

@@ -26,7 +26,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 12] = [
+    pub(crate) const ALL: [Status; 12] = [
         Status::Sent,
         Status::RateLimited,
         Status::RetryScheduled,
@@ -41,10 +41,11 @@ impl Status {
         Status::Cancelled,
     ];
 
-    pub fn from_symbol(symbol: &str) -> Option<Status> {
+    pub(crate) fn from_symbol(symbol: &str) -> Option<Status> {
         Status::ALL.into_iter().find(|s| s.symbol() == symbol)
     }
 
+    /// The Avro enum symbol.
     pub fn symbol(self) -> &'static str {
         match self {
             Status::Sent => "SENT",
@@ -65,14 +66,14 @@ impl Status {
     /// No further status follows a terminal one from herald's pipeline for
     /// the same event; a delivery receipt may still follow SENT.
     pub fn is_terminal(self) -> bool {
-        self.stage() != Stage::Pending
+        self.phase() != Phase::Pending
     }
 
-    pub fn stage(self) -> Stage {
+    pub(crate) fn phase(self) -> Phase {
         match self {
-            Status::RetryScheduled | Status::Scheduled | Status::Deferred => Stage::Pending,
-            Status::Delivered | Status::Undelivered => Stage::Receipt,
-            _ => Stage::Outcome,
+            Status::RetryScheduled | Status::Scheduled | Status::Deferred => Phase::Pending,
+            Status::Delivered | Status::Undelivered => Phase::Receipt,
+            _ => Phase::Outcome,
         }
     }
 }
@@ -80,7 +81,7 @@ impl Status {
 /// Where a status stands in a notification's life, in order: waiting for
 /// an attempt, decided, and (SMS with receipts) reported by the carrier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stage {
+pub(crate) enum Phase {
     Pending,
     Outcome,
     Receipt,
@@ -90,7 +91,7 @@ pub enum Stage {
 ///
 /// Delivery is at least once, so a subscriber may read an event twice, and
 /// an event's statuses may interleave with a redelivered copy's. The rule
-/// for subscribers, implemented by [`StatusEvent::is_duplicate_of`] and
+/// for subscribers, implemented by `StatusEvent::is_duplicate_of` and
 /// [`StatusEvent::supersedes`]:
 /// - two statuses with the same event id, attempt and status are the same
 ///   outcome: keep one;
@@ -127,14 +128,41 @@ pub struct StatusEvent {
 }
 
 impl StatusEvent {
-    pub fn is_duplicate_of(&self, other: &StatusEvent) -> bool {
+    /// A status with its ids, kind, attempt and time, and nothing else:
+    /// the start of one built field by field, as
+    /// `StatusEvent { provider: Some(..), ..StatusEvent::new(..) }`.
+    pub fn new(event_id: impl Into<String>, user_id: impl Into<String>, status: Status, attempt: u32, occurred_at: DateTime<Utc>) -> StatusEvent {
+        StatusEvent {
+            event_id: event_id.into(),
+            user_id: user_id.into(),
+            channel: None,
+            status,
+            attempt,
+            provider: None,
+            provider_message_id: None,
+            error_code: None,
+            error_class: None,
+            error_message: None,
+            occurred_at,
+            next_attempt_at: None,
+            recipient: None,
+            created_at: None,
+            scheduled_at: None,
+            sms: None,
+            origin: None,
+            tried: Vec::new(),
+            locale: None,
+        }
+    }
+
+    pub(crate) fn is_duplicate_of(&self, other: &StatusEvent) -> bool {
         (&self.event_id, self.attempt, self.status) == (&other.event_id, other.attempt, other.status)
     }
 
     /// Whether this status replaces `other`, of the same notification, as
     /// its current state.
     pub fn supersedes(&self, other: &StatusEvent) -> bool {
-        (self.attempt, self.status.stage(), self.occurred_at) > (other.attempt, other.status.stage(), other.occurred_at)
+        (self.attempt, self.status.phase(), self.occurred_at) > (other.attempt, other.status.phase(), other.occurred_at)
     }
 }
 
@@ -145,27 +173,8 @@ mod tests {
     use chrono::TimeZone;
 
     fn status(event_id: &str, status: Status, attempt: u32, at: i64) -> StatusEvent {
-        StatusEvent {
-            locale: None,
-            event_id: event_id.into(),
-            user_id: "u".into(),
-            channel: Some(Channel::Sms),
-            status,
-            attempt,
-            provider: None,
-            provider_message_id: None,
-            error_code: None,
-            error_class: None,
-            error_message: None,
-            occurred_at: Utc.timestamp_opt(1_700_000_000 + at, 0).unwrap(),
-            next_attempt_at: None,
-            recipient: None,
-            created_at: None,
-            scheduled_at: None,
-            sms: None,
-            origin: None,
-            tried: Vec::new(),
-        }
+        let occurred_at = Utc.timestamp_opt(1_700_000_000 + at, 0).unwrap();
+        StatusEvent { channel: Some(Channel::Sms), ..StatusEvent::new(event_id, "u", status, attempt, occurred_at) }
     }
 
     /// The subscriber's fold: duplicates dropped, then the current status.

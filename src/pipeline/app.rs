@@ -32,15 +32,15 @@ use crate::{admin, codec, cql, kafka, metrics, record, topics};
 pub struct PipelineArgs {
     /// The furthest ahead a request may be scheduled; later ones are INVALID (scheduled-too-far). It bounds how long a cancel is remembered.
     #[arg(long, env = "HERALD_MAX_SCHEDULE_AHEAD", default_value = "30d", value_parser = humantime::parse_duration)]
-    pub max_schedule_ahead: Duration,
+    pub(crate) max_schedule_ahead: Duration,
 
     /// Request headers copied onto its status events and dead letters, besides traceparent and tracestate (always).
     #[arg(long, env = "HERALD_PROPAGATE_HEADERS", value_delimiter = ',')]
-    pub propagate_headers: Vec<String>,
+    pub(crate) propagate_headers: Vec<String>,
 
     /// How long the send ledger remembers a send after its status, or after the next attempt a status announced.
     #[arg(long, env = "HERALD_LEDGER_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub ledger_window: Duration,
+    pub(crate) ledger_window: Duration,
 }
 
 /// What the pipeline is built from: each module's settings, converted
@@ -49,30 +49,30 @@ pub struct PipelineArgs {
 pub struct Settings {
     pub kafka: kafka::Settings,
     pub topics: topics::Topics,
-    pub creation: topics::Creation,
-    pub schema_registry: Option<reqwest::Url>,
-    pub rate_limits: ratelimit::Settings,
+    pub(crate) creation: topics::Creation,
+    pub(crate) schema_registry: Option<reqwest::Url>,
+    pub(crate) rate_limits: ratelimit::Settings,
     /// With the table's bound on writes in flight; rate limits are kept in
     /// memory without it.
-    pub scylla: Option<(cql::Settings, usize)>,
-    pub route: RouteSettings,
+    pub(crate) scylla: Option<(cql::Settings, usize)>,
+    pub(crate) route: RouteSettings,
     /// Parked records the consume loop holds in memory at most.
-    pub hold_records: usize,
+    pub(crate) hold_records: usize,
     /// Of one provider HTTP request, and of schema registry requests.
     pub http_timeout: Duration,
-    pub delivery: deliver::Settings,
-    pub receipts: Option<receipts::Settings>,
-    pub ledger_window: Duration,
-    pub shutdown_deadline: Duration,
-    pub max_schedule_ahead: Duration,
-    pub propagate_headers: Vec<String>,
-    pub quiet: QuietHours,
+    pub(crate) delivery: deliver::Settings,
+    pub(crate) receipts: Option<receipts::Settings>,
+    pub(crate) ledger_window: Duration,
+    pub(crate) shutdown_deadline: Duration,
+    pub(crate) max_schedule_ahead: Duration,
+    pub(crate) propagate_headers: Vec<String>,
+    pub(crate) quiet: QuietHours,
     /// `--templates-dir`, loaded by `App::build`, and its default locale.
-    pub templates: Option<(std::path::PathBuf, String)>,
+    pub(crate) templates: Option<(std::path::PathBuf, String)>,
     /// Where the admin endpoints listen, if anywhere.
-    pub admin: Option<SocketAddr>,
+    pub(crate) admin: Option<SocketAddr>,
     /// Seals what the pipeline parks on its delay topics.
-    pub seal: Seal,
+    pub(crate) seal: Seal,
 }
 
 /// Why the pipeline could not start, or stopped.
@@ -108,6 +108,8 @@ pub enum PipelineError {
 pub struct App {
     settings: Settings,
     pipeline: Arc<Pipeline>,
+    /// Delivery receipts publish their statuses with it too.
+    publisher: Arc<outcome::Publisher>,
     suppressions: Arc<suppression::Suppressions>,
     cancellations: Arc<cancel::Cancellations>,
     /// Positioned at the suppression and cancellation topics' ends, to
@@ -162,12 +164,13 @@ impl App {
         let max_bytes = kafka::max_message_bytes(&settings.kafka);
         let propagated = record::Propagated::new(&settings.propagate_headers);
         let publisher = outcome::Publisher::new(kafka::producer(&settings.kafka)?, topics.clone(), status_schema_id, max_bytes, propagated, settings.seal.clone(), metrics.clone());
+        let publisher = Arc::new(publisher.with_clock(clock.clone()));
         let limits = settings.rate_limits.clone();
-        let pipeline = Arc::new(Pipeline::new(super::Stages {
+        let pipeline = Arc::new(Pipeline {
             decoder: codec::decode::Decoder::new(codec::Bundled::load(), registry),
             limiter: Limiter::new(|c| limits.of(c).limit.clone(), rate_limit_store(&settings, &metrics).await?),
             router,
-            publisher: Arc::new(publisher.with_clock(clock.clone())),
+            publisher: publisher.clone(),
             topics,
             suppressions: suppressions.clone(),
             cancellations: cancellations.clone(),
@@ -178,8 +181,8 @@ impl App {
             metrics,
             quiet: settings.quiet.clone(),
             clock,
-        }));
-        Ok(App { settings, pipeline, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin, templates })
+        });
+        Ok(App { settings, pipeline, publisher, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin, templates })
     }
 
     /// Where delivery receipts are accepted, when they are on.
@@ -195,7 +198,7 @@ impl App {
     /// Consumes until `shutdown` completes, then drains within the
     /// shutdown deadline.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), PipelineError> {
-        let App { settings, pipeline, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin, templates } = self;
+        let App { settings, pipeline, publisher, suppressions, cancellations, readers: [suppression_reader, cancellation_reader], receipts, admin, templates } = self;
         let topics = pipeline.topics().clone();
         // Dropping the set, however `run` returns, stops following.
         let mut following = tokio::task::JoinSet::new();
@@ -209,7 +212,7 @@ impl App {
             let stopped = async {
                 let _ = receipts_stopped.await;
             };
-            tokio::spawn(receipts::serve(listener, receipts, pipeline.publisher().clone(), suppressions, stopped))
+            tokio::spawn(receipts::serve(listener, receipts, publisher, suppressions, stopped))
         });
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = admin.map(|listener| {
@@ -268,13 +271,13 @@ fn prepare(settings: Settings) -> Result<Prepared, PipelineError> {
 
 /// `herald check`: what [`App::build`] checks before it connects, with
 /// nothing connected to; says what the pipeline would run with.
-pub fn check(settings: Settings) -> Result<String, PipelineError> {
+pub(crate) fn check(settings: Settings) -> Result<String, PipelineError> {
     let prepared = prepare(settings)?;
     Ok(format!(
         "group {}; SMS: {}; push: {}",
         prepared.settings.kafka.group_id,
-        prepared.sms.stage.describe(),
-        prepared.push.stage.describe()
+        prepared.sms.describe(),
+        prepared.push.describe()
     ))
 }
 
@@ -286,7 +289,7 @@ async fn consume(settings: &Settings, pipeline: Arc<Pipeline>, shutdown: impl Fu
     // send ledger's marks with its offsets (see `ledger`).
     let handover = Arc::new(ingest::Handover::default());
     let handover_wait = settings.shutdown_deadline.min(kafka::max_poll_interval(&settings.kafka) / 2);
-    let producer = pipeline.publisher().producer().clone();
+    let producer = pipeline.producer().clone();
     let delay_topics = topics.delays().map(|(_, t)| t.name.clone()).collect();
     let context = ingest::IngestContext::new(topics.status.clone(), handover.clone(), producer, handover_wait, pipeline.metrics().clone(), delay_topics);
     let consumer = kafka::consumer(&settings.kafka, context)?;

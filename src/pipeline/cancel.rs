@@ -28,10 +28,9 @@ use crate::pipeline::follow::Followed;
 /// Prune the set every this many records applied.
 const PRUNE_EVERY: usize = 4096;
 
-pub use crate::model::Cancel;
 
 #[derive(Debug)]
-pub struct Cancellations {
+pub(crate) struct Cancellations {
     /// Event id → when it was cancelled. Event ids come from producers: a
     /// fast hasher, seeded at random.
     by_event: RwLock<HashMap<String, DateTime<Utc>, foldhash::fast::RandomState>>,
@@ -41,7 +40,7 @@ pub struct Cancellations {
 
 impl Cancellations {
     /// A set that forgets a cancel `keep` after it was made.
-    pub fn new(keep: std::time::Duration) -> Self {
+    pub(crate) fn new(keep: std::time::Duration) -> Self {
         Cancellations {
             by_event: RwLock::default(),
             keep: chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX),
@@ -49,13 +48,13 @@ impl Cancellations {
         }
     }
 
-    pub fn is_cancelled(&self, event_id: &str) -> bool {
+    pub(crate) fn is_cancelled(&self, event_id: &str) -> bool {
         let set = self.by_event.read().expect("no panics under the lock");
         !set.is_empty() && set.contains_key(event_id)
     }
 
     /// A cancel made `at` (`None`: withdrawn).
-    pub fn apply(&self, event_id: &str, at: Option<DateTime<Utc>>, now: DateTime<Utc>) {
+    pub(crate) fn apply(&self, event_id: &str, at: Option<DateTime<Utc>>, now: DateTime<Utc>) {
         let mut set = self.by_event.write().expect("no panics under the lock");
         match at {
             Some(at) if now - at <= self.keep => {
@@ -79,12 +78,8 @@ impl Cancellations {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_event.read().expect("no panics under the lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

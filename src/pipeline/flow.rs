@@ -45,58 +45,47 @@ use crate::codec::decode::{DecodeError, Decoder, Undecodable};
 use crate::codec::registry::RegistryError;
 use crate::mask::Masked;
 use crate::metrics::Metrics;
-use crate::model::{Channel, Ids, InvalidReason, Request, SmsCost, Tried};
+use crate::model::{Attempts, Channel, Ids, InvalidReason, Request, SmsCost, Tried};
 use crate::pipeline::cancel::Cancellations;
 use crate::pipeline::deliver::{Attempt, Delivered, DeliveryError};
-use crate::pipeline::ledger::{Calling, Ledger, Sent};
+use crate::pipeline::ledger::{self, CallClaim, Ledger, Sent};
+use crate::pipeline::route::SlotWait;
+use crate::record::Seal;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use tokio::sync::OwnedSemaphorePermit;
 use crate::pipeline::outcome::{self, Deferral, Outcome, ProduceError, Publisher};
 use crate::pipeline::quiet::QuietHours;
 use crate::pipeline::ratelimit::{self, Decision, Limiter, OverLimit, Pending, StoreError, Subject};
 use crate::pipeline::route::{Prepared, Router};
 use crate::pipeline::suppression::{Change, Suppressions};
 use crate::record::{Consumed, Provenance};
-use crate::topics::{Due, Source, Topics};
+use crate::topics::{Due, Topics};
 
-/// The stages, strung together.
-pub struct Pipeline {
-    decoder: Decoder,
-    limiter: Limiter,
-    router: Router,
-    publisher: Arc<Publisher>,
-    topics: Arc<Topics>,
-    suppressions: Arc<Suppressions>,
-    cancellations: Arc<Cancellations>,
-    max_schedule_ahead: Duration,
-    rate_limits: ratelimit::Settings,
-    postpone_spread: Duration,
-    ledger: Arc<Ledger>,
-    metrics: Arc<Metrics>,
-    quiet: QuietHours,
-    clock: Clock,
-}
-
-/// What a [`Pipeline`] is made of.
-pub struct Stages {
-    pub decoder: Decoder,
-    pub limiter: Limiter,
-    pub router: Router,
-    pub publisher: Arc<Publisher>,
-    pub topics: Arc<Topics>,
-    pub suppressions: Arc<Suppressions>,
-    pub cancellations: Arc<Cancellations>,
+/// The stages, strung together. Built by `App::build`; its driver (the
+/// consume loop) asks it to do things, and never reaches for its parts.
+pub(crate) struct Pipeline {
+    pub(super) decoder: Decoder,
+    pub(super) limiter: Limiter,
+    pub(super) router: Router,
+    pub(super) publisher: Arc<Publisher>,
+    pub(super) topics: Arc<Topics>,
+    pub(super) suppressions: Arc<Suppressions>,
+    pub(super) cancellations: Arc<Cancellations>,
     /// Requests scheduled further ahead are INVALID.
-    pub max_schedule_ahead: Duration,
+    pub(super) max_schedule_ahead: Duration,
     /// What happens to an event over its channel's limit.
-    pub rate_limits: ratelimit::Settings,
+    pub(super) rate_limits: ratelimit::Settings,
     /// Records refused by an open circuit come back spread over this long
     /// after it is due to close, not all at once.
-    pub postpone_spread: Duration,
+    pub(super) postpone_spread: Duration,
     /// Sends already made, read back from the status topic.
-    pub ledger: Arc<Ledger>,
-    pub metrics: Arc<Metrics>,
-    pub quiet: QuietHours,
+    pub(super) ledger: Arc<Ledger>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) quiet: QuietHours,
     /// The time decisions are made by.
-    pub clock: Clock,
+    pub(super) clock: Clock,
 }
 
 /// Why a record could not be judged at all; nothing must happen to it.
@@ -111,10 +100,9 @@ pub enum AdmitError {
 /// A record after the in-order steps. Moved, never copied: boxing the
 /// request would cost an allocation per record.
 #[allow(clippy::large_enum_variant)]
-pub enum Admitted {
-    /// Ready for its channel's delivery stage; `made` attempts were made
-    /// before this one.
-    Deliver { request: Request, prepared: Prepared, locale: Option<String>, made: u32 },
+pub(crate) enum Admitted {
+    /// Ready for its channel's delivery stage, after `attempts`.
+    Deliver { request: Request, prepared: Prepared, locale: Option<String>, attempts: Attempts },
     /// Its outcome is already known.
     Settled { ids: Option<Ids>, outcome: Outcome },
     /// A provider accepted it already: its recorded SENT is reported again.
@@ -126,7 +114,7 @@ pub enum Admitted {
 }
 
 impl Admitted {
-    pub fn channel(&self) -> Option<Channel> {
+    pub(crate) fn channel(&self) -> Option<Channel> {
         match self {
             Admitted::Deliver { request, .. } => Some(request.channel),
             Admitted::Settled { .. } | Admitted::SentAlready { .. } | Admitted::Soon { .. } => None,
@@ -135,71 +123,88 @@ impl Admitted {
 }
 
 impl Pipeline {
-    pub fn new(stages: Stages) -> Self {
-        let Stages {
-            decoder,
-            limiter,
-            router,
-            publisher,
-            topics,
-            suppressions,
-            cancellations,
-            max_schedule_ahead,
-            rate_limits,
-            postpone_spread,
-            ledger,
-            metrics,
-            quiet,
-            clock,
-        } = stages;
-        Pipeline {
-            decoder,
-            limiter,
-            router,
-            publisher,
-            topics,
-            suppressions,
-            cancellations,
-            max_schedule_ahead,
-            rate_limits,
-            postpone_spread,
-            ledger,
-            metrics,
-            quiet,
-            clock,
-        }
-    }
-
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    pub fn topics(&self) -> &Arc<Topics> {
+    /// The topics, by role.
+    pub(crate) fn topics(&self) -> &Arc<Topics> {
         &self.topics
     }
 
-    pub fn router(&self) -> &Router {
-        &self.router
-    }
-
-    pub fn publisher(&self) -> &Arc<Publisher> {
-        &self.publisher
-    }
-
-    pub fn ledger(&self) -> &Arc<Ledger> {
-        &self.ledger
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    pub fn limiter(&self) -> &Limiter {
-        &self.limiter
+    /// The time now, as decisions see it.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// What proves a parked record this deployment's.
+    pub(crate) fn seal(&self) -> &Seal {
+        self.publisher.seal()
+    }
+
+    /// The producer every outcome goes out on.
+    pub(crate) fn producer(&self) -> &FutureProducer {
+        self.publisher.producer()
+    }
+
+    /// Waits up to `timeout` for every outcome handed to the producer to be
+    /// acknowledged.
+    pub(crate) fn flush(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()> {
+        rdkafka::producer::Producer::flush(self.publisher.producer(), timeout)
+    }
+
+    /// Whether the rate-limit store answers within `timeout`; `None`
+    /// without one (limits kept in memory).
+    pub(crate) async fn store_reachable(&self, timeout: Duration) -> Option<Result<(), String>> {
+        self.limiter.reachable(timeout).await
+    }
+
+    /// Reads `partitions` of the status topic into the send ledger, from
+    /// the marks committed with them; answers where each ended.
+    pub(crate) fn restore_ledger<C: ConsumerContext + 'static>(&self, consumer: Arc<StreamConsumer<C>>, reader: ClientConfig, partitions: Vec<i32>) -> impl Future<Output = Vec<(i32, i64)>> + Send + 'static {
+        ledger::restore(consumer, reader, self.topics.status.clone(), partitions, self.ledger.clone(), self.seal().clone())
+    }
+
+    /// A partition was revoked: its users may be counted, and its sends
+    /// recorded, elsewhere now.
+    pub(crate) fn forget_partition(&self, partition: i32) {
+        self.limiter.forget_partition(partition);
+    }
+
+    /// A status partition was revoked: its ledger is another instance's.
+    pub(crate) fn forget_ledger(&self, partition: i32) {
+        self.ledger.forget(partition);
+    }
+
+    /// Room for a record in `lane` (`None`: records that need no call),
+    /// if there is some now.
+    pub(crate) fn lane_room_now(&self, lane: Option<Channel>) -> Option<OwnedSemaphorePermit> {
+        self.router.try_admit(lane)
+    }
+
+    /// Room for a record in `lane`, once there is some.
+    pub(crate) async fn lane_room(&self, lane: Option<Channel>) -> OwnedSemaphorePermit {
+        self.router.admit(lane).await
+    }
+
+    /// Whether `lane` has room again (a quarter of it free).
+    pub(crate) fn lane_has_room(&self, lane: Option<Channel>) -> bool {
+        self.router.has_room(lane)
+    }
+
+    /// A place in `channel`'s queue for a provider call, taken in the
+    /// order records are read.
+    pub(crate) fn queue_for_slot(&self, channel: Channel) -> SlotWait {
+        self.router.queue_for_slot(channel)
+    }
+
+    /// Shutdown's deadline passed: no call starts from now on.
+    pub(crate) fn stop_calls(&self) {
+        self.router.stop_calls()
     }
 
     /// The state the scrape-time gauges show.
-    pub fn state(&self) -> crate::metrics::State {
+    pub(crate) fn state(&self) -> crate::metrics::State {
         let mut state = crate::metrics::State {
             suppressions: self.suppressions.len(),
             producer_queue: rdkafka::producer::Producer::in_flight_count(self.publisher.producer()),
@@ -209,20 +214,14 @@ impl Pipeline {
         state
     }
 
-    /// A requests partition was revoked: its users may be counted
-    /// elsewhere now.
-    pub fn forget_counts(&self, partition: i32) {
-        self.limiter.forget_partition(partition);
-    }
-
     /// Runs the checks in order. A counted event comes with its pending
     /// rate-limit write, which the record's offset must wait for. Errors
     /// only when the record cannot be judged at all (the schema registry or
     /// the rate-limit store is down).
-    pub async fn admit(
+    pub(crate) async fn admit(
         &self,
         record: &Consumed,
-        source: Source,
+        due: Due,
         now: DateTime<Utc>,
     ) -> Result<(Admitted, Option<Pending>), AdmitError> {
         let settled = |ids, outcome| Ok((Admitted::Settled { ids, outcome }, None));
@@ -250,7 +249,7 @@ impl Pipeline {
         }
         // The loop let it through (see `ingest`), so it is due, or its
         // topic's delay ran out first.
-        if let Due::ParkAgain { not_before } = self.topics.due(source, record.envelope.not_before, record.appended, now) {
+        if let Due::ParkAgain { not_before } = due {
             // Only just short of its time (a timer and the wall clock a
             // hair apart): held, not copied again.
             return self.wait(None, Outcome::Held { hold: self.hold_for(not_before, now), not_before }, now);
@@ -286,10 +285,9 @@ impl Pipeline {
             let outcome = Outcome::Deferred { hold: self.hold_for(until, now), not_before: until, why: Deferral::QuietHours(zone) };
             return self.wait(ids(), outcome, now);
         }
-        let made = record.envelope.attempts;
-        // Only the first attempt counts: a retry was counted when it was new.
+        let attempts = record.envelope.attempts;
         let mut count = None;
-        if made == 0 {
+        if attempts.is_new() {
             let subject = Subject {
                 user_id: &request.user_id,
                 channel: request.channel,
@@ -308,7 +306,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok((Admitted::Deliver { request, prepared, locale, made }, count))
+        Ok((Admitted::Deliver { request, prepared, locale, attempts }, count))
     }
 
     /// A record that must wait: parked with `outcome`, unless it is due
@@ -330,7 +328,7 @@ impl Pipeline {
     /// delivery its lane answers without a provider call. Otherwise the
     /// request, for [`Pipeline::deliver`].
     #[allow(clippy::result_large_err)]
-    pub fn resolve_now(&self, record: &Consumed, admitted: Admitted, now: DateTime<Utc>) -> Result<Resolved, ToDeliver> {
+    pub(crate) fn resolve_now(&self, record: &Consumed, admitted: Admitted, now: DateTime<Utc>) -> Result<Resolved, ToDeliver> {
         match admitted {
             Admitted::Settled { ids, outcome } => {
                 if let (Some(ids), Outcome::Invalid(reason)) = (&ids, &outcome) {
@@ -338,11 +336,10 @@ impl Pipeline {
                 }
                 Ok(Resolved { ids, outcome, attempts: record.envelope.attempts, now, suppress: None })
             }
-            Admitted::Deliver { request, prepared, locale, made } => {
-                // `made` is bounded by the envelope (`MAX_ATTEMPTS`).
-                let attempt = Attempt { number: made.saturating_add(1), partition: record.partition };
+            Admitted::Deliver { request, prepared, locale, attempts } => {
                 if let Some(delivered) = self.router.answer_now(request.channel) {
-                    return Ok(self.decided(request, &prepared, locale, attempt, Ok(delivered), Vec::new(), now));
+                    let call = Call { attempts, partition: record.partition };
+                    return Ok(self.decided(request, &prepared, locale, call, Ok(delivered), Vec::new(), now));
                 }
                 // In order, in the loop: of copies due together, the first
                 // claims the call, and the others are dropped.
@@ -350,29 +347,30 @@ impl Pipeline {
                     tracing::debug!(message = "Another copy is being sent; this one is dropped.", event_id = request.event_id);
                     return Ok(Resolved { ids: None, outcome: Outcome::InFlight, attempts: record.envelope.attempts, now, suppress: None });
                 };
-                Err(ToDeliver { request, prepared, locale, attempt, calling })
+                Err(ToDeliver { request, prepared, locale, call: Call { attempts, partition: record.partition }, calling })
             }
             // Held no longer (the hold was full): parked after all.
             Admitted::Soon(soon) => {
                 let Soon { ids, otherwise, .. } = *soon;
                 Ok(Resolved { ids, outcome: otherwise, attempts: record.envelope.attempts, now, suppress: None })
             }
-            Admitted::SentAlready { ids, sent: Sent { delivered, attempt } } => {
-                tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = ids.event_id, attempt);
-                Ok(Resolved { ids: Some(ids), outcome: Outcome::Sent(delivered), attempts: attempt, now, suppress: None })
+            Admitted::SentAlready { ids, sent: Sent { delivered, attempts } } => {
+                tracing::debug!(message = "Sent already; reporting it again without a call.", event_id = ids.event_id, attempt = attempts.count());
+                Ok(Resolved { ids: Some(ids), outcome: Outcome::Sent(delivered), attempts, now, suppress: None })
             }
         }
     }
 
     /// Calls the provider, and decides. The caller holds the lane's slot.
-    pub async fn deliver(&self, to: ToDeliver) -> Resolved {
-        let ToDeliver { request, prepared, locale, attempt, calling } = to;
+    pub(crate) async fn deliver(&self, to: ToDeliver) -> Resolved {
+        let ToDeliver { request, prepared, locale, call, calling } = to;
         let mut tried = Vec::new();
+        let attempt = Attempt { number: call.attempts.next(), partition: call.partition };
         let result = self.router.call(&prepared, &request, attempt, &mut tried).await;
-        let resolved = self.decided(request, &prepared, locale, attempt, result, tried, self.clock.now());
+        let resolved = self.decided(request, &prepared, locale, call, result, tried, self.clock.now());
         if let (Outcome::Sent(delivered), Some(ids)) = (&resolved.outcome, &resolved.ids) {
-            let sent = Sent { delivered: delivered.clone(), attempt: resolved.attempts };
-            self.ledger.record(attempt.partition, &ids.event_id, sent, resolved.now);
+            let sent = Sent { delivered: delivered.clone(), attempts: resolved.attempts };
+            self.ledger.record(call.partition, &ids.event_id, sent, resolved.now);
         }
         // The outcome is recorded: another copy finds it from here on.
         drop(calling);
@@ -387,15 +385,15 @@ impl Pipeline {
         request: Request,
         prepared: &Prepared,
         locale: Option<String>,
-        attempt: Attempt,
+        call: Call,
         result: Result<Delivered, DeliveryError>,
         tried: Vec<Tried>,
         now: DateTime<Utc>,
     ) -> Resolved {
         let jitter = self.postpone_spread.mul_f64(fastrand::f64());
-        let outcome = outcome::decide(result, attempt.number, &self.topics, now, jitter);
-        let attempts = outcome.attempts_after(attempt.number);
-        log(&request, &outcome, attempt.number);
+        let outcome = outcome::decide(result, call.attempts, &self.topics, now, jitter);
+        let attempts = call.attempts.after(outcome.called_provider());
+        log(&request, &outcome, call.attempts.next());
         let suppress = outcome.suppresses().map(|entry| {
             let change = Change { channel: request.channel, recipient: request.recipient.clone(), entry: Some(entry) };
             // At once, so this instance's next send to the recipient is
@@ -408,7 +406,7 @@ impl Pipeline {
 
     /// Hands the outcome to the producer now; the future completes once it
     /// is durable, or fails when nothing can be written any more.
-    pub fn publish(&self, record: &Consumed, resolved: Resolved) -> impl Future<Output = Result<Option<i64>, ProduceError>> + Send + 'static {
+    pub(crate) fn publish(&self, record: &Consumed, resolved: Resolved) -> impl Future<Output = Result<Option<i64>, ProduceError>> + Send + 'static {
         let Resolved { ids, outcome, attempts, now, suppress } = resolved;
         if let (None, Outcome::Undecodable(reason)) = (&ids, &outcome) {
             tracing::warn!(message = "Undecodable record dead-lettered.", topic = record.topic, partition = record.partition, offset = record.offset, %reason);
@@ -427,7 +425,7 @@ fn about(ids: Ids, prepared: &Prepared, locale: Option<String>, tried: Vec<Tried
 }
 
 /// A record due too soon to be parked.
-pub struct Soon {
+pub(crate) struct Soon {
     pub until: DateTime<Utc>,
     ids: Option<Ids>,
     /// Parked after all, when the hold is full.
@@ -435,33 +433,41 @@ pub struct Soon {
 }
 
 /// A validated request whose provider call is still to be made.
-pub struct ToDeliver {
+pub(crate) struct ToDeliver {
     request: Request,
     prepared: Prepared,
     locale: Option<String>,
     /// Held until the outcome is recorded in the ledger.
-    calling: Calling,
-    attempt: Attempt,
+    calling: CallClaim,
+    call: Call,
+}
+
+/// Which call a request's next is: after how many attempts, and for which
+/// requests partition.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    attempts: Attempts,
+    partition: i32,
 }
 
 impl ToDeliver {
-    pub fn channel(&self) -> Channel {
+    pub(crate) fn channel(&self) -> Channel {
         self.prepared.channel()
     }
 
-    pub fn partition(&self) -> i32 {
-        self.attempt.partition
+    pub(crate) fn partition(&self) -> i32 {
+        self.call.partition
     }
 }
 
 /// What a record came to: its outcome, ready to publish.
 #[derive(Debug)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     ids: Option<Ids>,
     outcome: Outcome,
     /// Delivery attempts made once the outcome was reached: the status's
     /// `attempt`, and the next copy's `herald-attempts`.
-    attempts: u32,
+    attempts: Attempts,
     now: DateTime<Utc>,
     /// A recipient to add to the suppression list, durably with the outcome.
     suppress: Option<Change>,

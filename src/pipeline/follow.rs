@@ -28,13 +28,16 @@ pub trait Followed: Send + Sync + 'static {
     /// Applies one record. A record that makes no sense is logged and
     /// skipped: one bad record must not stop every delivery.
     fn apply(&self, message: &BorrowedMessage<'_>);
+    /// Entries held.
     fn len(&self) -> usize;
 
+    /// Whether none are held.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// Why a compacted topic could not be read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
     #[error("cannot read the topic {topic:?}: {error}")]
@@ -73,7 +76,7 @@ pub async fn load<F: Followed>(consumer: Reader, topic: &str, state: &F) -> Resu
 }
 
 /// Applies every later record to `state`, until the task is dropped.
-pub async fn follow<F: Followed>(consumer: Reader, topic: String, state: Arc<F>) {
+pub(crate) async fn follow<F: Followed>(consumer: Reader, topic: String, state: Arc<F>) {
     let mut stream = consumer.stream();
     while let Some(message) = stream.next().await {
         match message {

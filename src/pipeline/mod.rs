@@ -4,31 +4,36 @@
 //! | stage | module |
 //! |---|---|
 //! | the consume loop, offsets, pauses and the hold | [`ingest`] |
-//! | the per-record flow and its check order | [`flow`] |
-//! | cancels, and the compacted topics every instance follows | [`cancel`], [`follow`] |
+//! | the per-record flow and its check order | `flow` |
+//! | cancels, and the compacted topics every instance follows | `cancel`, [`follow`] |
 //! | opted-out numbers and dead push tokens | [`suppression`] |
 //! | quiet hours | [`quiet`] |
 //! | rate limits | [`ratelimit`] |
-//! | a lane per channel; text from templates | [`route`], [`templates`] |
+//! | a lane per channel; text from templates | `route`, `templates` |
 //! | providers | [`deliver`] |
-//! | the send ledger | [`ledger`] |
+//! | the send ledger | `ledger` |
 //! | the one decision, status events, copies | [`outcome`] |
 //! | Twilio's webhooks | [`receipts`] |
 
 pub mod app;
-pub mod cancel;
+pub(crate) mod cancel;
 pub mod deliver;
-pub mod flow;
+pub(crate) mod flow;
 pub mod follow;
 pub mod ingest;
-pub mod ledger;
-pub mod observed;
+pub(crate) mod ledger;
+pub(crate) mod observed;
 pub mod outcome;
 pub mod quiet;
 pub mod ratelimit;
 pub mod receipts;
-pub mod route;
+pub(crate) mod route;
 pub mod suppression;
-pub mod templates;
+pub(crate) mod templates;
 
-pub use flow::{AdmitError, Admitted, Pipeline, Resolved, Soon, Stages, ToDeliver};
+pub use flow::AdmitError;
+pub use templates::LoadError;
+pub(crate) use flow::Admitted;
+pub(crate) use flow::Pipeline;
+pub(crate) use flow::Resolved;
+pub(crate) use flow::ToDeliver;

@@ -8,7 +8,7 @@ use super::Pipeline;
 use crate::admin::{broker, turning, Check, Observed, PROBE_TIMEOUT};
 
 /// The pipeline, as its admin listener shows it.
-pub struct PipelineObserved {
+pub(crate) struct PipelineObserved {
     pub pipeline: Arc<Pipeline>,
     pub probing: tokio::sync::Mutex<()>,
 }
@@ -35,9 +35,9 @@ impl Observed for PipelineObserved {
             Check { name: "partitions_assigned", ok: assigned > 0, detail: format!("{assigned} input partitions") },
             Check { name: "suppression_list", ok: health.are_suppressions_loaded(), detail: "read to its end at startup".to_owned() },
         ];
-        let producer = self.pipeline.publisher().producer().clone();
+        let producer = self.pipeline.producer().clone();
         checks.push(broker(&self.probing, move |timeout| producer.client().fetch_metadata(None, timeout).map(|m| m.brokers().len())).await);
-        if let Some(result) = self.pipeline.limiter().reachable(PROBE_TIMEOUT).await {
+        if let Some(result) = self.pipeline.store_reachable(PROBE_TIMEOUT).await {
             checks.push(match result {
                 Ok(()) => Check { name: "scylla", ok: true, detail: "answers".to_owned() },
                 Err(error) => Check { name: "scylla", ok: false, detail: error },

@@ -63,6 +63,7 @@ impl fmt::Display for Quiet {
 }
 
 impl Window {
+    /// Whether `t` is within the window.
     pub fn contains(&self, t: NaiveTime) -> bool {
         if self.start < self.end {
             self.start <= t && t < self.end
@@ -114,6 +115,7 @@ pub struct QuietHours {
 }
 
 impl QuietHours {
+    /// Each channel's window, in the time zone of requests that name none.
     pub fn new(windows: impl Fn(Channel) -> Quiet, default_zone: Tz) -> QuietHours {
         QuietHours { windows: Channel::ALL.map(windows), default_zone }
     }
@@ -146,19 +148,19 @@ impl QuietHours {
 pub struct QuietArgs {
     /// SMS quiet hours in the recipient's time zone, e.g. 21:00-08:00 (may cross midnight), or off: requests not URGENT are DEFERRED until they end.
     #[arg(long, env = "HERALD_SMS_QUIET_HOURS", default_value = "off")]
-    pub sms_quiet_hours: Quiet,
+    pub(crate) sms_quiet_hours: Quiet,
 
     /// Push quiet hours, as --sms-quiet-hours.
     #[arg(long, env = "HERALD_PUSH_QUIET_HOURS", default_value = "off")]
-    pub push_quiet_hours: Quiet,
+    pub(crate) push_quiet_hours: Quiet,
 
     /// The time zone of requests that name none (an IANA name).
     #[arg(long, env = "HERALD_DEFAULT_TIME_ZONE", default_value = "UTC", value_parser = parse_time_zone)]
-    pub default_time_zone: chrono_tz::Tz,
+    pub(crate) default_time_zone: chrono_tz::Tz,
 }
 
 impl QuietArgs {
-    pub fn settings(&self) -> QuietHours {
+    pub(crate) fn settings(&self) -> QuietHours {
         QuietHours::new(
             |c| match c {
                 Channel::Sms => self.sms_quiet_hours,

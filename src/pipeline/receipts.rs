@@ -19,7 +19,7 @@
 //! sends and reports them SUPPRESSED.
 //!
 //! Anyone on the internet can reach this listener, so everything a client
-//! can make it hold is bounded: connections ([`Limits`]), the time to send
+//! can make it hold is bounded: connections (`Limits`), the time to send
 //! headers (which also closes idle keep-alive connections), the body's size
 //! (checked before it is read) and the time to send it, and a connection's
 //! whole lifetime.
@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use crate::pipeline::deliver::Provider;
 use crate::pipeline::deliver::sms::{CallbackError, CallbackIds, StatusCallbacks};
 
-pub use crate::serve::Limits;
+pub(crate) use crate::serve::Limits;
 use crate::flags::{self, ConfigError};
 use crate::mask::Masked;
 use secrecy::{ExposeSecret, SecretString};
@@ -53,6 +53,7 @@ use crate::model::{Channel, ErrorClass, ErrorCode, Status, StatusEvent};
 use crate::pipeline::outcome::Publisher;
 use crate::pipeline::suppression::{Change, Entry, Reason, Suppressions};
 
+/// The header Twilio signs its webhooks in.
 pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
 
 /// How long a callback waits for its status event to be acknowledged
@@ -69,7 +70,7 @@ pub fn signature(auth_token: &str, url: &str, params: &[(String, String)]) -> St
 
 /// Whether `header` is the signature of this request, compared in
 /// constant time.
-pub fn verify(auth_token: &str, url: &str, params: &[(String, String)], header: &str) -> bool {
+pub(crate) fn verify(auth_token: &str, url: &str, params: &[(String, String)], header: &str) -> bool {
     let Ok(claimed) = base64::engine::general_purpose::STANDARD.decode(header.trim()) else { return false };
     mac(auth_token, url, params).verify_slice(&claimed).is_ok()
 }
@@ -145,11 +146,11 @@ impl Receiver {
 /// The receipts listener, as configured.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub listen: SocketAddr,
-    pub callbacks: StatusCallbacks,
+    pub(crate) listen: SocketAddr,
+    pub(crate) callbacks: StatusCallbacks,
     /// Checks Twilio's signatures.
-    pub auth_token: SecretString,
-    pub limits: Limits,
+    pub(crate) auth_token: SecretString,
+    pub(crate) limits: Limits,
 }
 
 /// The flags of the receipts listener.
@@ -158,29 +159,29 @@ pub struct Settings {
 pub struct ReceiptsArgs {
     /// Address to accept Twilio status callbacks (delivery receipts) on, e.g. 0.0.0.0:8080. Off without it.
     #[arg(long, env = "HERALD_RECEIPTS_LISTEN")]
-    pub receipts_listen: Option<SocketAddr>,
+    pub(crate) receipts_listen: Option<SocketAddr>,
 
-    /// The callback URL as Twilio reaches it (behind any proxy), e.g. https://herald.example.com/twilio/status; its path is served.
+    /// The callback URL as Twilio reaches it (behind any proxy), e.g. <https://herald.example.com/twilio/status>; its path is served.
     #[arg(long, env = "HERALD_RECEIPTS_PUBLIC_URL")]
-    pub receipts_public_url: Option<Url>,
+    pub(crate) receipts_public_url: Option<Url>,
 
     /// Key that signs the ids in callback URLs, so a callback can only name a send herald made. Derived from the auth token when not given.
     #[arg(long, env = "HERALD_RECEIPTS_KEY", hide_env_values = true)]
-    pub receipts_key: Option<SecretString>,
+    pub(crate) receipts_key: Option<SecretString>,
 
     /// A file holding --receipts-key.
     #[arg(long, env = "HERALD_RECEIPTS_KEY_FILE", conflicts_with = "receipts_key")]
-    pub receipts_key_file: Option<std::path::PathBuf>,
+    pub(crate) receipts_key_file: Option<std::path::PathBuf>,
 
     /// Webhook connections open at once; more wait to be accepted.
     #[arg(long, env = "HERALD_RECEIPTS_MAX_CONNECTIONS", default_value_t = 256)]
-    pub receipts_max_connections: usize,
+    pub(crate) receipts_max_connections: usize,
 }
 
 impl ReceiptsArgs {
     /// The listener's settings when receipts are on. Twilio's signatures
     /// are checked with its `auth_token`, so receipts need one.
-    pub fn settings(&self, auth_token: Option<SecretString>) -> Result<Option<Settings>, ConfigError> {
+    pub(crate) fn settings(&self, auth_token: Option<SecretString>) -> Result<Option<Settings>, ConfigError> {
         flags::counts(&[("receipts-max-connections", self.receipts_max_connections, true)])?;
         if let Some(url) = self.receipts_public_url.as_ref().filter(|u| !flags::secure_or_local(u)) {
             return Err(ConfigError::ReceiptsUrl(url.to_string()));
@@ -202,7 +203,7 @@ impl ReceiptsArgs {
 }
 
 /// Serves Twilio's webhooks on `listener` until `shutdown` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     settings: Settings,
     publisher: Arc<Publisher>,

@@ -17,7 +17,7 @@ use crate::pipeline::deliver::{Attempt, Call, Calls, Delivered, DeliveryError, P
 use crate::pipeline::templates::TemplateSet;
 
 /// A channel's stage, with its bounds.
-pub struct Lane<S> {
+pub(crate) struct Lane<S> {
     stage: S,
     bounds: Bounds,
 }
@@ -38,13 +38,13 @@ struct Bounds {
 
 /// A lane's queue and concurrency.
 #[derive(Debug, Clone, Copy)]
-pub struct LaneSettings {
+pub(crate) struct LaneSettings {
     pub queue: usize,
     pub concurrency: usize,
 }
 
 impl<S> Lane<S> {
-    pub fn new(stage: S, settings: LaneSettings) -> Self {
+    pub(crate) fn new(stage: S, settings: LaneSettings) -> Self {
         let bounds = Bounds {
             admission: Arc::new(Semaphore::new(settings.queue)),
             capacity: settings.queue,
@@ -58,13 +58,13 @@ impl<S> Lane<S> {
 /// A request checked by its channel's stage, in that channel's own form:
 /// only that channel's providers can be handed it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Prepared {
+pub(crate) enum Prepared {
     Sms(Text),
     Push(PushMessage),
 }
 
 impl Prepared {
-    pub fn channel(&self) -> Channel {
+    pub(crate) fn channel(&self) -> Channel {
         match self {
             Prepared::Sms(_) => Channel::Sms,
             Prepared::Push(_) => Channel::Push,
@@ -75,7 +75,7 @@ impl Prepared {
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// A place in a lane's queue for a provider slot.
-pub struct SlotWait {
+pub(crate) struct SlotWait {
     call: CallWait,
     calling: Arc<AtomicUsize>,
     unconfirmed: Arc<Semaphore>,
@@ -87,23 +87,23 @@ enum CallWait {
 }
 
 /// Leave to make one provider call.
-pub struct Slot {
+pub(crate) struct Slot {
     _call: OwnedSemaphorePermit,
-    _calling: Calling,
+    _calling: LaneCall,
     unconfirmed: Unconfirmed,
 }
 
 /// Counts a call under way for `herald_lane_calls_in_flight`.
-struct Calling(Arc<AtomicUsize>);
+struct LaneCall(Arc<AtomicUsize>);
 
-impl Calling {
-    fn new(calling: Arc<AtomicUsize>) -> Calling {
+impl LaneCall {
+    fn new(calling: Arc<AtomicUsize>) -> LaneCall {
         calling.fetch_add(1, Ordering::Relaxed);
-        Calling(calling)
+        LaneCall(calling)
     }
 }
 
-impl Drop for Calling {
+impl Drop for LaneCall {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
@@ -111,7 +111,7 @@ impl Drop for Calling {
 
 /// One of the sends a crash may repeat; given back once the send's status
 /// is acknowledged (or it is known that no call was made).
-pub struct Unconfirmed(#[allow(dead_code)] OwnedSemaphorePermit);
+pub(crate) struct Unconfirmed(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Slot {
     /// The provider answered (or the call ended): the lane's slot goes to
@@ -119,7 +119,7 @@ impl Slot {
     /// durable. Holding the lane's slot through the acknowledgement too
     /// would leave the provider idle for it, which with a provider that
     /// answers in a millisecond is most of the time.
-    pub fn answered(self) -> Unconfirmed {
+    pub(crate) fn answered(self) -> Unconfirmed {
         self.unconfirmed
     }
 }
@@ -140,7 +140,7 @@ impl SlotWait {
     /// of the sends the other lanes need. Once calls are stopped
     /// (shutdown's deadline), it never completes: the task waiting is being
     /// aborted, and must not call anyone.
-    pub async fn slot(self) -> Slot {
+    pub(crate) async fn slot(self) -> Slot {
         let call = match self.call {
             CallWait::Ready(result) => result,
             CallWait::Queued(acquire) => acquire.await,
@@ -152,13 +152,13 @@ impl SlotWait {
             Err(TryAcquireError::NoPermits) => self.unconfirmed.acquire_owned().await,
         };
         match unconfirmed {
-            Ok(permit) => Slot { _call: call, _calling: Calling::new(self.calling), unconfirmed: Unconfirmed(permit) },
+            Ok(permit) => Slot { _call: call, _calling: LaneCall::new(self.calling), unconfirmed: Unconfirmed(permit) },
             Err(_closed) => std::future::pending().await,
         }
     }
 }
 
-pub struct Router {
+pub(crate) struct Router {
     sms: Lane<SmsStage>,
     push: Lane<PushStage>,
     /// Bounds records whose outcome needs no delivery (invalid, rate
@@ -177,7 +177,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(sms: Lane<SmsStage>, push: Lane<PushStage>, settled: usize, unconfirmed: usize, calls: Calls, templates: Option<TemplateSet>) -> Self {
+    pub(crate) fn new(sms: Lane<SmsStage>, push: Lane<PushStage>, settled: usize, unconfirmed: usize, calls: Calls, templates: Option<TemplateSet>) -> Self {
         Router {
             sms,
             push,
@@ -201,7 +201,7 @@ impl Router {
     /// can be sent.
     /// With a `template_id`, the text comes from `--templates-dir`, and the
     /// locale it was found in comes back too.
-    pub fn prepare(&self, request: &Request) -> Result<(Prepared, Option<String>), InvalidReason> {
+    pub(crate) fn prepare(&self, request: &Request) -> Result<(Prepared, Option<String>), InvalidReason> {
         let Some(template_id) = &request.content.template_id else {
             let prepared = match request.channel {
                 Channel::Sms => self.sms.stage.prepare(request).map(Prepared::Sms),
@@ -226,20 +226,20 @@ impl Router {
     }
 
     /// The answer of a lane that calls nobody (a dry run).
-    pub fn answer_now(&self, channel: Channel) -> Option<Delivered> {
+    pub(crate) fn answer_now(&self, channel: Channel) -> Option<Delivered> {
         match channel {
-            Channel::Sms => self.sms.stage.stage.answer_now(),
-            Channel::Push => self.push.stage.stage.answer_now(),
+            Channel::Sms => self.sms.stage.answer_now(),
+            Channel::Push => self.push.stage.answer_now(),
         }
     }
 
     /// Sends what [`Router::prepare`] returned, through its channel's
     /// providers; the caller holds a [`Slot`] of its lane.
-    pub async fn call(&self, prepared: &Prepared, request: &Request, attempt: Attempt, tried: &mut Vec<Tried>) -> Result<Delivered, DeliveryError> {
+    pub(crate) async fn call(&self, prepared: &Prepared, request: &Request, attempt: Attempt, tried: &mut Vec<Tried>) -> Result<Delivered, DeliveryError> {
         let call = Call { request, attempt };
         match prepared {
-            Prepared::Sms(text) => self.sms.stage.stage.send(text, call, tried).await,
-            Prepared::Push(message) => self.push.stage.stage.send(message, call, tried).await,
+            Prepared::Sms(text) => self.sms.stage.send(text, call, tried).await,
+            Prepared::Push(message) => self.push.stage.send(message, call, tried).await,
         }
     }
 
@@ -247,7 +247,7 @@ impl Router {
     /// are given in the order records joined, which is their order in the
     /// partition, so a partition's oldest record is not left behind later
     /// ones (and with it the offsets that can be committed).
-    pub fn queue_for_slot(&self, channel: Channel) -> SlotWait {
+    pub(crate) fn queue_for_slot(&self, channel: Channel) -> SlotWait {
         let bounds = self.bounds(channel);
         SlotWait::queue(&bounds.concurrency, &bounds.calling, &self.unconfirmed)
     }
@@ -261,25 +261,25 @@ impl Router {
 
     /// Waits for room for one record: in `channel`'s lane, or among the
     /// settled ones when `None`.
-    pub async fn admit(&self, channel: Option<Channel>) -> OwnedSemaphorePermit {
+    pub(crate) async fn admit(&self, channel: Option<Channel>) -> OwnedSemaphorePermit {
         let (semaphore, _) = self.admission(channel);
         semaphore.clone().acquire_owned().await.expect("admission semaphores are never closed")
     }
 
     /// Room for one record now, if there is some.
-    pub fn try_admit(&self, channel: Option<Channel>) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_admit(&self, channel: Option<Channel>) -> Option<OwnedSemaphorePermit> {
         let (semaphore, _) = self.admission(channel);
         semaphore.clone().try_acquire_owned().ok()
     }
 
     /// Whether at least a quarter of the lane is free again.
-    pub fn has_room(&self, channel: Option<Channel>) -> bool {
+    pub(crate) fn has_room(&self, channel: Option<Channel>) -> bool {
         let (semaphore, capacity) = self.admission(channel);
         semaphore.available_permits() * 4 >= capacity.max(1)
     }
 
     /// How full each lane is, and each provider's circuit, for the gauges.
-    pub fn state(&self, state: &mut crate::metrics::State) {
+    pub(crate) fn state(&self, state: &mut crate::metrics::State) {
         for (channel, name) in [(Channel::Sms, "sms"), (Channel::Push, "push")] {
             let bounds = self.bounds(channel);
             state.lanes.push((name, bounds.capacity.saturating_sub(bounds.admission.available_permits())));
@@ -287,13 +287,13 @@ impl Router {
         }
         state.lanes.push(("settled", self.settled_capacity.saturating_sub(self.settled.available_permits())));
         state.unconfirmed = self.unconfirmed_capacity.saturating_sub(self.unconfirmed.available_permits());
-        state.circuits.extend(self.sms.stage.stage.circuits());
-        state.circuits.extend(self.push.stage.stage.circuits());
+        state.circuits.extend(self.sms.stage.circuits());
+        state.circuits.extend(self.push.stage.circuits());
     }
 
     /// Shutdown's deadline has passed: no provider call may start from now
     /// on, even in a slot that an aborted call frees.
-    pub fn stop_calls(&self) {
+    pub(crate) fn stop_calls(&self) {
         self.calls.stop();
         for channel in Channel::ALL {
             self.bounds(channel).concurrency.close();
@@ -309,24 +309,24 @@ impl Router {
 pub struct RouteArgs {
     /// Concurrent SMS provider requests.
     #[arg(long, env = "HERALD_SMS_CONCURRENCY", default_value_t = 32)]
-    pub sms_concurrency: usize,
+    pub(crate) sms_concurrency: usize,
 
     /// Concurrent push provider requests.
     #[arg(long, env = "HERALD_PUSH_CONCURRENCY", default_value_t = 32)]
-    pub push_concurrency: usize,
+    pub(crate) push_concurrency: usize,
 
     /// Sends, over all channels, from before the provider call until their status is acknowledged: the most a crash can repeat.
     #[arg(long, env = "HERALD_UNCONFIRMED_SENDS", default_value_t = 64)]
-    pub unconfirmed_sends: usize,
+    pub(crate) unconfirmed_sends: usize,
 
     /// Records one channel may hold (waiting plus in flight) before the consumer waits for it.
     #[arg(long, env = "HERALD_CHANNEL_QUEUE", default_value_t = 2048)]
-    pub channel_queue: usize,
+    pub(crate) channel_queue: usize,
 }
 
 /// The lanes, as [`RouteArgs`] set them.
 #[derive(Debug, Clone, Copy)]
-pub struct RouteSettings {
+pub(crate) struct RouteSettings {
     pub sms_lane: LaneSettings,
     pub push_lane: LaneSettings,
     /// Records whose outcome needs no call, admitted at once.
@@ -336,7 +336,7 @@ pub struct RouteSettings {
 }
 
 impl RouteArgs {
-    pub fn settings(&self) -> Result<RouteSettings, crate::flags::ConfigError> {
+    pub(crate) fn settings(&self) -> Result<RouteSettings, crate::flags::ConfigError> {
         crate::flags::counts(&[
             ("sms-concurrency", self.sms_concurrency, true),
             ("push-concurrency", self.push_concurrency, true),

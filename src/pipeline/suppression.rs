@@ -35,7 +35,7 @@ pub enum Reason {
 
 impl Reason {
     /// The `error_code` of a SUPPRESSED status.
-    pub fn code(self) -> ErrorCode {
+    pub(crate) fn code(self) -> ErrorCode {
         ErrorCode::herald(match self {
             Reason::OptedOut => "opted-out",
             Reason::TokenUnregistered => "token-unregistered",
@@ -71,16 +71,18 @@ pub struct Change {
 }
 
 impl Change {
+    /// The record key on the suppressions topic.
     pub fn key(&self) -> Vec<u8> {
         format!("{}:{}", self.channel.symbol(), self.recipient).into_bytes()
     }
 
+    /// The record value: none is a tombstone, which opts back in.
     pub fn value(&self) -> Option<Vec<u8>> {
         self.entry.as_ref().map(|e| serde_json::to_vec(e).expect("an entry serializes"))
     }
 
     /// The change a record on the topic makes, or why it makes none.
-    pub fn from_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, String> {
+    pub(crate) fn from_record(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, String> {
         let key = std::str::from_utf8(key.ok_or("no key")?).map_err(|_| "key is not UTF-8")?;
         let (symbol, recipient) = key.split_once(':').ok_or("key is not CHANNEL:recipient")?;
         // The key may be a number with its separator misplaced: never quote it.
@@ -106,6 +108,7 @@ pub struct Suppressions {
 }
 
 impl Suppressions {
+    /// Why `recipient` must not be sent to, if it must not.
     pub fn check(&self, channel: Channel, recipient: &str) -> Option<Reason> {
         let list = &self.by_channel.read().expect("no panics under the lock")[channel.index()];
         if list.is_empty() {
@@ -114,7 +117,7 @@ impl Suppressions {
         list.get(recipient).copied()
     }
 
-    pub fn apply(&self, change: &Change) {
+    pub(crate) fn apply(&self, change: &Change) {
         let mut by_channel = self.by_channel.write().expect("no panics under the lock");
         let list = &mut by_channel[change.channel.index()];
         match &change.entry {
@@ -123,10 +126,12 @@ impl Suppressions {
         };
     }
 
+    /// Suppressed recipients.
     pub fn len(&self) -> usize {
         self.by_channel.read().expect("no panics under the lock").iter().map(HashMap::len).sum()
     }
 
+    /// Whether none is suppressed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

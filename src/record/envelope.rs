@@ -6,15 +6,23 @@
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 
-use crate::model::{ErrorClass, ErrorCode};
+use crate::model::{Attempts, ErrorClass, ErrorCode};
 
+/// Attempts made before this copy.
 pub const ATTEMPTS: &str = "herald-attempts";
+/// When a parked copy is due, in epoch milliseconds.
 pub const NOT_BEFORE: &str = "herald-not-before";
+/// The topic the request was first read from.
 pub const ORIGINAL_TOPIC: &str = "herald-original-topic";
+/// Its partition there.
 pub const ORIGINAL_PARTITION: &str = "herald-original-partition";
+/// Its offset there.
 pub const ORIGINAL_OFFSET: &str = "herald-original-offset";
+/// A dead letter's error class.
 pub const ERROR_CLASS: &str = "herald-error-class";
+/// A dead letter's error code.
 pub const ERROR_CODE: &str = "herald-error-code";
+/// A dead letter's error message.
 pub const ERROR_MESSAGE: &str = "herald-error-message";
 /// On a copy that carries none of the producer's bytes: how many bytes of
 /// key, value and headers the record had.
@@ -37,10 +45,6 @@ const OWN: [&str; 11] = [
     super::seal::TAG,
 ];
 
-/// More attempts than any retry schedule has: a header over it was not
-/// written by herald, and must not overflow a count.
-pub const MAX_ATTEMPTS: u32 = 1000;
-
 fn own(key: &str) -> bool {
     OWN.contains(&key)
 }
@@ -49,11 +53,11 @@ fn own(key: &str) -> bool {
 /// headers herald adds stay within a fixed room (see `Publisher`).
 const MAX_MESSAGE_BYTES: usize = 256;
 
-pub use crate::model::Origin;
+pub(crate) use crate::model::Origin;
 
 /// Why the record is where it is: the error behind its last move.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorHeaders {
+pub(crate) struct ErrorHeaders {
     pub class: ErrorClass,
     pub code: ErrorCode,
     /// herald's own sentence, free of personal data.
@@ -63,15 +67,16 @@ pub struct ErrorHeaders {
 /// herald's headers on a consumed record. A record from the requests topic
 /// has none: no attempts made, due now, and it is its own origin.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// Delivery attempts already made.
-    pub attempts: u32,
+    pub attempts: Attempts,
     pub not_before: Option<DateTime<Utc>>,
     pub origin: Option<Origin>,
     /// The error that sent it here, so a copy parked again keeps it.
     pub error: Option<ErrorHeaders>,
 }
 
+/// A header herald wrote that does not parse.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("header {header} is not a valid number, or out of range")]
 pub struct EnvelopeError {
@@ -79,7 +84,7 @@ pub struct EnvelopeError {
 }
 
 impl Envelope {
-    pub fn read(headers: Option<&OwnedHeaders>) -> Result<Envelope, EnvelopeError> {
+    pub(crate) fn read(headers: Option<&OwnedHeaders>) -> Result<Envelope, EnvelopeError> {
         let mut envelope = Envelope::default();
         let Some(headers) = headers else { return Ok(envelope) };
         let (mut topic, mut partition, mut offset) = (None, None, None);
@@ -91,10 +96,7 @@ impl Envelope {
             let value = h.value.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default();
             match h.key {
                 ATTEMPTS => {
-                    envelope.attempts = number(ATTEMPTS, value)?;
-                    if envelope.attempts > MAX_ATTEMPTS {
-                        return Err(EnvelopeError { header: ATTEMPTS });
-                    }
+                    envelope.attempts = Attempts::made(number(ATTEMPTS, value)?).ok_or(EnvelopeError { header: ATTEMPTS })?;
                 }
                 NOT_BEFORE => {
                     let millis: i64 = number(NOT_BEFORE, value)?;
@@ -122,7 +124,7 @@ impl Envelope {
     /// Headers for the record's next hop: the `original` headers given
     /// are kept (a stripped copy, which says its `original_size`, is given
     /// only those herald propagates), herald's are replaced.
-    pub fn write(&self, original: Option<&OwnedHeaders>, origin: &Origin, original_size: Option<usize>) -> OwnedHeaders {
+    pub(crate) fn write(&self, original: Option<&OwnedHeaders>, origin: &Origin, original_size: Option<usize>) -> OwnedHeaders {
         let mut out = OwnedHeaders::new();
         if let Some(original) = original {
             for h in original.iter().filter(|h| !own(h.key)) {
@@ -132,7 +134,7 @@ impl Envelope {
         let mut add = |key: &str, value: &str| {
             out = std::mem::take(&mut out).insert(Header { key, value: Some(value) });
         };
-        add(ATTEMPTS, &self.attempts.to_string());
+        add(ATTEMPTS, &self.attempts.count().to_string());
         if let Some(t) = self.not_before {
             // Rounded up: a record must not come due a fraction of a
             // millisecond before its time (a rate-limit window that frees
@@ -176,6 +178,7 @@ pub fn header<'a>(headers: &'a OwnedHeaders, key: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::MAX_ATTEMPTS;
 
     fn transient() -> ErrorHeaders {
         ErrorHeaders { class: ErrorClass::Transient, code: ErrorCode::http(503), message: "down".into() }
@@ -188,7 +191,7 @@ mod tests {
             .insert(Header { key: ATTEMPTS, value: Some("1") });
         let origin = Origin { topic: "notification.requested".into(), partition: 3, offset: 42 };
         let envelope = Envelope {
-            attempts: 2,
+            attempts: Attempts::made(2).unwrap(),
             not_before: Some(Utc.timestamp_millis_opt(1_700_000_000_123).unwrap()),
             origin: Some(origin.clone()),
             error: Some(transient()),
@@ -235,7 +238,7 @@ mod tests {
             assert_eq!(Envelope::read(Some(&h)), Err(EnvelopeError { header: ATTEMPTS }), "{bad}");
         }
         let h = OwnedHeaders::new().insert(Header { key: ATTEMPTS, value: Some("1000") });
-        assert_eq!(Envelope::read(Some(&h)).map(|e| e.attempts), Ok(MAX_ATTEMPTS));
+        assert_eq!(Envelope::read(Some(&h)).map(|e| e.attempts), Ok(Attempts::made(MAX_ATTEMPTS).unwrap()));
     }
 
     #[test]

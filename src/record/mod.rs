@@ -7,35 +7,41 @@ pub mod seal;
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 
-pub use envelope::{Envelope, EnvelopeError, ErrorHeaders, Origin};
-pub use seal::{Provenance, Seal, SealArgs, Unsealed};
+pub(crate) use envelope::Envelope;
+pub use envelope::EnvelopeError;
+pub(crate) use envelope::ErrorHeaders;
+pub(crate) use envelope::Origin;
+pub(crate) use seal::Provenance;
+pub use seal::Seal;
+pub use seal::SealArgs;
+pub(crate) use seal::Unsealed;
 
 /// A producer's headers that herald copies onto everything it writes for
 /// a request (status events, and the stripped dead letter that carries no
 /// other header), so a trace or a correlation id follows the request end
 /// to end. Retry and whole dead-letter copies keep all of them anyway.
 #[derive(Debug, Clone)]
-pub struct Propagated {
+pub(crate) struct Propagated {
     names: Vec<String>,
 }
 
 /// The W3C trace context: always propagated.
-pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+pub(crate) const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
 /// At most this many bytes of names and values are propagated, so a
 /// producer cannot make a stripped dead letter too large to write.
-pub const MAX_PROPAGATED_BYTES: usize = 1024;
+pub(crate) const MAX_PROPAGATED_BYTES: usize = 1024;
 
 impl Propagated {
     /// The trace context, and `extra` (from `--propagate-headers`).
-    pub fn new(extra: &[String]) -> Self {
+    pub(crate) fn new(extra: &[String]) -> Self {
         Propagated { names: TRACE_HEADERS.iter().map(|h| h.to_string()).chain(extra.iter().cloned()).collect() }
     }
 
     /// The headers of `headers` to propagate, in their order, the first of
     /// each name only (W3C trace context allows one `traceparent`); names
     /// match whatever their case. `None` when there are none.
-    pub fn of(&self, headers: Option<&OwnedHeaders>) -> Option<OwnedHeaders> {
+    pub(crate) fn of(&self, headers: Option<&OwnedHeaders>) -> Option<OwnedHeaders> {
         let headers = headers?;
         let (mut out, mut bytes, mut taken) = (None::<OwnedHeaders>, 0, Vec::new());
         for h in headers.iter() {
@@ -56,7 +62,7 @@ impl Propagated {
 
 /// A consumed record, owned so it can outlive the poll that returned it.
 #[derive(Debug, Clone)]
-pub struct Consumed {
+pub(crate) struct Consumed {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
@@ -80,7 +86,7 @@ impl Consumed {
     /// topic (`parked`, with the seal that proves it). On the requests
     /// topic they are a producer's, and a producer must not make a request
     /// skip its rate limit or its retries by claiming attempts were made.
-    pub fn read(message: &BorrowedMessage<'_>, parked: Option<&Seal>) -> Consumed {
+    pub(crate) fn read(message: &BorrowedMessage<'_>, parked: Option<&Seal>) -> Consumed {
         let headers = message.headers().map(|h| h.detach());
         let provenance = parked.map_or(Provenance::Request, |seal| seal.check(message.key(), message.payload(), headers.as_ref()));
         let (envelope, unreadable) = match provenance {
@@ -114,12 +120,12 @@ impl Consumed {
 
     /// Whether herald parked this record itself: otherwise it is judged
     /// as a new request.
-    pub fn parked_by_us(&self) -> bool {
+    pub(crate) fn parked_by_us(&self) -> bool {
         self.provenance == Provenance::Own
     }
 
     /// Where the record first entered herald: kept across every hop.
-    pub fn origin(&self) -> Origin {
+    pub(crate) fn origin(&self) -> Origin {
         self.envelope.origin.clone().unwrap_or_else(|| Origin {
             topic: self.topic.clone(),
             partition: self.partition,
@@ -129,7 +135,7 @@ impl Consumed {
 
     /// Key, value and headers, in bytes: what a producer's
     /// `message.max.bytes` is checked against, less the batch framing.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         let headers = self.headers.as_ref().map_or(0, |h| {
             h.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum::<usize>()
         });

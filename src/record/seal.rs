@@ -29,7 +29,9 @@ use sha2::Sha256;
 
 use crate::flags::{self, ConfigError};
 
+/// The deployment (consumer group) that parked a record, or wrote a status.
 pub const OWNER: &str = "herald-owner";
+/// The HMAC over a parked record, its owner and headers.
 pub const TAG: &str = "herald-tag";
 
 /// Bumped if what the tag covers ever changes, so old tags fail cleanly.
@@ -58,6 +60,7 @@ pub enum Unsealed {
 }
 
 impl Unsealed {
+    /// The metric label of this reason.
     pub fn label(self) -> &'static str {
         match self {
             Unsealed::Missing => "missing",
@@ -72,16 +75,16 @@ impl Unsealed {
 pub struct SealArgs {
     /// Secret (at least 32 bytes) that signs what herald parks on its delay topics, so that a record written there by anyone else is judged as a new request. The same on every instance of a deployment; required by the pipeline.
     #[arg(long, env = "HERALD_ENVELOPE_KEY", hide_env_values = true)]
-    pub envelope_key: Option<secrecy::SecretString>,
+    pub(crate) envelope_key: Option<secrecy::SecretString>,
 
     /// A file holding --envelope-key (as Kubernetes and Docker mount secrets).
     #[arg(long, env = "HERALD_ENVELOPE_KEY_FILE", conflicts_with = "envelope_key")]
-    pub envelope_key_file: Option<std::path::PathBuf>,
+    pub(crate) envelope_key_file: Option<std::path::PathBuf>,
 }
 
 impl SealArgs {
     /// The seal of the deployment `owner` (its consumer group).
-    pub fn seal(&self, owner: &str) -> Result<Seal, ConfigError> {
+    pub(crate) fn seal(&self, owner: &str) -> Result<Seal, ConfigError> {
         let key = flags::secret(&self.envelope_key, &self.envelope_key_file, "--envelope-key-file")?.ok_or(ConfigError::NoEnvelopeKey)?;
         flags::long_enough("--envelope-key", &key)?;
         Ok(Seal::new(key.expose_secret().as_bytes(), owner))
@@ -105,6 +108,7 @@ impl std::fmt::Debug for Seal {
 }
 
 impl Seal {
+    /// The seal of the deployment `owner`, keyed by `--envelope-key`.
     pub fn new(key: &[u8], owner: &str) -> Seal {
         Seal(std::sync::Arc::new(Keyed { key: key.to_vec().into(), owner: owner.to_owned() }))
     }

@@ -8,6 +8,7 @@ use rdkafka::error::RDKafkaErrorCode;
 
 use super::Topics;
 
+/// A topic that is missing, or does not fit the others.
 #[derive(Debug, thiserror::Error)]
 pub enum TopicError {
     #[error("topic {0:?} does not exist and topic creation is off (--create-topics false)")]
@@ -25,7 +26,7 @@ pub enum TopicError {
 
 /// Whether, and how, herald creates the topics that are missing.
 #[derive(Debug, Clone, Copy)]
-pub struct Creation {
+pub(crate) struct Creation {
     /// Off: herald refuses to start while one is missing.
     pub create: bool,
     pub partitions: i32,
@@ -34,7 +35,7 @@ pub struct Creation {
 
 /// Creates the topics that are missing, or refuses if told not to.
 /// `brokers` names the cluster in errors.
-pub async fn ensure(
+pub(crate) async fn ensure(
     admin: &AdminClient<DefaultClientContext>,
     topics: &Topics,
     creation: Creation,

@@ -24,8 +24,12 @@ mod create;
 mod wheel;
 
 pub use args::TopicArgs;
-pub use create::{ensure, Creation, TopicError};
-pub use wheel::{DEFAULT_HOLD, DEFAULT_WAIT_DELAYS, DEFAULT_WAIT_TOPICS};
+pub(crate) use create::ensure;
+pub(crate) use create::Creation;
+pub use create::TopicError;
+pub use wheel::DEFAULT_HOLD;
+pub use wheel::DEFAULT_WAIT_DELAYS;
+pub use wheel::DEFAULT_WAIT_TOPICS;
 
 /// A topic whose records wait a fixed time after they are appended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +38,7 @@ pub struct DelayTopic {
     pub delay: Duration,
 }
 
+/// Every topic herald reads or writes, by role, and the timing wheel's plan.
 #[derive(Debug, Clone)]
 pub struct Topics {
     pub requested: String,
@@ -138,12 +143,14 @@ impl Topics {
         retries.chain(self.waits.iter().enumerate().map(|(i, t)| (Source::Wait(i), t)))
     }
 
+    /// Every topic's name.
     pub fn all(&self) -> Vec<&str> {
         let mut all = self.inputs();
         all.extend([self.status.as_str(), self.dead_letter.as_str(), self.suppressions.as_str(), self.cancellations.as_str()]);
         all
     }
 
+    /// The name of the topic a record came from.
     pub fn name(&self, source: Source) -> &str {
         match source {
             Source::Requested => &self.requested,
@@ -170,6 +177,7 @@ impl Topics {
         }
     }
 
+    /// The role of an input topic, by name.
     pub fn source(&self, topic: &str) -> Option<Source> {
         if topic == self.requested {
             return Some(Source::Requested);

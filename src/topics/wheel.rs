@@ -16,6 +16,7 @@ const MAX_PLAN: usize = 250_000;
 /// within 8 copies and the mean lowest; every wait of up to 30 days in
 /// 1-minute steps was counted.
 pub const DEFAULT_WAIT_TOPICS: &str = "wait-10m,wait-20m,wait-45m,wait-90m,wait-3h,wait-8h,wait-18h,wait-36h,wait-4d,wait-5d,wait-7d,wait-16d";
+/// The default tiers' delays, in the order of [`DEFAULT_WAIT_TOPICS`].
 pub const DEFAULT_WAIT_DELAYS: &str = "10m,20m,45m,90m,3h,8h,18h,36h,4d,5d,7d,16d";
 /// The default hold window.
 pub const DEFAULT_HOLD: &str = "10m";

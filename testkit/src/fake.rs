@@ -211,13 +211,16 @@ fn reply(status: u16, body: Value, retry_after: Option<u64>) -> Response {
 pub struct TwilioAccount {
     pub account_sid: String,
     pub auth_token: String,
+    /// An API key of the account (SID, secret), accepted as well.
+    pub api_key: (String, String),
 }
 
 pub type FakeTwilio = Fake<TwilioAccount>;
 
 impl FakeTwilio {
-    pub async fn start(account_sid: &str, auth_token: &str) -> FakeTwilio {
-        Fake::start_with(TwilioAccount { account_sid: account_sid.into(), auth_token: auth_token.into() }, twilio).await
+    pub async fn start(account_sid: &str, auth_token: &str, (key_sid, key_secret): (&str, &str)) -> FakeTwilio {
+        let account = TwilioAccount { account_sid: account_sid.into(), auth_token: auth_token.into(), api_key: (key_sid.into(), key_secret.into()) };
+        Fake::start_with(account, twilio).await
     }
 
     pub fn expected_authorization(&self) -> String {
@@ -245,7 +248,7 @@ async fn twilio(account: Arc<TwilioAccount>, shared: Arc<Shared>, r: Request) ->
     if r.method != Method::POST || r.uri.path() != expected_path {
         return twilio_error(404, 20404, "The requested resource was not found");
     }
-    let api_key = basic(crate::providers::API_KEY_SID, crate::providers::API_KEY_SECRET);
+    let api_key = basic(&account.api_key.0, &account.api_key.1);
     if r.header(header::AUTHORIZATION).is_none_or(|a| a != account.basic_auth() && a != api_key) {
         return twilio_error(401, 20003, "Authenticate");
     }

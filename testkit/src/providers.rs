@@ -28,7 +28,7 @@ impl Providers {
     pub async fn start() -> Providers {
         let fcm = FakeFcm::start().await;
         let credentials = fcm.write_service_account(&std::env::temp_dir());
-        let twilio = FakeTwilio::start(ACCOUNT_SID, AUTH_TOKEN).await;
+        let twilio = FakeTwilio::start(ACCOUNT_SID, AUTH_TOKEN, (API_KEY_SID, API_KEY_SECRET)).await;
         Providers { twilio, vonage: FakeVonage::start(VONAGE_API_KEY, VONAGE_API_SECRET).await, fcm, credentials }
     }
 

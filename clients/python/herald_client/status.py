@@ -129,9 +129,11 @@ class StatusConsumer:
         "enable.metrics.push": False,
     }
 
-    def __init__(self, bootstrap_servers: Optional[str], group_id: str, *, topic: str = "notification.status",
+    def __init__(self, bootstrap_servers: Optional[str] = None, group_id: Optional[str] = None, *, topic: str = "notification.status",
                  schema_registry_url: Optional[str] = None, config: Optional[Dict[str, object]] = None, remember: int = 100_000,
                  remember_current: int = 100_000):
+        if not group_id:
+            raise TypeError("StatusConsumer needs a group_id: the consumer group whose commits say what was handled")
         # The environment herald reads, as for `Producer`.
         bootstrap_servers = bootstrap_servers or os.environ.get("KAFKA_BROKERS", "localhost:9092")
         schema_registry_url = schema_registry_url or os.environ.get("SCHEMA_REGISTRY_URL") or None

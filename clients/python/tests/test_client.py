@@ -238,3 +238,20 @@ def test_the_readme_example_runs_as_written(broker, twilio, start_herald):
     # The code is sent, the reminder cancelled, and the push INVALID: this herald has no FCM credentials.
     assert {"SENT", "CANCELLED", "INVALID"} <= statuses, run.stdout
     assert twilio.bodies() == ["Your code is 123456"]
+
+
+def test_the_top_readme_quick_start_runs_as_written(broker, twilio, registry, start_herald):
+    # The quick start's own topic names, and a registry, as compose runs them.
+    herald = start_herald("--schema-registry-url", registry.url,
+                          topics={"requested": "notification.requested", "status": "notification.status",
+                                  "cancellations": "notification.cancellations"})
+    wait_topics(broker, *herald.topics.values())
+    readme = (ROOT / "README.md").read_text()
+    (quick_start,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    env = {**os.environ, "KAFKA_BROKERS": broker, "SCHEMA_REGISTRY_URL": registry.url,
+           "PYTHONPATH": os.pathsep.join([str(Path(herald_client.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", quick_start], env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    event_id, status, provider, attempt = run.stdout.split()
+    assert (status, provider, attempt) == ("SENT", "twilio", "1"), run.stdout
+    assert "Your code is 123456" in twilio.bodies()

@@ -11,139 +11,143 @@ use super::sms::{OverLength, SmsRules, StatusCallbacks};
 use super::{BreakerSettings, DeliveryMode, FcmSettings, Settings, SmsProvider, TwilioAuth, TwilioSender, TwilioSettings, VonageSettings};
 use crate::flags::{self, ConfigError};
 
+/// The flags of the delivery stages.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Delivery")]
 pub struct DeliveryArgs {
     /// `providers` calls Twilio and FCM; `dry-run` skips the call and reports SENT by provider dry-run.
     #[arg(long, env = "HERALD_DELIVERY", value_enum, default_value_t = DeliveryMode::Providers)]
-    pub delivery: DeliveryMode,
+    pub(crate) delivery: DeliveryMode,
 
     /// Timeout of one provider HTTP request; a timeout is a transient failure.
     #[arg(long, env = "HERALD_HTTP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub http_timeout: Duration,
+    pub(crate) http_timeout: Duration,
 
     /// Transient failures in a row that open a provider's circuit: its calls then fail at once, to the retry topics.
     #[arg(long, env = "HERALD_BREAKER_FAILURES", default_value_t = 5)]
-    pub breaker_failures: u32,
+    pub(crate) breaker_failures: u32,
 
     /// How long an open circuit stays open before one trial call.
     #[arg(long, env = "HERALD_BREAKER_COOLDOWN", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub breaker_cooldown: Duration,
+    pub(crate) breaker_cooldown: Duration,
 
     /// Longest SMS body sent, in characters (after the template). Twilio's own limit is 1600.
     #[arg(long, env = "HERALD_SMS_MAX_CHARS", default_value_t = 480)]
-    pub sms_max_chars: usize,
+    pub(crate) sms_max_chars: usize,
 
     /// An SMS body over --sms-max-chars: reject (status INVALID, body-too-long) or truncate (ending in an ellipsis).
     #[arg(long, env = "HERALD_SMS_OVER_LENGTH", value_enum, default_value_t = OverLength::Reject)]
-    pub sms_over_length: OverLength,
+    pub(crate) sms_over_length: OverLength,
 
     /// SMS body template, e.g. "{user_name}: {message}": {message} is the request's body, other names its template variables.
     #[arg(long, env = "HERALD_SMS_TEMPLATE")]
-    pub sms_template: Option<String>,
+    pub(crate) sms_template: Option<String>,
 
     /// SMS providers in failover order: a transient failure (or an open circuit) of one moves the send to the next. Those without credentials are left out.
     #[arg(long, env = "HERALD_SMS_PROVIDERS", value_enum, value_delimiter = ',', default_value = "twilio,vonage")]
-    pub sms_providers: Vec<SmsProvider>,
+    pub(crate) sms_providers: Vec<SmsProvider>,
 
     #[command(flatten)]
-    pub twilio: TwilioArgs,
+    pub(crate) twilio: TwilioArgs,
 
     #[command(flatten)]
-    pub vonage: VonageArgs,
+    pub(crate) vonage: VonageArgs,
 
     #[command(flatten)]
-    pub fcm: FcmArgs,
+    pub(crate) fcm: FcmArgs,
 }
 
+/// The flags of Twilio.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Twilio")]
 pub struct TwilioArgs {
     /// Twilio API base URL.
     #[arg(long, env = "TWILIO_BASE_URL", default_value = "https://api.twilio.com")]
-    pub twilio_base_url: Url,
+    pub(crate) twilio_base_url: Url,
 
     /// Twilio account SID. SMS is disabled without it.
     #[arg(long, env = "TWILIO_ACCOUNT_SID")]
-    pub twilio_account_sid: Option<String>,
+    pub(crate) twilio_account_sid: Option<String>,
 
     /// Twilio auth token.
     #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
-    pub twilio_auth_token: Option<SecretString>,
+    pub(crate) twilio_auth_token: Option<SecretString>,
 
     /// A file holding the Twilio auth token.
     #[arg(long, env = "TWILIO_AUTH_TOKEN_FILE", conflicts_with = "twilio_auth_token")]
-    pub twilio_auth_token_file: Option<PathBuf>,
+    pub(crate) twilio_auth_token_file: Option<PathBuf>,
 
     /// Twilio API key SID (SK...): with its secret, authenticates requests instead of the auth token, which then only checks receipt signatures.
     #[arg(long, env = "TWILIO_API_KEY_SID")]
-    pub twilio_api_key_sid: Option<String>,
+    pub(crate) twilio_api_key_sid: Option<String>,
 
     /// The API key's secret.
     #[arg(long, env = "TWILIO_API_KEY_SECRET", hide_env_values = true)]
-    pub twilio_api_key_secret: Option<SecretString>,
+    pub(crate) twilio_api_key_secret: Option<SecretString>,
 
     /// A file holding the API key's secret.
     #[arg(long, env = "TWILIO_API_KEY_SECRET_FILE", conflicts_with = "twilio_api_key_secret")]
-    pub twilio_api_key_secret_file: Option<PathBuf>,
+    pub(crate) twilio_api_key_secret_file: Option<PathBuf>,
 
     /// Sender: an E.164 number, or a Messaging Service SID (MG...).
     #[arg(long, env = "TWILIO_FROM")]
-    pub twilio_from: Option<TwilioSender>,
+    pub(crate) twilio_from: Option<TwilioSender>,
 
     /// Most Twilio requests per second (a token bucket); unlimited without it.
     #[arg(long, env = "HERALD_TWILIO_MAX_RPS")]
-    pub twilio_max_rps: Option<std::num::NonZeroU32>,
+    pub(crate) twilio_max_rps: Option<std::num::NonZeroU32>,
 }
 
 
+/// The flags of Vonage.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Vonage")]
 pub struct VonageArgs {
     /// Vonage SMS API base URL.
     #[arg(long, env = "VONAGE_BASE_URL", default_value = "https://rest.nexmo.com")]
-    pub vonage_base_url: Url,
+    pub(crate) vonage_base_url: Url,
 
     /// Vonage API key. Vonage is left out without it.
     #[arg(long, env = "VONAGE_API_KEY")]
-    pub vonage_api_key: Option<String>,
+    pub(crate) vonage_api_key: Option<String>,
 
     /// Vonage API secret.
     #[arg(long, env = "VONAGE_API_SECRET", hide_env_values = true)]
-    pub vonage_api_secret: Option<SecretString>,
+    pub(crate) vonage_api_secret: Option<SecretString>,
 
     /// A file holding the Vonage API secret.
     #[arg(long, env = "VONAGE_API_SECRET_FILE", conflicts_with = "vonage_api_secret")]
-    pub vonage_api_secret_file: Option<PathBuf>,
+    pub(crate) vonage_api_secret_file: Option<PathBuf>,
 
     /// Vonage sender: a number (E.164) or an alphanumeric sender id.
     #[arg(long, env = "VONAGE_FROM", value_parser = parse_vonage_sender)]
-    pub vonage_from: Option<String>,
+    pub(crate) vonage_from: Option<String>,
 
     /// Most Vonage requests per second; unlimited without it.
     #[arg(long, env = "HERALD_VONAGE_MAX_RPS")]
-    pub vonage_max_rps: Option<std::num::NonZeroU32>,
+    pub(crate) vonage_max_rps: Option<std::num::NonZeroU32>,
 }
 
 
+/// The flags of FCM.
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "FCM")]
 pub struct FcmArgs {
     /// FCM API base URL.
     #[arg(long, env = "FCM_BASE_URL", default_value = "https://fcm.googleapis.com")]
-    pub fcm_base_url: Url,
+    pub(crate) fcm_base_url: Url,
 
     /// Google service-account key file (JSON). Push is disabled without it.
     #[arg(long, env = "GOOGLE_APPLICATION_CREDENTIALS")]
-    pub fcm_credentials: Option<PathBuf>,
+    pub(crate) fcm_credentials: Option<PathBuf>,
 
     /// Firebase project id; defaults to the key file's project_id.
     #[arg(long, env = "FCM_PROJECT_ID")]
-    pub fcm_project_id: Option<String>,
+    pub(crate) fcm_project_id: Option<String>,
 
     /// Most FCM requests per second; unlimited without it.
     #[arg(long, env = "HERALD_FCM_MAX_RPS")]
-    pub fcm_max_rps: Option<std::num::NonZeroU32>,
+    pub(crate) fcm_max_rps: Option<std::num::NonZeroU32>,
 }
 
 
@@ -154,7 +158,7 @@ fn parse_vonage_sender(s: &str) -> Result<String, String> {
 impl DeliveryArgs {
     /// The delivery stages' settings; `callbacks`, when delivery receipts
     /// are on, go with every Twilio request.
-    pub fn settings(&self, callbacks: Option<StatusCallbacks>) -> Result<Settings, ConfigError> {
+    pub(crate) fn settings(&self, callbacks: Option<StatusCallbacks>) -> Result<Settings, ConfigError> {
         self.check()?;
         let sms = SmsRules::new(self.sms_max_chars, self.sms_over_length, self.sms_template.clone()).map_err(ConfigError::SmsTemplate)?;
         Ok(Settings {
@@ -189,7 +193,7 @@ impl DeliveryArgs {
 impl TwilioArgs {
     /// The auth token, read from its file when given as one: delivery
     /// receipts check their signatures with it.
-    pub fn auth_token(&self) -> Result<Option<SecretString>, ConfigError> {
+    pub(crate) fn auth_token(&self) -> Result<Option<SecretString>, ConfigError> {
         flags::secret(&self.twilio_auth_token, &self.twilio_auth_token_file, "--twilio-auth-token-file")
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use crate::metrics::CircuitState;
+pub(crate) use crate::metrics::CircuitState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -22,7 +22,7 @@ enum State {
 }
 
 #[derive(Debug)]
-pub struct Breaker {
+pub(crate) struct Breaker {
     failures: u32,
     cooldown: Duration,
     state: Mutex<State>,
@@ -30,7 +30,7 @@ pub struct Breaker {
 
 /// Whether a call may go ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     Go,
     /// Open: try again after this long.
     Refused { retry_after: Duration },
@@ -38,7 +38,7 @@ pub enum Admission {
 
 /// What a call that went ahead came to, as the breaker counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Result {
+pub(crate) enum Result {
     /// The provider answered: success, or a refusal of this message.
     Answered,
     /// The provider failed: 5xx, 429, timeout, connection error.
@@ -46,12 +46,12 @@ pub enum Result {
 }
 
 impl Breaker {
-    pub fn new(failures: u32, cooldown: Duration) -> Self {
+    pub(crate) fn new(failures: u32, cooldown: Duration) -> Self {
         Breaker { failures: failures.max(1), cooldown, state: Mutex::new(State::Closed { failures: 0 }) }
     }
 
     /// For the `herald_circuit_state` gauge.
-    pub fn state(&self, now: Instant) -> CircuitState {
+    pub(crate) fn state(&self, now: Instant) -> CircuitState {
         match *self.state.lock().unwrap_or_else(|p| p.into_inner()) {
             State::Closed { .. } => CircuitState::Closed,
             State::Open { until } if now < until => CircuitState::Open,
@@ -59,7 +59,7 @@ impl Breaker {
         }
     }
 
-    pub fn admit(&self, now: Instant) -> Admission {
+    pub(crate) fn admit(&self, now: Instant) -> Admission {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match *state {
             State::Closed { .. } => Admission::Go,
@@ -71,7 +71,7 @@ impl Breaker {
         }
     }
 
-    pub fn record(&self, result: Result, now: Instant) {
+    pub(crate) fn record(&self, result: Result, now: Instant) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         *state = match (*state, result) {
             (_, Result::Answered) => State::Closed { failures: 0 },

@@ -12,13 +12,13 @@ use secrecy::SecretString;
 use super::breaker::Breaker;
 use super::push::{CredentialsError, Fcm, PushStage};
 use super::sms::{SmsGateway, SmsRules, SmsStage, StatusCallbacks, Twilio, TwilioAuth, TwilioSender, Vonage};
-use super::{Calls, Gateway, Guarded, Stage};
+use super::{Calls, Dispatch, Gateway, Guarded};
 use crate::metrics::Metrics;
 use crate::model::Channel;
 
 /// Whether providers are called at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeliveryMode {
+pub(crate) enum DeliveryMode {
     Providers,
     /// Checks every request, then reports SENT by provider dry-run.
     DryRun,
@@ -26,20 +26,20 @@ pub enum DeliveryMode {
 
 /// An SMS provider herald can send through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SmsProvider {
+pub(crate) enum SmsProvider {
     Twilio,
     Vonage,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct BreakerSettings {
+pub(crate) struct BreakerSettings {
     /// Transient failures in a row that open a circuit.
     pub failures: u32,
     pub cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct TwilioSettings {
+pub(crate) struct TwilioSettings {
     pub base_url: Url,
     pub account_sid: String,
     pub auth: TwilioAuth,
@@ -50,7 +50,7 @@ pub struct TwilioSettings {
 }
 
 #[derive(Debug, Clone)]
-pub struct VonageSettings {
+pub(crate) struct VonageSettings {
     pub base_url: Url,
     pub api_key: String,
     pub api_secret: SecretString,
@@ -59,7 +59,7 @@ pub struct VonageSettings {
 }
 
 #[derive(Debug, Clone)]
-pub struct FcmSettings {
+pub(crate) struct FcmSettings {
     pub base_url: Url,
     /// A Google service-account key file.
     pub credentials: PathBuf,
@@ -70,7 +70,7 @@ pub struct FcmSettings {
 
 /// Everything the delivery stages are built from.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub mode: DeliveryMode,
     pub breaker: BreakerSettings,
     pub sms: SmsRules,
@@ -84,7 +84,7 @@ pub struct Settings {
 impl Settings {
     /// Reads and checks the FCM key file, if push is on: at startup, so a
     /// bad key stops herald before it connects to anything.
-    pub fn load_fcm(&self) -> Result<Option<super::ServiceAccount>, CredentialsError> {
+    pub(crate) fn load_fcm(&self) -> Result<Option<super::ServiceAccount>, CredentialsError> {
         match (&self.fcm, self.mode) {
             (Some(fcm), DeliveryMode::Providers) => {
                 let account = Fcm::load_credentials(&fcm.credentials)?;
@@ -97,7 +97,7 @@ impl Settings {
 }
 
 /// The SMS and push stages. `account` is what [`Settings::load_fcm`] read.
-pub fn stages(
+pub(crate) fn stages(
     settings: Settings,
     account: Option<super::ServiceAccount>,
     http: &reqwest::Client,
@@ -106,8 +106,8 @@ pub fn stages(
 ) -> Result<(SmsStage, PushStage), CredentialsError> {
     let Settings { mode, breaker, sms, sms_providers, twilio, vonage, fcm } = settings;
     let guarded = |gateway, max_rps| Guarded::new(gateway, max_rps, Breaker::new(breaker.failures, breaker.cooldown), calls.clone(), metrics.clone());
-    let (sms_stage, push_stage) = match mode {
-        DeliveryMode::DryRun => (Stage::DryRun, Stage::DryRun),
+    let (sms_dispatch, push_dispatch) = match mode {
+        DeliveryMode::DryRun => (Dispatch::DryRun, Dispatch::DryRun),
         DeliveryMode::Providers => {
             let sms_gateways = sms_providers
                 .iter()
@@ -132,25 +132,25 @@ pub fn stages(
             (providers(sms_gateways), providers(push_gateways))
         }
     };
-    announce(Channel::Sms, &sms_stage);
-    announce(Channel::Push, &push_stage);
-    Ok((SmsStage { rules: sms, stage: sms_stage }, PushStage { stage: push_stage }))
+    announce(Channel::Sms, &sms_dispatch);
+    announce(Channel::Push, &push_dispatch);
+    Ok((SmsStage { rules: sms, dispatch: sms_dispatch }, PushStage { dispatch: push_dispatch }))
 }
 
-fn providers<G: Gateway>(gateways: Vec<Guarded<G>>) -> Stage<G> {
+fn providers<G: Gateway>(gateways: Vec<Guarded<G>>) -> Dispatch<G> {
     match gateways.is_empty() {
-        true => Stage::Disabled,
-        false => Stage::Providers(gateways),
+        true => Dispatch::Disabled,
+        false => Dispatch::Providers(gateways),
     }
 }
 
-fn announce<G: Gateway>(channel: Channel, stage: &Stage<G>) {
-    match stage {
-        Stage::Disabled => tracing::warn!(message = "No provider configured; requests for this channel are reported invalid.", %channel),
-        Stage::Providers(_) => {
-            let order: Vec<_> = stage.providers().iter().map(|p| p.name()).collect();
+fn announce<G: Gateway>(channel: Channel, dispatch: &Dispatch<G>) {
+    match dispatch {
+        Dispatch::Disabled => tracing::warn!(message = "No provider configured; requests for this channel are reported invalid.", %channel),
+        Dispatch::Providers(_) => {
+            let order: Vec<_> = dispatch.providers().iter().map(|p| p.name()).collect();
             tracing::info!(message = "Providers, in failover order.", %channel, providers = ?order);
         }
-        Stage::DryRun => {}
+        Dispatch::DryRun => {}
     }
 }

@@ -16,20 +16,20 @@ use crate::metrics::{CallResult, Metrics};
 /// Shared by every provider: once shutdown's deadline has passed, no call
 /// may start, whatever frees a slot or a token meanwhile.
 #[derive(Debug, Clone, Default)]
-pub struct Calls(Arc<AtomicBool>);
+pub(crate) struct Calls(Arc<AtomicBool>);
 
 impl Calls {
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
 
-    pub fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
 
 /// A provider behind its guard.
-pub struct Guarded<G> {
+pub(crate) struct Guarded<G> {
     gateway: G,
     metrics: Arc<Metrics>,
     rate: Option<DefaultDirectRateLimiter>,
@@ -38,22 +38,22 @@ pub struct Guarded<G> {
 }
 
 impl<G: Gateway> Guarded<G> {
-    pub fn new(gateway: G, max_per_second: Option<NonZeroU32>, breaker: Breaker, calls: Calls, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(gateway: G, max_per_second: Option<NonZeroU32>, breaker: Breaker, calls: Calls, metrics: Arc<Metrics>) -> Self {
         Guarded { gateway, metrics, rate: max_per_second.map(|n| RateLimiter::direct(Quota::per_second(n))), breaker, calls }
     }
 
-    pub fn circuit(&self) -> CircuitState {
+    pub(crate) fn circuit(&self) -> CircuitState {
         self.breaker.state(Instant::now())
     }
 
-    pub fn gateway(&self) -> &G {
+    pub(crate) fn gateway(&self) -> &G {
         &self.gateway
     }
 
     /// Calls the provider within its rate, unless its circuit is open:
     /// then the call fails at once, with the time until the circuit closes.
     /// Once calls are stopped, it never returns: its task is being aborted.
-    pub async fn call(&self, message: &G::Message, call: Call<'_>) -> Result<Delivered, DeliveryError> {
+    pub(crate) async fn call(&self, message: &G::Message, call: Call<'_>) -> Result<Delivered, DeliveryError> {
         let provider = self.gateway.provider();
         if let Admission::Refused { retry_after } = self.breaker.admit(Instant::now()) {
             self.metrics.call(provider, CallResult::CircuitOpen, None);

@@ -6,20 +6,37 @@
 //! the class into what happens.
 
 mod args;
-pub mod breaker;
+pub(crate) mod breaker;
 mod build;
 mod guard;
-pub mod push;
-pub mod sms;
+pub(crate) mod push;
+pub(crate) mod sms;
 
 use std::future::Future;
 use std::time::Duration;
 
-pub use args::{DeliveryArgs, FcmArgs, TwilioArgs, VonageArgs};
-pub use build::{stages, BreakerSettings, DeliveryMode, FcmSettings, Settings, SmsProvider, TwilioSettings, VonageSettings};
-pub use guard::{Calls, Guarded};
-pub use push::{Fcm, PushMessage, PushStage, ServiceAccount};
-pub use sms::{SmsGateway, SmsRules, SmsStage, Text, Twilio, TwilioAuth, TwilioSender, Vonage};
+pub use args::DeliveryArgs;
+pub use args::FcmArgs;
+pub use args::TwilioArgs;
+pub use args::VonageArgs;
+pub use push::CredentialsError;
+pub(crate) use build::stages;
+pub(crate) use build::BreakerSettings;
+pub(crate) use build::DeliveryMode;
+pub(crate) use build::FcmSettings;
+pub(crate) use build::Settings;
+pub(crate) use build::SmsProvider;
+pub(crate) use build::TwilioSettings;
+pub(crate) use build::VonageSettings;
+pub(crate) use guard::Calls;
+pub(crate) use guard::Guarded;
+pub(crate) use push::PushMessage;
+pub(crate) use push::PushStage;
+pub(crate) use push::ServiceAccount;
+pub(crate) use sms::SmsStage;
+pub(crate) use sms::Text;
+pub(crate) use sms::TwilioAuth;
+pub(crate) use sms::TwilioSender;
 
 pub use crate::model::Provider;
 
@@ -32,7 +49,7 @@ use crate::pipeline::suppression::Reason;
 /// Which attempt a call is, and where its request came from: a provider
 /// that reports back (Twilio's callbacks) is told both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// From 1.
     pub number: u32,
     /// The requests partition the record was read from.
@@ -41,17 +58,19 @@ pub struct Attempt {
 
 /// What a provider call is told besides its channel's message.
 #[derive(Debug, Clone, Copy)]
-pub struct Call<'a> {
+pub(crate) struct Call<'a> {
     pub request: &'a Request,
     pub attempt: Attempt,
 }
 
+/// A provider accepted the message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivered {
     pub provider: Provider,
     pub message_id: Option<String>,
 }
 
+/// Why a send did not happen, classified once for `outcome::decide`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DeliveryError {
     #[error("invalid: {0}")]
@@ -74,7 +93,7 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
-    pub fn class(&self) -> ErrorClass {
+    pub(crate) fn class(&self) -> ErrorClass {
         match self {
             DeliveryError::Invalid(_) => ErrorClass::Invalid,
             DeliveryError::Rejected { .. } | DeliveryError::RecipientGone { .. } => ErrorClass::Permanent,
@@ -82,7 +101,7 @@ impl DeliveryError {
         }
     }
 
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             DeliveryError::Invalid(reason) => reason.code(),
             DeliveryError::Rejected { code, .. }
@@ -92,7 +111,7 @@ impl DeliveryError {
         }
     }
 
-    pub fn provider(&self) -> Option<Provider> {
+    pub(crate) fn provider(&self) -> Option<Provider> {
         match self {
             DeliveryError::Invalid(_) => None,
             DeliveryError::Rejected { provider, .. }
@@ -102,7 +121,7 @@ impl DeliveryError {
         }
     }
 
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             DeliveryError::Unavailable { retry_after, .. } => *retry_after,
             DeliveryError::CircuitOpen { retry_after, .. } => Some(*retry_after),
@@ -133,7 +152,7 @@ impl DeliveryError {
 /// A provider's client, for the messages of one channel: the type of its
 /// message is the channel's, so no provider can be handed another
 /// channel's message.
-pub trait Gateway: Send + Sync + 'static {
+pub(crate) trait Gateway: Send + Sync + 'static {
     type Message: Send + Sync;
 
     fn provider(&self) -> Provider;
@@ -142,7 +161,7 @@ pub trait Gateway: Send + Sync + 'static {
 }
 
 /// What a channel's stage does with the requests it checked.
-pub enum Stage<G: Gateway> {
+pub(crate) enum Dispatch<G: Gateway> {
     /// In failover order: a transient failure of one provider, or its open
     /// circuit, moves the call on to the next. Never empty.
     Providers(Vec<Guarded<G>>),
@@ -152,42 +171,42 @@ pub enum Stage<G: Gateway> {
     Disabled,
 }
 
-impl<G: Gateway> Stage<G> {
+impl<G: Gateway> Dispatch<G> {
     /// Why no request for `channel` can be sent here, if none can.
-    fn refuses(&self, channel: Channel) -> Option<InvalidReason> {
-        matches!(self, Stage::Disabled).then_some(InvalidReason::ChannelDisabled(channel))
+    pub(super) fn refuses(&self, channel: Channel) -> Option<InvalidReason> {
+        matches!(self, Dispatch::Disabled).then_some(InvalidReason::ChannelDisabled(channel))
     }
 
     /// What a stage that calls nobody answers; `None` when a provider must
     /// be called.
-    pub fn answer_now(&self) -> Option<Delivered> {
+    pub(crate) fn answer_now(&self) -> Option<Delivered> {
         match self {
-            Stage::DryRun => Some(Delivered { provider: Provider::DryRun, message_id: None }),
-            Stage::Providers(_) | Stage::Disabled => None,
+            Dispatch::DryRun => Some(Delivered { provider: Provider::DryRun, message_id: None }),
+            Dispatch::Providers(_) | Dispatch::Disabled => None,
         }
     }
 
     /// Each provider's circuit, now.
-    pub fn circuits(&self) -> Vec<(Provider, breaker::CircuitState)> {
+    pub(crate) fn circuits(&self) -> Vec<(Provider, breaker::CircuitState)> {
         match self {
-            Stage::Providers(providers) => providers.iter().map(|g| (g.gateway().provider(), g.circuit())).collect(),
-            Stage::DryRun | Stage::Disabled => vec![],
+            Dispatch::Providers(providers) => providers.iter().map(|g| (g.gateway().provider(), g.circuit())).collect(),
+            Dispatch::DryRun | Dispatch::Disabled => vec![],
         }
     }
 
     /// The providers in failover order, for people.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
-            Stage::Providers(_) => self.providers().iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
-            Stage::DryRun => "dry run".into(),
-            Stage::Disabled => "off (no provider configured)".into(),
+            Dispatch::Providers(_) => self.providers().iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+            Dispatch::DryRun => "dry run".into(),
+            Dispatch::Disabled => "off (no provider configured)".into(),
         }
     }
 
-    pub fn providers(&self) -> Vec<Provider> {
+    pub(crate) fn providers(&self) -> Vec<Provider> {
         match self {
-            Stage::Providers(providers) => providers.iter().map(|g| g.gateway().provider()).collect(),
-            Stage::DryRun | Stage::Disabled => vec![],
+            Dispatch::Providers(providers) => providers.iter().map(|g| g.gateway().provider()).collect(),
+            Dispatch::DryRun | Dispatch::Disabled => vec![],
         }
     }
 
@@ -200,11 +219,11 @@ impl<G: Gateway> Stage<G> {
     /// says so, with the soonest time one closes: the attempt is not used.
     /// When some were, the last real failure is returned. `tried` gets each
     /// provider failed over from, before the one whose answer is returned.
-    pub async fn send(&self, message: &G::Message, call: Call<'_>, tried: &mut Vec<Tried>) -> Result<Delivered, DeliveryError> {
+    pub(crate) async fn send(&self, message: &G::Message, call: Call<'_>, tried: &mut Vec<Tried>) -> Result<Delivered, DeliveryError> {
         let providers = match self {
-            Stage::Providers(providers) => providers,
-            Stage::DryRun => return Ok(Delivered { provider: Provider::DryRun, message_id: None }),
-            Stage::Disabled => return Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(call.request.channel))),
+            Dispatch::Providers(providers) => providers,
+            Dispatch::DryRun => return Ok(Delivered { provider: Provider::DryRun, message_id: None }),
+            Dispatch::Disabled => return Err(DeliveryError::Invalid(InvalidReason::ChannelDisabled(call.request.channel))),
         };
         let (mut failed, mut refused) = (None, None::<DeliveryError>);
         for (i, provider) in providers.iter().enumerate() {

@@ -21,7 +21,7 @@ use crate::pipeline::{Pipeline, Resolved};
 use crate::record::Consumed;
 
 /// A record whose outcome is known, to publish.
-pub struct Settled {
+pub(super) struct Settled {
     pub record: Consumed,
     pub resolved: Resolved,
     pub ticket: Ticket,
@@ -35,7 +35,7 @@ pub struct Settled {
 /// tickets come back. Both ways go in batches: a hand-over wakes the other
 /// thread, and at hundreds of thousands of records a second, waking it
 /// for each one would cost more than the work it hands over.
-pub fn spawn(pipeline: Arc<Pipeline>) -> (mpsc::UnboundedSender<Vec<Settled>>, mpsc::UnboundedReceiver<Vec<Finished>>, tokio::task::JoinHandle<()>) {
+pub(super) fn spawn(pipeline: Arc<Pipeline>) -> (mpsc::UnboundedSender<Vec<Settled>>, mpsc::UnboundedReceiver<Vec<Finished>>, tokio::task::JoinHandle<()>) {
     let (settled, records) = mpsc::unbounded_channel();
     let (finished, tickets) = mpsc::unbounded_channel();
     (settled, tickets, tokio::spawn(run(pipeline, records, finished)))

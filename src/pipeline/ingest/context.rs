@@ -13,11 +13,12 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Assignment {
+pub(crate) enum Assignment {
     Assigned(Vec<(String, i32)>),
     Revoked(Vec<(String, i32)>),
 }
 
+/// The consumer's context: rebalances, statistics, and the handover of revoked partitions.
 pub struct IngestContext {
     changes: Mutex<Vec<Assignment>>,
     /// Whether `changes` has any, so the loop can look without locking.
@@ -35,6 +36,7 @@ pub struct IngestContext {
 }
 
 impl IngestContext {
+    /// The context of a consumer that reads `status_topic` paused and `delay_topics` with rests.
     pub fn new(status_topic: String, handover: Arc<Handover>, producer: FutureProducer, handover_wait: Duration, metrics: Arc<Metrics>, delay_topics: Vec<String>) -> Self {
         IngestContext {
             changes: Mutex::default(),
@@ -48,7 +50,7 @@ impl IngestContext {
         }
     }
 
-    pub fn take_changes(&self) -> Vec<Assignment> {
+    pub(crate) fn take_changes(&self) -> Vec<Assignment> {
         use std::sync::atomic::Ordering;
         if !self.changed.swap(false, Ordering::AcqRel) {
             return Vec::new();
@@ -146,24 +148,24 @@ impl Handover {
     }
 
     /// Which assignment of `partition` a record belongs to.
-    pub fn generation(&self, partition: i32) -> u64 {
+    pub(crate) fn generation(&self, partition: i32) -> u64 {
         self.state().revocations.get(&partition).copied().unwrap_or(0)
     }
 
     /// Before a provider call: `None` when the record's partition was
     /// revoked since it was read, so its next owner makes the call instead.
-    pub fn begin(self: &Arc<Self>, partition: i32, generation: u64) -> Option<Calling> {
+    pub(crate) fn begin(self: &Arc<Self>, partition: i32, generation: u64) -> Option<CallUnderWay> {
         let mut state = self.state();
         if state.revocations.get(&partition).copied().unwrap_or(0) != generation {
             return None;
         }
         state.calling += 1;
-        Some(Calling(self.clone()))
+        Some(CallUnderWay(self.clone()))
     }
 
     /// Marks `partitions` revoked and waits, at most `wait`, until no call
     /// is under way; says whether none is.
-    pub fn revoke(&self, partitions: &[i32], wait: Duration) -> bool {
+    pub(crate) fn revoke(&self, partitions: &[i32], wait: Duration) -> bool {
         let mut state = self.state();
         for p in partitions {
             *state.revocations.entry(*p).or_default() += 1;
@@ -176,9 +178,9 @@ impl Handover {
 
 /// A provider call under way; dropped once its outcome is with the
 /// producer.
-pub struct Calling(Arc<Handover>);
+pub(crate) struct CallUnderWay(Arc<Handover>);
 
-impl Drop for Calling {
+impl Drop for CallUnderWay {
     fn drop(&mut self) {
         let mut state = self.0.state();
         state.calling -= 1;

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::Producer;
 use tokio::time::Instant;
 
 use super::Loop;
@@ -43,13 +42,13 @@ impl Loop {
                 unfinished = self.tasks.len() + self.at_acker
             );
             // First, so that no call starts in a slot an aborted call frees.
-            self.pipeline.router().stop_calls();
+            self.pipeline.stop_calls();
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
         self.acker.abort();
         self.store_offsets();
-        if let Err(error) = self.pipeline.publisher().producer().flush(flushed_by.saturating_duration_since(Instant::now())) {
+        if let Err(error) = self.pipeline.flush(flushed_by.saturating_duration_since(Instant::now())) {
             tracing::warn!(message = "Producer flush failed.", %error);
         }
         // Synchronous commits and the consumer's close wait on the broker;

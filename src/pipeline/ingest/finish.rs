@@ -62,7 +62,7 @@ impl Loop {
     pub(super) fn progress(&mut self) {
         self.store_offsets();
         for lane in Channel::ALL.map(Some).into_iter().chain([None]) {
-            if self.pauses.waiting_for(lane) && self.pipeline.router().has_room(lane) {
+            if self.pauses.waiting_for(lane) && self.pipeline.lane_has_room(lane) {
                 self.pauses.resume_room(&self.consumer, self.pipeline.topics(), lane);
             }
         }

@@ -24,13 +24,13 @@ use crate::record::Consumed;
 use crate::topics::Source;
 
 /// A held record, with where it came from.
-pub struct Held {
+pub(super) struct Held {
     pub record: Consumed,
     pub source: Source,
     pub ticket: Ticket,
 }
 
-pub struct Hold {
+pub(super) struct Hold {
     /// When each is due, with its number: the earliest on top.
     due: BinaryHeap<Reverse<(Instant, u64)>>,
     held: HashMap<u64, Held>,
@@ -39,27 +39,27 @@ pub struct Hold {
 }
 
 impl Hold {
-    pub fn new(max: usize) -> Self {
+    pub(super) fn new(max: usize) -> Self {
         Hold { due: BinaryHeap::new(), held: HashMap::default(), next: 0, max }
     }
 
-    pub fn has_room(&self) -> bool {
+    pub(super) fn has_room(&self) -> bool {
         self.held.len() < self.max
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.held.len()
     }
 
     /// Holds `held` until `at`.
-    pub fn add(&mut self, at: Instant, held: Held) {
+    pub(super) fn add(&mut self, at: Instant, held: Held) {
         self.next += 1;
         self.due.push(Reverse((at, self.next)));
         self.held.insert(self.next, held);
     }
 
     /// When the next held record is due.
-    pub fn next_due(&mut self) -> Option<Instant> {
+    pub(super) fn next_due(&mut self) -> Option<Instant> {
         // Let go ones were dropped from `held` only: skip them here.
         while let Some(Reverse((at, number))) = self.due.peek() {
             if self.held.contains_key(number) {
@@ -71,7 +71,7 @@ impl Hold {
     }
 
     /// The held records due by `now`, earliest first.
-    pub fn take_due(&mut self, now: Instant) -> Vec<Held> {
+    pub(super) fn take_due(&mut self, now: Instant) -> Vec<Held> {
         let mut out = Vec::new();
         while let Some(Reverse((at, number))) = self.due.peek().copied() {
             if at > now {
@@ -84,7 +84,7 @@ impl Hold {
     }
 
     /// Lets go of the records of a revoked partition.
-    pub fn forget(&mut self, source: Source, partition: i32) {
+    pub(super) fn forget(&mut self, source: Source, partition: i32) {
         self.held.retain(|_, h| !(h.source == source && h.record.partition == partition));
     }
 }

@@ -15,7 +15,6 @@ mod hold;
 mod offsets;
 mod pauses;
 mod rebalance;
-mod restore;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,7 +31,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-pub use context::{Assignment, Handover, IngestContext};
+pub(crate) use context::Assignment;
+pub use context::Handover;
+pub use context::IngestContext;
 use hold::{Held, Hold};
 use offsets::{Offsets, Ticket};
 use pauses::{Pauses, Rests, Until};
@@ -44,7 +45,7 @@ use crate::pipeline::ratelimit::Pending;
 use crate::record::Consumed;
 use crate::topics::{Due, Source};
 
-pub type HeraldConsumer = StreamConsumer<IngestContext>;
+pub(crate) type HeraldConsumer = StreamConsumer<IngestContext>;
 
 /// How long a record waits for room in a full lane before its partition
 /// is paused instead. Room usually comes within a provider call; a lane
@@ -56,6 +57,7 @@ const LANE_WAIT: Duration = Duration::from_secs(1);
 /// and finished records are seen within a millisecond or so.
 const BURST: usize = 256;
 
+/// Why the consume loop stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("cannot judge records: {0}")]
@@ -111,7 +113,7 @@ struct Loop {
 }
 
 /// What the loop needs besides the consumer and the pipeline.
-pub struct Settings {
+pub(crate) struct Settings {
     /// How long in-flight work may take once shutdown is asked for.
     pub deadline: Duration,
     pub handover: Arc<Handover>,
@@ -122,7 +124,7 @@ pub struct Settings {
 
 /// Consumes until `shutdown` completes (or a produce error that no retry
 /// can fix), then drains within `deadline`.
-pub async fn consume(
+pub(crate) async fn consume(
     consumer: HeraldConsumer,
     pipeline: Arc<Pipeline>,
     settings: Settings,
@@ -280,11 +282,12 @@ impl Loop {
             self.pause(consumer, (source, partition), offset, Until::Ledger(partition));
             return Ok(());
         }
-        let parked = (source != Source::Requested).then(|| self.pipeline.publisher().seal());
+        let parked = (source != Source::Requested).then(|| self.pipeline.seal());
         let record = Consumed::read(message, parked);
         self.consumed[self.pipeline.topics().index(source)].inc();
-        let now = self.pipeline.clock().now();
-        if let Due::Wait { release } = self.pipeline.topics().due(source, record.envelope.not_before, record.appended, now) {
+        let now = self.pipeline.now();
+        let due = self.pipeline.topics().due(source, record.envelope.not_before, record.appended, now);
+        if let Due::Wait { release } = due {
             let wait = (release - now).to_std().unwrap_or_default();
             // A tier's records may be due up to the hold window apart, and
             // are held that far ahead. A rung's come due in the order they
@@ -306,7 +309,7 @@ impl Loop {
             }
             return Ok(());
         }
-        let (admitted, count) = self.pipeline.admit(&record, source, now).await?;
+        let (admitted, count) = self.pipeline.admit(&record, due, now).await?;
         if let crate::pipeline::Admitted::Soon(soon) = &admitted {
             if self.hold.has_room() {
                 let at = Instant::now() + (soon.until - now).to_std().unwrap_or_default();
@@ -353,15 +356,18 @@ impl Loop {
     async fn release_held(&mut self) -> Result<(), IngestError> {
         const AGAIN: Duration = Duration::from_millis(20);
         for Held { record, source, ticket } in self.hold.take_due(Instant::now()) {
-            let now = self.pipeline.clock().now();
-            let (admitted, count) = self.pipeline.admit(&record, source, now).await?;
+            let now = self.pipeline.now();
+            // Held until its time: due now, or at most a timer's slack
+            // ahead, which `admit` lets through as due.
+            let due = self.pipeline.topics().due(source, record.envelope.not_before, record.appended, now);
+            let (admitted, count) = self.pipeline.admit(&record, due, now).await?;
             if let crate::pipeline::Admitted::Soon(soon) = &admitted {
                 // Its time is not quite here, by the wall clock.
                 let at = Instant::now() + (soon.until - now).to_std().unwrap_or_default();
                 self.hold.add(at, Held { record, source, ticket });
                 continue;
             }
-            match self.pipeline.router().try_admit(admitted.channel()) {
+            match self.pipeline.lane_room_now(admitted.channel()) {
                 Some(permit) => self.go(record, admitted, count, ticket, permit, now),
                 None => self.hold.add(Instant::now() + AGAIN, Held { record, source, ticket }),
             }
@@ -387,7 +393,7 @@ impl Loop {
             }
         };
         let (handover, generation) = (self.handover.clone(), self.handover.generation(record.partition));
-        let slot = pipeline.router().queue_for_slot(to_deliver.channel());
+        let slot = pipeline.queue_for_slot(to_deliver.channel());
         // Boxed: a provider call's future is kilobytes, and the runtime
         // would otherwise copy it several times.
         self.tasks.spawn(Box::pin(async move {
@@ -415,13 +421,13 @@ impl Loop {
         if self.pauses.waiting_for(lane) {
             return None;
         }
-        if let Some(permit) = self.pipeline.router().try_admit(lane) {
+        if let Some(permit) = self.pipeline.lane_room_now(lane) {
             return Some(permit);
         }
         // The records waiting to be handed over hold permits too.
         self.hand_over();
         let pipeline = self.pipeline.clone();
-        let admit = pipeline.router().admit(lane);
+        let admit = pipeline.lane_room(lane);
         let give_up = tokio::time::sleep(LANE_WAIT);
         tokio::pin!(admit, give_up);
         loop {

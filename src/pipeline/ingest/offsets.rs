@@ -15,7 +15,7 @@ use crate::topics::Source;
 
 /// Proof that a record was registered; handed back when it finishes.
 #[derive(Debug)]
-pub struct Ticket {
+pub(super) struct Ticket {
     source: Source,
     partition: i32,
     offset: i64,
@@ -26,7 +26,7 @@ pub struct Ticket {
 }
 
 #[derive(Default)]
-pub struct Offsets {
+pub(super) struct Offsets {
     partitions: HashMap<(Source, i32), Partition>,
     generations: u64,
 }
@@ -48,13 +48,13 @@ struct Pending {
 }
 
 impl Ticket {
-    pub fn partition(&self) -> i32 {
+    pub(super) fn partition(&self) -> i32 {
         self.partition
     }
 }
 
 impl Offsets {
-    pub fn register(&mut self, source: Source, partition: i32, offset: i64, mark: i64) -> Ticket {
+    pub(super) fn register(&mut self, source: Source, partition: i32, offset: i64, mark: i64) -> Ticket {
         let generations = &mut self.generations;
         let p = self.partitions.entry((source, partition)).or_insert_with(|| {
             *generations += 1;
@@ -76,7 +76,7 @@ impl Offsets {
         Ticket { source, partition, offset, generation: p.generation }
     }
 
-    pub fn finish(&mut self, ticket: Ticket) {
+    pub(super) fn finish(&mut self, ticket: Ticket) {
         let Some(p) = self.partitions.get_mut(&(ticket.source, ticket.partition)) else { return };
         if p.generation != ticket.generation {
             return;
@@ -93,7 +93,7 @@ impl Offsets {
 
     /// Offsets that moved since the last call, as Kafka expects them: the
     /// next offset to consume.
-    pub fn take_storable(&mut self) -> Vec<(Source, i32, i64)> {
+    pub(super) fn take_storable(&mut self) -> Vec<(Source, i32, i64)> {
         self.partitions
             .iter_mut()
             .filter_map(|(&(source, partition), p)| p.to_store.take().map(|next| (source, partition, next)))
@@ -102,7 +102,7 @@ impl Offsets {
 
     /// The mark of the oldest unfinished record of partition number
     /// `partition`, in any input topic.
-    pub fn oldest_mark(&self, partition: i32) -> Option<i64> {
+    pub(super) fn oldest_mark(&self, partition: i32) -> Option<i64> {
         self.partitions
             .iter()
             .filter(|((_, p), _)| *p == partition)
@@ -112,11 +112,11 @@ impl Offsets {
 
     /// Forgets a revoked partition; its in-flight records finish without
     /// effect, and the new owner starts from the last committed offset.
-    pub fn revoke(&mut self, source: Source, partition: i32) {
+    pub(super) fn revoke(&mut self, source: Source, partition: i32) {
         self.partitions.remove(&(source, partition));
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(super) fn in_flight(&self) -> usize {
         self.partitions.values().map(|p| p.pending.len()).sum()
     }
 }

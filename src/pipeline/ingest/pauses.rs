@@ -29,7 +29,7 @@ use crate::topics::{Source, Topics};
 
 /// What a paused partition waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Until {
+pub(super) enum Until {
     Due(Instant),
     /// Room in a channel's lane (`None`: among records that settle without
     /// a provider).
@@ -44,7 +44,7 @@ pub enum Until {
 }
 
 #[derive(Default)]
-pub struct Pauses {
+pub(super) struct Pauses {
     /// Paused partitions, each with the id of its pause and what it waits for.
     paused: HashMap<(Source, i32), (u64, Until)>,
     /// When each timed pause ends; stale entries (the partition was revoked
@@ -57,13 +57,13 @@ pub struct Pauses {
 }
 
 impl Pauses {
-    pub fn is_paused(&self, source: Source, partition: i32) -> bool {
+    pub(super) fn is_paused(&self, source: Source, partition: i32) -> bool {
         self.paused.contains_key(&(source, partition))
     }
 
     /// Pauses the partition and rewinds it to `offset`, the record that
     /// cannot go ahead yet.
-    pub fn pause(
+    pub(super) fn pause(
         &mut self,
         consumer: &HeraldConsumer,
         topics: &Topics,
@@ -86,7 +86,7 @@ impl Pauses {
     /// handed over (or, if none, where the assignment started), so nothing
     /// fetched meanwhile is lost. A record handed over before the pause took
     /// effect is read as usual: see [`Pauses::wake`].
-    pub fn rest(&mut self, consumer: &HeraldConsumer, topics: &Topics, (source, partition): (Source, i32), until: Instant) -> KafkaResult<()> {
+    pub(super) fn rest(&mut self, consumer: &HeraldConsumer, topics: &Topics, (source, partition): (Source, i32), until: Instant) -> KafkaResult<()> {
         let mut list = TopicPartitionList::new();
         list.add_partition(topics.name(source), partition);
         consumer.pause(&list)?;
@@ -96,7 +96,7 @@ impl Pauses {
 
     /// Ends the rest of a partition that turned out to have a record; false
     /// if it is not resting (paused for another reason, or not at all).
-    pub fn wake(&mut self, consumer: &HeraldConsumer, topics: &Topics, source: Source, partition: i32) -> bool {
+    pub(super) fn wake(&mut self, consumer: &HeraldConsumer, topics: &Topics, source: Source, partition: i32) -> bool {
         let resting = matches!(self.paused.get(&(source, partition)), Some((_, Until::Rest(_))));
         if resting {
             self.resume(consumer, topics, source, partition);
@@ -113,11 +113,11 @@ impl Pauses {
         }
     }
 
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(super) fn next_due(&self) -> Option<Instant> {
         self.due.peek().map(|Reverse((at, ..))| *at)
     }
 
-    pub fn resume_due(&mut self, consumer: &HeraldConsumer, topics: &Topics, now: Instant) {
+    pub(super) fn resume_due(&mut self, consumer: &HeraldConsumer, topics: &Topics, now: Instant) {
         while let Some(Reverse((at, ..))) = self.due.peek() {
             if *at > now {
                 break;
@@ -130,7 +130,7 @@ impl Pauses {
     }
 
     /// Whether any partition waits for room in `lane`.
-    pub fn waiting_for(&self, lane: Option<Channel>) -> bool {
+    pub(super) fn waiting_for(&self, lane: Option<Channel>) -> bool {
         self.for_room > 0 && self.paused.values().any(|(_, until)| *until == Until::Room(lane))
     }
 
@@ -141,19 +141,19 @@ impl Pauses {
     }
 
     /// Resumes every partition that waits for room in `lane`.
-    pub fn resume_room(&mut self, consumer: &HeraldConsumer, topics: &Topics, lane: Option<Channel>) {
+    pub(super) fn resume_room(&mut self, consumer: &HeraldConsumer, topics: &Topics, lane: Option<Channel>) {
         self.resume_waiting(consumer, topics, Until::Room(lane));
     }
 
     /// Resumes the partitions that wait for room in the hold.
-    pub fn resume_hold(&mut self, consumer: &HeraldConsumer, topics: &Topics) {
+    pub(super) fn resume_hold(&mut self, consumer: &HeraldConsumer, topics: &Topics) {
         if self.paused.values().any(|(_, until)| *until == Until::Hold) {
             self.resume_waiting(consumer, topics, Until::Hold);
         }
     }
 
     /// Resumes the partitions of number `partition` that wait for its ledger.
-    pub fn resume_ledger(&mut self, consumer: &HeraldConsumer, topics: &Topics, partition: i32) {
+    pub(super) fn resume_ledger(&mut self, consumer: &HeraldConsumer, topics: &Topics, partition: i32) {
         self.resume_waiting(consumer, topics, Until::Ledger(partition));
     }
 
@@ -175,7 +175,7 @@ impl Pauses {
     }
 
     /// A revoked partition is no longer ours to resume.
-    pub fn forget(&mut self, source: Source, partition: i32) {
+    pub(super) fn forget(&mut self, source: Source, partition: i32) {
         let removed = self.paused.remove(&(source, partition));
         self.counted(removed.map(|(_, until)| until), None);
     }
@@ -190,7 +190,7 @@ impl Pauses {
 /// topic waits at least the topic's delay, so seeing it a twentieth of that
 /// later changes nothing that matters.
 #[derive(Default)]
-pub struct Rests {
+pub(super) struct Rests {
     /// Partitions that gave a record since the last sweep.
     heard: HashSet<(Source, i32)>,
     /// Partitions put to rest at some sweep and not heard from since: once
@@ -206,7 +206,7 @@ impl Rests {
     /// less the hold after it lands, and must be read before: half of that,
     /// and a quarter of a second at least, for the tier that takes the
     /// records due at once.
-    pub fn length(topics: &Topics, source: Source) -> Duration {
+    pub(super) fn length(topics: &Topics, source: Source) -> Duration {
         const MOST: Duration = Duration::from_secs(5);
         match (source, topics.delay(source)) {
             (Source::Wait(_), Some(delay)) => (delay.saturating_sub(topics.hold) / 2).clamp(Duration::from_millis(250), MOST),
@@ -214,13 +214,13 @@ impl Rests {
         }
     }
 
-    pub fn heard(&mut self, at: (Source, i32)) {
+    pub(super) fn heard(&mut self, at: (Source, i32)) {
         self.heard.insert(at);
     }
 
     /// Whether the unpaused partition `at` has been idle since the last
     /// sweep and may rest now. Called once per sweep for each one.
-    pub fn may_rest(&mut self, at: (Source, i32)) -> bool {
+    pub(super) fn may_rest(&mut self, at: (Source, i32)) -> bool {
         if self.heard.contains(&at) {
             self.rested.remove(&at);
             return false;
@@ -233,11 +233,11 @@ impl Rests {
     }
 
     /// Called at the end of every sweep.
-    pub fn swept(&mut self) {
+    pub(super) fn swept(&mut self) {
         self.heard.clear();
     }
 
-    pub fn forget(&mut self, at: (Source, i32)) {
+    pub(super) fn forget(&mut self, at: (Source, i32)) {
         self.heard.remove(&at);
         self.rested.remove(&at);
     }

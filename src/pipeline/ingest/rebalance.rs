@@ -6,7 +6,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 use tokio::time::Instant;
 
-use super::{restore, Assignment, Loop, Rests};
+use super::{Assignment, Loop, Rests};
 use crate::topics::Source;
 
 impl Loop {
@@ -22,7 +22,7 @@ impl Loop {
                 Assignment::Revoked(partitions) => {
                     for (topic, partition) in partitions {
                         if topic == topics.status {
-                            self.pipeline.ledger().forget(partition);
+                            self.pipeline.forget_ledger(partition);
                             self.restoring.remove(&partition);
                             self.status_end.remove(&partition);
                             self.marks.remove(&partition);
@@ -32,7 +32,7 @@ impl Loop {
                         self.pauses.forget(source, partition);
                         self.hold.forget(source, partition);
                         self.rests.forget((source, partition));
-                        self.pipeline.forget_counts(partition);
+                        self.pipeline.forget_partition(partition);
                     }
                 }
                 Assignment::Assigned(partitions) => {
@@ -81,11 +81,9 @@ impl Loop {
         for p in &partitions {
             self.restoring.insert(*p, self.next_restore);
         }
-        let (consumer, reader, topic, ledger) =
-            (self.consumer.clone(), self.ledger_reader.clone(), self.pipeline.topics().status.clone(), self.pipeline.ledger().clone());
         let number = self.next_restore;
-        let seal = self.pipeline.publisher().seal().clone();
-        self.restores.spawn(async move { (number, restore::restore(consumer, reader, topic, partitions, ledger, seal).await) });
+        let restore = self.pipeline.restore_ledger(self.consumer.clone(), self.ledger_reader.clone(), partitions);
+        self.restores.spawn(async move { (number, restore.await) });
     }
 
     /// The ledger of these partitions is read: their records go ahead.

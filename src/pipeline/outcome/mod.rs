@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use publish::{ProduceError, Publisher, HEADER_ROOM};
-pub use status::status_event;
+pub use publish::ProduceError;
+pub(crate) use publish::Publisher;
+pub use publish::HEADER_ROOM;
+pub(crate) use status::status_event;
 
 use crate::codec::decode::Undecodable;
 use crate::pipeline::deliver::{Delivered, DeliveryError};
-use crate::model::{ErrorClass, ErrorCode, InvalidReason, Status};
+use crate::model::{Attempts, ErrorClass, ErrorCode, InvalidReason, Status};
 use crate::record::{Envelope, ErrorHeaders};
 use crate::pipeline::suppression::{Entry, Reason};
 use crate::topics::Topics;
@@ -68,7 +70,7 @@ pub enum Deferral {
 
 /// Where a record goes besides its status event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Destination {
+pub(crate) enum Destination {
     /// A rung of the retry ladder.
     Retry(usize),
     /// A tier of the timing wheel.
@@ -78,14 +80,14 @@ pub enum Destination {
 
 /// A provider's `Retry-After` is honoured up to this; beyond it the retry
 /// schedule decides.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The one place that turns a delivery result into retry, dead letter or
-/// drop. `attempt` is the attempt that produced `result` (from 1);
+/// drop. `attempts` were made before the attempt that produced `result`;
 /// `jitter` spreads out records that wait for a circuit to close.
 pub fn decide(
     result: Result<Delivered, DeliveryError>,
-    attempt: u32,
+    attempts: Attempts,
     topics: &Topics,
     now: DateTime<Utc>,
     jitter: Duration,
@@ -99,7 +101,7 @@ pub fn decide(
         let wait = *retry_after + jitter;
         return Outcome::Postponed { hold: topics.wait_for(wait), not_before: now + wait, error };
     }
-    match (error.class(), topics.retry_after_attempt(attempt)) {
+    match (error.class(), topics.retry_after_attempt(attempts.next())) {
         (ErrorClass::Transient, Some(retry)) => {
             let wait = topics.retries[retry].delay.max(error.retry_after().unwrap_or_default().min(MAX_RETRY_AFTER));
             Outcome::RetryScheduled { retry, not_before: now + wait, error }
@@ -110,7 +112,7 @@ pub fn decide(
 }
 
 impl Outcome {
-    pub fn status(&self) -> Option<Status> {
+    pub(crate) fn status(&self) -> Option<Status> {
         Some(match self {
             Outcome::Sent(_) => Status::Sent,
             Outcome::Failed(_) => Status::Failed,
@@ -126,7 +128,7 @@ impl Outcome {
         })
     }
 
-    pub fn destination(&self) -> Option<Destination> {
+    pub(crate) fn destination(&self) -> Option<Destination> {
         match self {
             Outcome::RetryScheduled { retry, .. } => Some(Destination::Retry(*retry)),
             Outcome::Postponed { hold, .. }
@@ -144,7 +146,7 @@ impl Outcome {
         }
     }
 
-    pub fn not_before(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn not_before(&self) -> Option<DateTime<Utc>> {
         match self {
             Outcome::RetryScheduled { not_before, .. }
             | Outcome::Postponed { not_before, .. }
@@ -157,7 +159,7 @@ impl Outcome {
 
     /// When the next attempt may come: a parked record's time, or when a
     /// rate-limited user's window frees up.
-    pub fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
         match self {
             Outcome::RateLimited { until } => Some(*until),
             _ => self.not_before(),
@@ -166,40 +168,30 @@ impl Outcome {
 
     /// Whether a provider was called to reach this outcome, which uses up
     /// one delivery attempt.
-    pub fn called_provider(&self) -> bool {
+    pub(crate) fn called_provider(&self) -> bool {
         matches!(self, Outcome::Sent(_) | Outcome::Failed(_) | Outcome::RetryScheduled { .. } | Outcome::DeadLettered(_))
     }
 
     /// The suppression this outcome records: the provider said the
     /// recipient cannot be reached again.
-    pub fn suppresses(&self) -> Option<Entry> {
+    pub(crate) fn suppresses(&self) -> Option<Entry> {
         match self {
             Outcome::Failed(e @ DeliveryError::RecipientGone { reason, .. }) => Some(Entry { reason: *reason, cause: e.code().to_string() }),
             _ => None,
         }
     }
 
-    /// The delivery attempts reported once this outcome is reached, where
-    /// `attempt` is the attempt that reached it: an outcome that called no
-    /// provider used none.
-    pub fn attempts_after(&self, attempt: u32) -> u32 {
-        match self.called_provider() {
-            true => attempt,
-            false => attempt.saturating_sub(1),
-        }
-    }
-
     /// Where the record goes next, and the envelope its copy carries there.
     /// `error` is this outcome's [`Outcome::error`]; a parked record with
     /// none keeps the error that parked it (`parked`'s).
-    pub fn reroute(&self, attempts: u32, error: Option<ErrorHeaders>, parked: &Envelope) -> Option<(Destination, Envelope)> {
+    pub(crate) fn reroute(&self, attempts: Attempts, error: Option<ErrorHeaders>, parked: &Envelope) -> Option<(Destination, Envelope)> {
         let destination = self.destination()?;
         let error = error.or_else(|| parked.error.clone());
         Some((destination, Envelope { attempts, not_before: self.not_before(), origin: None, error }))
     }
 
     /// The error behind this outcome, free of personal data.
-    pub fn error(&self) -> Option<ErrorHeaders> {
+    pub(crate) fn error(&self) -> Option<ErrorHeaders> {
         let (class, code, message) = match self {
             Outcome::Failed(e)
             | Outcome::RetryScheduled { error: e, .. }
@@ -316,7 +308,7 @@ mod tests {
             (Err(circuit_open(30)), 4, Outcome::Postponed { hold: 0, not_before: secs(32), error: circuit_open(30) }),
         ];
         for (result, attempt, expected) in rows {
-            let outcome = decide(result.clone(), attempt, &t, now(), Duration::from_secs(2));
+            let outcome = decide(result.clone(), Attempts::made(attempt - 1).unwrap(), &t, now(), Duration::from_secs(2));
             assert_eq!(outcome, expected, "{result:?} on attempt {attempt}");
         }
     }

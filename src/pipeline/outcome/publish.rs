@@ -28,7 +28,7 @@ use crate::backoff::Backoff;
 use crate::clock::Clock;
 use crate::codec;
 use crate::metrics::Metrics;
-use crate::model::{ErrorClass, ErrorCode, Ids, Status, StatusEvent};
+use crate::model::{Attempts, ErrorClass, ErrorCode, Ids, Status, StatusEvent};
 use crate::pipeline::suppression::Change;
 use crate::record::{Consumed, Envelope, ErrorHeaders, Origin, Propagated, Seal, MAX_PROPAGATED_BYTES};
 use crate::topics::Topics;
@@ -63,7 +63,7 @@ enum Failure {
     Fatal(ProduceError),
 }
 
-pub struct Publisher {
+pub(crate) struct Publisher {
     producer: FutureProducer,
     metrics: Arc<Metrics>,
     topics: Arc<Topics>,
@@ -79,7 +79,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(
+    pub(crate) fn new(
         producer: FutureProducer,
         topics: Arc<Topics>,
         status_schema_id: u32,
@@ -91,25 +91,25 @@ impl Publisher {
         Publisher { producer, metrics, topics, status_schema_id, max_message_bytes, propagated, seal, clock: Clock::system() }
     }
 
-    pub fn seal(&self) -> &Seal {
+    pub(crate) fn seal(&self) -> &Seal {
         &self.seal
     }
 
-    pub fn with_clock(self, clock: Clock) -> Self {
+    pub(crate) fn with_clock(self, clock: Clock) -> Self {
         Publisher { clock, ..self }
     }
 
-    pub fn producer(&self) -> &FutureProducer {
+    pub(crate) fn producer(&self) -> &FutureProducer {
         &self.producer
     }
 
     /// The largest record (key, value and headers) herald copies whole.
-    pub fn max_record_bytes(&self) -> usize {
+    pub(crate) fn max_record_bytes(&self) -> usize {
         self.max_message_bytes.saturating_sub(HEADER_ROOM)
     }
 
     /// Whether `record` can be copied whole with herald's headers added.
-    pub fn fits(&self, record: &Consumed) -> bool {
+    pub(crate) fn fits(&self, record: &Consumed) -> bool {
         record.size() <= self.max_record_bytes()
     }
 
@@ -119,12 +119,12 @@ impl Publisher {
     /// outcomes in the order the loop settled them. `attempts` is the
     /// number of delivery attempts made once the outcome was reached. The
     /// future yields the offset of the status event, if there was one.
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         record: &Consumed,
         ids: Option<Ids>,
         outcome: &Outcome,
-        attempts: u32,
+        attempts: Attempts,
         now: DateTime<Utc>,
         suppress: Option<&Change>,
     ) -> impl Future<Output = Result<Option<i64>, ProduceError>> + Send + 'static {
@@ -183,14 +183,14 @@ impl Publisher {
     /// Publishes one status event that comes from outside the pipeline (a
     /// delivery receipt), to `partition`, the one the request was read
     /// from, when known; the future completes once it is acknowledged.
-    pub fn publish_status(&self, event: StatusEvent, partition: Option<i32>) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
+    pub(crate) fn publish_status(&self, event: StatusEvent, partition: Option<i32>) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
         let ack = self.durable(self.status_record(event, partition, None));
         async move { settle(ack.await).map(drop) }
     }
 
     /// Records a change to the suppression list; the future completes once
     /// it is acknowledged.
-    pub fn publish_change(&self, change: &Change) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
+    pub(crate) fn publish_change(&self, change: &Change) -> impl Future<Output = Result<(), ProduceError>> + Send + 'static {
         let ack = self.durable(self.change_record(change));
         async move { settle(ack.await).map(drop) }
     }

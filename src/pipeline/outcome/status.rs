@@ -3,14 +3,14 @@
 use chrono::{DateTime, Utc};
 
 use super::Outcome;
-use crate::model::{Ids, Origin, StatusEvent};
+use crate::model::{Attempts, Ids, Origin, StatusEvent};
 use crate::record::ErrorHeaders;
 
 /// The status event for `outcome`, if it has one. `error` is the outcome's
 /// [`Outcome::error`]; `attempts` is the number of delivery attempts made
-/// once the outcome was reached ([`Outcome::attempts_after`]); `origin` is
+/// once the outcome was reached; `origin` is
 /// where the request entered herald.
-pub fn status_event(ids: Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, attempts: u32, now: DateTime<Utc>, origin: Origin) -> Option<StatusEvent> {
+pub(crate) fn status_event(ids: Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, attempts: Attempts, now: DateTime<Utc>, origin: Origin) -> Option<StatusEvent> {
     let status = outcome.status()?;
     let (provider, provider_message_id) = match outcome {
         Outcome::Sent(d) => (Some(d.provider), d.message_id.clone()),
@@ -24,7 +24,7 @@ pub fn status_event(ids: Ids, outcome: &Outcome, error: Option<&ErrorHeaders>, a
         user_id: ids.user_id,
         channel: ids.channel,
         status,
-        attempt: attempts,
+        attempt: attempts.count(),
         provider,
         provider_message_id,
         error_class: error.map(|e| e.class),

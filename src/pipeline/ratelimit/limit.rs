@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-pub use crate::model::{RateLimit, Window};
+pub use crate::model::RateLimit;
 use crate::model::Channel;
 
 /// What happens to an event its user's window has no room for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OverLimit {
+pub(crate) enum OverLimit {
     /// Not sent; status RATE_LIMITED.
     Reject,
     /// Held in the delay topics and checked again when the window has room; status DEFERRED.
@@ -17,13 +17,13 @@ pub enum OverLimit {
 
 /// Each channel's limit, and what happens over it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub sms: ChannelLimit,
     pub push: ChannelLimit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelLimit {
+pub(crate) struct ChannelLimit {
     pub limit: RateLimit,
     pub over: OverLimit,
 }
@@ -35,7 +35,7 @@ impl Default for ChannelLimit {
 }
 
 impl Settings {
-    pub fn of(&self, channel: Channel) -> &ChannelLimit {
+    pub(crate) fn of(&self, channel: Channel) -> &ChannelLimit {
         match channel {
             Channel::Sms => &self.sms,
             Channel::Push => &self.push,
@@ -43,7 +43,7 @@ impl Settings {
     }
 
     /// The longest window of any channel: how long counts must be kept.
-    pub fn longest(&self) -> Option<Duration> {
+    pub(crate) fn longest(&self) -> Option<Duration> {
         Channel::ALL.iter().filter_map(|c| self.of(*c).limit.longest()).max()
     }
 }
@@ -54,23 +54,23 @@ impl Settings {
 pub struct RateLimitArgs {
     /// SMS rate limit per user: COUNT/WINDOW (10/1h), several comma-separated (10/1h,50/1d), or off.
     #[arg(long, env = "HERALD_SMS_RATE_LIMIT", default_value = "10/1h")]
-    pub sms_rate_limit: RateLimit,
+    pub(crate) sms_rate_limit: RateLimit,
 
     /// Push rate limit per user: COUNT/WINDOW[,COUNT/WINDOW] or off.
     #[arg(long, env = "HERALD_PUSH_RATE_LIMIT", default_value = "off")]
-    pub push_rate_limit: RateLimit,
+    pub(crate) push_rate_limit: RateLimit,
 
     /// What happens to an SMS over its limit: reject (status RATE_LIMITED) or defer (DEFERRED, sent when the window allows).
     #[arg(long, env = "HERALD_SMS_OVER_LIMIT", value_enum, default_value_t = OverLimit::Reject)]
-    pub sms_over_limit: OverLimit,
+    pub(crate) sms_over_limit: OverLimit,
 
     /// What happens to a push over its limit: reject or defer.
     #[arg(long, env = "HERALD_PUSH_OVER_LIMIT", value_enum, default_value_t = OverLimit::Reject)]
-    pub push_over_limit: OverLimit,
+    pub(crate) push_over_limit: OverLimit,
 }
 
 impl RateLimitArgs {
-    pub fn settings(&self) -> Settings {
+    pub(crate) fn settings(&self) -> Settings {
         Settings {
             sms: ChannelLimit { limit: self.sms_rate_limit.clone(), over: self.sms_over_limit },
             push: ChannelLimit { limit: self.push_rate_limit.clone(), over: self.push_over_limit },

@@ -5,7 +5,7 @@
 //! request's first delivery attempt is checked (see `pipeline`), so retries
 //! are never counted either.
 //!
-//! Windows are decided in memory ([`windows`]). With ScyllaDB ([`scylla`]),
+//! Windows are decided in memory (`windows`). With ScyllaDB ([`scylla`]),
 //! every count is also written there, and a user's window is read from it
 //! the first time the user is seen after their Kafka partition is
 //! assigned. A user's records all come from one partition number (herald
@@ -21,12 +21,21 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use crate::cql::rate_limits::{Pending, StoreError, Table, TABLE};
-pub use self::limit::{ChannelLimit, OverLimit, RateLimit, RateLimitArgs, Settings, Window};
-pub use self::windows::{Checked, Counted, Windows};
+pub use crate::cql::rate_limits::Pending;
+pub use crate::cql::rate_limits::StoreError;
+pub use crate::cql::rate_limits::Table;
+pub use crate::cql::rate_limits::TABLE;
+pub(crate) use self::limit::OverLimit;
+pub use self::limit::RateLimit;
+pub use self::limit::RateLimitArgs;
+pub(crate) use self::limit::Settings;
+pub(crate) use self::windows::Checked;
+pub use self::windows::Counted;
+pub(crate) use self::windows::Windows;
 use crate::backoff::Backoff;
 use crate::model::Channel;
 
+/// What the limiter says of one send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,
@@ -52,6 +61,7 @@ pub struct Subject<'a> {
     pub partition: i32,
 }
 
+/// The per-user, per-channel rate limit, counted in its store.
 pub struct Limiter {
     windows: Mutex<Windows>,
     store: Store,
@@ -62,6 +72,7 @@ pub struct Limiter {
 const READ_ATTEMPTS: u32 = 5;
 
 impl Limiter {
+    /// A limiter of each channel's limit, counting in `store`.
     pub fn new(limit_for: impl Fn(Channel) -> RateLimit, store: Store) -> Self {
         Limiter { windows: Mutex::new(Windows::new(limit_for)), store }
     }
@@ -95,7 +106,7 @@ impl Limiter {
     }
 
     /// Whether the store answers now; always, in memory.
-    pub async fn reachable(&self, timeout: Duration) -> Option<Result<(), String>> {
+    pub(crate) async fn reachable(&self, timeout: Duration) -> Option<Result<(), String>> {
         match &self.store {
             Store::Memory => None,
             Store::ScyllaDb(table) => Some(table.ping(timeout).await),
@@ -104,7 +115,7 @@ impl Limiter {
 
     /// The partition moved away: its users may be counted elsewhere now,
     /// so their windows are read again if it comes back.
-    pub fn forget_partition(&self, partition: i32) {
+    pub(crate) fn forget_partition(&self, partition: i32) {
         if let Store::ScyllaDb(_) = self.store {
             self.windows().forget_partition(partition);
         }

@@ -25,7 +25,7 @@ struct Seen {
 
 /// What a check did to the windows.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Checked {
+pub(crate) enum Checked {
     /// The channel has no limit.
     Unlimited,
     /// A new event, now counted at this time.
@@ -37,7 +37,7 @@ pub enum Checked {
     Denied { until: DateTime<Utc> },
 }
 
-pub struct Windows {
+pub(crate) struct Windows {
     /// Per channel, each window as (max, length); empty when unlimited.
     limits: [Vec<(usize, Duration)>; Channel::ALL.len()],
     /// Per channel, the longest window: events older than it count nowhere.
@@ -61,10 +61,10 @@ struct User {
 /// checks as there are users if that is more (so a sweep costs each check
 /// O(1)); memory follows the number of active users rather than every user
 /// ever seen.
-pub const SWEEP_EVERY: usize = 10_000;
+pub(super) const SWEEP_EVERY: usize = 10_000;
 
 impl Windows {
-    pub fn new(limit_for: impl Fn(Channel) -> RateLimit) -> Self {
+    pub(crate) fn new(limit_for: impl Fn(Channel) -> RateLimit) -> Self {
         let limits = Channel::ALL.map(|channel| {
             let windows = limit_for(channel).windows;
             windows
@@ -76,13 +76,13 @@ impl Windows {
         Windows { limits, horizon, users: HashMap::default(), ids: Default::default(), checks_since_sweep: 0 }
     }
 
-    pub fn is_limited(&self, channel: Channel) -> bool {
+    pub(crate) fn is_limited(&self, channel: Channel) -> bool {
         self.horizon[channel.index()].is_some()
     }
 
     /// Installs a user's counted events as read from the store, in any
     /// order. Events outside every window are left out.
-    pub fn load(&mut self, user_id: &str, partition: i32, rows: Vec<(Channel, Counted)>, now: DateTime<Utc>) {
+    pub(crate) fn load(&mut self, user_id: &str, partition: i32, rows: Vec<(Channel, Counted)>, now: DateTime<Utc>) {
         let mut user = User { partition, counted: Default::default() };
         for (channel, counted) in rows {
             if self.horizon[channel.index()].is_some_and(|h| counted.at + h > now) {
@@ -97,7 +97,7 @@ impl Windows {
 
     /// Decides one event and counts it if it passes. A user not seen
     /// before starts with empty windows.
-    pub fn check(&mut self, user_id: &str, channel: Channel, event_id: &str, partition: i32, now: DateTime<Utc>) -> Checked {
+    pub(crate) fn check(&mut self, user_id: &str, channel: Channel, event_id: &str, partition: i32, now: DateTime<Utc>) -> Checked {
         let Some(horizon) = self.horizon[channel.index()] else {
             return Checked::Unlimited;
         };
@@ -136,7 +136,7 @@ impl Windows {
 
     /// Like [`Windows::check`], but `None` for a user not yet loaded on a
     /// limited channel: the caller reads their window first.
-    pub fn check_known(&mut self, user_id: &str, channel: Channel, event_id: &str, partition: i32, now: DateTime<Utc>) -> Option<Checked> {
+    pub(crate) fn check_known(&mut self, user_id: &str, channel: Channel, event_id: &str, partition: i32, now: DateTime<Utc>) -> Option<Checked> {
         if self.is_limited(channel) && !self.users.contains_key(user_id) {
             return None;
         }
@@ -144,7 +144,7 @@ impl Windows {
     }
 
     /// Forgets the users of a Kafka partition this instance no longer owns.
-    pub fn forget_partition(&mut self, partition: i32) {
+    pub(crate) fn forget_partition(&mut self, partition: i32) {
         self.users.retain(|_, user| user.partition != partition);
     }
 
@@ -159,7 +159,7 @@ impl Windows {
     }
 
     #[cfg(test)]
-    pub fn users(&self) -> usize {
+    pub(crate) fn users(&self) -> usize {
         self.users.len()
     }
 }
@@ -167,7 +167,7 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::ratelimit::Window;
+    use crate::model::Window;
     use chrono::TimeZone;
 
     fn limited(windows: &[(u32, u64)]) -> Windows {

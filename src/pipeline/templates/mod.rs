@@ -25,7 +25,7 @@ use crate::model::{Channel, InvalidReason, Request};
 
 /// A template's file, by what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Part {
+pub(crate) enum Part {
     Sms,
     PushTitle,
     PushBody,
@@ -52,7 +52,7 @@ pub struct LoadError {
 }
 
 /// A loaded set: every file parsed.
-pub struct Templates {
+pub(crate) struct Templates {
     env: Environment<'static>,
     /// `(template id, lowercased locale, part)` of every file.
     files: HashSet<(String, String, Part)>,
@@ -69,7 +69,7 @@ impl fmt::Debug for Templates {
 
 /// What a template made for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendered {
+pub(crate) struct Rendered {
     pub title: Option<String>,
     pub body: String,
     /// The locale whose files were used, as the files spell it.
@@ -108,7 +108,7 @@ fn environment() -> Environment<'static> {
 /// Whether `tag` looks like a BCP 47 tag (`en`, `pt-BR`, `zh-Hant-TW`;
 /// `_` is taken for `-`): alphanumeric subtags of 1 to 8, the first
 /// alphabetic, 35 characters at most.
-pub fn is_locale(tag: &str) -> bool {
+pub(crate) fn is_locale(tag: &str) -> bool {
     tag.len() <= MAX_LOCALE_LEN
         && tag.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && tag.split(['-', '_']).all(|s| (1..=8).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric()))
@@ -116,7 +116,7 @@ pub fn is_locale(tag: &str) -> bool {
 
 impl Templates {
     /// Reads and parses every file under `dir`.
-    pub fn load(dir: &Path, default_locale: &str) -> Result<Templates, LoadError> {
+    pub(crate) fn load(dir: &Path, default_locale: &str) -> Result<Templates, LoadError> {
         let error = |path: &Path, reason: String| LoadError { path: path.to_owned(), reason };
         // Files may be symlinks (a Kubernetes ConfigMap's are), but only to
         // regular files inside the directory: not a FIFO that never ends,
@@ -147,17 +147,13 @@ impl Templates {
         Ok(templates)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
     }
 
     /// The text of `request`, from its `template_id`, in the first locale
     /// of its fallback chain that has the channel's file.
-    pub fn render(&self, template_id: &str, request: &Request) -> Result<Rendered, InvalidReason> {
+    pub(crate) fn render(&self, template_id: &str, request: &Request) -> Result<Rendered, InvalidReason> {
         let parts: &[Part] = match request.channel {
             Channel::Sms => &[Part::Sms],
             Channel::Push => &[Part::PushTitle, Part::PushBody],
@@ -248,7 +244,7 @@ impl std::io::Write for Capped {
 
 /// `pt-BR` → `pt-br`, `pt`, then the default and its own parents; each
 /// once, lowercased.
-pub fn fallbacks(locale: &str, default: &str) -> Vec<String> {
+pub(crate) fn fallbacks(locale: &str, default: &str) -> Vec<String> {
     let mut chain: Vec<String> = Vec::new();
     for tag in [locale, default] {
         let tag = tag.replace('_', "-").to_ascii_lowercase();
@@ -306,24 +302,24 @@ fn describe(error: &minijinja::Error) -> String {
 /// The set in use, swapped whole on reload: a request is rendered by the
 /// old set or the new one, never a mix.
 #[derive(Debug, Clone)]
-pub struct TemplateSet {
+pub(crate) struct TemplateSet {
     dir: PathBuf,
     current: Arc<RwLock<Arc<Templates>>>,
 }
 
 impl TemplateSet {
-    pub fn load(dir: &Path, default_locale: &str) -> Result<TemplateSet, LoadError> {
+    pub(crate) fn load(dir: &Path, default_locale: &str) -> Result<TemplateSet, LoadError> {
         let templates = Templates::load(dir, default_locale)?;
         Ok(TemplateSet { dir: dir.to_owned(), current: Arc::new(RwLock::new(Arc::new(templates))) })
     }
 
-    pub fn current(&self) -> Arc<Templates> {
+    pub(crate) fn current(&self) -> Arc<Templates> {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Loads the directory again. A set that does not load is refused and
     /// the one in use stays.
-    pub fn reload(&self) -> Result<usize, LoadError> {
+    pub(crate) fn reload(&self) -> Result<usize, LoadError> {
         let default_locale = self.current().default_locale.clone();
         let templates = Templates::load(&self.dir, &default_locale)?;
         let files = templates.len();
@@ -332,7 +328,7 @@ impl TemplateSet {
     }
 
     /// Reloads on every SIGHUP, until dropped.
-    pub async fn reload_on_hangup(self) {
+    pub(crate) async fn reload_on_hangup(self) {
         let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
             tracing::warn!(message = "Cannot listen for SIGHUP; templates load only at startup.");
             return;
@@ -348,14 +344,14 @@ impl TemplateSet {
 
 /// The `{name}` syntax of `--sms-template`, as MiniJinja: `{name}` becomes
 /// `{{ name }}`, `\{` and `\}` are braces. Parsed once, at startup.
-pub struct BraceTemplate {
+pub(crate) struct BraceTemplate {
     env: Environment<'static>,
 }
 
 const BRACE_TEMPLATE: &str = "sms-template";
 
 impl BraceTemplate {
-    pub fn parse(template: &str) -> Result<BraceTemplate, String> {
+    pub(crate) fn parse(template: &str) -> Result<BraceTemplate, String> {
         let mut jinja = String::with_capacity(template.len() * 2);
         let mut chars = template.chars().peekable();
         while let Some(c) = chars.next() {
@@ -393,7 +389,7 @@ impl BraceTemplate {
     }
 
     /// Fills the template from `vars`, and `{message}` from `message`.
-    pub fn render(&self, vars: &std::collections::HashMap<String, String>, message: &str) -> Result<String, InvalidReason> {
+    pub(crate) fn render(&self, vars: &std::collections::HashMap<String, String>, message: &str) -> Result<String, InvalidReason> {
         let mut context: BTreeMap<&str, &str> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         context.insert("message", message);
         let template = self.env.get_template(BRACE_TEMPLATE).expect("added at parse");
@@ -418,18 +414,18 @@ impl fmt::Debug for BraceTemplate {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Templates")]
 pub struct TemplateArgs {
-    /// Directory of localized templates: <template_id>/<locale>.sms, .push.title, .push.body. Loaded at startup, and again on SIGHUP.
+    /// Directory of localized templates: TEMPLATE_ID/LOCALE.sms, .push.title and .push.body. Loaded at startup, and again on SIGHUP.
     #[arg(long, env = "HERALD_TEMPLATES_DIR")]
-    pub templates_dir: Option<std::path::PathBuf>,
+    pub(crate) templates_dir: Option<std::path::PathBuf>,
 
     /// The locale a template falls back to when neither the request's locale nor its parents have a file.
     #[arg(long, env = "HERALD_DEFAULT_LOCALE", default_value = "en")]
-    pub default_locale: String,
+    pub(crate) default_locale: String,
 }
 
 impl TemplateArgs {
     /// The directory, when templates are on, and the default locale.
-    pub fn settings(&self) -> Result<Option<(std::path::PathBuf, String)>, crate::flags::ConfigError> {
+    pub(crate) fn settings(&self) -> Result<Option<(std::path::PathBuf, String)>, crate::flags::ConfigError> {
         if !is_locale(&self.default_locale) {
             return Err(crate::flags::ConfigError::DefaultLocale(self.default_locale.clone()));
         }

@@ -11,8 +11,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use super::{Answer, Call, Delivered, DeliveryError, Gateway, Provider, Stage};
-use crate::model::{AndroidOverrides, ApnsOverrides, Channel, ErrorCode, InvalidReason, Request};
+use super::breaker::CircuitState;
+use super::{Answer, Call, Delivered, DeliveryError, Dispatch, Gateway, Provider};
+use crate::model::{AndroidOverrides, ApnsOverrides, Channel, ErrorCode, InvalidReason, Request, Tried};
 use crate::pipeline::suppression::Reason;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -21,7 +22,7 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
 /// The fields herald needs from a Google service-account key file.
 #[derive(Clone, Deserialize)]
-pub struct ServiceAccount {
+pub(crate) struct ServiceAccount {
     pub client_email: String,
     /// Named in the JWT's `kid`, so Google picks the key without trying each.
     pub private_key_id: Option<String>,
@@ -49,7 +50,7 @@ pub enum CredentialsError {
     NoProject,
 }
 
-pub struct Fcm {
+pub(crate) struct Fcm {
     http: reqwest::Client,
     /// `{base}/v1/projects/{project}/messages:send`, built once.
     send_url: Url,
@@ -104,19 +105,19 @@ struct ErrorDetail {
 }
 
 impl Fcm {
-    pub fn load_credentials(path: &Path) -> Result<ServiceAccount, CredentialsError> {
+    pub(crate) fn load_credentials(path: &Path) -> Result<ServiceAccount, CredentialsError> {
         let text = std::fs::read_to_string(path).map_err(CredentialsError::Read)?;
         serde_json::from_str(&text).map_err(CredentialsError::Parse)
     }
 
     /// Whether the key signs: checked at startup, before any connection.
-    pub fn check_key(account: &ServiceAccount) -> Result<(), CredentialsError> {
+    pub(crate) fn check_key(account: &ServiceAccount) -> Result<(), CredentialsError> {
         EncodingKey::from_rsa_pem(account.private_key.expose_secret().as_bytes())
             .map(|_| ())
             .map_err(|_| CredentialsError::Key(account.client_email.clone()))
     }
 
-    pub fn new(
+    pub(crate) fn new(
         http: reqwest::Client,
         base: &Url,
         account: ServiceAccount,
@@ -334,35 +335,57 @@ fn classify(status: StatusCode, error: Option<GoogleError>, retry_after: Option<
 
 /// FCM refuses messages whose payload is larger. Counted here: the
 /// notification, the data and the platform overrides.
-pub const MAX_PAYLOAD_BYTES: usize = 4096;
+pub(crate) const MAX_PAYLOAD_BYTES: usize = 4096;
 /// FCM keeps a message at most 28 days.
 const MAX_TTL_SECONDS: i64 = 28 * 24 * 3600;
 
 /// The push stage: FCM (or a dry run).
-pub struct PushStage {
-    pub stage: Stage<Fcm>,
+pub(crate) struct PushStage {
+    pub dispatch: Dispatch<Fcm>,
 }
 
 impl PushStage {
     /// The message to send for `request`, encoded, or why it can never be
     /// sent here.
-    pub fn prepare(&self, request: &Request) -> Result<PushMessage, InvalidReason> {
-        if let Some(reason) = self.stage.refuses(Channel::Push) {
+    pub(crate) fn prepare(&self, request: &Request) -> Result<PushMessage, InvalidReason> {
+        if let Some(reason) = self.dispatch.refuses(Channel::Push) {
             return Err(reason);
         }
         prepare(request)
+    }
+
+    /// What a stage that calls nobody answers; `None` when a provider must
+    /// be called.
+    pub(crate) fn answer_now(&self) -> Option<Delivered> {
+        self.dispatch.answer_now()
+    }
+
+    /// Sends a push (see [`Dispatch::send`]).
+    pub(crate) async fn send(&self, message: &PushMessage, call: Call<'_>, tried: &mut Vec<Tried>) -> Result<Delivered, DeliveryError> {
+        self.dispatch.send(message, call, tried).await
+    }
+
+    /// Each provider's circuit, now.
+    pub(crate) fn circuits(&self) -> Vec<(Provider, CircuitState)> {
+        self.dispatch.circuits()
+    }
+
+    /// The providers in failover order, for people.
+    pub(crate) fn describe(&self) -> String {
+        self.dispatch.describe()
     }
 }
 
 /// FCM's request body for one push, checked against FCM's rules and
 /// encoded once: every attempt, and every provider, sends these bytes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PushMessage {
+pub(crate) struct PushMessage {
     body: bytes::Bytes,
 }
 
 impl PushMessage {
-    pub fn json(&self) -> &[u8] {
+    #[cfg(test)]
+    pub(crate) fn json(&self) -> &[u8] {
         &self.body
     }
 }

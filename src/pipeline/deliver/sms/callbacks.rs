@@ -10,7 +10,7 @@ use sha2::Sha256;
 
 /// Why a callback's query is not one herald wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CallbackError {
+pub(crate) enum CallbackError {
     /// Missing, repeated, extra or ill-formed parameters.
     #[error("the callback's ids are malformed")]
     Malformed,
@@ -22,14 +22,14 @@ pub enum CallbackError {
 /// Where Twilio sends callbacks (the public URL, as Twilio sees it behind
 /// any proxy), and the key herald signs its callback ids with.
 #[derive(Debug, Clone)]
-pub struct StatusCallbacks {
+pub(crate) struct StatusCallbacks {
     pub public_url: Url,
     key: SecretString,
 }
 
 /// The ids a status callback reports on, as herald put them in its URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallbackIds {
+pub(crate) struct CallbackIds {
     pub event_id: String,
     pub user_id: String,
     pub attempt: u32,
@@ -40,7 +40,7 @@ pub struct CallbackIds {
 impl StatusCallbacks {
     /// `key` signs the ids in callback URLs. Without one of its own, herald
     /// derives it from the Twilio auth token.
-    pub fn new(public_url: Url, key: Option<SecretString>, auth_token: &SecretString) -> Self {
+    pub(crate) fn new(public_url: Url, key: Option<SecretString>, auth_token: &SecretString) -> Self {
         let key = key.unwrap_or_else(|| {
             let mut mac = Hmac::<Sha256>::new_from_slice(auth_token.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
             mac.update(b"herald receipts key v1");
@@ -50,12 +50,12 @@ impl StatusCallbacks {
     }
 
     /// Where Twilio posts incoming messages.
-    pub fn inbound_url(&self) -> Url {
+    pub(crate) fn inbound_url(&self) -> Url {
         self.public_url.join("inbound").expect("a relative path joins any base")
     }
 
     /// The `StatusCallback` for one attempt of one event.
-    pub fn callback_url(&self, ids: &CallbackIds) -> Url {
+    pub(crate) fn callback_url(&self, ids: &CallbackIds) -> Url {
         let mut url = self.public_url.clone();
         url.query_pairs_mut()
             .append_pair("event_id", &ids.event_id)
@@ -84,7 +84,7 @@ impl StatusCallbacks {
 
     /// The ids of a callback's query, if it is exactly what herald wrote:
     /// each parameter once, nothing else, well-formed, and signed.
-    pub fn callback_ids(&self, query: &str) -> Result<CallbackIds, CallbackError> {
+    pub(crate) fn callback_ids(&self, query: &str) -> Result<CallbackIds, CallbackError> {
         let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
         const NAMES: [&str; 5] = ["event_id", "user_id", "attempt", "partition", "sig"];
         if pairs.len() != NAMES.len() || NAMES.iter().any(|n| pairs.iter().filter(|(k, _)| k == n).count() != 1) {

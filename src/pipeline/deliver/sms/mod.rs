@@ -10,40 +10,70 @@ mod vonage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use self::text::{segments, truncate, Encoding, Segments};
-pub use self::callbacks::{CallbackError, CallbackIds, StatusCallbacks};
-pub use self::twilio::{Twilio, TwilioAuth, TwilioSender};
-pub use self::vonage::{check_sender as check_vonage_sender, Vonage};
-use super::{Call, Delivered, DeliveryError, Gateway, Provider, Stage};
-use crate::model::{Channel, InvalidReason, Request};
+pub(crate) use self::text::segments;
+pub(crate) use self::text::truncate;
+pub(crate) use self::text::Encoding;
+pub(crate) use self::text::Segments;
+pub(crate) use self::callbacks::CallbackError;
+pub(crate) use self::callbacks::CallbackIds;
+pub(crate) use self::callbacks::StatusCallbacks;
+pub(crate) use self::twilio::Twilio;
+pub(crate) use self::twilio::TwilioAuth;
+pub(crate) use self::twilio::TwilioSender;
+pub(crate) use self::vonage::check_sender as check_vonage_sender;
+pub(crate) use self::vonage::Vonage;
+use super::breaker::CircuitState;
+use super::{Call, Delivered, DeliveryError, Dispatch, Gateway, Provider};
+use crate::model::{Channel, InvalidReason, Request, Tried};
 use crate::pipeline::templates::BraceTemplate;
 
 /// The SMS stage: its rules, and its providers (or a dry run).
-pub struct SmsStage {
+pub(crate) struct SmsStage {
     pub rules: SmsRules,
-    pub stage: Stage<SmsGateway>,
+    pub dispatch: Dispatch<SmsGateway>,
 }
 
 impl SmsStage {
     /// The text to send for `request`, or why it can never be sent here.
-    pub fn prepare(&self, request: &Request) -> Result<Text, InvalidReason> {
-        if let Some(reason) = self.stage.refuses(Channel::Sms) {
+    pub(crate) fn prepare(&self, request: &Request) -> Result<Text, InvalidReason> {
+        if let Some(reason) = self.dispatch.refuses(Channel::Sms) {
             return Err(reason);
         }
         self.rules.prepare(request, None)
     }
 
     /// [`SmsStage::prepare`] with a body from `--templates-dir`.
-    pub fn prepare_rendered(&self, request: &Request, body: String) -> Result<Text, InvalidReason> {
-        if let Some(reason) = self.stage.refuses(Channel::Sms) {
+    pub(crate) fn prepare_rendered(&self, request: &Request, body: String) -> Result<Text, InvalidReason> {
+        if let Some(reason) = self.dispatch.refuses(Channel::Sms) {
             return Err(reason);
         }
         self.rules.prepare(request, Some(body))
     }
+
+    /// What a stage that calls nobody answers; `None` when a provider must
+    /// be called.
+    pub(crate) fn answer_now(&self) -> Option<Delivered> {
+        self.dispatch.answer_now()
+    }
+
+    /// Sends a text (see [`Dispatch::send`]).
+    pub(crate) async fn send(&self, message: &Text, call: Call<'_>, tried: &mut Vec<Tried>) -> Result<Delivered, DeliveryError> {
+        self.dispatch.send(message, call, tried).await
+    }
+
+    /// Each provider's circuit, now.
+    pub(crate) fn circuits(&self) -> Vec<(Provider, CircuitState)> {
+        self.dispatch.circuits()
+    }
+
+    /// The providers in failover order, for people.
+    pub(crate) fn describe(&self) -> String {
+        self.dispatch.describe()
+    }
 }
 
 /// An SMS provider's client.
-pub enum SmsGateway {
+pub(crate) enum SmsGateway {
     Twilio(Twilio),
     Vonage(Vonage),
 }
@@ -68,7 +98,7 @@ impl Gateway for SmsGateway {
 
 /// What happens to an SMS body longer than the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OverLength {
+pub(crate) enum OverLength {
     /// Not sent; status INVALID (body-too-long).
     Reject,
     /// Cut at a character boundary, ending in "..." (or "…" when the body is not GSM-7 anyway).
@@ -77,7 +107,7 @@ pub enum OverLength {
 
 /// How SMS bodies are shaped, from configuration.
 #[derive(Debug, Clone)]
-pub struct SmsRules {
+pub(crate) struct SmsRules {
     /// The longest body sent, in characters.
     pub max_chars: usize,
     pub over_length: OverLength,
@@ -131,14 +161,14 @@ impl CheckedNumbers {
 
 /// A body ready to send.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Text {
+pub(crate) struct Text {
     pub body: String,
     pub segments: Segments,
 }
 
 impl SmsRules {
     /// Fails when `template` does not parse.
-    pub fn new(max_chars: usize, over_length: OverLength, template: Option<String>) -> Result<SmsRules, String> {
+    pub(crate) fn new(max_chars: usize, over_length: OverLength, template: Option<String>) -> Result<SmsRules, String> {
         let template = template.map(|t| BraceTemplate::parse(&t).map(Arc::new)).transpose()?;
         // libphonenumber's metadata loads on first use, in about a second:
         // at startup, not on the first SMS.
@@ -149,7 +179,7 @@ impl SmsRules {
     /// The body to send for `request`, or why it cannot be sent. A body
     /// from `--templates-dir` (`rendered`) takes the place of the request's
     /// and of `--sms-template`.
-    pub fn prepare(&self, request: &Request, rendered: Option<String>) -> Result<Text, InvalidReason> {
+    pub(crate) fn prepare(&self, request: &Request, rendered: Option<String>) -> Result<Text, InvalidReason> {
         let valid = self.numbers.lock().unwrap_or_else(|p| p.into_inner()).is_e164(&request.recipient);
         if !valid {
             return Err(InvalidReason::InvalidPhoneNumber);
@@ -176,7 +206,7 @@ impl SmsRules {
 
 /// A number in E.164 form exactly (`+`, country code, subscriber number,
 /// no spaces), and valid for its country by libphonenumber's metadata.
-pub fn is_e164(number: &str) -> bool {
+pub(crate) fn is_e164(number: &str) -> bool {
     let Ok(parsed) = phonenumber::parse(None, number) else { return false };
     phonenumber::is_valid(&parsed) && parsed.format().mode(phonenumber::Mode::E164).to_string() == number
 }

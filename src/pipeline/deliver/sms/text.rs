@@ -14,10 +14,10 @@ const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{
 /// Characters of the extension table, sent as escape + character.
 const GSM7_EXTENSION: &str = "^{}\\[~]|€\u{c}";
 
-pub use crate::model::Encoding;
+pub(crate) use crate::model::Encoding;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Segments {
+pub(crate) struct Segments {
     pub encoding: Encoding,
     /// Code units: septets for GSM-7, UTF-16 units for UCS-2.
     pub units: usize,
@@ -69,7 +69,7 @@ fn gsm7_units(c: char) -> Option<usize> {
     NON_ASCII.binary_search_by_key(&c, |(k, _)| *k).ok().map(|i| NON_ASCII[i].1)
 }
 
-pub fn encoding(body: &str) -> Encoding {
+pub(super) fn encoding(body: &str) -> Encoding {
     if body.chars().all(|c| gsm7_units(c).is_some()) {
         Encoding::Gsm7
     } else {
@@ -77,7 +77,7 @@ pub fn encoding(body: &str) -> Encoding {
     }
 }
 
-pub fn segments(body: &str) -> Segments {
+pub(crate) fn segments(body: &str) -> Segments {
     let (gsm7, gsm7_doubles, utf16, chars) = match ascii_units(body.as_bytes()) {
         Some((units, doubles)) => (Some(units), doubles, body.len(), body.len()),
         None => units_by_char(body),
@@ -169,7 +169,7 @@ fn units_by_char(body: &str) -> (Option<usize>, bool, usize, usize) {
 /// flag, can still be cut between them). A GSM-7 body gets "...", because "…" is not GSM-7
 /// and would turn the whole message into UCS-2, halving what a segment
 /// holds.
-pub fn truncate(body: &str, max: usize) -> String {
+pub(crate) fn truncate(body: &str, max: usize) -> String {
     if body.chars().count() <= max {
         return body.to_owned();
     }

@@ -13,7 +13,7 @@ use crate::pipeline::suppression::Reason;
 /// How requests to Twilio authenticate: HTTP Basic with the account SID
 /// and auth token, or with an API key SID and its secret.
 #[derive(Debug, Clone)]
-pub enum TwilioAuth {
+pub(crate) enum TwilioAuth {
     AuthToken(SecretString),
     ApiKey { sid: String, secret: SecretString },
 }
@@ -36,7 +36,7 @@ impl TwilioAuth {
 
 /// Who a message is from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TwilioSender {
+pub(crate) enum TwilioSender {
     /// A number of the account, in E.164.
     Number(String),
     /// A Messaging Service (`MG` and 32 hex digits), which picks the
@@ -66,7 +66,7 @@ const OPTED_OUT: u32 = 21610;
 
 const PERMANENT_CODES: &[u32] = &[21211, 21408, 21610, 21612, 21614, 21617];
 
-pub struct Twilio {
+pub(crate) struct Twilio {
     http: reqwest::Client,
     /// `{base}/2010-04-01/Accounts/{sid}/Messages.json`, built once.
     messages_url: Url,
@@ -88,7 +88,7 @@ struct TwilioError {
 }
 
 impl Twilio {
-    pub fn new(
+    pub(crate) fn new(
         http: reqwest::Client,
         base: &Url,
         account_sid: String,
@@ -102,7 +102,7 @@ impl Twilio {
         Twilio { http, messages_url, account_sid, auth, from, callbacks }
     }
 
-    pub async fn send(&self, text: &Text, call: Call<'_>) -> Result<Delivered, DeliveryError> {
+    pub(crate) async fn send(&self, text: &Text, call: Call<'_>) -> Result<Delivered, DeliveryError> {
         let Call { request, attempt } = call;
         let from = match &self.from {
             TwilioSender::Number(number) => ("From", number.as_str()),

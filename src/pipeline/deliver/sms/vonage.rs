@@ -26,7 +26,7 @@ const MAX_CLIENT_REF: usize = 100;
 /// Checks a sender Vonage accepts: a number (E.164 with its `+`, or digits
 /// alone, as short codes are), or an alphanumeric sender id of 1 to 11
 /// letters, digits and spaces with at least one letter.
-pub fn check_sender(from: &str) -> Result<(), String> {
+pub(crate) fn check_sender(from: &str) -> Result<(), String> {
     let digits = !from.is_empty() && from.len() <= 15 && from.chars().all(|c| c.is_ascii_digit());
     let alphanumeric = (1..=11).contains(&from.len())
         && from.trim() == from
@@ -39,7 +39,7 @@ pub fn check_sender(from: &str) -> Result<(), String> {
     }
 }
 
-pub struct Vonage {
+pub(crate) struct Vonage {
     http: reqwest::Client,
     /// `{base}/sms/json`, built once.
     sms_url: Url,
@@ -63,12 +63,12 @@ struct Part {
 }
 
 impl Vonage {
-    pub fn new(http: reqwest::Client, base: &Url, api_key: String, api_secret: SecretString, from: &str) -> Self {
+    pub(crate) fn new(http: reqwest::Client, base: &Url, api_key: String, api_secret: SecretString, from: &str) -> Self {
         let sms_url = base.join("sms/json").expect("a constant path");
         Vonage { http, sms_url, api_key, api_secret, from: from.trim_start_matches('+').to_owned() }
     }
 
-    pub async fn send(&self, text: &Text, Call { request, .. }: Call<'_>) -> Result<Delivered, DeliveryError> {
+    pub(crate) async fn send(&self, text: &Text, Call { request, .. }: Call<'_>) -> Result<Delivered, DeliveryError> {
         // Vonage takes E.164 without the leading +.
         let to = request.recipient.trim_start_matches('+');
         // Without `unicode`, Vonage sends GSM-7 and mangles anything else.

@@ -22,12 +22,16 @@
 //! Entries expire `window` after the status's time, or after its next
 //! attempt's, and go with their partition when it is revoked.
 
+mod restore;
+
+pub(crate) use restore::restore;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::model::{Stage, Status, StatusEvent};
+use crate::model::{Attempts, Phase, Status, StatusEvent};
 use crate::pipeline::deliver::Delivered;
 
 /// Entries herald keeps at most, for every partition together: about
@@ -38,10 +42,10 @@ const SWEEP_EVERY: usize = 10_000;
 
 /// A send a provider accepted.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sent {
+pub(crate) struct Sent {
     pub delivered: Delivered,
-    /// The attempt it was (from 1).
-    pub attempt: u32,
+    /// Attempts made once it was sent: the attempt it was.
+    pub attempts: Attempts,
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +70,7 @@ struct Entries {
     full_warned: bool,
 }
 
-pub struct Ledger {
+pub(crate) struct Ledger {
     entries: Mutex<Entries>,
     window: Duration,
     /// Events whose provider call is under way, by partition: a second
@@ -77,28 +81,28 @@ pub struct Ledger {
 
 /// An event's call under way; the event is free again when this drops,
 /// once its outcome is recorded.
-pub struct Calling {
+pub(crate) struct CallClaim {
     ledger: Arc<Ledger>,
     key: (i32, String),
 }
 
-impl Drop for Calling {
+impl Drop for CallClaim {
     fn drop(&mut self) {
         self.ledger.calling.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
 
 impl Ledger {
-    pub fn new(window: std::time::Duration) -> Self {
+    pub(crate) fn new(window: std::time::Duration) -> Self {
         Ledger { entries: Mutex::default(), window: Duration::from_std(window).unwrap_or(Duration::MAX), calling: Mutex::default() }
     }
 
     /// Claims the call for `event_id`; `None` while another copy of it is
     /// being sent.
-    pub fn begin_call(self: &Arc<Self>, partition: i32, event_id: &str) -> Option<Calling> {
+    pub(crate) fn begin_call(self: &Arc<Self>, partition: i32, event_id: &str) -> Option<CallClaim> {
         let key = (partition, event_id.to_owned());
         let claimed = self.calling.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone());
-        claimed.then(|| Calling { ledger: self.clone(), key })
+        claimed.then(|| CallClaim { ledger: self.clone(), key })
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -106,13 +110,13 @@ impl Ledger {
     }
 
     /// A status read back from status partition `partition`.
-    pub fn restore(&self, partition: i32, status: &StatusEvent, now: DateTime<Utc>) {
-        let sent = match status.status.stage() {
-            Stage::Outcome if status.status != Status::Sent => None,
-            Stage::Pending => None,
-            _ => status.provider.map(|provider| Sent {
+    pub(crate) fn restore(&self, partition: i32, status: &StatusEvent, now: DateTime<Utc>) {
+        let sent = match status.status.phase() {
+            Phase::Outcome if status.status != Status::Sent => None,
+            Phase::Pending => None,
+            _ => status.provider.zip(Attempts::made(status.attempt)).map(|(provider, attempts)| Sent {
                 delivered: Delivered { provider, message_id: status.provider_message_id.clone() },
-                attempt: status.attempt,
+                attempts,
             }),
         };
         let until = status.occurred_at.max(status.next_attempt_at.unwrap_or(status.occurred_at)) + self.window;
@@ -127,7 +131,7 @@ impl Ledger {
     }
 
     /// The send recorded for `event_id`, read from `partition`.
-    pub fn sent(&self, partition: i32, event_id: &str) -> Option<Sent> {
+    pub(crate) fn sent(&self, partition: i32, event_id: &str) -> Option<Sent> {
         match self.entries().by_partition.get(&partition)?.get(event_id)? {
             Entry::Sent { sent, .. } => Some(sent.clone()),
             Entry::Seen { .. } => None,
@@ -136,7 +140,7 @@ impl Ledger {
 
     /// A provider just accepted `event_id`: kept if the event was seen
     /// before, the only case where another copy of it can still come.
-    pub fn record(&self, partition: i32, event_id: &str, sent: Sent, now: DateTime<Utc>) {
+    pub(crate) fn record(&self, partition: i32, event_id: &str, sent: Sent, now: DateTime<Utc>) {
         let seen = self.entries().by_partition.get(&partition).is_some_and(|p| p.contains_key(event_id));
         if seen {
             self.insert(partition, event_id, Entry::Sent { sent, until: now + self.window }, now);
@@ -144,19 +148,15 @@ impl Ledger {
     }
 
     /// The partition moved away: its next owner reads its own ledger.
-    pub fn forget(&self, partition: i32) {
+    pub(crate) fn forget(&self, partition: i32) {
         let mut entries = self.entries();
         if let Some(removed) = entries.by_partition.remove(&partition) {
             entries.len -= removed.len();
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries().len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn insert(&self, partition: i32, event_id: &str, entry: Entry, now: DateTime<Utc>) {
@@ -189,81 +189,4 @@ impl Ledger {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Provider;
-    use crate::model::Channel;
-    use chrono::TimeZone;
-
-    fn at(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_700_000_000 + secs, 0).unwrap()
-    }
-
-    fn status(event_id: &str, status: Status, attempt: u32, time: i64) -> StatusEvent {
-        StatusEvent {
-            locale: None,
-            event_id: event_id.into(),
-            user_id: "u".into(),
-            channel: Some(Channel::Sms),
-            status,
-            attempt,
-            provider: matches!(status, Status::Sent | Status::Delivered | Status::RetryScheduled).then_some(Provider::Twilio),
-            provider_message_id: (status == Status::Sent).then(|| "SM1".to_owned()),
-            error_code: None,
-            error_class: None,
-            error_message: None,
-            occurred_at: at(time),
-            next_attempt_at: (status == Status::RetryScheduled).then(|| at(time + 600)),
-            recipient: None,
-            created_at: None,
-            scheduled_at: None,
-            sms: None,
-            origin: None,
-            tried: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn a_restored_send_is_reported_not_repeated() {
-        let ledger = Ledger::new(std::time::Duration::from_secs(3600));
-        ledger.restore(2, &status("sent", Status::Sent, 1, 0), at(10));
-        ledger.restore(2, &status("failed", Status::Failed, 1, 0), at(10));
-        let sent = ledger.sent(2, "sent").unwrap();
-        assert_eq!((sent.delivered.provider, sent.delivered.message_id.as_deref(), sent.attempt), (Provider::Twilio, Some("SM1"), 1));
-        assert_eq!(ledger.sent(2, "failed"), None);
-        assert_eq!(ledger.sent(3, "sent"), None, "another partition's");
-    }
-
-    #[test]
-    fn a_send_of_an_event_seen_before_is_kept_and_others_are_not() {
-        let ledger = Ledger::new(std::time::Duration::from_secs(3600));
-        ledger.restore(0, &status("retried", Status::RetryScheduled, 1, 0), at(10));
-        let sent = Sent { delivered: Delivered { provider: Provider::Fcm, message_id: Some("m".into()) }, attempt: 1 };
-        ledger.record(0, "retried", sent.clone(), at(20));
-        ledger.record(0, "new", sent.clone(), at(20));
-        assert_eq!(ledger.sent(0, "retried"), Some(sent), "its retry copy will find it");
-        assert_eq!(ledger.sent(0, "new"), None);
-        assert_eq!(ledger.len(), 1);
-    }
-
-    #[test]
-    fn a_later_sighting_does_not_undo_a_send() {
-        let ledger = Ledger::new(std::time::Duration::from_secs(3600));
-        ledger.restore(0, &status("e", Status::Delivered, 1, 5), at(10));
-        ledger.restore(0, &status("e", Status::RetryScheduled, 1, 0), at(10));
-        assert!(ledger.sent(0, "e").is_some(), "a receipt implies the send");
-    }
-
-    #[test]
-    fn entries_expire_and_go_with_their_partition() {
-        let ledger = Ledger::new(std::time::Duration::from_secs(60));
-        ledger.restore(0, &status("old", Status::Sent, 1, 0), at(61));
-        assert_eq!(ledger.sent(0, "old"), None, "older than the window");
-        // A retry due in 600 s is kept until then, plus the window.
-        ledger.restore(0, &status("waiting", Status::RetryScheduled, 1, 0), at(500));
-        assert_eq!(ledger.len(), 1);
-        ledger.restore(1, &status("other", Status::Sent, 1, 0), at(1));
-        ledger.forget(0);
-        assert_eq!((ledger.len(), ledger.sent(1, "other").is_some()), (1, true));
-    }
-}
+mod tests;

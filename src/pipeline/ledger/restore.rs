@@ -10,16 +10,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::HeraldConsumer;
 use crate::backoff::Backoff;
 use crate::codec;
 use crate::kafka::{Reader, ReaderContext};
-use crate::pipeline::ledger::Ledger;
+use super::Ledger;
 use crate::record::Seal;
 
 /// A restore's attempts give up after this long and start over.
@@ -28,8 +27,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Reads `partitions` of `topic` into `ledger`; returns where each ends
 /// (the next offset). Tries until it succeeds: the partitions' records
 /// wait for it, and are safe meanwhile.
-pub async fn restore(
-    consumer: Arc<HeraldConsumer>,
+pub(crate) async fn restore<C: ConsumerContext + 'static>(
+    consumer: Arc<StreamConsumer<C>>,
     reader: ClientConfig,
     topic: String,
     partitions: Vec<i32>,
@@ -48,8 +47,8 @@ pub async fn restore(
     }
 }
 
-async fn read(
-    consumer: &Arc<HeraldConsumer>,
+async fn read<C: ConsumerContext + 'static>(
+    consumer: &Arc<StreamConsumer<C>>,
     reader: &ClientConfig,
     topic: &str,
     partitions: &[i32],
