@@ -539,8 +539,8 @@ fn paired_ratio(rows: &[Row], of: Phase, to: Phase) -> Option<f64> {
 
 fn print_tables(rows: &[Row], latencies: &[(&str, f64, Latency)], latency_secs: u64) {
     println!(
-        "\n{:<48} {:>9} {:>9} {:>14} {:>11} {:>9} {:>12}  {}",
-        "phase", "records", "msgs/s", "ratio", "CPU µs/msg", "peak RSS", "fakes µs/msg", "every round, msgs/s"
+        "\n{:<48} {:>9} {:>9} {:>14} {:>11} {:>9} {:>12}  every round, msgs/s",
+        "phase", "records", "msgs/s", "ratio", "CPU µs/msg", "peak RSS", "fakes µs/msg"
     );
     for r in rows {
         let (limit, against) = match r.phase {

@@ -221,12 +221,14 @@ async fn ask_herald(config: &Config, sender: &Sender, statuses: &mut StatusLog, 
         Some(body) => show(&reqwest::Method::GET, &path, 200, &body["channels"][0]),
         None => ok = false,
     }
-    // Cancelled while it waits for its time: never sent.
+    // Cancelled while it waits for its time: never sent. The cancel goes
+    // once the pipeline has said SCHEDULED, not once the store shows it: a
+    // store a few seconds behind would show it SENT already.
     let mut reminder = sms("reminder", "kim", "+14155550106", "See you at 3");
-    reminder.scheduled_at = Some(Utc::now() + chrono::Duration::seconds(4));
+    reminder.scheduled_at = Some(Utc::now() + chrono::Duration::seconds(6));
     sender.send(reminder).await;
     let path = "/v1/notifications/reminder/cancel".to_owned();
-    ok &= wait_for("/v1/notifications/reminder".into(), |b| b["status"] == "SCHEDULED").await.is_some();
+    ok &= statuses.until_status("reminder", Status::Scheduled, started, Duration::from_secs(30)).await;
     match call(reqwest::Method::POST, path.clone()).await {
         Some((code, body, method)) => {
             show(&method, &path, code, &body);

@@ -201,7 +201,9 @@ fn check_reports_what_the_pipeline_and_the_api_would_refuse_without_connecting()
     let (code, stderr, stdout) = herald(&["check"], &[&twilio[..], &[KEY, brokers]].concat(), Duration::from_secs(60));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("SMS: twilio; push: off"), "{stdout}");
-    let bad: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    // (arguments, environment, what stderr says)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let bad: Vec<Case> = vec![
         (vec!["check"], vec![], "--envelope-key (or --envelope-key-file) is required"),
         (vec!["check"], vec![("HERALD_ENVELOPE_KEY", "short")], "--envelope-key is 5 bytes; it must be at least 32"),
         (vec!["check"], vec![KEY, ("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")], "--fcm-credentials /nonexistent/key.json: cannot read it"),
@@ -226,22 +228,35 @@ fn check_reports_what_the_pipeline_and_the_api_would_refuse_without_connecting()
 fn secrets_are_read_from_files_as_kubernetes_mounts_them() {
     let dir = std::env::temp_dir().join(format!("herald-secret-files-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let key = dir.join("envelope-key");
-    std::fs::write(&key, format!("{}\n", herald_testkit::ENVELOPE_KEY)).unwrap();
-    let token = dir.join("auth-token");
-    std::fs::write(&token, "hunter-token").unwrap();
-    let env = [
-        ("HERALD_ENVELOPE_KEY_FILE", key.to_str().unwrap()),
-        ("TWILIO_AUTH_TOKEN_FILE", token.to_str().unwrap()),
-        ("TWILIO_ACCOUNT_SID", "AC1"),
-        ("TWILIO_FROM", "+14155550100"),
+    let twilio = [("TWILIO_ACCOUNT_SID", "AC1"), ("TWILIO_FROM", "+14155550100")];
+    let receipts = [("HERALD_RECEIPTS_LISTEN", "127.0.0.1:0"), ("HERALD_RECEIPTS_PUBLIC_URL", "https://herald.example.com/twilio/status")];
+    // Every secret that has a file flag: what else it needs to be read at
+    // all, and what `check` says once it has been.
+    type Case<'a> = (&'a str, &'a str, &'a [&'a str], Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 6] = [
+        ("HERALD_ENVELOPE_KEY_FILE", "--envelope-key-file", &["check"], vec![], "SMS: off"),
+        ("TWILIO_AUTH_TOKEN_FILE", "--twilio-auth-token-file", &["check"], [&twilio[..], &[KEY]].concat(), "SMS: twilio"),
+        ("TWILIO_API_KEY_SECRET_FILE", "--twilio-api-key-secret-file", &["check"], [&twilio[..], &[("TWILIO_API_KEY_SID", "SK1"), KEY]].concat(), "SMS: twilio"),
+        ("VONAGE_API_SECRET_FILE", "--vonage-api-secret-file", &["check"], vec![("VONAGE_API_KEY", "k"), ("VONAGE_FROM", "Herald"), KEY], "SMS: vonage"),
+        ("HERALD_RECEIPTS_KEY_FILE", "--receipts-key-file", &["check"], [&twilio[..], &receipts[..], &[("TWILIO_AUTH_TOKEN", "t"), KEY]].concat(), "SMS: twilio"),
+        ("HERALD_API_TOKEN_FILE", "--api-token-file", &["check", "api"], vec![("SCYLLA_URI", "127.0.0.1:9042")], "herald api"),
     ];
-    let (code, stderr, stdout) = herald(&["check"], &env, Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("SMS: twilio"), "{stdout}");
-    let (code, stderr, _) = herald(&["--envelope-key-file", "/nonexistent/key", "check"], &[], Duration::from_secs(60));
-    assert_eq!(code, Some(1));
-    assert!(stderr.contains("--envelope-key-file /nonexistent/key: cannot read it"), "{stderr}");
+    for (variable, flag, args, others, says) in cases {
+        let file = dir.join(variable);
+        // As a Secret volume or `echo > file` leaves it: with a final line break.
+        std::fs::write(&file, format!("{}\n", herald_testkit::ENVELOPE_KEY)).unwrap();
+        let mut env = others.clone();
+        env.push((variable, file.to_str().unwrap()));
+        let (code, stderr, stdout) = herald(args, &env, Duration::from_secs(60));
+        assert_eq!(code, Some(0), "{variable}: {stderr}");
+        assert!(stdout.contains(says), "{variable}: {stdout}");
+        // The flag is the one read: a file that is not there is its error.
+        let mut env = others.clone();
+        env.push((variable, "/nonexistent/secret"));
+        let (code, stderr, _) = herald(args, &env, Duration::from_secs(60));
+        assert_eq!(code, Some(1), "{variable}: {stderr}");
+        assert!(stderr.contains(&format!("{flag} /nonexistent/secret: cannot read it")), "{variable}: {stderr}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

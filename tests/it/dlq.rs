@@ -213,7 +213,8 @@ async fn dlq_shows_every_field_lines_up_its_table_and_answers_at_once_past_the_e
     rich.content.apns = Some(Box::new(ApnsOverrides { headers: [("apns-priority".to_owned(), "10".to_owned())].into(), badge: Some(2), ..Default::default() }));
     h.send(&rich).await;
     // Its key is not its user id: invalid, and still readable.
-    let mismatched = sms("mismatched", "u-real", "+14155550100", "keyed wrongly");
+    let mut mismatched = sms("mismatched", "u-real", "+14155550100", "keyed wrongly");
+    mismatched.content.template_id = Some("order_shipped".into());
     let bytes = herald::codec::encode_request(&h.bundled.request, 1, &mismatched).unwrap();
     h.send_raw(b"u-other", &bytes).await;
     // Forty more, so the list is longer than a pipe reader wants.
@@ -253,6 +254,7 @@ async fn dlq_shows_every_field_lines_up_its_table_and_answers_at_once_past_the_e
     assert_eq!((revealed["request"]["body"].as_str(), revealed["request"]["locale"].as_str()), (Some("Body"), Some("pt-BR")), "{revealed}");
     let keyed: serde_json::Value = serde_json::from_slice(&dlq(&h, &["show", &at("mismatched")]).stdout).unwrap();
     assert_eq!((keyed["key"].as_str(), keyed["request"]["user_id"].as_str(), keyed["request"]["channel"].as_str()), (Some("u-other"), Some("u-real"), Some("SMS")), "{keyed}");
+    assert_eq!(keyed["request"]["template_id"].as_str(), Some("order_shipped"), "{keyed}");
     assert_eq!(lines.iter().find(|l| l["event_id"] == "mismatched").unwrap()["recipient"], "+*******0100");
 
     // Past a partition's end, or a partition that does not exist: said at

@@ -8,6 +8,7 @@ mod cancel;
 mod channels;
 mod configuration;
 mod crash;
+mod demo;
 mod deploy;
 mod dlq;
 mod failover;

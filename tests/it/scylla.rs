@@ -74,23 +74,16 @@ fn verdicts(events: &[StatusEvent]) -> HashMap<String, (HashSet<String>, HashSet
     per_user
 }
 
-fn send_round<'a>(
-    h: &'a Harness,
-    users: &'a [String],
-    round: &'a str,
-    count: usize,
-) -> impl std::future::Future<Output = Vec<String>> + 'a {
-    async move {
-        let mut ids = vec![];
-        for i in 0..count {
-            for user in users {
-                let id = format!("{user}-{round}-{i}");
-                h.send(&sms(&id, user, "+14155550100", &id)).await;
-                ids.push(id);
-            }
+async fn send_round(h: &Harness, users: &[String], round: &str, count: usize) -> Vec<String> {
+    let mut ids = vec![];
+    for i in 0..count {
+        for user in users {
+            let id = format!("{user}-{round}-{i}");
+            h.send(&sms(&id, user, "+14155550100", &id)).await;
+            ids.push(id);
         }
-        ids
     }
+    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use crate::support::*;
 /// Sends `request` and returns its terminal status.
 async fn judged(h: &Harness, statuses: &mut Statuses, request: &herald::model::Request) -> StatusEvent {
     h.send(request).await;
-    statuses.terminal(Duration::from_secs(30), &[request.event_id.clone()]).await.remove(&request.event_id).unwrap()
+    statuses.terminal(Duration::from_secs(30), std::slice::from_ref(&request.event_id)).await.remove(&request.event_id).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,7 @@ async fn creates_every_missing_topic() {
     let h = Harness::new().await;
     let herald = h.start(&[]);
     let t = &h.topics;
-    for topic in [&t.requested, &t.status, &t.dead_letter].into_iter().chain(&t.retries) {
+    for topic in [&t.requested, &t.status, &t.dead_letter].into_iter().chain(&t.retries).chain(&t.waits) {
         assert_eq!(kafka::partitions(&h.broker.bootstrap, topic, std::time::Duration::from_secs(20)), PARTITIONS, "{topic}");
     }
     herald.stop().await.unwrap();
