@@ -196,14 +196,7 @@ impl Publisher {
     }
 
     fn change_record(&self, change: &Change) -> Outgoing {
-        Outgoing {
-            topic: self.topics.suppressions.clone(),
-            key: Some(change.key()),
-            partition: None,
-            payload: change.value(),
-            headers: None,
-            timestamp: None,
-        }
+        Outgoing { topic: self.topics.suppressions.clone(), key: Some(change.key()), partition: None, payload: change.value(), headers: None, sealed: false, timestamp: None }
     }
 
     /// Status events go to the partition number their request came from,
@@ -211,14 +204,8 @@ impl Publisher {
     /// status partition belongs to the instance that owns those requests.
     fn status_record(&self, event: StatusEvent, partition: Option<i32>, trace: Option<OwnedHeaders>) -> Outgoing {
         self.metrics.status(&event);
-        Outgoing {
-            topic: self.topics.status.clone(),
-            payload: Some(codec::encode_status(self.status_schema_id, &event)),
-            key: Some(event.user_id.into_bytes()),
-            partition,
-            headers: Some(self.seal.own(trace)),
-            timestamp: None,
-        }
+        let payload = codec::encode_status(self.status_schema_id, &event);
+        Outgoing::new(self.topics.status.clone(), Some(event.user_id.into_bytes()), partition, Some(payload), self.seal.own(trace))
     }
 
     /// The record's copy for `destination`: whole when it fits, else
@@ -237,7 +224,7 @@ impl Publisher {
         }
         let headers = envelope.write(record.headers.as_ref(), &record.origin(), None);
         let headers = self.seal.seal(record.key.as_deref(), record.payload.as_deref(), headers);
-        Outgoing { topic: topic.clone(), key: record.key.clone(), partition, payload: record.payload.clone(), headers: Some(headers), timestamp: None }
+        Outgoing::new(topic.clone(), record.key.clone(), partition, record.payload.clone(), headers)
     }
 
     fn durable(&self, out: Outgoing) -> impl Future<Output = Result<i64, Failure>> + Send + 'static {
@@ -255,7 +242,7 @@ fn stripped_key(record: &Consumed) -> Option<Vec<u8>> {
 /// original size, and the key if it is short.
 fn stripped(seal: &Seal, topic: String, key: Option<Vec<u8>>, envelope: &Envelope, origin: &Origin, size: usize, trace: Option<&OwnedHeaders>) -> Outgoing {
     let headers = seal.seal(key.as_deref(), None, envelope.write(trace, origin, Some(size)));
-    Outgoing { topic, key, partition: None, payload: None, headers: Some(headers), timestamp: None }
+    Outgoing::new(topic, key, None, None, headers)
 }
 
 /// What a rerouted copy becomes when it can never be written: a stripped
@@ -283,14 +270,8 @@ impl Fallback {
         let copy = durable(self.producer.clone(), stripped(&self.seal, self.dead_letter, self.key, &envelope, &self.origin, self.size, self.trace.as_ref()));
         let status = self.status.map(|(topic, schema_id, event, partition)| {
             let event = StatusEvent { error_class: Some(ErrorClass::Permanent), error_code: Some(code), ..event };
-            durable(self.producer.clone(), Outgoing {
-                topic,
-                key: Some(event.user_id.clone().into_bytes()),
-                partition: Some(partition),
-                payload: Some(codec::encode_status(schema_id, &event)),
-                headers: Some(self.seal.own(self.trace)),
-                timestamp: None,
-            })
+            let payload = codec::encode_status(schema_id, &event);
+            durable(self.producer.clone(), Outgoing::new(topic, Some(event.user_id.clone().into_bytes()), Some(partition), Some(payload), self.seal.own(self.trace)))
         });
         let (copy, status) = tokio::join!(copy, OptionFuture::from(status));
         let offset = settle(copy).map_err(Failure::Fatal)?;
@@ -355,12 +336,15 @@ fn disposition(error: &KafkaError) -> Disposition {
 /// means its delivery timeout passed, and giving up would lose the
 /// outcome, so this sends again (the offset stays unstored meanwhile, and
 /// shutdown abandons it safely).
-fn durable(producer: FutureProducer, out: Outgoing) -> impl Future<Output = Result<i64, Failure>> + Send + 'static {
+fn durable(producer: FutureProducer, mut out: Outgoing) -> impl Future<Output = Result<i64, Failure>> + Send + 'static {
     let first = out.send(&producer);
     async move {
         let error = match acknowledged(first).await {
             Ok(offset) => return Ok(offset),
-            Err(error) => error,
+            Err((error, headers)) => {
+                out.headers = out.headers.take().or(headers);
+                error
+            }
         };
         // Boxed: the retry loop's timers would make every produce's future
         // several times larger, and each one is moved a few times.
@@ -368,10 +352,16 @@ fn durable(producer: FutureProducer, out: Outgoing) -> impl Future<Output = Resu
     }
 }
 
-async fn resend(producer: FutureProducer, out: Outgoing, mut error: KafkaError) -> Result<i64, Failure> {
+async fn resend(producer: FutureProducer, mut out: Outgoing, mut error: KafkaError) -> Result<i64, Failure> {
     let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
     loop {
         let failed = || ProduceError { topic: out.topic.clone(), error: error.clone() };
+        // A record that lost its headers with its delivery report (only
+        // a producer going away drops one) cannot be sent as it was: a
+        // status without its owner, a copy without its seal.
+        if out.sealed && out.headers.is_none() {
+            return Err(Failure::Fatal(failed()));
+        }
         match disposition(&error) {
             Disposition::Backpressure => tokio::time::sleep(QUEUE_FULL_WAIT).await,
             Disposition::Retry => {
@@ -382,24 +372,32 @@ async fn resend(producer: FutureProducer, out: Outgoing, mut error: KafkaError) 
             Disposition::Record => return Err(Failure::Record(failed())),
             Disposition::Fatal => return Err(Failure::Fatal(failed())),
         }
-        match acknowledged(out.send(&producer)).await {
+        let sent = out.send(&producer);
+        match acknowledged(sent).await {
             Ok(offset) => return Ok(offset),
-            Err(again) => error = again,
+            Err((again, headers)) => {
+                out.headers = out.headers.take().or(headers);
+                error = again;
+            }
         }
     }
 }
 
-/// The offset the broker gave a record sent, or why it has none.
-async fn acknowledged(sent: Result<DeliveryFuture, KafkaError>) -> Result<i64, KafkaError> {
-    match sent?.await {
+/// The offset the broker gave a record sent, or why it has none, with the
+/// headers it went with when they came back.
+async fn acknowledged(sent: Result<DeliveryFuture, KafkaError>) -> Result<i64, (KafkaError, Option<OwnedHeaders>)> {
+    use rdkafka::Message as _;
+    match sent.map_err(|error| (error, None))?.await {
         Ok(Ok(delivered)) => Ok(delivered.offset),
-        Ok(Err((error, _))) => Err(error),
-        Err(_canceled) => Err(KafkaError::Canceled),
+        Ok(Err((error, message))) => Err((error, message.headers().cloned())),
+        Err(_canceled) => Err((KafkaError::Canceled, None)),
     }
 }
 
 /// One record to produce, kept until it is acknowledged so that it can be
-/// sent again.
+/// sent again. Its headers go with each send rather than a copy of them
+/// (librdkafka takes them, and copying and freeing them was a tenth of a
+/// record's cost); a send that fails gives them back.
 struct Outgoing {
     topic: String,
     key: Option<Vec<u8>>,
@@ -407,19 +405,30 @@ struct Outgoing {
     partition: Option<i32>,
     payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
+    /// Whether it was made with headers, which a retry must send too.
+    sealed: bool,
     /// `None`: the producer stamps it.
     timestamp: Option<i64>,
 }
 
 impl Outgoing {
-    fn send(&self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic);
-        record.key = self.key.as_deref();
-        record.partition = self.partition;
-        record.payload = self.payload.as_deref();
-        record.headers = self.headers.clone();
-        record.timestamp = self.timestamp;
-        producer.send_result(record).map_err(|(error, _)| error)
+    fn new(topic: String, key: Option<Vec<u8>>, partition: Option<i32>, payload: Option<Vec<u8>>, headers: OwnedHeaders) -> Outgoing {
+        Outgoing { topic, key, partition, payload, headers: Some(headers), sealed: true, timestamp: None }
+    }
+
+    /// Sends it, with its headers; they come back if it is not queued.
+    fn send(&mut self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
+        let Outgoing { topic, key, partition, payload, headers, timestamp, .. } = self;
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic);
+        record.key = key.as_deref();
+        record.partition = *partition;
+        record.payload = payload.as_deref();
+        record.headers = headers.take();
+        record.timestamp = *timestamp;
+        producer.send_result(record).map_err(|(error, record)| {
+            *headers = record.headers;
+            error
+        })
     }
 }
 
