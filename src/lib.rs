@@ -19,7 +19,9 @@
 //! ([`kafka`]), topics and the timing wheel ([`topics`]), the consumed
 //! record and its sealed envelope ([`record`]), the wire format
 //! ([`codec`]), ScyllaDB ([`cql`]), metrics and the admin listener
-//! ([`metrics`], `admin`), what flags share (`flags`). No program's
+//! ([`metrics`], `admin`), localized templates (`templates`: the
+//! pipeline renders them, the API checks a request's against them), what
+//! flags share (`flags`). No program's
 //! module imports another's, and the shared ground imports none.
 
 // The edge.
@@ -39,6 +41,7 @@ pub mod model;
 pub mod record;
 mod serve;
 pub mod telemetry;
+pub(crate) mod templates;
 pub mod topics;
 
 // The programs.

@@ -32,6 +32,8 @@ pub(crate) struct Limits {
     /// To send a request's body.
     pub body_timeout: Duration,
     pub max_body: usize,
+    /// One path whose bodies may be larger, and how large (a batch).
+    pub large_body: Option<(&'static str, usize)>,
     /// A connection's whole life, however busy.
     pub connection_lifetime: Duration,
 }
@@ -43,6 +45,7 @@ impl Limits {
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
             max_body: 32 * 1024,
+            large_body: None,
             connection_lifetime: Duration::from_secs(60),
         }
     }
@@ -176,9 +179,14 @@ pub(crate) async fn accept(
 }
 
 /// `request` with its body read into memory: at most `limits.max_body`
-/// bytes within `limits.body_timeout`; otherwise the answer to give.
+/// bytes (or the larger bound of its path) within `limits.body_timeout`;
+/// otherwise the answer to give.
 async fn buffered(request: hyper::Request<hyper::body::Incoming>, limits: Limits) -> Result<hyper::Request<Body>, Response> {
     let (parts, body) = request.into_parts();
+    let limits = match limits.large_body {
+        Some((path, max_body)) if parts.uri.path() == path => Limits { max_body, ..limits },
+        _ => limits,
+    };
     let announced = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let too_large = || refuse(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", format!("a request body is at most {} bytes", limits.max_body));
     if announced.is_some_and(|n| n > limits.max_body as u64) {

@@ -1,5 +1,6 @@
-//! `herald api`: what happened to a notification, what a user was sent,
-//! and cancelling, over JSON HTTP. Every answer comes from the status store
+//! `herald api`: sending, what happened to a notification, what a user
+//! was sent, and cancelling, over JSON HTTP. A send is a record on the
+//! requests topic (see `send`), so the pipeline does not change. Every answer comes from the status store
 //! (see `store`) and the rate-limit table; a cancel is a record on the
 //! cancellations topic (see `cancel`), which every pipeline instance
 //! follows. The OpenAPI document at `/openapi.json` is generated from the
@@ -7,8 +8,10 @@
 
 mod args;
 mod cancel;
+mod idempotency;
 mod notifications;
 pub(crate) mod run;
+mod send;
 mod stats;
 pub mod store;
 
@@ -27,6 +30,9 @@ pub(crate) use stats::WindowView;
 use cancel::cancel;
 use notifications::{notification, notifications};
 use stats::stats;
+use send::{batch, send};
+pub(crate) use send::{Accepted, AndroidJson, AndroidPriorityName, ApnsJson, Batch, BatchResult, ChannelName, ItemResult, PriorityName, SendContent, SendRequest, Sender};
+pub(crate) use idempotency::Keys;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +69,7 @@ pub(crate) struct Api {
     pub token: SecretString,
     /// Cancels per token: each is kept on a topic every instance reads.
     pub cancels: Throttle,
+    pub sender: Sender,
 }
 
 /// A rate per token, told apart by a digest of the token.
@@ -78,11 +85,16 @@ const MAX_REASON_CHARS: usize = 200;
 
 pub(crate) async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     tracing::info!(message = "API listening.", listen = %listener.local_addr()?);
-    serve::accept(listener, router(api), Limits::new(256), shutdown).await
+    // A batch of 1,000 requests is about 400 KB; every other body, a
+    // single request's included, fits the usual 32 KB.
+    let limits = Limits { large_body: Some(("/v1/notifications/batch", 2 * 1024 * 1024)), ..Limits::new(256) };
+    serve::accept(listener, router(api), limits, shutdown).await
 }
 
 pub(crate) fn router(api: Arc<Api>) -> Router {
     Router::new()
+        .route("/v1/notifications", post(send))
+        .route("/v1/notifications/batch", post(batch))
         .route("/v1/notifications/{event_id}", get(notification))
         .route("/v1/notifications/{event_id}/cancel", post(cancel))
         .route("/v1/users/{user_id}/notifications", get(notifications))
@@ -95,9 +107,9 @@ pub(crate) fn router(api: Arc<Api>) -> Router {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "herald", description = "Notification status, per-user statistics and cancellation, from herald's status store."),
-    paths(notifications::notification, notifications::notifications, stats::stats, cancel::cancel),
-    components(schemas(NotificationView, StatusView, TriedView, Page, Summary, Stats, ChannelStats, WindowView, CancelRequest, CancelAccepted, ErrorBody)),
+    info(title = "herald", description = "Sending notifications, their status, per-user statistics and cancellation."),
+    paths(send::send, send::batch, notifications::notification, notifications::notifications, stats::stats, cancel::cancel),
+    components(schemas(SendRequest, SendContent, ChannelName, PriorityName, AndroidJson, AndroidPriorityName, ApnsJson, Accepted, Batch, BatchResult, ItemResult, FieldError, NotificationView, StatusView, TriedView, Page, Summary, Stats, ChannelStats, WindowView, CancelRequest, CancelAccepted, ErrorBody)),
     modifiers(&Bearer)
 )]
 pub(crate) struct ApiDoc;
@@ -122,6 +134,10 @@ async fn openapi() -> Response {
 pub(crate) enum ApiError {
     Unauthorized,
     BadRequest(String),
+    /// A request that cannot be sent: why, field by field.
+    Invalid(Vec<FieldError>),
+    /// An Idempotency-Key already used with another body.
+    KeyReused,
     NotFound(String),
     /// The notification is final already; its status.
     Final(Status),
@@ -133,12 +149,29 @@ pub(crate) enum ApiError {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct ErrorBody {
-    /// unauthorized, bad-request, not-found, already-final, unavailable, too-many-requests.
+    /// unauthorized, bad-request, invalid, idempotency-key-reused, not-found, already-final, unavailable, too-many-requests.
     pub error: String,
     pub message: String,
     /// already-final: the notification's current status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// invalid: one error per field.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub fields: Vec<FieldError>,
+}
+
+/// What is wrong with one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct FieldError {
+    /// The field's path, such as `content.body`; empty for the request as a whole.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub(crate) fn new(field: &str, message: String) -> Self {
+        FieldError { field: field.to_owned(), message }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -146,6 +179,16 @@ impl IntoResponse for ApiError {
         let (code, error, message, status) = match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".to_owned(), None),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad-request", m, None),
+            ApiError::Invalid(fields) => {
+                let message = format!("the request cannot be sent: {}", fields.iter().map(|f| if f.field.is_empty() { f.message.clone() } else { format!("{} {}", f.field, f.message) }).collect::<Vec<_>>().join("; "));
+                return (StatusCode::BAD_REQUEST, Json(ErrorBody { error: "invalid".into(), message, status: None, fields })).into_response();
+            }
+            ApiError::KeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "this Idempotency-Key was used with another body in the last 24 hours; use a new key for a new request".to_owned(),
+                None,
+            ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not-found", m, None),
             ApiError::Final(s) => {
                 (StatusCode::CONFLICT, "already-final", format!("the notification is {} already; a cancel never un-sends", s.symbol()), Some(s.symbol().to_owned()))
@@ -154,12 +197,12 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m, None),
             ApiError::TooManyRequests { retry_after } => {
                 let message = format!("too many cancels from this token; try again in {retry_after} s");
-                let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(ErrorBody { error: "too-many-requests".into(), message, status: None })).into_response();
+                let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(ErrorBody { error: "too-many-requests".into(), message, status: None, fields: vec![] })).into_response();
                 response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after));
                 return response;
             }
         };
-        let mut response = (code, Json(ErrorBody { error: error.into(), message, status })).into_response();
+        let mut response = (code, Json(ErrorBody { error: error.into(), message, status, fields: vec![] })).into_response();
         if code == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
@@ -220,7 +263,7 @@ mod tests {
     #[test]
     fn the_openapi_document_names_every_endpoint_and_the_bearer_scheme() {
         let doc: serde_json::Value = serde_json::from_str(&ApiDoc::openapi().to_json().unwrap()).unwrap();
-        for path in ["/v1/notifications/{event_id}", "/v1/notifications/{event_id}/cancel", "/v1/users/{user_id}/notifications", "/v1/users/{user_id}/stats"] {
+        for path in ["/v1/notifications", "/v1/notifications/batch", "/v1/notifications/{event_id}", "/v1/notifications/{event_id}/cancel", "/v1/users/{user_id}/notifications", "/v1/users/{user_id}/stats"] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");

@@ -9,6 +9,9 @@ use crate::kafka::{reachable, Unreachable};
 use crate::serve::{bind, ListenError, Provided};
 use crate::{admin, cql, kafka, metrics, topics};
 
+/// How long the schema registry has to answer at startup.
+const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What `herald api` runs with, converted from its flags by `config`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -22,10 +25,23 @@ pub struct Settings {
     pub(crate) listen: std::net::SocketAddr,
     pub(crate) token: secrecy::SecretString,
     pub(crate) cancel_rate: governor::Quota,
+    pub(crate) send: SendSettings,
     /// The status store's consumer group.
     pub(crate) group_id: String,
     /// Where the admin endpoints listen, if anywhere.
     pub(crate) admin: Option<std::net::SocketAddr>,
+}
+
+/// What `POST /v1/notifications` checks a request against: the pipeline's
+/// own flags, read from the same command line and environment.
+#[derive(Debug, Clone)]
+pub(crate) struct SendSettings {
+    pub schema_registry: Option<url::Url>,
+    /// `--templates-dir` and `--default-locale`, when templates are on.
+    pub templates: Option<(std::path::PathBuf, String)>,
+    pub max_schedule_ahead: std::time::Duration,
+    /// See `DeliveryArgs::sms_refused_over`.
+    pub sms_max_chars: Option<usize>,
 }
 
 /// Why `herald api` could not start, or stopped.
@@ -45,6 +61,10 @@ pub enum ServiceError {
     Cql(#[from] cql::CqlError),
     #[error("status store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("schema registry: {0}")]
+    Registry(#[from] crate::codec::RegistryError),
+    #[error(transparent)]
+    Templates(#[from] crate::templates::LoadError),
 }
 
 /// `herald api`: keeps the status store from the status topic, and serves
@@ -64,13 +84,33 @@ pub(crate) async fn api(settings: Settings, provided: Provided, shutdown: impl F
     };
     let session = cql::connect(cql).await?;
     let store = Arc::new(store::Store::open(session.clone(), &cql.keyspace).await?);
-    let limits = Table::open(session, &cql.keyspace, settings.longest_window, 1).await?;
+    let limits = Table::open(session.clone(), &cql.keyspace, settings.longest_window, 1).await?;
     reachable(&settings.kafka.brokers).await?;
     let topics = settings.topics.clone();
     topics::ensure(&kafka::admin(&settings.kafka)?, &topics, settings.creation, &settings.kafka.brokers).await?;
     let group = settings.group_id.clone();
     let metrics = Arc::new(metrics::StoreMetrics::default());
     let consumer = Arc::new(store::consumer(kafka::consumer_config_in(&settings.kafka, &group), &topics.status, metrics)?);
+    let send = &settings.send;
+    let schema_id = match &send.schema_registry {
+        Some(url) => crate::codec::registry::Registry::new(url.clone(), REGISTRY_TIMEOUT).register(&format!("{}-value", topics.requested), crate::codec::REQUEST_SCHEMA).await?,
+        None => 0,
+    };
+    let templates = send.templates.as_ref().map(|(dir, locale)| crate::templates::TemplateSet::load(dir, locale)).transpose()?;
+    if let Some(templates) = &templates {
+        tokio::spawn(templates.clone().reload_on_hangup());
+    }
+    let sender = super::Sender {
+        producer: kafka::producer(&settings.kafka)?,
+        requests: topics.requested.clone(),
+        schema: crate::codec::Bundled::load().request,
+        schema_id,
+        templates,
+        max_schedule_ahead: send.max_schedule_ahead,
+        sms_max_chars: send.sms_max_chars,
+        max_record_bytes: kafka::max_message_bytes(&settings.kafka),
+        keys: super::Keys::open(session.clone(), &cql.keyspace).await?,
+    };
     let api = Arc::new(super::Api {
         store: store.clone(),
         limits,
@@ -79,6 +119,7 @@ pub(crate) async fn api(settings: Settings, provided: Provided, shutdown: impl F
         cancellations: topics.cancellations.clone(),
         token: settings.token.clone(),
         cancels: super::throttle(settings.cancel_rate),
+        sender,
     });
     tracing::info!(message = "Keeping the status store.", topic = topics.status, group, keyspace = cql.keyspace);
     let (stop, stopping) = tokio::sync::watch::channel(false);

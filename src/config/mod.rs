@@ -28,7 +28,7 @@ pub use crate::pipeline::quiet::QuietArgs;
 pub use crate::pipeline::ratelimit::RateLimitArgs;
 pub use crate::pipeline::receipts::ReceiptsArgs;
 pub use crate::pipeline::route::RouteArgs;
-pub use crate::pipeline::templates::TemplateArgs;
+pub use crate::templates::TemplateArgs;
 pub use crate::record::SealArgs;
 pub use crate::topics::TopicArgs;
 
@@ -181,6 +181,12 @@ impl Config {
             listen: args.listen,
             cancel_rate: args.cancel_rate,
             longest_window: self.rate_limits.settings().longest(),
+            send: api::run::SendSettings {
+                schema_registry: self.registry.schema_registry_url.clone(),
+                templates: self.templates.settings()?,
+                max_schedule_ahead: self.pipeline.max_schedule_ahead,
+                sms_max_chars: self.delivery.sms_refused_over(),
+            },
             kafka: shared.kafka,
             topics: shared.topics,
             creation: shared.creation,

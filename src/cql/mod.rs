@@ -22,6 +22,7 @@ pub(crate) const SCHEMAS: &[(&str, &str)] = &[
     ("001_rate_limit.cql", include_str!("../../schemas/scylla/001_rate_limit.cql")),
     ("002_status_store.cql", include_str!("../../schemas/scylla/002_status_store.cql")),
     ("003_rate_limit_settings.cql", include_str!("../../schemas/scylla/003_rate_limit_settings.cql")),
+    ("004_idempotency_keys.cql", include_str!("../../schemas/scylla/004_idempotency_keys.cql")),
 ];
 
 /// Where and how to reach ScyllaDB.

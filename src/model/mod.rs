@@ -27,6 +27,7 @@ pub use request::Content;
 pub use request::Prefs;
 pub use request::Priority;
 pub use request::Request;
+pub(crate) use request::is_e164;
 pub(crate) use status::Phase;
 pub use status::Status;
 pub use status::StatusEvent;

@@ -145,3 +145,10 @@ impl Request {
         }
     }
 }
+
+/// A number in E.164 form exactly (`+`, country code, subscriber number,
+/// no spaces), and valid for its country by libphonenumber's metadata.
+pub(crate) fn is_e164(number: &str) -> bool {
+    let Ok(parsed) = phonenumber::parse(None, number) else { return false };
+    phonenumber::is_valid(&parsed) && parsed.format().mode(phonenumber::Mode::E164).to_string() == number
+}

@@ -18,7 +18,7 @@ use super::receipts;
 use super::route::RouteSettings;
 use super::route::{Lane, Router};
 use super::suppression;
-use super::templates;
+use crate::templates;
 use super::{follow, ledger, outcome, Pipeline};
 use crate::kafka::{reachable, Unreachable};
 use crate::model::Channel;

@@ -29,10 +29,9 @@ pub mod ratelimit;
 pub mod receipts;
 pub(crate) mod route;
 pub mod suppression;
-pub(crate) mod templates;
 
 pub use flow::AdmitError;
-pub use templates::LoadError;
+pub use crate::templates::LoadError;
 pub(crate) use flow::Admitted;
 pub(crate) use flow::Pipeline;
 pub(crate) use flow::Resolved;

@@ -14,7 +14,7 @@ use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError
 
 use crate::model::{Channel, InvalidReason, Request, Tried};
 use crate::pipeline::deliver::{Attempt, Call, Calls, Delivered, DeliveryError, PushMessage, PushStage, SmsStage, Text};
-use crate::pipeline::templates::TemplateSet;
+use crate::templates::TemplateSet;
 
 /// A channel's stage, with its bounds.
 pub(crate) struct Lane<S> {

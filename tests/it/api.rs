@@ -15,26 +15,26 @@ use crate::support::*;
 const TOKEN: &str = herald_testkit::API_TOKEN;
 
 /// herald's arguments for `cql`, then `extra`.
-fn with(cql: &Cql, extra: &[&str]) -> Vec<String> {
+pub(crate) fn with(cql: &Cql, extra: &[&str]) -> Vec<String> {
     cql.args().into_iter().chain(extra.iter().map(|s| s.to_string())).collect()
 }
 
-fn refs(args: &[String]) -> Vec<&str> {
+pub(crate) fn refs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
 /// `herald api`, in this process, on a port of its own.
-struct ApiRun {
-    base: String,
+pub(crate) struct ApiRun {
+    pub base: String,
     /// Its admin endpoints.
     admin: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), herald::Error>>,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
 }
 
 impl ApiRun {
-    fn start(h: &Harness, args: &[String]) -> ApiRun {
+    pub(crate) fn start(h: &Harness, args: &[String]) -> ApiRun {
         // The subcommand's own flags (`--api-*`, each with its value) go
         // after it.
         let (mut shared, mut own) = (Vec::new(), Vec::new());
@@ -68,7 +68,7 @@ impl ApiRun {
         ApiRun { base, admin: admin_base, stop: Some(stop), task, http }
     }
 
-    async fn get(&self, path: &str) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
         self.call(self.http.get(format!("{}{path}", self.base)).bearer_auth(TOKEN)).await
     }
 
@@ -77,7 +77,7 @@ impl ApiRun {
         self.call(self.http.post(url).bearer_auth(TOKEN).json(&serde_json::json!({"reason": "test"}))).await
     }
 
-    async fn call(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+    pub(crate) async fn call(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
         let response = request.send().await.expect("the API answers");
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
@@ -85,7 +85,7 @@ impl ApiRun {
     }
 
     /// Polls until `event_id`'s current status in the store is `status`.
-    async fn until_status(&self, event_id: &str, status: &str) -> Value {
+    pub(crate) async fn until_status(&self, event_id: &str, status: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let (code, body) = self.get(&format!("/v1/notifications/{event_id}")).await;
@@ -97,14 +97,14 @@ impl ApiRun {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap().expect("herald api stops cleanly");
     }
 }
 
 /// A harness, kassandra with the schema, herald's arguments for it.
-async fn migrated(extra: &[&str]) -> (Harness, Cql, Vec<String>) {
+pub(crate) async fn migrated(extra: &[&str]) -> (Harness, Cql, Vec<String>) {
     let h = Harness::new().await;
     let cql = Cql::start();
     let args = with(&cql, extra);

@@ -21,6 +21,7 @@ mod receipts;
 mod registry;
 mod retry;
 mod scylla;
+mod send;
 mod shared_topics;
 mod shutdown;
 mod status_event;

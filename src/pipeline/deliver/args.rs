@@ -156,6 +156,12 @@ fn parse_vonage_sender(s: &str) -> Result<String, String> {
 }
 
 impl DeliveryArgs {
+    /// The longest SMS body the pipeline takes, when it refuses longer
+    /// ones rather than cutting them: what `herald api` refuses at once.
+    pub(crate) fn sms_refused_over(&self) -> Option<usize> {
+        (self.sms_over_length == OverLength::Reject).then_some(self.sms_max_chars)
+    }
+
     /// The delivery stages' settings; `callbacks`, when delivery receipts
     /// are on, go with every Twilio request.
     pub(crate) fn settings(&self, callbacks: Option<StatusCallbacks>) -> Result<Settings, ConfigError> {

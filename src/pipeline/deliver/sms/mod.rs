@@ -25,7 +25,7 @@ pub(crate) use self::vonage::Vonage;
 use super::breaker::CircuitState;
 use super::{Call, Delivered, DeliveryError, Dispatch, Gateway, Provider};
 use crate::model::{Channel, InvalidReason, Request, Tried};
-use crate::pipeline::templates::BraceTemplate;
+use crate::templates::BraceTemplate;
 
 /// The SMS stage: its rules, and its providers (or a dry run).
 pub(crate) struct SmsStage {
@@ -204,12 +204,7 @@ impl SmsRules {
 }
 
 
-/// A number in E.164 form exactly (`+`, country code, subscriber number,
-/// no spaces), and valid for its country by libphonenumber's metadata.
-pub(crate) fn is_e164(number: &str) -> bool {
-    let Ok(parsed) = phonenumber::parse(None, number) else { return false };
-    phonenumber::is_valid(&parsed) && parsed.format().mode(phonenumber::Mode::E164).to_string() == number
-}
+pub(crate) use crate::model::is_e164;
 
 #[cfg(test)]
 mod tests {
