@@ -75,6 +75,8 @@ pub enum ConfigError {
     MigrateWithoutScylla,
     #[error("`herald api` needs SCYLLA_URI (--scylla-uri): the status store is in ScyllaDB")]
     ApiWithoutScylla,
+    #[error("--api-tokens-file {0}")]
+    TokensFile(String),
     #[error("--max-message-bytes is {0}; it must be at least {min}", min = MIN_MESSAGE_BYTES)]
     MaxMessageBytes(usize),
 }

@@ -13,13 +13,17 @@ pub struct ApiArgs {
     #[arg(long = "api-listen", env = "HERALD_API_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: std::net::SocketAddr,
 
-    /// Bearer token every API request must carry, at least 32 bytes.
-    #[arg(long = "api-token", env = "HERALD_API_TOKEN", hide_env_values = true, required_unless_present = "token_file")]
+    /// A bearer token with every scope, at least 32 bytes.
+    #[arg(long = "api-token", env = "HERALD_API_TOKEN", hide_env_values = true, required_unless_present_any = ["token_file", "tokens_file"])]
     pub(crate) token: Option<SecretString>,
 
     /// A file holding --api-token.
     #[arg(long = "api-token-file", env = "HERALD_API_TOKEN_FILE", conflicts_with = "token")]
     pub(crate) token_file: Option<PathBuf>,
+
+    /// A file of tokens, one a line: a name, its scopes (send, read, cancel, admin) and the token's SHA-256 as sha256:HEX. Read again on SIGHUP.
+    #[arg(long = "api-tokens-file", env = "HERALD_API_TOKENS_FILE")]
+    pub(crate) tokens_file: Option<PathBuf>,
 
     /// Cancels one token may make, as COUNT/PERIOD (10/1s): a burst of COUNT, refilled over PERIOD. Each is a record on a topic every pipeline instance reads whole at startup.
     #[arg(long = "api-cancel-rate", env = "HERALD_API_CANCEL_RATE", default_value = "10/1s", value_parser = parse_rate)]
@@ -31,11 +35,22 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
-    /// The token, read from its file when given as one, and long enough.
-    pub(crate) fn bearer(&self) -> Result<SecretString, ConfigError> {
-        let token = flags::secret(&self.token, &self.token_file, "--api-token-file")?.unwrap_or_else(|| SecretString::from(String::new()));
-        flags::long_enough("--api-token", &token)?;
+    /// The single token, read from its file when given as one, and long
+    /// enough, if there is one.
+    pub(crate) fn bearer(&self) -> Result<Option<SecretString>, ConfigError> {
+        let token = flags::secret(&self.token, &self.token_file, "--api-token-file")?;
+        if let Some(token) = &token {
+            flags::long_enough("--api-token", token)?;
+        }
         Ok(token)
+    }
+
+    /// The tokens file, checked to parse, if there is one.
+    pub(crate) fn tokens_file(&self) -> Result<Option<PathBuf>, ConfigError> {
+        if let Some(path) = &self.tokens_file {
+            super::tokens::read(path).map_err(ConfigError::TokensFile)?;
+        }
+        Ok(self.tokens_file.clone())
     }
 }
 

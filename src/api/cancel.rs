@@ -45,13 +45,14 @@ pub(crate) struct CancelAccepted {
         (status = 202, description = "The cancel is recorded", body = CancelAccepted),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, description = "The token lacks the scope", body = ErrorBody),
         (status = 409, description = "Final already: sent, failed, cancelled...", body = ErrorBody),
         (status = 429, description = "Too many cancels from this token; see Retry-After", body = ErrorBody),
         (status = 503, body = ErrorBody),
     )
 )]
 pub(super) async fn cancel(State(api): State<Arc<Api>>, headers: HeaderMap, path: Result<Path<String>, PathRejection>, body: Bytes) -> Result<Response, ApiError> {
-    let token = authorize(&api, &headers)?;
+    let token = authorize(&api, &headers, super::tokens::Scope::Cancel)?;
     if let Err(not_until) = api.cancels.check_key(&token) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::TooManyRequests { retry_after: wait.as_secs() + 1 });

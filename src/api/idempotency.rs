@@ -28,13 +28,13 @@ pub(crate) const MAX_KEY_BYTES: usize = 255;
 
 /// A key as one token used it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Scope {
+pub(crate) struct Key {
     /// A digest of the token, never the token.
     pub token: [u8; 32],
     pub key: String,
 }
 
-impl Scope {
+impl Key {
     /// The event id of the request at `index` of what was sent under this
     /// key: the same on every retry, in every instance.
     pub(crate) fn event_id(&self, index: usize) -> String {
@@ -79,7 +79,7 @@ pub(crate) struct Keys {
     session: Arc<Session>,
     select: PreparedStatement,
     insert: PreparedStatement,
-    in_use: Mutex<HashMap<Scope, Weak<tokio::sync::Mutex<()>>>>,
+    in_use: Mutex<HashMap<Key, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 /// Held while a keyed request is answered: a retry of the same key waits.
@@ -102,8 +102,8 @@ impl Keys {
         Ok(Keys { session, select, insert, in_use: Mutex::default() })
     }
 
-    /// Waits until no other request of this instance holds `scope`.
-    pub(crate) async fn hold(&self, scope: &Scope) -> InUse {
+    /// Waits until no other request of this instance holds `keyed`.
+    pub(crate) async fn hold(&self, keyed: &Key) -> InUse {
         let lock = {
             let mut in_use = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
             // Entries of keys no longer held go, so the map stays as
@@ -111,11 +111,11 @@ impl Keys {
             if in_use.len() >= 1024 {
                 in_use.retain(|_, held| held.strong_count() > 0);
             }
-            match in_use.get(scope).and_then(Weak::upgrade) {
+            match in_use.get(keyed).and_then(Weak::upgrade) {
                 Some(lock) => lock,
                 None => {
                     let lock = Arc::new(tokio::sync::Mutex::new(()));
-                    in_use.insert(scope.clone(), Arc::downgrade(&lock));
+                    in_use.insert(keyed.clone(), Arc::downgrade(&lock));
                     lock
                 }
             }
@@ -123,9 +123,9 @@ impl Keys {
         InUse { _guard: lock.lock_owned().await }
     }
 
-    pub(crate) async fn get(&self, scope: &Scope) -> Result<Option<Stored>, StoreError> {
+    pub(crate) async fn get(&self, keyed: &Key) -> Result<Option<Stored>, StoreError> {
         let read = |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Read(e);
-        let rows = self.session.execute_unpaged(&self.select, (scope.token.as_slice(), &scope.key)).await.map_err(|e| read(e.into()))?;
+        let rows = self.session.execute_unpaged(&self.select, (keyed.token.as_slice(), &keyed.key)).await.map_err(|e| read(e.into()))?;
         let rows = rows.into_rows_result().map_err(|e| read(e.into()))?;
         let Some(row) = rows.maybe_first_row::<(Vec<u8>, i32, String)>().map_err(|e| read(e.into()))? else { return Ok(None) };
         let (body, status, answer) = row;
@@ -134,8 +134,8 @@ impl Keys {
         Ok(Some(Stored { body, answer: Answer { status, body: answer } }))
     }
 
-    pub(crate) async fn put(&self, scope: &Scope, stored: &Stored) -> Result<(), StoreError> {
-        let values = (scope.token.as_slice(), &scope.key, stored.body.as_slice(), i32::from(stored.answer.status), &stored.answer.body, chrono::Utc::now());
+    pub(crate) async fn put(&self, keyed: &Key, stored: &Stored) -> Result<(), StoreError> {
+        let values = (keyed.token.as_slice(), &keyed.key, stored.body.as_slice(), i32::from(stored.answer.status), &stored.answer.body, chrono::Utc::now());
         self.session.execute_unpaged(&self.insert, values).await.map_err(|e| StoreError::Write(e.into()))?;
         Ok(())
     }
@@ -153,15 +153,15 @@ mod tests {
 
     #[test]
     fn a_key_s_event_ids_are_stable_distinct_by_index_token_and_key_and_shaped_as_uuids() {
-        let scope = Scope { token: [1; 32], key: "order-7".into() };
-        let id = scope.event_id(0);
-        assert_eq!(id, scope.event_id(0));
-        assert_ne!(id, scope.event_id(1));
-        assert_ne!(id, Scope { token: [2; 32], ..scope.clone() }.event_id(0));
-        assert_ne!(id, Scope { key: "order-8".into(), ..scope.clone() }.event_id(0));
+        let keyed = Key { token: [1; 32], key: "order-7".into() };
+        let id = keyed.event_id(0);
+        assert_eq!(id, keyed.event_id(0));
+        assert_ne!(id, keyed.event_id(1));
+        assert_ne!(id, Key { token: [2; 32], ..keyed.clone() }.event_id(0));
+        assert_ne!(id, Key { key: "order-8".into(), ..keyed.clone() }.event_id(0));
         // A key that ends where another's index would begin is not the
         // other key: the key's length is hashed too.
-        assert_ne!(Scope { token: [1; 32], key: "a".into() }.event_id(0), Scope { token: [1; 32], key: "a\0".into() }.event_id(0));
+        assert_ne!(Key { token: [1; 32], key: "a".into() }.event_id(0), Key { token: [1; 32], key: "a\0".into() }.event_id(0));
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "8", "version 8: {id}");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "RFC 9562 variant: {id}");

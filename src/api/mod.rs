@@ -12,6 +12,7 @@ mod idempotency;
 mod notifications;
 pub(crate) mod run;
 mod send;
+pub(crate) mod tokens;
 mod stats;
 pub mod store;
 
@@ -44,7 +45,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rdkafka::producer::FutureProducer;
-use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
@@ -66,7 +66,7 @@ pub(crate) struct Api {
     pub pipeline_group: String,
     pub producer: FutureProducer,
     pub cancellations: String,
-    pub token: SecretString,
+    pub tokens: Arc<tokens::Tokens>,
     /// Cancels per token: each is kept on a topic every instance reads.
     pub cancels: Throttle,
     pub sender: Sender,
@@ -133,6 +133,8 @@ async fn openapi() -> Response {
 #[derive(Debug)]
 pub(crate) enum ApiError {
     Unauthorized,
+    /// A known token without the scope the endpoint needs.
+    Forbidden(tokens::Scope),
     BadRequest(String),
     /// A request that cannot be sent: why, field by field.
     Invalid(Vec<FieldError>),
@@ -149,7 +151,7 @@ pub(crate) enum ApiError {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct ErrorBody {
-    /// unauthorized, bad-request, invalid, idempotency-key-reused, not-found, already-final, unavailable, too-many-requests.
+    /// unauthorized, forbidden, bad-request, invalid, idempotency-key-reused, not-found, already-final, unavailable, too-many-requests.
     pub error: String,
     pub message: String,
     /// already-final: the notification's current status.
@@ -178,6 +180,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, error, message, status) = match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".to_owned(), None),
+            ApiError::Forbidden(scope) => (StatusCode::FORBIDDEN, "forbidden", format!("this token lacks the {} scope this endpoint needs", scope.name()), None),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad-request", m, None),
             ApiError::Invalid(fields) => {
                 let message = format!("the request cannot be sent: {}", fields.iter().map(|f| if f.field.is_empty() { f.message.clone() } else { format!("{} {}", f.field, f.message) }).collect::<Vec<_>>().join("; "));
@@ -217,9 +220,9 @@ impl From<crate::api::store::StoreError> for ApiError {
     }
 }
 
-/// The caller's token, as a digest that stands for it (in rate limits),
-/// once it is known to be valid.
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<[u8; 32], ApiError> {
+/// The caller's token, as the digest that stands for it (in rate limits
+/// and idempotency keys), once it is known and has `scope`.
+fn authorize(api: &Api, headers: &HeaderMap, scope: tokens::Scope) -> Result<[u8; 32], ApiError> {
     // The scheme is matched whatever its case (RFC 9110, 11.1).
     let given = headers
         .get(header::AUTHORIZATION)
@@ -227,15 +230,13 @@ fn authorize(api: &Api, headers: &HeaderMap) -> Result<[u8; 32], ApiError> {
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map_or("", |(_, token)| token.trim_start());
-    // Compared in constant time, so the token cannot be guessed a byte at
-    // a time from response times.
-    let expected = api.token.expose_secret().as_bytes();
-    let same = given.len() == expected.len() && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if same && !expected.is_empty() {
-        use sha2::Digest;
-        Ok(sha2::Sha256::digest(expected).into())
-    } else {
-        Err(ApiError::Unauthorized)
+    if given.is_empty() {
+        return Err(ApiError::Unauthorized);
+    }
+    match api.tokens.grant(given) {
+        None => Err(ApiError::Unauthorized),
+        Some((_, grant)) if !grant.allows(scope) => Err(ApiError::Forbidden(scope)),
+        Some((digest, _)) => Ok(digest),
     }
 }
 

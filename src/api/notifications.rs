@@ -113,7 +113,7 @@ impl From<&Notification> for NotificationView {
     )
 )]
 pub(super) async fn notification(State(api): State<Arc<Api>>, headers: HeaderMap, path: Result<Path<String>, PathRejection>) -> Result<Json<NotificationView>, ApiError> {
-    authorize(&api, &headers)?;
+    authorize(&api, &headers, super::tokens::Scope::Read)?;
     let event_id = id("event_id", path)?;
     let history = timed(api.store.history(&event_id)).await?;
     if history.is_empty() {
@@ -187,6 +187,7 @@ impl Cursor {
         (status = 200, body = Page),
         (status = 400, description = "Malformed id or parameter", body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 403, description = "The token lacks the scope", body = ErrorBody),
         (status = 503, body = ErrorBody),
     )
 )]
@@ -196,7 +197,7 @@ pub(super) async fn notifications(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<Page>, ApiError> {
-    authorize(&api, &headers)?;
+    authorize(&api, &headers, super::tokens::Scope::Read)?;
     let user_id = id("user_id", path)?;
     let Query(params) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let now = Utc::now();

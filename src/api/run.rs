@@ -23,7 +23,9 @@ pub struct Settings {
     /// rate-limit table keeps counts.
     pub(crate) longest_window: Option<std::time::Duration>,
     pub(crate) listen: std::net::SocketAddr,
-    pub(crate) token: secrecy::SecretString,
+    /// `--api-token`: every scope.
+    pub(crate) token: Option<secrecy::SecretString>,
+    pub(crate) tokens_file: Option<std::path::PathBuf>,
     pub(crate) cancel_rate: governor::Quota,
     pub(crate) send: SendSettings,
     /// The status store's consumer group.
@@ -65,6 +67,8 @@ pub enum ServiceError {
     Registry(#[from] crate::codec::RegistryError),
     #[error(transparent)]
     Templates(#[from] crate::templates::LoadError),
+    #[error("--api-tokens-file {0}")]
+    Tokens(String),
 }
 
 /// `herald api`: keeps the status store from the status topic, and serves
@@ -111,13 +115,17 @@ pub(crate) async fn api(settings: Settings, provided: Provided, shutdown: impl F
         max_record_bytes: kafka::max_message_bytes(&settings.kafka),
         keys: super::Keys::open(session.clone(), &cql.keyspace).await?,
     };
+    let tokens = Arc::new(super::tokens::Tokens::new(settings.token.as_ref(), settings.tokens_file.as_deref()).map_err(ServiceError::Tokens)?);
+    if let Some(reload) = tokens.clone().reload_on_hangup() {
+        tokio::spawn(reload);
+    }
     let api = Arc::new(super::Api {
         store: store.clone(),
         limits,
         pipeline_group: settings.kafka.group_id.clone(),
         producer: kafka::producer(&settings.kafka)?,
         cancellations: topics.cancellations.clone(),
-        token: settings.token.clone(),
+        tokens: tokens.clone(),
         cancels: super::throttle(settings.cancel_rate),
         sender,
     });

@@ -57,10 +57,11 @@ pub(crate) struct Stats {
     get,
     path = "/v1/users/{user_id}/stats",
     params(("user_id" = String, Path, description = "The requests' user_id")),
-    responses((status = 200, body = Stats), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody))
+    responses((status = 200, body = Stats), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "The token lacks the scope", body = ErrorBody), (status = 503, body = ErrorBody))
 )]
 pub(super) async fn stats(State(api): State<Arc<Api>>, headers: HeaderMap, path: Result<Path<String>, PathRejection>) -> Result<Json<Stats>, ApiError> {
-    authorize(&api, &headers)?;
+    authorize(&api, &headers, super::tokens::Scope::Read)?;
     let user_id = id("user_id", path)?;
     let now = Utc::now();
     let today = now.date_naive();

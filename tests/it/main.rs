@@ -28,6 +28,7 @@ mod status_event;
 mod suppression;
 mod templates;
 mod timing;
+mod tokens;
 mod support;
 mod topics;
 mod undeliverable;

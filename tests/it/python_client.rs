@@ -29,12 +29,16 @@ fn the_python_client_installs_and_its_tests_pass_against_tansu_and_herald() {
     for file in ["conftest.py", "test_client.py", "test_unit.py"] {
         std::fs::copy(format!("{root}/clients/python/tests/{file}"), tests.join(file)).unwrap();
     }
+    // `herald api`, which the HTTP mode's test starts, keeps its store in
+    // CQL: kassandra, in this process, for as long as pytest runs.
+    let cql = herald_testkit::Cql::start();
     let status = Command::new("python3")
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(&tests)
         .env("PYTHONPATH", &target)
         .env("HERALD_BIN", env!("CARGO_BIN_EXE_herald"))
         .env("HERALD_ROOT", root)
+        .env("HERALD_TEST_CQL_ARGS", serde_json::to_string(&cql.args()).unwrap())
         .status()
         .expect("running pytest");
     assert!(status.success(), "the Python client's tests failed");

@@ -270,6 +270,10 @@ impl Process {
 /// Installs a PyPI package the tests use, as `.ci/run` does, when python3
 /// cannot import `module`.
 pub fn ensure_python_package(module: &str, spec: &str) {
+    // One pip at a time: tests run in parallel, and two installs into one
+    // site-packages can leave it half written.
+    static PIP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = PIP.lock().unwrap_or_else(|p| p.into_inner());
     let importable = |m: &str| Command::new("python3").args(["-c", &format!("import {m}")]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if !importable(module) {
         let installed = Command::new("python3").args(["-m", "pip", "install", "--quiet", spec]).status().expect("running pip");

@@ -150,6 +150,32 @@ class Request:
         }
 
 
+    def to_json(self) -> Dict:
+        """The request as `POST /v1/notifications` takes it."""
+        content: Dict[str, object] = {"body": self.body}
+        for name in ("title", "template_id"):
+            if getattr(self, name) is not None:
+                content[name] = getattr(self, name)
+        if self.template_vars:
+            content["template_vars"] = dict(self.template_vars)
+        if self.data:
+            content["data"] = dict(self.data)
+        if self.android is not None:
+            content["android"] = {k: v for k, v in vars(self.android).items() if v is not None}
+        if self.apns is not None:
+            content["apns"] = {**{k: v for k, v in vars(self.apns).items() if v is not None}, "headers": dict(self.apns.headers)}
+        out: Dict[str, object] = {"event_id": self.event_id, "user_id": self.user_id, "channel": self.channel,
+                                  "recipient": self.recipient, "content": content}
+        if self.scheduled_at is not None:
+            out["scheduled_at"] = self.scheduled_at.isoformat()
+        for name in ("time_zone", "locale"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.priority is not None:
+            out["priority"] = self.priority.value
+        return out
+
+
 def _is_int(n) -> bool:
     return isinstance(n, int) and not isinstance(n, bool)
 

@@ -174,9 +174,16 @@ def herald_bin():
     raise RuntimeError("no herald binary: set HERALD_BIN or run cargo build")
 
 
+# A CQL server's flags for herald, as JSON (tests/it/python_client.rs starts
+# kassandra and sets it): what `herald api` needs.
+CQL_ARGS = json.loads(os.environ.get("HERALD_TEST_CQL_ARGS") or "null")
+API_TOKEN = "python-client-tests-api-token-0123456789abcdef"
+
+
 class Herald:
-    def __init__(self, broker, twilio, extra=(), topics=None):
-        prefix = f"py{uuid.uuid4().hex[:8]}"
+    def __init__(self, broker, twilio, extra=(), topics=None, prefix=None, subcommand=()):
+        prefix = prefix or f"py{uuid.uuid4().hex[:8]}"
+        self.prefix = prefix
         self.topics = {"requested": f"{prefix}.requested", "status": f"{prefix}.status",
                        "cancellations": f"{prefix}.cancellations", **(topics or {})}
         args = [herald_bin(), "--brokers", broker, "--group-id", f"{prefix}.herald",
@@ -192,7 +199,10 @@ class Herald:
             args += ["--kafka-consumer-option", option]
         # HERALD_ENVELOPE_KEY: for a herald that requires --envelope-key; an older one ignores it.
         env = {**os.environ, "RUST_LOG": "warn", "HERALD_ENVELOPE_KEY": "python-client-tests-envelope-key-0123456789abcdef"}
-        self.process = subprocess.Popen(args + list(extra), env=env, stdin=subprocess.DEVNULL)
+        if subcommand:
+            subprocess.run(args + list(CQL_ARGS) + ["migrate"], env=env, check=True, stdin=subprocess.DEVNULL)
+            args = args + list(CQL_ARGS)
+        self.process = subprocess.Popen(args + list(extra) + list(subcommand), env=env, stdin=subprocess.DEVNULL)
 
     def stop(self):
         self.process.terminate()
@@ -206,11 +216,24 @@ class Herald:
 def start_herald(broker, twilio):
     started = []
 
-    def start(*extra, topics=None):
-        herald = Herald(broker, twilio, extra, topics)
+    def start(*extra, topics=None, prefix=None, subcommand=()):
+        herald = Herald(broker, twilio, extra, topics, prefix, subcommand)
         started.append(herald)
         return herald
 
     yield start
     for herald in started:
         herald.stop()
+
+
+@pytest.fixture
+def herald_api(start_herald):
+    """herald and `herald api` on the same topics, with API_TOKEN; the
+    API's base URL."""
+    if CQL_ARGS is None:
+        pytest.skip("needs HERALD_TEST_CQL_ARGS, a CQL server's flags for herald (tests/it/python_client.rs sets it)")
+    pipeline = start_herald()
+    port = free_port()
+    start_herald(prefix=pipeline.prefix, subcommand=("api", "--api-token", API_TOKEN, "--api-listen", f"127.0.0.1:{port}"))
+    wait_port(port, timeout=60)
+    return f"http://127.0.0.1:{port}"

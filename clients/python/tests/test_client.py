@@ -21,7 +21,7 @@ from herald_client import Priority, Producer, StatusConsumer, push, sms
 from herald_client.status import StatusEvent
 from herald_client.wire import STATUS_SCHEMA, STATUS_SCHEMA_TEXT, frame, unframe
 
-from conftest import CLIENT, ROOT, status_value
+from conftest import API_TOKEN, CLIENT, ROOT, status_value
 
 
 def wait_topics(broker, *topics, timeout=30):
@@ -228,7 +228,7 @@ def test_the_readme_example_runs_as_written(broker, twilio, start_herald):
                                   "cancellations": "notification.cancellations"})
     wait_topics(broker, *herald.topics.values())
     readme = (ROOT / "clients" / "python" / "README.md").read_text()
-    (example,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    example = re.findall(r"```python\n(.*?)```", readme, re.S)[0]
     env = {**os.environ, "KAFKA_BROKERS": broker,
            "PYTHONPATH": os.pathsep.join([str(Path(herald_client.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     # The timeout only ends a hung example; it stops by itself after its three notifications.
@@ -238,6 +238,22 @@ def test_the_readme_example_runs_as_written(broker, twilio, start_herald):
     # The code is sent, the reminder cancelled, and the push INVALID: this herald has no FCM credentials.
     assert {"SENT", "CANCELLED", "INVALID"} <= statuses, run.stdout
     assert twilio.bodies() == ["Your code is 123456"]
+
+
+def test_the_readme_http_example_runs_as_written(herald_api, twilio):
+    readme = (ROOT / "clients" / "python" / "README.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", readme, re.S)[1]
+    assert "HttpSender" in example
+    env = {**os.environ, "HERALD_API_URL": herald_api, "HERALD_API_TOKEN": API_TOKEN,
+           "PYTHONPATH": os.pathsep.join([str(Path(herald_client.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", example], env=env, capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr
+    event_id, status_url = run.stdout.split()
+    assert status_url == f"/v1/notifications/{event_id}"
+    deadline = time.time() + 60
+    while twilio.bodies() != ["Your code is 123456"]:
+        assert time.time() < deadline, twilio.bodies()
+        time.sleep(0.2)
 
 
 def test_the_top_readme_quick_start_runs_as_written(broker, twilio, registry, start_herald):
@@ -255,3 +271,46 @@ def test_the_top_readme_quick_start_runs_as_written(broker, twilio, registry, st
     event_id, status, provider, attempt = run.stdout.split()
     assert (status, provider, attempt) == ("SENT", "twilio", "1"), run.stdout
     assert "Your code is 123456" in twilio.bodies()
+
+
+def test_over_http_a_request_is_sent_once_per_key_and_its_status_read_back(herald_api, twilio):
+    from herald_client import HttpSender, Refused, Unavailable
+
+    sender = HttpSender(herald_api, API_TOKEN)
+    request = sms("py-http-user", "+14155550100", "Sent over HTTP")
+    first = sender.send(request, idempotency_key="py-order-1")
+    assert first.event_id == request.event_id
+    assert first.status_url == f"/v1/notifications/{request.event_id}"
+    # Sent again under its key, as after a timeout: the same answer, and
+    # one SMS.
+    assert sender.send(request, idempotency_key="py-order-1") == first
+    deadline = time.time() + 60
+    while True:
+        try:
+            if sender.status(request.event_id)["status"] == "SENT":
+                break
+        except Refused as e:
+            assert e.status == 404, e
+        assert time.time() < deadline, "never SENT"
+        time.sleep(0.2)
+    assert twilio.bodies() == ["Sent over HTTP"]
+    # Another body under the same key is refused; so is what herald would
+    # call INVALID, field by field, and a wrong token.
+    with pytest.raises(Refused) as reused:
+        sender.send(sms("py-http-user", "+14155550100", "Another text"), idempotency_key="py-order-1")
+    assert (reused.value.status, reused.value.error) == (422, "idempotency-key-reused")
+    too_far = sms("py-http-user", "+14155550100", "Later", scheduled_at=datetime.now(timezone.utc) + timedelta(days=60))
+    with pytest.raises(Refused) as invalid:
+        sender.send(too_far)
+    assert invalid.value.status == 400
+    assert [f["field"] for f in invalid.value.fields] == ["scheduled_at"]
+    with pytest.raises(Refused) as unauthorized:
+        HttpSender(herald_api, "not-a-token").send(request)
+    assert unauthorized.value.status == 401
+    # A batch: one result each, in order.
+    batch = [sms("py-http-user", "+14155550100", f"Batch {i}") for i in range(3)]
+    items = sender.send_batch(batch, idempotency_key="py-batch-1")
+    assert [(i.index, i.result, i.event_id) for i in items] == [(n, "accepted", r.event_id) for n, r in enumerate(batch)]
+    # Nothing listening: nothing certain was written, so it says to retry.
+    with pytest.raises(Unavailable):
+        HttpSender("http://127.0.0.1:9", API_TOKEN, timeout=5).send(request, idempotency_key="py-order-1")

@@ -202,3 +202,29 @@ def test_the_producer_pushes_no_metrics_by_default(monkeypatch):
     Producer("broker:9092")
     Producer("broker:9092", config={"enable.metrics.push": True})
     assert [conf["enable.metrics.push"] for conf in made] == [False, True]
+
+
+def test_a_request_as_json_says_what_its_avro_record_says():
+    later = datetime(2030, 1, 1, 15, 0, tzinfo=timezone.utc)
+    request = push("u1", TOKEN, "Title", "Body", data={"k": "v"}, scheduled_at=later, time_zone="Europe/Lisbon", locale="pt-PT",
+                   priority=Priority.URGENT, android=AndroidOverrides(priority="HIGH", ttl_seconds=60),
+                   apns=ApnsOverrides(headers={"apns-priority": "10"}, badge=3))
+    body = request.to_json()
+    record = request.to_record()
+    assert {k: body[k] for k in ("event_id", "user_id", "channel", "recipient", "time_zone", "locale")} == {
+        k: record[k] for k in ("event_id", "user_id", "channel", "recipient", "time_zone", "locale")}
+    assert datetime.fromisoformat(body["scheduled_at"]) == later
+    assert body["priority"] == "URGENT"
+    assert body["content"] == {"title": "Title", "body": "Body", "data": {"k": "v"},
+                               "android": {"priority": "HIGH", "ttl_seconds": 60},
+                               "apns": {"headers": {"apns-priority": "10"}, "badge": 3, "content_available": False}}
+    # Nothing herald would have to guess: no nulls, no created_at of the client's clock.
+    plain = sms("u1", NUMBER, "hi").to_json()
+    assert plain == {"event_id": plain["event_id"], "user_id": "u1", "channel": "SMS", "recipient": NUMBER, "content": {"body": "hi"}}
+
+
+def test_the_http_sender_needs_a_token():
+    from herald_client import HttpSender
+
+    with pytest.raises(ValueError, match="HERALD_API_TOKEN"):
+        HttpSender("http://127.0.0.1:1", None)
