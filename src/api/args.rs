@@ -45,10 +45,11 @@ impl ApiArgs {
         Ok(token)
     }
 
-    /// The tokens file, checked to parse, if there is one.
-    pub(crate) fn tokens_file(&self) -> Result<Option<PathBuf>, ConfigError> {
+    /// The tokens file, checked as `herald api` loads it beside `bearer`,
+    /// if there is one.
+    pub(crate) fn tokens_file(&self, bearer: Option<&SecretString>) -> Result<Option<PathBuf>, ConfigError> {
         if let Some(path) = &self.tokens_file {
-            super::tokens::read(path).map_err(ConfigError::TokensFile)?;
+            super::tokens::Tokens::new(bearer, Some(path)).map_err(ConfigError::TokensFile)?;
         }
         Ok(self.tokens_file.clone())
     }

@@ -84,8 +84,9 @@ pub(crate) struct Tokens {
 impl Tokens {
     /// `single` (every scope) and the tokens `file` lists.
     pub(crate) fn new(single: Option<&SecretString>, file: Option<&Path>) -> Result<Tokens, String> {
-        let listed = file.map(read).transpose()?.unwrap_or_default();
-        Ok(Tokens { single: single.map(|t| digest(t.expose_secret())), file: file.map(Path::to_owned), listed: RwLock::new(Arc::new(listed)) })
+        let tokens = Tokens { single: single.map(|t| digest(t.expose_secret())), file: file.map(Path::to_owned), listed: RwLock::default() };
+        tokens.reload()?;
+        Ok(tokens)
     }
 
     /// What `given` may do, and the digest that stands for it; `None` for
@@ -105,6 +106,11 @@ impl Tokens {
     pub(crate) fn reload(&self) -> Result<usize, String> {
         let Some(file) = &self.file else { return Ok(0) };
         let listed = read(file)?;
+        // Listed with fewer scopes, it would still have every one: the
+        // operator meant to narrow it, and would not see that it was not.
+        if let Some((_, grant)) = self.single.and_then(|d| listed.get_key_value(&d)) {
+            return Err(format!("{}: {:?} is --api-token's own token, which has every scope; give it one of its own", file.display(), grant.name));
+        }
         let count = listed.len();
         *self.listed.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(listed);
         Ok(count)
@@ -132,7 +138,7 @@ impl Tokens {
 }
 
 /// The tokens a file lists, or why it cannot be used.
-pub(crate) fn read(path: &Path) -> Result<HashMap<Digest32, Grant>, String> {
+fn read(path: &Path) -> Result<HashMap<Digest32, Grant>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
     parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -203,6 +209,12 @@ mod tests {
         std::fs::write(&path, "support reed sha256:00\n").unwrap();
         assert!(tokens.reload().unwrap_err().contains("line 1: unknown scope \"reed\""));
         assert!(tokens.grant("s-token").is_some(), "the tokens in use stay");
+        // --api-token listed with fewer scopes: refused, at a reload and at
+        // startup, rather than silently keeping every scope.
+        std::fs::write(&path, format!("narrowed read sha256:{}\n", hex(digest("all-token")))).unwrap();
+        assert!(tokens.reload().unwrap_err().contains("\"narrowed\" is --api-token's own token"));
+        assert!(Tokens::new(Some(&SecretString::from("all-token".to_owned())), Some(&path)).is_err());
+        assert!(Tokens::new(None, Some(&path)).is_ok(), "without --api-token it is just a token");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -176,8 +176,8 @@ impl Config {
         let shared = self.shared()?;
         let (cql, _) = shared.scylla.ok_or(ConfigError::ApiWithoutScylla)?;
         Ok(api::run::Settings {
+            tokens_file: args.tokens_file(args.bearer()?.as_ref())?,
             token: args.bearer()?,
-            tokens_file: args.tokens_file()?,
             group_id: args.group_id.clone().unwrap_or_else(|| format!("{}.api", shared.kafka.group_id)),
             listen: args.listen,
             cancel_rate: args.cancel_rate,
